@@ -1,0 +1,247 @@
+"""Typed, validated run configuration: YAML file + ``--set key=value`` overrides.
+
+Every section is a pydantic model with ``extra="forbid"``, so an unknown key or a value of the wrong
+type is rejected before any work starts, with a one-line :class:`ConfigError` naming the key.
+
+    cfg = load_config("configs/synth.yaml", overrides=["train.epochs=3", "model.d_model=128"])
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+FAMILIES = ("deformable_detr", "detr", "conditional_detr", "dab_detr", "rt_detr", "rt_detr_v2")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, always one line naming the key (or file) at fault."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitConfig(_Section):
+    ann_file: str = Field(description="COCO json with images/annotations/categories")
+    image_dir: str = Field(description="folder the json's file_name entries are relative to")
+
+
+class DataConfig(_Section):
+    train: SplitConfig | None = None
+    val: SplitConfig | None = None
+    test: SplitConfig | None = None
+    synthetic: bool = Field(False, description="generate the synthetic set into <output_dir>/data if train/val are unset")
+    synth_images: int = Field(160, ge=4, description="train images for the synthetic set (val gets a quarter)")
+    synth_size: int = Field(256, ge=64, description="side of the synthetic images")
+    synth_seed: int = 0
+    synth_dir: str | None = Field(None, description="where the synthetic set is written (default <output_dir>/data)")
+    defects: Literal["repair", "skip", "error"] = Field(
+        "repair",
+        description="bad annotations: 'repair' clips boxes to the image and drops zero-area ones, "
+        "'skip' drops every annotation with a defect, 'error' refuses to train")
+    min_size: list[int] = Field([480, 512, 544, 576, 608], description="training short-side scales (one is drawn per image)")
+    max_size: int = Field(800, ge=32, description="longest side after resizing")
+    eval_size: int = Field(512, ge=32, description="evaluation short side")
+    hflip: float = Field(0.5, ge=0, le=1)
+    crop: float = Field(0.5, ge=0, le=1, description="probability of a random crop before resizing")
+    crop_min: float = Field(0.5, gt=0, le=1, description="smallest crop side as a fraction of the image side")
+    num_workers: int = Field(2, ge=0)
+
+
+class BackboneConfig(_Section):
+    """transformers' own ResNet (``ResNetConfig``), random init; never reaches a hub."""
+    embedding_size: int = 64
+    hidden_sizes: list[int] = [64, 128, 256, 512]
+    depths: list[int] = [2, 2, 2, 2]
+    layer_type: Literal["basic", "bottleneck"] = "basic"
+    freeze: Literal["none", "stem", "all"] = Field("none", description="which backbone parameters stay fixed")
+
+
+class ModelConfig(_Section):
+    family: Literal[FAMILIES] = "deformable_detr"  # type: ignore[valid-type]
+    pretrained: str | None = Field(None, description="local transformers checkpoint dir (from_pretrained)")
+    num_queries: int = Field(100, ge=1)
+    d_model: int = Field(256, ge=8)
+    encoder_layers: int = Field(3, ge=0)
+    decoder_layers: int = Field(6, ge=1)
+    ffn_dim: int = Field(1024, ge=8)
+    num_heads: int = Field(8, ge=1)
+    num_feature_levels: int = Field(4, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    with_box_refine: bool = False
+    two_stage: bool = False
+    backbone: BackboneConfig = BackboneConfig()
+    hf_overrides: dict[str, Any] = Field({}, description="extra keys passed to the transformers config")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "ModelConfig":
+        if self.d_model % self.num_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})")
+        return self
+
+
+class LossConfig(_Section):
+    """Set criterion: Hungarian costs and loss weights (Deformable DETR defaults)."""
+    class_cost: float = 2.0
+    bbox_cost: float = 5.0
+    giou_cost: float = 2.0
+    class_weight: float = 2.0
+    bbox_weight: float = 5.0
+    giou_weight: float = 2.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    aux_loss: bool = True
+    criterion: Literal["ours", "transformers"] = Field("ours", description="our batched criterion or transformers' loss")
+
+
+class OptimConfig(_Section):
+    lr: float = Field(2e-4, gt=0)
+    backbone_lr_mult: float = Field(0.1, ge=0)
+    linear_proj_lr_mult: float = Field(0.1, ge=0, description="lr multiplier for sampling offsets / reference points")
+    weight_decay: float = Field(1e-4, ge=0)
+    grad_clip: float = Field(0.1, ge=0, description="max grad norm; 0 disables")
+    warmup_steps: int = Field(50, ge=0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    step_at: float = Field(0.8, gt=0, lt=1, description="step schedule: fraction of training where lr drops")
+    step_gamma: float = Field(0.1, gt=0)
+    min_lr_ratio: float = Field(0.01, ge=0, le=1, description="cosine floor as a fraction of lr")
+
+
+class TrainConfig(_Section):
+    output_dir: str = "runs/default"
+    seed: int = 0
+    epochs: int | None = Field(10, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="overrides epochs when set")
+    time_budget_min: float | None = Field(None, gt=0, description="stop (and checkpoint) after this many minutes")
+    batch_size: int = Field(4, ge=1, description="images per process")
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    log_every: int = Field(10, ge=1)
+    eval_every_epochs: int = Field(1, ge=0, description="0 evaluates only at the end")
+    checkpoint_every_steps: int = Field(0, ge=0, description="0 checkpoints at each epoch end only")
+    keep_checkpoints: int = Field(2, ge=1)
+    device: Literal["auto", "cpu"] = "auto"
+    progress: bool = True
+
+
+class LogitsDistillConfig(_Section):
+    enabled: bool = True
+    variant: Literal["all", "pos_neg"] = Field("all", description="'all' = official code, 'pos_neg' = paper")
+    class_weight: float = 1.0
+    bbox_weight: float = 5.0
+    giou_weight: float = 2.0
+    neg_weight: float = Field(1.0, ge=0, description="pos_neg: weight of the background term on teacher negatives")
+    pos_threshold: float = Field(0.5, ge=0, le=1, description="pos_neg on images without GT: teacher max class "
+                                 "probability >= this makes a positive")
+
+
+class FeatureDistillConfig(_Section):
+    enabled: bool = True
+    source: Literal["encoder_inputs", "encoder_outputs"] = Field(
+        "encoder_inputs", description="'encoder_inputs' = official code, 'encoder_outputs' = paper")
+    weight: float = 1.0
+    top_k: int = Field(100, ge=1)
+    mask_floor: float = Field(0.01, gt=0, le=1)
+
+
+class QueryPriorDistillConfig(_Section):
+    enabled: bool = True
+    weight: float = 1.0
+    reuse_memory: bool = Field(True, description="decode over the student's memory instead of a second encoder pass")
+
+
+class ContrastiveDistillConfig(_Section):
+    enabled: bool = False
+    weight: float = 0.2
+    temperature: float = Field(0.07, gt=0)
+    proj_dim: int = Field(512, ge=8)
+
+
+class BaselineDistillConfig(_Section):
+    enabled: bool = False
+    weight: float = 1.0
+    temperature: float = Field(1.0, gt=0, description="logit_kd only")
+
+
+class DistillConfig(_Section):
+    teacher: str | None = Field(None, description="teacher checkpoint dir (ours or any transformers one)")
+    teacher_dtype: Literal["float32", "bfloat16"] = "float32"
+    stage_mapping: Literal["uniform", "last", "final"] = Field(
+        "uniform", description="student stage -> teacher stage: 'uniform' = same relative depth (identity for equal "
+        "depths, official), 'last' = align the final stages, 'final' = every stage learns from the teacher's last")
+    logits: LogitsDistillConfig = LogitsDistillConfig()
+    feature: FeatureDistillConfig = FeatureDistillConfig()
+    query_prior: QueryPriorDistillConfig = QueryPriorDistillConfig()
+    contrastive: ContrastiveDistillConfig = ContrastiveDistillConfig()
+    fitnet: BaselineDistillConfig = BaselineDistillConfig()
+    logit_kd: BaselineDistillConfig = BaselineDistillConfig()
+
+
+class Config(_Section):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    distill: DistillConfig = DistillConfig()
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "<root>"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    got = first.get("input")
+    got_s = "" if first["type"] == "extra_forbidden" or isinstance(got, dict) else f" (got {got!r})"
+    more = f" [+{len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
+    return f"{source}: {key}: {msg}{got_s}{more}"
+
+
+def _parse_value(text: str) -> Any:
+    return yaml.safe_load(text) if text.strip() else ""
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b.c=value`` strings (value parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = raw
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {key}: {p!r} is not a section")
+            node = nxt
+        node[parts[-1]] = _parse_value(value)
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or the defaults when ``path`` is None), apply overrides and validate."""
+    raw: dict = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of sections")
+    apply_overrides(raw, overrides or [])
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, source)) from None
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,59 @@
+"""Optimizer (AdamW with per-module learning rates) and warmup + step/cosine schedule."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from detrdistill.config import OptimConfig
+
+# parameter-name fragments of the parts trained with a lower lr (Deformable DETR convention)
+BACKBONE_KEYS = ("backbone",)
+LINEAR_PROJ_KEYS = ("sampling_offsets", "reference_points")
+
+
+def param_groups(module: nn.Module, cfg: OptimConfig) -> list[dict]:
+    """Split trainable parameters into backbone / linear-projection / rest groups.
+
+    Each group carries ``lr_mult`` so the scheduler scales all groups alike. Empty groups are dropped.
+    """
+    groups = {"backbone": [], "linear_proj": [], "rest": []}
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name.startswith("teacher."):
+            raise ValueError(f"teacher parameter {name} is trainable; the teacher must be frozen")
+        if any(k in name for k in BACKBONE_KEYS) and "query" not in name:
+            groups["backbone"].append(p)
+        elif any(k in name for k in LINEAR_PROJ_KEYS):
+            groups["linear_proj"].append(p)
+        else:
+            groups["rest"].append(p)
+    mult = {"backbone": cfg.backbone_lr_mult, "linear_proj": cfg.linear_proj_lr_mult, "rest": 1.0}
+    return [{"params": ps, "lr": cfg.lr * mult[n], "lr_mult": mult[n], "name": n}
+            for n, ps in groups.items() if ps]
+
+
+def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    groups = param_groups(module, cfg)
+    if not groups:
+        raise ValueError("no trainable parameters: check model.backbone.freeze and the config")
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(step: int, total_steps: int, cfg: OptimConfig) -> float:
+    """Multiplier of the base lr at ``step`` (0-based): linear warmup, then the chosen schedule."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return 0.001 + (1 - 0.001) * step / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "step":
+        return cfg.step_gamma if step >= int(cfg.step_at * total_steps) else 1.0
+    span = max(1, total_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, cfg: OptimConfig):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, cfg))

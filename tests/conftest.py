@@ -1,0 +1,31 @@
+"""Shared fixtures: tiny configs that train in seconds on 2 CPU cores."""
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+TINY = [
+    "data.synthetic=true", "data.synth_images=16", "data.synth_size=64", "data.min_size=[64]", "data.max_size=64",
+    "data.eval_size=64", "data.crop=0.0", "data.num_workers=0",
+    "model.family=deformable_detr", "model.num_queries=10", "model.d_model=32", "model.encoder_layers=1",
+    "model.decoder_layers=2", "model.ffn_dim=64", "model.num_heads=2", "model.num_feature_levels=2",
+    "model.backbone.embedding_size=8", "model.backbone.hidden_sizes=[8,16,32,64]", "model.backbone.depths=[1,1,1,1]",
+    "optim.lr=1e-3", "optim.warmup_steps=2", "optim.grad_clip=1.0",
+    "train.batch_size=4", "train.log_every=1", "train.progress=false", "train.device=cpu",
+]
+
+
+def tiny_overrides(output_dir, synth_dir, *extra):
+    return TINY + [f"train.output_dir={output_dir}", f"data.synth_dir={synth_dir}", *extra]
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory):
+    """One synthetic dataset shared by the training tests (generated once)."""
+    from detrdistill.data import make_synthetic_coco
+    d = tmp_path_factory.mktemp("synth")
+    make_synthetic_coco(d, num_train=16, num_val=4, size=64, seed=0)
+    return d

@@ -1,0 +1,145 @@
+"""Engine pieces without training: COCO evaluation, lr schedule, param groups, checkpoints, sampler."""
+import json
+import random
+
+import pytest
+import torch
+from pycocotools.coco import COCO
+
+from detrdistill.config import OptimConfig
+from detrdistill.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from detrdistill.engine.evaluator import STAT_KEYS, coco_stats, postprocess, to_coco_results
+from detrdistill.engine.loading import EpochSampler
+from detrdistill.engine.optim import build_optimizer, build_scheduler, lr_factor
+
+
+def _fixture_gt(seed=0, n_img=6, n_cat=3):
+    rng = random.Random(seed)
+    images, anns, aid = [], [], 1
+    for i in range(1, n_img + 1):
+        images.append({"id": i, "file_name": f"{i}.png", "width": 320, "height": 240})
+        for _ in range(rng.randint(1, 5)):
+            w, h = rng.uniform(8, 150), rng.uniform(8, 120)
+            x, y = rng.uniform(0, 320 - w), rng.uniform(0, 240 - h)
+            anns.append({"id": aid, "image_id": i, "category_id": rng.randint(1, n_cat), "bbox": [x, y, w, h],
+                         "area": w * h, "iscrowd": 0})
+            aid += 1
+    cats = [{"id": c, "name": f"c{c}"} for c in range(1, n_cat + 1)]
+    coco = COCO()
+    coco.dataset = {"images": images, "annotations": anns, "categories": cats}
+    coco.createIndex()
+    return coco
+
+
+def test_perfect_predictions_score_100_and_shifted_less():
+    gt = _fixture_gt()
+    perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+               for a in gt.dataset["annotations"]]
+    stats = coco_stats(gt, perfect)
+    assert set(stats) == set(STAT_KEYS)
+    assert stats["AP"] == pytest.approx(100.0) and stats["AP50"] == pytest.approx(100.0)
+    shifted = [dict(d, bbox=[d["bbox"][0] + 0.3 * d["bbox"][2], d["bbox"][1], d["bbox"][2], d["bbox"][3]])
+               for d in perfect]
+    s2 = coco_stats(gt, shifted)
+    assert s2["AP"] < 90.0 and s2["AP75"] < stats["AP75"]
+    assert coco_stats(gt, [])["AP"] == 0.0
+
+
+def test_pycocotools_and_faster_coco_eval_agree():
+    pytest.importorskip("faster_coco_eval")
+    gt = _fixture_gt(seed=3)
+    rng = random.Random(1)
+    dets = []
+    for a in gt.dataset["annotations"]:
+        x, y, w, h = a["bbox"]
+        dets.append({"image_id": a["image_id"], "category_id": rng.choice([a["category_id"], 1]),
+                     "bbox": [x + rng.uniform(-6, 6), y + rng.uniform(-6, 6), w * rng.uniform(0.8, 1.2), h],
+                     "score": rng.random()})
+    dets.append({"image_id": 1, "category_id": 2, "bbox": [0, 0, 30, 30], "score": 0.99})
+    a = coco_stats(gt, dets, "pycocotools")
+    b = coco_stats(gt, dets, "faster_coco_eval")
+    assert 0 < a["AP"] < 100
+    for k in STAT_KEYS:
+        assert a[k] == pytest.approx(b[k], abs=1e-6), k
+
+
+def test_postprocess_maps_boxes_to_original_pixels():
+    logits = torch.full((1, 3, 2), -10.0)
+    logits[0, 1, 1] = 10.0  # query 1, class 1 is the only confident one
+    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.25, 0.5, 0.5, 1.0], [0.1, 0.1, 0.1, 0.1]]])
+    det = postprocess(logits, boxes, torch.tensor([[200, 400]]), "sigmoid", top_k=2)[0]
+    assert det["labels"][0].item() == 1
+    assert torch.allclose(det["boxes"][0], torch.tensor([0.0, 0.0, 200.0, 200.0]))
+    res = to_coco_results([det], [7], {0: 3, 1: 5})
+    assert res[0]["category_id"] == 5 and res[0]["bbox"] == [0.0, 0.0, 200.0, 200.0]
+    # softmax: the last column is no-object and never reported
+    sm = torch.tensor([[[0.0, 5.0, 9.0]]])
+    det = postprocess(sm, boxes[:, :1], torch.tensor([[10, 10]]), "softmax")[0]
+    assert det["labels"].tolist() == [1]
+
+
+def test_lr_schedule_warmup_then_decay():
+    cfg = OptimConfig(warmup_steps=10, schedule="cosine", min_lr_ratio=0.0)
+    f = [lr_factor(s, 100, cfg) for s in range(100)]
+    assert f[0] < 0.01 and all(a < b for a, b in zip(f[:10], f[1:11]))
+    assert f[10] == pytest.approx(1.0) and f[99] < 0.01 and all(a >= b for a, b in zip(f[10:], f[11:]))
+    step = OptimConfig(warmup_steps=0, schedule="step", step_at=0.5, step_gamma=0.1)
+    assert lr_factor(49, 100, step) == 1.0 and lr_factor(50, 100, step) == pytest.approx(0.1)
+
+
+def test_param_groups_apply_backbone_multiplier():
+    net = torch.nn.Module()
+    net.backbone = torch.nn.Linear(2, 2)
+    net.head = torch.nn.Linear(2, 2)
+    net.frozen = torch.nn.Linear(2, 2).requires_grad_(False)
+    opt = build_optimizer(net, OptimConfig(lr=1e-3, backbone_lr_mult=0.1))
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs == {"backbone": pytest.approx(1e-4), "rest": pytest.approx(1e-3)}
+    n_opt = sum(p.numel() for g in opt.param_groups for p in g["params"])
+    assert n_opt == sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
+def test_checkpoint_roundtrip_and_tmp_ignored(tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    cfg = OptimConfig(warmup_steps=2)
+    opt = build_optimizer(net, cfg)
+    sched = build_scheduler(opt, 10, cfg)
+    net(torch.randn(4, 3)).sum().backward()
+    opt.step(); sched.step()
+    save_checkpoint(tmp_path, net, opt, sched, {"step": 1, "elapsed_s": 0.0})
+    (tmp_path / "checkpoints" / "step-00000009.tmp").mkdir()  # a crash mid-write
+    assert latest_checkpoint(tmp_path).name == "step-00000001"
+    expected_next = torch.rand(3)
+    net2 = torch.nn.Linear(3, 2)
+    opt2 = build_optimizer(net2, cfg)
+    sched2 = build_scheduler(opt2, 10, cfg)
+    state = load_checkpoint(latest_checkpoint(tmp_path), net2, opt2, sched2)
+    assert state["step"] == 1
+    assert torch.equal(net.weight, net2.weight)
+    assert sched2.get_last_lr() == sched.get_last_lr()
+    torch.manual_seed(123)  # RNG restored from the checkpoint, not from here
+    state = load_checkpoint(latest_checkpoint(tmp_path), net2, opt2, sched2)
+    # the RNG state was saved before expected_next was drawn, so the restored generator repeats it
+    assert torch.equal(torch.rand(3), expected_next)
+    meta = json.loads((latest_checkpoint(tmp_path) / "state.json").read_text())
+    assert meta["world_size"] == 1
+    with pytest.raises(RuntimeError, match="processes"):
+        load_checkpoint(latest_checkpoint(tmp_path), net2, opt2, sched2, world_size=2)
+
+
+def test_epoch_sampler_resumes_and_shards():
+    full = EpochSampler(10, batch_size=2, seed=1, rank=0, world_size=1)
+    full.set_epoch(3)
+    order = list(full)
+    assert len(order) == 10 and sorted(order) == list(range(10))
+    part = EpochSampler(10, batch_size=2, seed=1)
+    part.set_epoch(3, start_batch=2)
+    assert list(part) == order[4:]
+    r0, r1 = EpochSampler(10, 1, 1, 0, 2), EpochSampler(10, 1, 1, 1, 2)
+    r0.set_epoch(3); r1.set_epoch(3)
+    inter = [x for pair in zip(r0, r1) for x in pair]
+    assert inter == order
+    other = EpochSampler(10, 2, 1)
+    other.set_epoch(4)
+    assert list(other) != order
