@@ -66,11 +66,7 @@ def cmd_demo(args) -> int:
 def cmd_data_validate(args) -> int:
     from detrdistill.data import validate_coco
     report = validate_coco(args.ann_file, args.images, check_images=not args.no_images)
-    text = report.format()
-    print(text if text else f"{args.ann_file}: no defects")
-    counts = report.counts()
-    if counts:
-        print("summary: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    print(report.format())
     return 1 if report.errors else 0
 
 
@@ -114,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("demo", help="synthetic data -> teacher, student baseline, distilled student, comparison")
     sp.add_argument("--output-dir", default="runs/demo")
-    sp.add_argument("--preset", choices=["auto", "cpu", "gpu"], default="auto")
+    sp.add_argument("--preset", choices=["auto", "cpu", "gpu", "smoke"], default="auto",
+                    help="model/schedule sizes: cpu (~10 min on 2 cores), gpu, smoke (seconds, checks the pipeline)")
     sp.set_defaults(func=cmd_demo)
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
@@ -137,8 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("accelerate", "transformers", "PIL"):
+    for noisy in ("accelerate", "transformers", "PIL", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:  # transformers' own "Loading weights" / "Writing model shards" bars
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
+    except Exception:  # pragma: no cover
+        pass
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, RuntimeError, NotImplementedError) as e:

@@ -7,11 +7,12 @@ type is rejected before any work starts, with a one-line :class:`ConfigError` na
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 FAMILIES = ("deformable_detr", "detr", "conditional_detr", "dab_detr", "rt_detr", "rt_detr_v2")
 
@@ -24,9 +25,27 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def data_root() -> str:
+    """``$DETRDISTILL_DATA``, else the first of ``../shared/data``, ``shared/data`` that exists."""
+    if os.environ.get("DETRDISTILL_DATA"):
+        return os.environ["DETRDISTILL_DATA"]
+    for cand in ("../shared/data", "shared/data"):
+        if os.path.isdir(cand):
+            return os.path.abspath(cand)
+    return "../shared/data"
+
+
 class SplitConfig(_Section):
+    """One split. Paths may use ``${DETRDISTILL_DATA}`` (see :func:`data_root`) and other env vars."""
     ann_file: str = Field(description="COCO json with images/annotations/categories")
     image_dir: str = Field(description="folder the json's file_name entries are relative to")
+
+    @field_validator("ann_file", "image_dir")
+    @classmethod
+    def _expand(cls, v: str) -> str:
+        if "${DETRDISTILL_DATA}" in v:
+            v = v.replace("${DETRDISTILL_DATA}", data_root())
+        return os.path.expandvars(v)
 
 
 class DataConfig(_Section):

@@ -22,7 +22,7 @@ def param_groups(module: nn.Module, cfg: OptimConfig) -> list[dict]:
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
-        if name.startswith("teacher."):
+        if ".teacher." in f".{name}":
             raise ValueError(f"teacher parameter {name} is trainable; the teacher must be frozen")
         if any(k in name for k in BACKBONE_KEYS) and "query" not in name:
             groups["backbone"].append(p)

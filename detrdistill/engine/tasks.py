@@ -59,7 +59,9 @@ class DistillTask(nn.Module):
 
     def state_dict(self, *args, **kwargs):  # the frozen teacher is rebuilt from its checkpoint, never saved
         sd = super().state_dict(*args, **kwargs)
-        return type(sd)((k, v) for k, v in sd.items() if not k.startswith("distiller.teacher."))
+        for k in [k for k in sd if k.startswith("distiller.teacher.")]:
+            del sd[k]
+        return sd
 
 
 def build_task(cfg: Config, id2label: dict[int, str], mode: str) -> nn.Module:
@@ -72,7 +74,12 @@ def build_task(cfg: Config, id2label: dict[int, str], mode: str) -> nn.Module:
     if mode == "train":
         return DetectionTask(student, criterion)
     from detrdistill.distillation.distiller import Distiller
-    distiller = Distiller.from_config(cfg.distill, student=student, id2label=id2label)
+    from detrdistill.models.build import load_detector
+
+    if not cfg.distill.teacher:
+        raise ValueError("distill.teacher is not set: give the teacher's model directory (--teacher DIR)")
+    teacher = get_adapter(load_detector(cfg.distill.teacher))
+    distiller = Distiller(teacher, student, cfg.distill, dataset_id2label=id2label)
     return DistillTask(distiller, criterion)
 
 

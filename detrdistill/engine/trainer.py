@@ -197,7 +197,8 @@ def run_training(cfg: Config, mode: str = "train", resume: bool = False) -> dict
     final = run_eval("final eval")
     if main and final is not None:
         write_eval_json(out_dir / "eval.json", final, {"step": state["step"], "split": "val",
-                                                       "stopped_early": state["stopped_early"]})
+                                                       "stopped_early": state["stopped_early"],
+                                                       "train_seconds": round(state["elapsed_s"], 2)})
         log.info("final eval: %s", json.dumps({k: round(v, 2) for k, v in final.items()}))
     accelerator.wait_for_everyone()
     del model, optimizer

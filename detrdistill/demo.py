@@ -1,0 +1,153 @@
+"""``detrdistill demo``: the whole story on the synthetic shapes set, nothing to download.
+
+1. generate the synthetic COCO set; 2. train a teacher; 3. train the student alone (baseline);
+4. distil the same student from the teacher (all three DETRDistill parts); 5. evaluate, print a
+comparison table and write figures (predictions, the feature-distillation mask, loss curves).
+
+Presets: ``cpu`` (tiny models, fits ~10 minutes on 2 cores) and ``gpu`` (bigger images, models and
+schedules); ``auto`` picks ``gpu`` when CUDA is available. Finished stages are reused when the
+command is run again with the same output directory.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from detrdistill.config import Config, load_config
+
+log = logging.getLogger("detrdistill")
+
+# per preset: shared overrides, teacher-only, student-only, steps
+PRESETS = {
+    "cpu": {
+        "common": ["data.synthetic=true", "data.synth_images=160", "data.synth_size=128", "data.min_size=[112,128]",
+                   "data.max_size=128", "data.eval_size=128", "data.crop=0.0", "data.num_workers=0",
+                   "model.num_queries=30", "model.decoder_layers=3", "model.encoder_layers=1",
+                   "model.num_feature_levels=3", "optim.lr=1e-3", "optim.backbone_lr_mult=1.0",
+                   "optim.warmup_steps=20", "optim.grad_clip=1.0", "train.batch_size=8", "train.log_every=5",
+                   "train.eval_every_epochs=0", "train.device=cpu"],
+        "teacher": ["model.d_model=64", "model.ffn_dim=256", "model.num_heads=4", "model.backbone.embedding_size=16",
+                    "model.backbone.hidden_sizes=[16,32,64,128]", "model.backbone.depths=[1,1,1,1]",
+                    "train.max_steps=360"],
+        "student": ["model.d_model=32", "model.ffn_dim=128", "model.num_heads=4", "model.backbone.embedding_size=8",
+                    "model.backbone.hidden_sizes=[8,16,32,64]", "model.backbone.depths=[1,1,1,1]",
+                    "train.max_steps=200"],
+    },
+    "gpu": {
+        "common": ["data.synthetic=true", "data.synth_images=800", "data.synth_size=256",
+                   "data.min_size=[224,256,288]", "data.max_size=320", "data.eval_size=256", "data.crop=0.3",
+                   "data.num_workers=4", "model.num_queries=100", "model.decoder_layers=6", "model.encoder_layers=2",
+                   "model.num_feature_levels=4", "optim.lr=4e-4", "optim.backbone_lr_mult=1.0",
+                   "optim.warmup_steps=100", "optim.grad_clip=0.1", "train.batch_size=16", "train.log_every=20",
+                   "train.eval_every_epochs=10", "train.mixed_precision=bf16"],
+        "teacher": ["model.d_model=256", "model.ffn_dim=1024", "model.num_heads=8",
+                    "model.backbone.hidden_sizes=[64,128,256,512]", "model.backbone.depths=[2,2,2,2]",
+                    "train.max_steps=3000"],
+        "student": ["model.d_model=128", "model.ffn_dim=512", "model.num_heads=4", "model.backbone.embedding_size=32",
+                    "model.backbone.hidden_sizes=[32,64,128,256]", "model.backbone.depths=[1,1,1,1]",
+                    "train.max_steps=2000"],
+    },
+    # seconds-long pipeline check (tests): same steps as the real presets, nothing learned
+    "smoke": {
+        "common": ["data.synthetic=true", "data.synth_images=16", "data.synth_size=64", "data.min_size=[64]",
+                   "data.max_size=64", "data.eval_size=64", "data.crop=0.0", "data.num_workers=0",
+                   "model.num_queries=10", "model.decoder_layers=2", "model.encoder_layers=1",
+                   "model.num_feature_levels=2", "model.backbone.embedding_size=8",
+                   "model.backbone.hidden_sizes=[8,16,32,64]", "model.backbone.depths=[1,1,1,1]",
+                   "train.batch_size=4", "train.log_every=1", "train.eval_every_epochs=0", "train.device=cpu",
+                   "train.progress=false", "train.max_steps=3"],
+        "teacher": ["model.d_model=64", "model.ffn_dim=64", "model.num_heads=2"],
+        "student": ["model.d_model=32", "model.ffn_dim=64", "model.num_heads=2"],
+    },
+}
+
+
+def demo_configs(output_dir: str | Path, preset: str) -> dict[str, Config]:
+    """The three run configs (teacher, baseline, distilled) of a preset."""
+    out = Path(output_dir)
+    p = PRESETS[preset]
+    common = p["common"] + [f"data.synth_dir={out / 'data'}"]
+    teacher = load_config(None, common + p["teacher"] + [f"train.output_dir={out / 'teacher'}"])
+    baseline = load_config(None, common + p["student"] + [f"train.output_dir={out / 'baseline'}"])
+    distilled = load_config(None, common + p["student"] + [f"train.output_dir={out / 'distilled'}",
+                                                           f"distill.teacher={out / 'teacher' / 'model'}"])
+    return {"teacher": teacher, "baseline": baseline, "distilled": distilled}
+
+
+def _done(cfg: Config) -> bool:
+    out = Path(cfg.train.output_dir)
+    return (out / "eval.json").is_file() and (out / "model" / "config.json").is_file() and \
+        not json.loads((out / "eval.json").read_text()).get("stopped_early", False)
+
+
+def run_demo(output_dir: str | Path = "runs/demo", preset: str = "auto") -> dict:
+    from detrdistill.engine.trainer import run_training
+    from detrdistill.models.build import count_parameters, load_detector
+
+    if preset == "auto":
+        preset = "gpu" if torch.cuda.is_available() else "cpu"
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfgs = demo_configs(out, preset)
+    modes = {"teacher": "train", "baseline": "train", "distilled": "distill"}
+    summary = {"preset": preset, "runs": {}}
+    t_start = time.monotonic()
+    for i, (name, cfg) in enumerate(cfgs.items(), 1):
+        print(f"[{i}/3] {name}: {modes[name]} -> {cfg.train.output_dir}", flush=True)
+        t0 = time.monotonic()
+        if _done(cfg):
+            print("      already done, reusing it", flush=True)
+        else:
+            run_training(cfg, mode=modes[name], resume=True)
+        stats = json.loads((Path(cfg.train.output_dir) / "eval.json").read_text())
+        model = load_detector(Path(cfg.train.output_dir) / "model")
+        summary["runs"][name] = {"AP": stats["AP"], "AP50": stats["AP50"], "AP75": stats["AP75"],
+                                 "params": count_parameters(model).total, "train_seconds": stats.get("train_seconds"),
+                                 "wall_seconds": round(time.monotonic() - t0, 1)}
+    summary["figures"] = _figures(out, cfgs)
+    summary["total_seconds"] = round(time.monotonic() - t_start, 1)
+    table = format_table(summary)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out / "summary.md").write_text(table + "\n")
+    print("\n" + table)
+    print("\nfigures:")
+    for f in summary["figures"]:
+        print(f"  {f}")
+    return summary
+
+
+def format_table(summary: dict) -> str:
+    runs = summary["runs"]
+    base = runs.get("baseline", {}).get("AP")
+    lines = ["| model | params | AP | AP50 | AP75 | AP vs baseline | train seconds |", "|---|---|---|---|---|---|---|"]
+    for name, r in runs.items():
+        gain = "" if base is None or name == "baseline" else f"{r['AP'] - base:+.2f}"
+        lines.append(f"| {name} | {r['params'] / 1e6:.2f} M | {r['AP']:.2f} | {r['AP50']:.2f} | {r['AP75']:.2f} | "
+                     f"{gain} | {r['train_seconds'] or 0:.0f} |")
+    return "\n".join(lines)
+
+
+def _figures(out: Path, cfgs: dict[str, Config]) -> list[str]:
+    from detrdistill.data import build_dataset
+    from detrdistill.engine.trainer import build_datasets, make_accelerator
+    from detrdistill.models.adapters import get_adapter
+    from detrdistill.models.build import load_detector
+    from detrdistill.viz import plot_feature_mask, plot_loss_curves, plot_predictions
+
+    fig_dir = out / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    cfg = cfgs["teacher"]
+    _, val = build_datasets(cfg, make_accelerator(cfg), need_train=False)
+    models = {n: get_adapter(load_detector(Path(c.train.output_dir) / "model")) for n, c in cfgs.items()}
+    idx = list(range(min(4, len(val))))
+    paths = [plot_predictions(models, val, idx, fig_dir / "predictions.png"),
+             plot_feature_mask(models["teacher"], val, 0, fig_dir / "feature_mask.png",
+                               source=cfgs["distilled"].distill.feature.source),
+             plot_loss_curves({n: Path(cfgs[n].train.output_dir) / "metrics.jsonl" for n in ("baseline", "distilled")},
+                              fig_dir / "loss_curves.png")]
+    del build_dataset
+    return [str(p) for p in paths]

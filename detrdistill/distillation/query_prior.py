@@ -1,0 +1,68 @@
+"""Query-prior assignment distillation (DETRDistill §3.4; spec §1.3).
+
+The teacher's learned queries (projected to the student's width when needed) are decoded by the student as an extra,
+isolated query group (``student.decode_group``).  Slot j of that group at student stage l is supervised with the
+target the teacher's OWN Hungarian matching gave teacher query j at teacher stage ``stage_map[l]`` -- no new
+matching.  The loss is the student's set criterion with those fixed assignments (official: focal 2, L1 5, GIoU 2,
+normalised by the GT count averaged over processes).  An image without GT has all assignments -1, so the whole
+group is supervised as background.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..models.outputs import GroupOutput
+from .stage_mapping import map_stages
+
+
+@dataclass
+class QueryPriorOutput:
+    """loss: weighted total with grad; loss_dict: ``query_prior_cls`` / ``_bbox`` / ``_giou`` (weighted, detached,
+    for logging; they sum to ``loss``); assignments: the [L_S, B, N_T] assignments used."""
+    loss: Tensor
+    loss_dict: dict[str, Tensor]
+    assignments: Tensor
+
+
+class QueryPriorLoss(nn.Module):
+    """``QueryPriorLoss(criterion)(group, teacher_assignments, targets)`` -> :class:`QueryPriorOutput`.
+
+    ``criterion`` is a :class:`~detrdistill.ops.criterion.SetCriterion`-like callable
+    ``(logits, boxes, targets, assignments=, num_boxes=) -> CriterionOutput``; when None, the criterion passed to
+    :meth:`forward` is used.  Terms are multiplied by ``weight`` (on top of the criterion's own 2 / 5 / 2).
+    """
+
+    def __init__(self, criterion: Callable | None = None, weight: float = 1.0, prefix: str = "query_prior_"):
+        super().__init__()
+        self.criterion = criterion
+        self.weight = weight
+        self.prefix = prefix
+
+    def forward(self, group: GroupOutput, teacher_assignments: Tensor, targets: list[dict],
+                stage_map: list[int] | None = None, criterion: Callable | None = None,
+                num_boxes: float | None = None) -> "QueryPriorOutput":
+        """group: the student's decode of the teacher-query group, [L_S, B, N_T, .];
+        teacher_assignments: LongTensor [L_T, B, N_T] (teacher's GT matching per teacher stage, -1 = background)."""
+        crit = criterion if criterion is not None else self.criterion
+        if crit is None:
+            raise ValueError("QueryPriorLoss needs a criterion (constructor or forward argument)")
+        L_S, B, N = group.logits.shape[:3]
+        if teacher_assignments is None:
+            raise ValueError("query-prior distillation needs the teacher's assignments (teacher forward with targets)")
+        L_T, B_T, N_T = teacher_assignments.shape
+        if (B_T, N_T) != (B, N):
+            raise ValueError(f"teacher assignments are for {B_T} images x {N_T} queries, the group decodes "
+                             f"{B} x {N}")
+        if stage_map is None:
+            stage_map = map_stages(L_S, L_T)
+        idx = torch.as_tensor(stage_map, dtype=torch.long, device=teacher_assignments.device)
+        assignments = teacher_assignments.index_select(0, idx).to(group.logits.device)
+        res = crit(group.logits, group.boxes, targets, assignments=assignments, num_boxes=num_boxes)
+        return QueryPriorOutput(
+            loss=self.weight * res.loss,
+            loss_dict={f"{self.prefix}{k}": self.weight * v.detach() for k, v in res.loss_dict.items()},
+            assignments=assignments)
