@@ -18,6 +18,15 @@ TINY = [
 ]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: extra intra-op threads only add OpenMP overhead (10-100x slower on a busy 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_overrides(output_dir, synth_dir, *extra):
     return TINY + [f"train.output_dir={output_dir}", f"data.synth_dir={synth_dir}", *extra]
 

@@ -1,0 +1,12 @@
+"""Model layer: build transformers DETR-family detectors and view them through typed adapters."""
+from .adapters import DetectorAdapter, UnsupportedFamilyError, get_adapter, registered_families
+from .build import SUPPORTED_FAMILIES, build_model, count_parameters, load_detector
+from .outputs import DetectorOutput, GroupOutput, QueryGroup, class_probs
+from .query_projection import QueryProjection, build_query_projection
+
+__all__ = [
+    "DetectorAdapter", "UnsupportedFamilyError", "get_adapter", "registered_families",
+    "SUPPORTED_FAMILIES", "build_model", "count_parameters", "load_detector",
+    "DetectorOutput", "GroupOutput", "QueryGroup", "class_probs",
+    "QueryProjection", "build_query_projection",
+]

@@ -1,0 +1,125 @@
+"""RT-DETR / RT-DETRv2 adapter (``RTDetrForObjectDetection`` / ``RTDetrV2ForObjectDetection``).
+
+Layout of one RT-DETR forward, as exposed by :class:`RTDetrAdapter`:
+
+* feature levels = the backbone stages fed to the hybrid encoder (``len(config.encoder_in_channels)``, strides
+  8/16/32 by default). ``encoder_inputs`` are the outputs of ``model.model.encoder_input_proj`` (1x1 conv + BN,
+  before AIFI), ``encoder_outputs`` the hybrid encoder's FPN/PAN output maps (``encoder_last_hidden_state``,
+  before ``decoder_input_proj``). Both are ``config.encoder_hidden_dim`` wide (:attr:`feature_channels`), which
+  equals ``d_model`` in the usual configs but need not. The decoder memory (``decoder_input_proj``'ed and
+  flattened, including any extra levels when ``num_feature_levels`` exceeds the encoder levels) stays in
+  ``state["decoder_kwargs"]["encoder_hidden_states"]``;
+* ``feature_masks`` are the backbone's downsampled pixel masks. RT-DETR itself ignores padding (neither the
+  encoder nor the decoder takes a mask), the masks are only reported for the distiller;
+* the queries are **dynamic**: the top-k encoder tokens of each image. ``DetectorOutput.queries`` holds the
+  decoder's own inputs, ``content`` ``[B, N, d]`` (the top-k encoder features, detached by the model) and
+  ``reference`` ``[B, N, 4]`` in sigmoid space; :meth:`query_table` raises (``learn_initial_query=True`` is
+  refused: transformers' forward fails on it);
+* the model is always called **without labels**, so in train mode it adds no denoising queries: every output has
+  exactly ``num_queries`` queries. The classification / box heads live inside the decoder, so the per-stage
+  predictions are the decoder's ``intermediate_logits`` / ``intermediate_reference_points``.
+
+Depends on the private decoder keyword names of transformers' ``RTDetrDecoder`` / ``RTDetrV2Decoder``
+(``inputs_embeds``, ``encoder_hidden_states``, ``encoder_attention_mask``, ``reference_points`` (logits),
+``spatial_shapes``, ``spatial_shapes_list``, ``level_start_index``).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..outputs import DetectorOutput, GroupOutput, QueryGroup
+from .base import DetectorAdapter, ModuleInputCapture, ModuleOutputCapture, expand_group, reference_logits
+
+__all__ = ["RTDetrAdapter"]
+
+
+class RTDetrAdapter(DetectorAdapter):
+    """:class:`DetectorAdapter` of RT-DETR and RT-DETRv2 (sigmoid / focal-style classification, C logits).
+
+    ``family`` is the wrapped model's ``config.model_type`` (``rt_detr`` or ``rt_detr_v2``).
+    ``state["decoder_kwargs"]`` holds the captured decoder kwargs (flattened memory, spatial shapes, ...).
+    """
+
+    family = "rt_detr"
+    model_types = ("rt_detr", "rt_detr_v2")
+    class_activation = "sigmoid"
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+        self.family = str(model.config.model_type)  # instance attribute: rt_detr or rt_detr_v2
+
+    def _check_model(self) -> None:
+        decoder = self.model.model.decoder
+        if getattr(decoder, "class_embed", None) is None or getattr(decoder, "bbox_embed", None) is None:
+            raise ValueError("RTDetrAdapter needs an RTDetr(V2)ForObjectDetection (decoder class / box heads)")
+        cfg = self.model.config
+        if len(self.model.model.encoder_input_proj) != len(cfg.encoder_in_channels):
+            raise ValueError("RTDetrAdapter: backbone outputs and encoder_in_channels disagree")
+        if getattr(cfg, "learn_initial_query", False):
+            # transformers 5.24 RTDetr(V2)Model.forward calls `self.weight_embedding.tile(...)` on an nn.Embedding
+            raise ValueError(f"{cfg.model_type}: learn_initial_query=True is not supported (transformers' forward "
+                             "fails on it); use the default top-k encoder features as content queries")
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def num_feature_levels(self) -> int:
+        return len(self.model.config.encoder_in_channels)
+
+    @property
+    def feature_channels(self) -> list[int]:
+        return [int(self.model.config.encoder_hidden_dim)] * self.num_feature_levels
+
+    @property
+    def query_form(self) -> dict[str, int]:
+        return {"content": self.d_model, "reference": 4}
+
+    # ------------------------------------------------------------------ forward
+    def _forward(self, pixel_values: Tensor, pixel_mask: Tensor, targets: list[dict] | None) -> DetectorOutput:
+        inner = self.model.model
+        with ModuleInputCapture(inner.decoder) as dec_cap, \
+                ModuleOutputCapture(list(inner.encoder_input_proj)) as in_cap, \
+                ModuleOutputCapture([inner.backbone], transform=lambda o: [m for _, m in o]) as mask_cap:
+            # no labels: no denoising queries, no transformers loss
+            model_out = self.model(pixel_values, pixel_mask=pixel_mask, return_dict=True)
+        kwargs = dec_cap.require("decoder")
+        encoder_inputs = in_cap.first()
+        masks = [m.bool() for m in mask_cap.first()[0]]
+
+        reference = kwargs["reference_points"]  # [B, N, 4] logits (detached by the model)
+        return DetectorOutput(
+            logits=model_out.intermediate_logits.transpose(0, 1),
+            boxes=model_out.intermediate_reference_points.transpose(0, 1),
+            embeddings=model_out.intermediate_hidden_states.transpose(0, 1),
+            encoder_inputs=encoder_inputs,
+            encoder_outputs=list(model_out.encoder_last_hidden_state),
+            feature_masks=masks,
+            queries=QueryGroup(content=kwargs["inputs_embeds"], reference=reference.sigmoid()),
+            state={"decoder_kwargs": kwargs},
+        )
+
+    # ------------------------------------------------------------------ extra query groups
+    def query_table(self) -> QueryGroup:
+        raise NotImplementedError(
+            f"{self.family} has no learned query table: its queries are the top-k encoder tokens of each image "
+            "(use DetectorOutput.queries of a forward)")
+
+    def decode_group(self, out: DetectorOutput, group: QueryGroup) -> GroupOutput:
+        self._check_group(group, ("content", "reference"))
+        kwargs = out.state["decoder_kwargs"]
+        memory = kwargs["encoder_hidden_states"]
+        g = expand_group(group, memory.shape[0], memory.device, memory.dtype)
+        dec = self.model.model.decoder(
+            inputs_embeds=g.content,
+            encoder_hidden_states=memory,
+            encoder_attention_mask=None,  # the decoder's self-attention mask (denoising groups): none here
+            reference_points=reference_logits(g.reference),
+            spatial_shapes=kwargs["spatial_shapes"],
+            spatial_shapes_list=kwargs["spatial_shapes_list"],
+            level_start_index=kwargs["level_start_index"],
+        )
+        return GroupOutput(
+            logits=dec.intermediate_logits.transpose(0, 1),
+            boxes=dec.intermediate_reference_points.transpose(0, 1),
+            embeddings=dec.intermediate_hidden_states.transpose(0, 1),
+        )
