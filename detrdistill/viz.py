@@ -26,8 +26,9 @@ def _image(pixel_values: torch.Tensor, h: int, w: int):
 
 
 @torch.no_grad()
-def plot_predictions(models: dict, dataset, indices: list[int], path: str | Path, score_threshold: float = 0.3):
-    """Rows: images; columns: ground truth then each named model's detections above ``score_threshold``."""
+def plot_predictions(models: dict, dataset, indices: list[int], path: str | Path, score_threshold: float = 0.05):
+    """Rows: images; columns: ground truth then each named model's best detections: as many as the image has
+    objects (at least 3), those above ``score_threshold``."""
     from detrdistill.data import collate_fn
     names = ["ground truth", *models]
     fig, axes = plt.subplots(len(indices), len(names), figsize=(3 * len(names), 3 * len(indices)), squeeze=False)
@@ -53,7 +54,8 @@ def plot_predictions(models: dict, dataset, indices: list[int], path: str | Path
                 dets = [(b, int(lab), None) for b, lab in zip(cxcywh_to_xyxy(t["boxes"]) * scale, t["class_labels"])]
             else:
                 d = outs[name][r]
-                keep = d["scores"] >= score_threshold
+                keep = (d["scores"] >= score_threshold) & (torch.arange(len(d["scores"]), device=d["scores"].device)
+                                                           < max(3, len(t["boxes"])))
                 dets = [(b.cpu(), int(lab), float(s)) for b, lab, s in
                         zip(d["boxes"][keep], d["labels"][keep], d["scores"][keep])]
             for box, lab, score in dets:

@@ -16,7 +16,8 @@ from detrdistill.config import DataConfig, SplitConfig
 from detrdistill.data import (CocoDetection, DatasetError, apply_policy, build_dataset, build_transforms, collate_fn,
                               denormalize, load_coco_json, make_synthetic_coco, validate_coco)
 from detrdistill.data import synth as synth_mod
-from detrdistill.data.transforms import box_cxcywh_to_xyxy, hflip, resize
+from detrdistill.data.transforms import hflip, resize
+from detrdistill.ops.boxes import cxcywh_to_xyxy
 
 
 def _data_root() -> Path | None:
@@ -247,7 +248,7 @@ def test_augmentation_keeps_boxes_on_their_pixels():
         assert len(set(labels)) == len(labels) and (out["boxes"][:, 2:] > 0).all()
         dropped_runs += len(labels) < len(target["boxes"])
         resized += (h, w) != (img.height, img.width)
-        boxes = box_cxcywh_to_xyxy(out["boxes"]) * torch.tensor([w, h, w, h])
+        boxes = cxcywh_to_xyxy(out["boxes"]) * torch.tensor([w, h, w, h])
         for label, box in zip(labels, boxes):
             if min(box[2] - box[0], box[3] - box[1]) < 3:
                 continue  # too small to see reliably after resampling

@@ -9,7 +9,7 @@ from .coco import CocoDetection, collate_fn, load_rgb
 from .synth import CLASSES as SYNTH_CLASSES
 from .synth import make_synthetic_coco
 from .transforms import (IMAGENET_MEAN, IMAGENET_STD, Compose, RandomHorizontalFlip, RandomResize,
-                         RandomSizeCrop, ToTensorNormalize, box_cxcywh_to_xyxy, box_xyxy_to_cxcywh,
+                         RandomSizeCrop, ToTensorNormalize,
                          build_transforms, denormalize)
 from .validate import (KINDS, WARNING_KINDS, DatasetError, Defect, ValidationReport, apply_policy,
                        load_coco_json, validate_coco, validate_coco_dict)
@@ -29,7 +29,7 @@ __all__ = [
     "CocoDetection", "collate_fn", "load_rgb", "build_dataset",
     "make_synthetic_coco", "SYNTH_CLASSES",
     "Compose", "RandomHorizontalFlip", "RandomResize", "RandomSizeCrop", "ToTensorNormalize",
-    "build_transforms", "box_cxcywh_to_xyxy", "box_xyxy_to_cxcywh", "denormalize", "IMAGENET_MEAN", "IMAGENET_STD",
+    "build_transforms", "denormalize", "IMAGENET_MEAN", "IMAGENET_STD",
     "KINDS", "WARNING_KINDS", "DatasetError", "Defect", "ValidationReport", "apply_policy", "load_coco_json",
     "validate_coco", "validate_coco_dict",
 ]

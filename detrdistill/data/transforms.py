@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from detrdistill.ops.boxes import xyxy_to_cxcywh
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -164,18 +166,6 @@ class RandomSizeCrop:
         return f"RandomSizeCrop(p={self.p}, min_frac={self.min_frac})"
 
 
-def box_xyxy_to_cxcywh(b: torch.Tensor) -> torch.Tensor:
-    """[..., 4] (x0, y0, x1, y1) -> (cx, cy, w, h)."""
-    x0, y0, x1, y1 = b.unbind(-1)
-    return torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], -1)
-
-
-def box_cxcywh_to_xyxy(b: torch.Tensor) -> torch.Tensor:
-    """[..., 4] (cx, cy, w, h) -> (x0, y0, x1, y1)."""
-    cx, cy, w, h = b.unbind(-1)
-    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
-
-
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:
     """RGB PIL image -> FloatTensor[3, H, W] in [0, 1]."""
     if img.mode != "RGB":
@@ -198,7 +188,7 @@ class ToTensorNormalize:
         target = dict(target)
         b = target["boxes"].float()
         b = torch.stack([b[:, 0].clamp(0, w), b[:, 1].clamp(0, h), b[:, 2].clamp(0, w), b[:, 3].clamp(0, h)], -1)
-        target["boxes"] = (box_xyxy_to_cxcywh(b) / torch.tensor([w, h, w, h], dtype=torch.float32)).reshape(-1, 4)
+        target["boxes"] = (xyxy_to_cxcywh(b) / torch.tensor([w, h, w, h], dtype=torch.float32)).reshape(-1, 4)
         target["class_labels"] = torch.as_tensor(target["class_labels"], dtype=torch.long).reshape(-1)
         target["size"] = torch.tensor([h, w], dtype=torch.long)
         return x, target
