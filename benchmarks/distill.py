@@ -69,13 +69,14 @@ def sets(overrides: list[str]) -> list[str]:
 def train_teacher(args, work: Path) -> Path:
     out = work / "teacher"
     if not (out / "model" / "config.json").is_file() or json.loads((out / "eval.json").read_text()).get("stopped_early"):
-        run(cli("train", args.teacher_config, "--resume", "--output-dir", str(out), *sets(args.set)), out / "log.txt")
+        run(cli("train", args.teacher_config, "--resume", "--output-dir", str(out), *sets(args.set + args.teacher_set)),
+            out / "log.txt")
     return out / "model"
 
 
 def train_student(args, work: Path, teacher: Path, method: str, seed: int) -> dict:
     out = work / f"{method}-s{seed}"
-    common = ["--output-dir", str(out), "--resume", *sets(args.set + [f"train.seed={seed}"])]
+    common = ["--output-dir", str(out), "--resume", *sets(args.set + args.student_set + [f"train.seed={seed}"])]
     t0 = time.monotonic()
     if METHODS[method] is None:
         run(cli("train", args.student_config, *common), out / "log.txt")
@@ -126,7 +127,11 @@ def summarize(results: dict) -> str:
 
 
 def bar_chart(results: dict, path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # e.g. a GPU machine without it: the JSON and the table are what count
+        print("matplotlib missing: no bar chart", flush=True)
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     by: dict[str, list[float]] = {}
@@ -157,7 +162,10 @@ def main() -> int:
     p.add_argument("--methods", nargs="+", default=MAIN_METHODS, choices=list(METHODS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--parallel", type=int, default=1, help="student trainings run at once (one GPU fits several)")
-    p.add_argument("--set", action="append", default=[], help="override for every run (e.g. train.time_budget_min=5)")
+    p.add_argument("--set", action="append", default=[], help="override for every run (e.g. data.num_workers=4)")
+    p.add_argument("--teacher-set", action="append", default=[], help="override for the teacher run only")
+    p.add_argument("--student-set", action="append", default=[],
+                   help="override for the student runs only (e.g. train.time_budget_min=3)")
     p.add_argument("--work-dir", default=None, help="default runs/bench/<dataset>")
     p.add_argument("--out", default=None, help="default benchmarks/results/<dataset>-<date>.json")
     args = p.parse_args()

@@ -143,3 +143,28 @@ def test_epoch_sampler_resumes_and_shards():
     other = EpochSampler(10, 2, 1)
     other.set_epoch(4)
     assert list(other) != order
+
+
+def test_time_budget_fixes_the_schedule_length():
+    from detrdistill.engine.trainer import _plan_to_budget
+
+    class OneProcess:
+        device = torch.device("cpu")
+
+        def reduce(self, t, op):
+            return t
+
+    state, plan = {"step": 20, "elapsed_s": 10.0}, {"total": 1000}
+    _plan_to_budget(state, plan, budget_s=100.0, accelerator=OneProcess())
+    assert plan["total"] == state["planned_total"] == 200  # 0.5 s/step -> 200 steps fit in 100 s
+    cfg = OptimConfig(warmup_steps=0, schedule="cosine", min_lr_ratio=0.0)
+    net = torch.nn.Linear(2, 2)
+    opt = build_optimizer(net, cfg)
+    sched = build_scheduler(opt, lambda: plan["total"], cfg)
+    for _ in range(199):
+        opt.step()
+        sched.step()
+    assert sched.get_last_lr()[0] < 1e-3 * 0.01  # the cosine reached its floor at the planned end
+    state, plan = {"step": 20, "elapsed_s": 1.0}, {"total": 100}
+    _plan_to_budget(state, plan, budget_s=100.0, accelerator=OneProcess())
+    assert plan["total"] == 100  # a budget never lengthens a run

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
@@ -55,5 +56,8 @@ def lr_factor(step: int, total_steps: int, cfg: OptimConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, cfg: OptimConfig):
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, cfg))
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int | Callable[[], int], cfg: OptimConfig):
+    """LambdaLR over ``total_steps`` (an int, or a callable read at every step: a time-budgeted run fixes
+    its length after measuring its first steps)."""
+    total = total_steps if callable(total_steps) else (lambda: total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total(), cfg))

@@ -66,6 +66,21 @@ def build_datasets(cfg: Config, accelerator, need_train: bool = True):
     return train, val
 
 
+PLAN_AFTER = 20  # steps measured before a time-budgeted run fixes its length
+
+
+def _plan_to_budget(state: dict, plan: dict, budget_s: float, accelerator) -> None:
+    """Time budget: fix the run's length (and so its lr schedule) from the measured step time, so the
+    schedule completes within the budget instead of being cut mid-way. Saved in checkpoints for --resume."""
+    per_step = torch.tensor([state["elapsed_s"] / state["step"]], device=accelerator.device)
+    per_step = accelerator.reduce(per_step, "mean").item()
+    planned = max(state["step"], min(plan["total"], int(budget_s / per_step)))
+    if planned < plan["total"]:
+        log.info("time budget %.1f min at %.3f s/step: %d steps instead of %d", budget_s / 60, per_step, planned,
+                 plan["total"])
+    plan["total"] = state["planned_total"] = planned
+
+
 def _install_stop_handler(flag: dict) -> dict:
     """SIGINT/SIGTERM finish the current step, checkpoint and exit cleanly. Returns the old handlers."""
     old = {}
@@ -101,7 +116,8 @@ def run_training(cfg: Config, mode: str = "train", resume: bool = False) -> dict
                                            rank, world, cfg.data.num_workers)
     steps_per_epoch = sampler.batches_per_epoch()
     total = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
-    scheduler = build_scheduler(optimizer, total, cfg.optim)
+    plan = {"total": total}  # a time budget shortens it once the step time is measured (see below)
+    scheduler = build_scheduler(optimizer, lambda: plan["total"], cfg.optim)
     val_load = eval_loader(val_ds, collate_fn, cfg.train.batch_size, rank, world,
                            cfg.data.num_workers) if val_ds is not None else None
 
@@ -113,6 +129,7 @@ def run_training(cfg: Config, mode: str = "train", resume: bool = False) -> dict
             log.warning("--resume: no checkpoint in %s; starting from scratch", out_dir / "checkpoints")
         else:
             state = load_checkpoint(ckpt, task, optimizer, scheduler, rank=rank, world_size=world)
+            plan["total"] = state.get("planned_total", total)
             log.info("resumed from %s (step %d)", ckpt, state["step"])
     if state["step"] == 0:
         if main and (out_dir / "metrics.jsonl").exists():
@@ -140,10 +157,10 @@ def run_training(cfg: Config, mode: str = "train", resume: bool = False) -> dict
     old_handlers = _install_stop_handler(stop)
     start, start_elapsed = time.monotonic(), state["elapsed_s"]
     budget_s = cfg.train.time_budget_min * 60 if cfg.train.time_budget_min else math.inf
-    bar = tqdm(total=total, initial=state["step"], disable=not (main and cfg.train.progress),
+    bar = tqdm(total=plan["total"], initial=state["step"], disable=not (main and cfg.train.progress),
                desc=f"{mode} {out_dir.name}", dynamic_ncols=True)
     model.train()
-    while state["step"] < total and not stop["stop"]:
+    while state["step"] < plan["total"] and not stop["stop"]:
         epoch, first_batch = divmod(state["step"], steps_per_epoch)
         sampler.set_epoch(epoch, first_batch)
         seeded.set_epoch(epoch)
@@ -165,7 +182,10 @@ def run_training(cfg: Config, mode: str = "train", resume: bool = False) -> dict
             state["elapsed_s"] = start_elapsed + time.monotonic() - start
             bar.update(1)
             step = state["step"]
-            if step % cfg.train.log_every == 0 or step == 1 or step == total:
+            if budget_s < math.inf and "planned_total" not in state and step == min(PLAN_AFTER, plan["total"]):
+                _plan_to_budget(state, plan, budget_s, accelerator)
+                bar.total = plan["total"]
+            if step % cfg.train.log_every == 0 or step == 1 or step == plan["total"]:
                 comps = torch.stack([loss.detach().float()] + [v.detach().float() for v in loss_dict.values()])
                 comps = accelerator.reduce(comps, "mean").tolist()
                 rec = {"step": step, "epoch": step / steps_per_epoch, "lr": scheduler.get_last_lr()[-1],
@@ -176,8 +196,8 @@ def run_training(cfg: Config, mode: str = "train", resume: bool = False) -> dict
             if world > 1:  # every process must take the same decision
                 halt = accelerator.reduce(torch.tensor([float(halt)], device=accelerator.device), "sum").item() > 0
             stop["stop"] = halt
-            if stop["stop"] or step >= total:
-                state["stopped_early"] = step < total
+            if stop["stop"] or step >= plan["total"]:
+                state["stopped_early"] = step < plan["total"]
                 break
             every = cfg.train.checkpoint_every_steps
             if (every and step % every == 0) or step % steps_per_epoch == 0:

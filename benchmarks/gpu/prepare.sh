@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Run HERE (the CPU machine), from the repo root, before a device run: puts what the GPU machine lacks
+# into ignored folders that the device tool's `carry` takes along (64 MiB in all):
+#   .whl/   wheels for Python 3.12 (the GPU machine has torch, transformers, accelerate, scipy, but no
+#           pycocotools / pydantic)
+#   .data/  bccd + raccoon (../shared beside the checkout does not travel)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+for d in /.whl/ /.data/; do grep -qxF "$d" .git/info/exclude || echo "$d" >> .git/info/exclude; done
+rm -rf .whl && mkdir -p .whl
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+  -d .whl pycocotools pydantic pydantic-core annotated-types typing-inspection
+mkdir -p .data && cp -r ../shared/data/bccd ../shared/data/raccoon .data/
+du -sh .whl .data
