@@ -137,6 +137,11 @@ class TrainConfig(_Section):
     time_budget_min: float | None = Field(None, gt=0, description="stop (and checkpoint) after this many minutes")
     batch_size: int = Field(4, ge=1, description="images per process")
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, v: Any) -> Any:  # `mixed_precision: no` in a YAML file parses as False
+        return "no" if v is False else v
     log_every: int = Field(10, ge=1)
     eval_every_epochs: int = Field(1, ge=0, description="0 evaluates only at the end")
     checkpoint_every_steps: int = Field(0, ge=0, description="0 checkpoints at each epoch end only")
@@ -220,7 +225,13 @@ def _format_error(err: ValidationError, source: str) -> str:
 
 
 def _parse_value(text: str) -> Any:
-    return yaml.safe_load(text) if text.strip() else ""
+    """YAML-parse an override value, except YAML 1.1's yes/no/on/off booleans: ``mixed_precision=no`` means "no"."""
+    if not text.strip():
+        return ""
+    value = yaml.safe_load(text)
+    if isinstance(value, bool) and text.strip().lower() not in ("true", "false"):
+        return text.strip()
+    return value
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:

@@ -38,6 +38,14 @@ def test_bad_values_give_one_line_error_naming_the_key(override, needle):
     assert needle in msg and "\n" not in msg
 
 
+def test_yaml_no_is_not_false(tmp_path):
+    assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  mixed_precision: no\n  progress: false\n")
+    cfg = load_config(p, ["train.device=cpu"])
+    assert cfg.train.mixed_precision == "no" and cfg.train.progress is False
+
+
 def test_bad_files(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")

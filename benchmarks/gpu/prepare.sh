@@ -6,6 +6,7 @@
 #   .data/  bccd + raccoon (../shared beside the checkout does not travel)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+mkdir -p .git/info && touch .git/info/exclude
 for d in /.whl/ /.data/; do grep -qxF "$d" .git/info/exclude || echo "$d" >> .git/info/exclude; done
 rm -rf .whl && mkdir -p .whl
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
