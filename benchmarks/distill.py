@@ -44,7 +44,7 @@ METHODS: dict[str, list[str] | None] = {
     "detrdistill_contrastive": ["distill.contrastive.enabled=true"],
 }
 MAIN_METHODS = ["baseline", "detrdistill", "logits", "feature", "query_prior", "fitnet", "logit_kd"]
-REPORT_SPLIT = {"bccd": "test", "raccoon": "val"}
+REPORT_SPLIT = {"bccd": "test", "raccoon": "val", "synthetic": "val"}
 STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
@@ -90,6 +90,12 @@ def train_student(args, work: Path, teacher: Path, method: str, seed: int) -> di
     ev = json.loads((ev_dir / "eval.json").read_text())
     train_s = json.loads((out / "eval.json").read_text()).get("train_seconds", time.monotonic() - t0)
     return {"method": method, "seed": seed, **{k: ev[k] for k in STATS}, "train_seconds": train_s, "split": split}
+
+
+def _commands(previous: str | None, this: str) -> str:
+    """Every invocation that added runs to this file, joined by ' && ' (a resumed file keeps its history)."""
+    parts = previous.split(" && ") if previous else []
+    return " && ".join(parts + ([this] if this not in parts else []))
 
 
 def params_of(model_dir: Path) -> int:
@@ -186,10 +192,11 @@ def main() -> int:
     t_stats = json.loads((t_eval / "eval.json").read_text())
     results.update({"dataset": args.dataset, "device": device_name(), "date": date, "report_split": split,
                     "selection": "fixed schedule, last checkpoint, no selection on the reported split",
-                    "command": shlex.join(["python", "benchmarks/distill.py", *sys.argv[1:]]),
+                    "command": _commands(results.get("command"), shlex.join(["python", "benchmarks/distill.py",
+                                                                             *sys.argv[1:]])),
                     "teacher": {"config": args.teacher_config, "AP": t_stats["AP"], "AP50": t_stats["AP50"],
                                 "params": params_of(teacher)},
-                    "student": {"config": args.student_config}})
+                    "student": {**results.get("student", {}), "config": args.student_config}})
     done = {(r["method"], r["seed"]) for r in results["runs"]}
     todo = [(m, s) for m in args.methods for s in args.seeds if (m, s) not in done]
 
