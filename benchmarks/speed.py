@@ -58,8 +58,7 @@ def bench_config(path: str, device: torch.device, batch_size: int | None, steps:
 
     cfg = load_config(path, overrides + ([f"train.batch_size={batch_size}"] if batch_size else []))
     # one image size and no crop, so every batch of the full-step loop has the shape the bare step timed
-    cfg = load_config(path, overrides + ([f"train.batch_size={batch_size}"] if batch_size else [])
-                      + [f"data.min_size=[{max(cfg.data.min_size)}]", "data.crop=0.0"])
+    cfg.data = cfg.data.model_copy(update={"min_size": [max(cfg.data.min_size)], "crop": 0.0})
     acc = make_accelerator(cfg)
     train_ds, _ = build_datasets(cfg, acc)
     model = build_model(cfg.model, train_ds.id2label).to(device)

@@ -132,7 +132,6 @@ def format_table(summary: dict) -> str:
 
 
 def _figures(out: Path, cfgs: dict[str, Config]) -> list[str]:
-    from detrdistill.data import build_dataset
     from detrdistill.engine.trainer import build_datasets, make_accelerator
     from detrdistill.models.adapters import get_adapter
     from detrdistill.models.build import load_detector
@@ -149,5 +148,4 @@ def _figures(out: Path, cfgs: dict[str, Config]) -> list[str]:
                                source=cfgs["distilled"].distill.feature.source),
              plot_loss_curves({n: Path(cfgs[n].train.output_dir) / "metrics.jsonl" for n in ("baseline", "distilled")},
                               fig_dir / "loss_curves.png")]
-    del build_dataset
     return [str(p) for p in paths]
