@@ -65,7 +65,7 @@ def bench_config(path: str, device: torch.device, batch_size: int | None, steps:
     adapter = get_adapter(model)
     crit = build_criterion(cfg, adapter)
     opt = build_optimizer(adapter, cfg.optim)
-    loader, sampler, seeded = train_loader(train_ds, collate_fn, cfg.train.batch_size, 0, 0, 1, cfg.data.num_workers)
+    loader, _ = train_loader(train_ds, collate_fn, cfg.train.batch_size, 0, 0, 1, cfg.data.num_workers)
     batch = next(iter(loader))
     pv, pm = batch["pixel_values"].to(device), batch["pixel_mask"].to(device)
     targets = move_targets(batch["labels"], device)
@@ -108,15 +108,10 @@ def bench_config(path: str, device: torch.device, batch_size: int | None, steps:
     res["ours_s"] = _time(ours, device, steps)
 
     # full engine step: loader (its workers), model, criterion, optimizer, clipping
-    it = iter(loader)
+    it = iter(loader)  # endless
 
     def full_step():
-        nonlocal it
-        try:
-            b = next(it)
-        except StopIteration:
-            it = iter(loader)
-            b = next(it)
+        b = next(it)
         x, m = b["pixel_values"].to(device, non_blocking=True), b["pixel_mask"].to(device, non_blocking=True)
         t = move_targets(b["labels"], device)
         with ctx():

@@ -1,4 +1,5 @@
 """Engine pieces without training: COCO evaluation, lr schedule, param groups, checkpoints, sampler."""
+import itertools
 import json
 import random
 
@@ -9,7 +10,7 @@ from pycocotools.coco import COCO
 from detrdistill.config import OptimConfig
 from detrdistill.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from detrdistill.engine.evaluator import STAT_KEYS, coco_stats, postprocess, to_coco_results
-from detrdistill.engine.loading import EpochSampler
+from detrdistill.engine.loading import SeededDataset, StepSampler
 from detrdistill.engine.optim import build_optimizer, build_scheduler, lr_factor
 
 
@@ -128,21 +129,32 @@ def test_checkpoint_roundtrip_and_tmp_ignored(tmp_path):
         load_checkpoint(latest_checkpoint(tmp_path), net2, opt2, sched2, world_size=2)
 
 
-def test_epoch_sampler_resumes_and_shards():
-    full = EpochSampler(10, batch_size=2, seed=1, rank=0, world_size=1)
-    full.set_epoch(3)
-    order = list(full)
-    assert len(order) == 10 and sorted(order) == list(range(10))
-    part = EpochSampler(10, batch_size=2, seed=1)
-    part.set_epoch(3, start_batch=2)
-    assert list(part) == order[4:]
-    r0, r1 = EpochSampler(10, 1, 1, 0, 2), EpochSampler(10, 1, 1, 1, 2)
-    r0.set_epoch(3); r1.set_epoch(3)
-    inter = [x for pair in zip(r0, r1) for x in pair]
-    assert inter == order
-    other = EpochSampler(10, 2, 1)
-    other.set_epoch(4)
-    assert list(other) != order
+def test_step_sampler_resumes_and_shards_across_epochs():
+    full = StepSampler(10, batch_size=2, seed=1)
+    stream = list(itertools.islice(iter(full), 30))  # 3 epochs of 5 batches, one endless iterator
+    epochs = [stream[i:i + 10] for i in (0, 10, 20)]
+    for e, keys in enumerate(epochs):  # each epoch: every sample once, keyed epoch * n + index
+        assert sorted(k - 10 * e for k in keys) == list(range(10))
+    assert [k % 10 for k in epochs[1]] != [k % 10 for k in epochs[2]]  # reshuffled per epoch
+    assert stream[14:16] == full.batch_keys(7)
+    resumed = StepSampler(10, batch_size=2, seed=1, start_step=7)  # resume mid-epoch 1
+    assert list(itertools.islice(iter(resumed), 16)) == stream[14:30]
+    r0, r1 = StepSampler(10, 1, 1, 0, 2), StepSampler(10, 1, 1, 1, 2)
+    inter = [x for pair in zip(itertools.islice(iter(r0), 15), itertools.islice(iter(r1), 15)) for x in pair]
+    assert inter == stream
+
+
+def test_seeded_dataset_reads_the_epoch_from_the_key():
+    class Noise(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return i, torch.rand(1).item()
+
+    ds = SeededDataset(Noise(), seed=3)
+    assert ds[6][0] == 2 and ds[6] == ds[6]  # key 6 = epoch 1, sample 2; same augmentation every time
+    assert ds[2][0] == 2 and ds[2][1] != ds[6][1]  # same sample, other epoch: other augmentation
 
 
 def test_time_budget_fixes_the_schedule_length():
@@ -154,17 +166,18 @@ def test_time_budget_fixes_the_schedule_length():
         def reduce(self, t, op):
             return t
 
-    state, plan = {"step": 20, "elapsed_s": 10.0}, {"total": 1000}
-    _plan_to_budget(state, plan, budget_s=100.0, accelerator=OneProcess())
-    assert plan["total"] == state["planned_total"] == 200  # 0.5 s/step -> 200 steps fit in 100 s
+    # 30 steps in 16 s, of which the warm-up took 6 s: 0.5 s/step after it -> 30 + 84 / 0.5 steps fit in 100 s
+    state, plan = {"step": 30, "elapsed_s": 16.0}, {"total": 1000}
+    _plan_to_budget(state, plan, budget_s=100.0, per_step=0.5, accelerator=OneProcess())
+    assert plan["total"] == state["planned_total"] == 198
     cfg = OptimConfig(warmup_steps=0, schedule="cosine", min_lr_ratio=0.0)
     net = torch.nn.Linear(2, 2)
     opt = build_optimizer(net, cfg)
     sched = build_scheduler(opt, lambda: plan["total"], cfg)
-    for _ in range(199):
+    for _ in range(197):
         opt.step()
         sched.step()
     assert sched.get_last_lr()[0] < 1e-3 * 0.01  # the cosine reached its floor at the planned end
-    state, plan = {"step": 20, "elapsed_s": 1.0}, {"total": 100}
-    _plan_to_budget(state, plan, budget_s=100.0, accelerator=OneProcess())
+    state, plan = {"step": 30, "elapsed_s": 1.0}, {"total": 100}
+    _plan_to_budget(state, plan, budget_s=100.0, per_step=0.01, accelerator=OneProcess())
     assert plan["total"] == 100  # a budget never lengthens a run

@@ -1,8 +1,11 @@
 """Deterministic, resumable data loading.
 
-The sample order of epoch ``e`` is a permutation seeded by ``(seed, e)``; augmentation randomness of
-sample ``i`` in epoch ``e`` is seeded by ``(seed, e, i)``. So a run resumed at any batch sees exactly the
-batches (and augmentations) an uninterrupted run would, whatever the number of workers.
+Training reads one endless stream of global batches: global batch ``k`` is batch ``k % B`` of epoch
+``k // B`` (``B`` batches per epoch, drop_last). The sample order of epoch ``e`` is a permutation seeded
+by ``(seed, e)``; the augmentation randomness of sample ``i`` in epoch ``e`` is seeded by ``(seed, e, i)``.
+So a run resumed at any step sees exactly the batches (and augmentations) an uninterrupted run would,
+whatever the number of workers. Because the stream never ends, one DataLoader iterator (and its worker
+processes) lives for the whole run: no worker restart at epoch boundaries.
 Processes take interleaved slices of each global batch (rank r gets items r, r+W, ... of it).
 """
 from __future__ import annotations
@@ -15,19 +18,18 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 class SeededDataset(Dataset):
-    """Wraps a dataset so every item's random augmentation is a function of (seed, epoch, index)."""
+    """Wraps a dataset so item ``e * n + i`` is sample ``i`` augmented with randomness seeded by
+    ``(seed, e, i)``: the epoch travels inside the index, so workers need no shared epoch state."""
 
     def __init__(self, dataset: Dataset, seed: int):
-        self.dataset, self.seed, self.epoch = dataset, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.dataset, self.seed = dataset, seed
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, i: int):
-        s = (self.seed * 1_000_003 + self.epoch * 10_007 + int(i)) % (2**31)
+    def __getitem__(self, key: int):
+        epoch, i = divmod(int(key), len(self.dataset))
+        s = (self.seed * 1_000_003 + epoch * 10_007 + i) % (2**31)
         saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
         random.seed(s)
         np.random.seed(s)
@@ -40,13 +42,13 @@ class SeededDataset(Dataset):
             torch.set_rng_state(saved[2])
 
 
-class EpochSampler(Sampler[int]):
-    """This process's indices of one epoch, from global batch ``start_batch`` on (drop_last)."""
+class StepSampler(Sampler[int]):
+    """This process's keys (``epoch * n + index``) of every global batch from ``start_step`` on, endlessly."""
 
     def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True):
+                 shuffle: bool = True, start_step: int = 0):
         self.n, self.bs, self.seed, self.rank, self.world = n, batch_size, seed, rank, world_size
-        self.shuffle, self.epoch, self.start_batch = shuffle, 0, 0
+        self.shuffle, self.start_step = shuffle, start_step
 
     @property
     def global_batch(self) -> int:
@@ -55,23 +57,28 @@ class EpochSampler(Sampler[int]):
     def batches_per_epoch(self) -> int:
         return self.n // self.global_batch
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, start_batch
-
-    def _indices(self) -> list[int]:
+    def epoch_order(self, epoch: int) -> list[int]:
+        """The sample order of ``epoch`` (every index once)."""
         if not self.shuffle:
             return list(range(self.n))
-        g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+        g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
         return torch.randperm(self.n, generator=g).tolist()
 
-    def __iter__(self):
-        order = self._indices()
-        for b in range(self.start_batch, self.batches_per_epoch()):
-            chunk = order[b * self.global_batch:(b + 1) * self.global_batch]
-            yield from chunk[self.rank::self.world]
+    def batch_keys(self, step: int) -> list[int]:
+        """This process's keys of global batch ``step`` (0-based)."""
+        epoch, b = divmod(step, self.batches_per_epoch())
+        chunk = self.epoch_order(epoch)[b * self.global_batch:(b + 1) * self.global_batch]
+        return [epoch * self.n + i for i in chunk[self.rank::self.world]]
 
-    def __len__(self) -> int:
-        return (self.batches_per_epoch() - self.start_batch) * self.bs
+    def __iter__(self):
+        step, per_epoch = self.start_step, self.batches_per_epoch()
+        while True:
+            epoch, b = divmod(step, per_epoch)
+            order = self.epoch_order(epoch)
+            for b in range(b, per_epoch):
+                chunk = order[b * self.global_batch:(b + 1) * self.global_batch]
+                yield from (epoch * self.n + i for i in chunk[self.rank::self.world])
+            step = (epoch + 1) * per_epoch
 
 
 class ShardSampler(Sampler[int]):
@@ -88,16 +95,18 @@ class ShardSampler(Sampler[int]):
 
 
 def train_loader(dataset, collate_fn, batch_size: int, seed: int, rank: int, world_size: int,
-                 num_workers: int) -> tuple[DataLoader, EpochSampler, SeededDataset]:
+                 num_workers: int, start_step: int = 0) -> tuple[DataLoader, StepSampler]:
+    """An endless loader of this process's batches from global step ``start_step`` on; iterate it once."""
     if len(dataset) < batch_size * world_size:
         raise ValueError(f"the training set has {len(dataset)} images, fewer than one global batch "
                          f"({batch_size} x {world_size} processes); lower train.batch_size")
-    seeded = SeededDataset(dataset, seed)
-    sampler = EpochSampler(len(dataset), batch_size, seed, rank, world_size)
-    loader = DataLoader(seeded, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn,
-                        num_workers=num_workers, pin_memory=torch.cuda.is_available(),
-                        persistent_workers=False, drop_last=True)
-    return loader, sampler, seeded
+    sampler = StepSampler(len(dataset), batch_size, seed, rank, world_size, start_step=start_step)
+    loader = DataLoader(SeededDataset(dataset, seed), batch_size=batch_size, sampler=sampler, collate_fn=collate_fn,
+                        num_workers=num_workers, pin_memory=torch.cuda.is_available(), drop_last=True,
+                        # its own generator: starting the iterator (after a resume too) never draws from the
+                        # global RNG that model dropout uses; items are seeded by SeededDataset anyway
+                        generator=torch.Generator().manual_seed(seed))
+    return loader, sampler
 
 
 def eval_loader(dataset, collate_fn, batch_size: int, rank: int, world_size: int, num_workers: int) -> DataLoader:

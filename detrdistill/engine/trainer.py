@@ -66,15 +66,17 @@ def build_datasets(cfg: Config, accelerator, need_train: bool = True):
     return train, val
 
 
-PLAN_AFTER = 20  # steps measured before a time-budgeted run fixes its length
+PLAN_WARMUP, PLAN_STEPS = 10, 20  # a time-budgeted run times steps 11-30, after warm-up, to fix its length
 
 
-def _plan_to_budget(state: dict, plan: dict, budget_s: float, accelerator) -> None:
-    """Time budget: fix the run's length (and so its lr schedule) from the measured step time, so the
-    schedule completes within the budget instead of being cut mid-way. Saved in checkpoints for --resume."""
-    per_step = torch.tensor([state["elapsed_s"] / state["step"]], device=accelerator.device)
+def _plan_to_budget(state: dict, plan: dict, budget_s: float, per_step: float, accelerator) -> None:
+    """Time budget: fix the run's length (and so its lr schedule) from the step time measured after
+    warm-up, so the schedule completes within the budget instead of being cut mid-way. Saved in
+    checkpoints for --resume."""
+    per_step = torch.tensor([per_step], device=accelerator.device)
     per_step = accelerator.reduce(per_step, "mean").item()
-    planned = max(state["step"], min(plan["total"], int(budget_s / per_step)))
+    fits = state["step"] + int(max(0.0, budget_s - state["elapsed_s"]) / per_step)
+    planned = max(state["step"], min(plan["total"], fits))
     if planned < plan["total"]:
         log.info("time budget %.1f min at %.3f s/step: %d steps instead of %d", budget_s / 60, per_step, planned,
                  plan["total"])
@@ -112,9 +114,7 @@ def run_training(cfg: Config, mode: str = "train", resume: bool = False) -> dict
     train_ds, val_ds = build_datasets(cfg, accelerator)
     task = build_task(cfg, train_ds.id2label, mode)
     optimizer = build_optimizer(task, cfg.optim)
-    loader, sampler, seeded = train_loader(train_ds, collate_fn, cfg.train.batch_size, cfg.train.seed,
-                                           rank, world, cfg.data.num_workers)
-    steps_per_epoch = sampler.batches_per_epoch()
+    steps_per_epoch = len(train_ds) // (cfg.train.batch_size * world)
     total = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
     plan = {"total": total}  # a time budget shortens it once the step time is measured (see below)
     scheduler = build_scheduler(optimizer, lambda: plan["total"], cfg.optim)
@@ -137,6 +137,8 @@ def run_training(cfg: Config, mode: str = "train", resume: bool = False) -> dict
     else:
         metrics.truncate_after(state["step"])
 
+    loader, _ = train_loader(train_ds, collate_fn, cfg.train.batch_size, cfg.train.seed, rank, world,
+                             cfg.data.num_workers, start_step=state["step"])
     model, optimizer = accelerator.prepare(task, optimizer)
     unwrapped = accelerator.unwrap_model(model)
 
@@ -160,53 +162,55 @@ def run_training(cfg: Config, mode: str = "train", resume: bool = False) -> dict
     bar = tqdm(total=plan["total"], initial=state["step"], disable=not (main and cfg.train.progress),
                desc=f"{mode} {out_dir.name}", dynamic_ncols=True)
     model.train()
+    batches = iter(loader)  # endless: one iterator (and one set of workers) for the whole run
+    plan_t0 = None
     while state["step"] < plan["total"] and not stop["stop"]:
-        epoch, first_batch = divmod(state["step"], steps_per_epoch)
-        sampler.set_epoch(epoch, first_batch)
-        seeded.set_epoch(epoch)
-        for batch in loader:
-            pv = batch["pixel_values"].to(accelerator.device, non_blocking=True)
-            pm = batch["pixel_mask"].to(accelerator.device, non_blocking=True)
-            targets = move_targets(batch["labels"], accelerator.device)
-            loss, loss_dict = model(pv, pm, targets)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"step {state['step'] + 1}: loss is {loss.item()}; lower optim.lr or "
-                                         "raise optim.warmup_steps (last checkpoint is intact for --resume)")
-            accelerator.backward(loss)
-            if cfg.optim.grad_clip > 0:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state["step"] += 1
-            state["elapsed_s"] = start_elapsed + time.monotonic() - start
-            bar.update(1)
-            step = state["step"]
-            if budget_s < math.inf and "planned_total" not in state and step == min(PLAN_AFTER, plan["total"]):
-                _plan_to_budget(state, plan, budget_s, accelerator)
+        batch = next(batches)
+        pv = batch["pixel_values"].to(accelerator.device, non_blocking=True)
+        pm = batch["pixel_mask"].to(accelerator.device, non_blocking=True)
+        targets = move_targets(batch["labels"], accelerator.device)
+        loss, loss_dict = model(pv, pm, targets)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"step {state['step'] + 1}: loss is {loss.item()}; lower optim.lr or "
+                                     "raise optim.warmup_steps (last checkpoint is intact for --resume)")
+        accelerator.backward(loss)
+        if cfg.optim.grad_clip > 0:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state["step"] += 1
+        state["elapsed_s"] = start_elapsed + time.monotonic() - start
+        bar.update(1)
+        step = state["step"]
+        if budget_s < math.inf and "planned_total" not in state:
+            if step == PLAN_WARMUP:
+                plan_t0 = state["elapsed_s"]
+            elif plan_t0 is not None and step == PLAN_WARMUP + PLAN_STEPS:
+                _plan_to_budget(state, plan, budget_s, (state["elapsed_s"] - plan_t0) / PLAN_STEPS, accelerator)
                 bar.total = plan["total"]
-            if step % cfg.train.log_every == 0 or step == 1 or step == plan["total"]:
-                comps = torch.stack([loss.detach().float()] + [v.detach().float() for v in loss_dict.values()])
-                comps = accelerator.reduce(comps, "mean").tolist()
-                rec = {"step": step, "epoch": step / steps_per_epoch, "lr": scheduler.get_last_lr()[-1],
-                       "loss": comps[0], **{f"loss/{k}": v for k, v in zip(loss_dict, comps[1:])}}
-                metrics.write(rec)
-                bar.set_postfix(loss=f"{comps[0]:.3f}")
-            halt = stop["stop"] or state["elapsed_s"] > budget_s
-            if world > 1:  # every process must take the same decision
-                halt = accelerator.reduce(torch.tensor([float(halt)], device=accelerator.device), "sum").item() > 0
-            stop["stop"] = halt
-            if stop["stop"] or step >= plan["total"]:
-                state["stopped_early"] = step < plan["total"]
-                break
-            every = cfg.train.checkpoint_every_steps
-            if (every and step % every == 0) or step % steps_per_epoch == 0:
-                checkpoint()
-            if step % steps_per_epoch == 0:
-                ep = step // steps_per_epoch
-                if cfg.train.eval_every_epochs and ep % cfg.train.eval_every_epochs == 0:
-                    run_eval(f"eval epoch {ep}")
-                    model.train()
+        if step % cfg.train.log_every == 0 or step == 1 or step == plan["total"]:
+            comps = torch.stack([loss.detach().float()] + [v.detach().float() for v in loss_dict.values()])
+            comps = accelerator.reduce(comps, "mean").tolist()
+            rec = {"step": step, "epoch": step / steps_per_epoch, "time_s": round(state["elapsed_s"], 3),
+                   "lr": scheduler.get_last_lr()[-1], "loss": comps[0], **{f"loss/{k}": v for k, v in zip(loss_dict, comps[1:])}}
+            metrics.write(rec)
+            bar.set_postfix(loss=f"{comps[0]:.3f}")
+        halt = stop["stop"] or state["elapsed_s"] > budget_s
+        if world > 1:  # every process must take the same decision
+            halt = accelerator.reduce(torch.tensor([float(halt)], device=accelerator.device), "sum").item() > 0
+        stop["stop"] = halt
+        if stop["stop"] or step >= plan["total"]:
+            state["stopped_early"] = step < plan["total"]
+            break
+        every = cfg.train.checkpoint_every_steps or steps_per_epoch
+        if step % every == 0:
+            checkpoint()
+        if step % steps_per_epoch == 0:
+            ep = step // steps_per_epoch
+            if cfg.train.eval_every_epochs and ep % cfg.train.eval_every_epochs == 0:
+                run_eval(f"eval epoch {ep}")
+                model.train()
     bar.close()
     for sig, h in old_handlers.items():
         signal.signal(sig, h)
