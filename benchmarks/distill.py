@@ -1,14 +1,20 @@
 """Distillation benchmark: the same student trained alone and with each method, over seeds, on one dataset.
 
-    python benchmarks/distill.py --dataset bccd --seeds 0 1 2 --parallel 4
-    python benchmarks/distill.py --dataset raccoon --methods baseline detrdistill --seeds 0 1 2
+    python benchmarks/distill.py --dataset bccd --cpu --seeds 0 1 2 --parallel 2 --threads 1 \\
+        --work-dir /work/bench-runs/bccd --out benchmarks/results/bccd-cpu-2026-11-30.json
+    python benchmarks/distill.py --dataset raccoon --methods baseline detrdistill --seeds 0 1 2 --parallel 6
 
-Protocol: one fixed schedule for every method (the student config's), its LAST checkpoint, no
-selection on the reported split (bccd: test split; raccoon: val, its only held-out split). The
-teacher is trained first with the teacher config unless ``--teacher DIR`` is given.
-Resumable: results are appended to the JSON as runs finish and finished (method, seed) pairs are
-skipped, so the benchmark can run in short chunks; an interrupted run resumes from its checkpoint.
-Writes ``benchmarks/results/<dataset>-<date>.json`` (+ ``.md`` table, ``.png`` bar chart).
+Protocol (equal schedule): every method runs the student config's fixed number of optimizer steps (same
+batch size, same lr schedule); a time budget may size the teacher (``--teacher-set
+train.time_budget_min=...``), never a student, and a student override that sets one is refused. Each
+student's LAST checkpoint is evaluated on the reported split (bccd: test; raccoon: val), with no selection
+on it. Every run records ``steps`` and ``train_seconds`` (so the price of a method sits next to its gain)
+and its AP-vs-step curve on the val split (``train.eval_every_epochs`` of the student config).
+The teacher is trained first with the teacher config unless ``--teacher DIR`` is given.
+
+Resumable: results are appended to the JSON as runs finish and finished (method, seed) pairs are skipped,
+so the benchmark can run in chunks (Ctrl-C, or ``--max-runs``); an interrupted training resumes from its
+last checkpoint in ``--work-dir``. Writes ``<out>.json`` (+ ``.md`` table, ``.png`` bars and curves).
 """
 from __future__ import annotations
 
@@ -18,7 +24,6 @@ import json
 import os
 import platform
 import shlex
-import statistics
 import subprocess
 import sys
 import time
@@ -27,6 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.distill_report import bar_and_curve_chart, summarize  # noqa: E402
 
 # method -> distill.* overrides (None = plain training, no teacher)
 _OFF = ["distill.logits.enabled=false", "distill.feature.enabled=false", "distill.query_prior.enabled=false"]
@@ -43,53 +50,83 @@ METHODS: dict[str, list[str] | None] = {
     "detrdistill_encoder_outputs": ["distill.feature.source=encoder_outputs"],
     "detrdistill_contrastive": ["distill.contrastive.enabled=true"],
 }
-MAIN_METHODS = ["baseline", "detrdistill", "logits", "feature", "query_prior", "fitnet", "logit_kd"]
+# the protocol's order: the comparison first, then each DETRDistill term alone on the same seeds
+MAIN_METHODS = ["baseline", "detrdistill", "fitnet", "logit_kd", "logits", "feature", "query_prior"]
 REPORT_SPLIT = {"bccd": "test", "raccoon": "val", "synthetic": "val"}
 STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+class BenchmarkError(RuntimeError):
+    pass
 
 
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "detrdistill.cli", *args]
 
 
-def run(cmd: list[str], log_file: Path) -> None:
+def run(cmd: list[str], log_file: Path, env: dict | None = None) -> None:
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("a") as f:
         f.write("$ " + shlex.join(cmd) + "\n")
         f.flush()
-        res = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+        res = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     if res.returncode != 0:
-        raise RuntimeError(f"command failed (rc {res.returncode}), see {log_file}: {shlex.join(cmd)}")
+        raise BenchmarkError(f"command failed (rc {res.returncode}), see {log_file}: {shlex.join(cmd)}")
 
 
 def sets(overrides: list[str]) -> list[str]:
     return sum((["--set", o] for o in overrides), [])
 
 
+def child_env(threads: int | None) -> dict:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    return env
+
+
+def val_curve(metrics_file: Path) -> list[list[float]]:
+    """[[step, AP], ...] from the periodic (val split) evaluations of a run."""
+    if not metrics_file.is_file():
+        return []
+    recs = [json.loads(ln) for ln in metrics_file.read_text().splitlines() if ln.strip()]
+    return [[r["step"], r["eval/AP"]] for r in recs if r.get("eval/AP") is not None]
+
+
 def train_teacher(args, work: Path) -> Path:
     out = work / "teacher"
-    if not (out / "model" / "config.json").is_file() or json.loads((out / "eval.json").read_text()).get("stopped_early"):
-        run(cli("train", args.teacher_config, "--resume", "--output-dir", str(out), *sets(args.set + args.teacher_set)),
-            out / "log.txt")
+    ev = out / "eval.json"
+    if not (out / "model" / "config.json").is_file() or not ev.is_file() or json.loads(ev.read_text()).get(
+            "stopped_early"):
+        run(cli("train", args.teacher_config, "--resume", "--output-dir", str(out),
+                *sets(args.set + args.teacher_set)), out / "log.txt", child_env(args.threads))
     return out / "model"
 
 
 def train_student(args, work: Path, teacher: Path, method: str, seed: int) -> dict:
     out = work / f"{method}-s{seed}"
     common = ["--output-dir", str(out), "--resume", *sets(args.set + args.student_set + [f"train.seed={seed}"])]
+    env = child_env(args.threads)
     t0 = time.monotonic()
     if METHODS[method] is None:
-        run(cli("train", args.student_config, *common), out / "log.txt")
+        run(cli("train", args.student_config, *common), out / "log.txt", env)
     else:
         run(cli("distill", args.student_config, "--teacher", str(teacher), *common, *sets(METHODS[method])),
-            out / "log.txt")
+            out / "log.txt", env)
+    run_info = json.loads((out / "eval.json").read_text())
+    if run_info.get("stopped_early"):
+        raise BenchmarkError(f"{out} stopped before its schedule ended (step {run_info.get('step')}); "
+                             "run the benchmark again to resume it")
     split = REPORT_SPLIT.get(args.dataset, "val")
     ev_dir = out / f"eval-{split}"
-    run(cli("eval", args.student_config, "--model", str(out / "model"), "--split", split, "--eval-dir", str(ev_dir),
-            *sets(args.set)), out / "log.txt")
+    if not (ev_dir / "eval.json").is_file():
+        run(cli("eval", args.student_config, "--model", str(out / "model"), "--split", split, "--eval-dir",
+                str(ev_dir), *sets(args.set)), out / "log.txt", env)
     ev = json.loads((ev_dir / "eval.json").read_text())
-    train_s = json.loads((out / "eval.json").read_text()).get("train_seconds", time.monotonic() - t0)
-    return {"method": method, "seed": seed, **{k: ev[k] for k in STATS}, "train_seconds": train_s, "split": split}
+    return {"method": method, "seed": seed, **{k: ev[k] for k in STATS}, "split": split,
+            "steps": run_info.get("step"), "train_seconds": run_info.get("train_seconds"),
+            "wall_seconds_this_invocation": round(time.monotonic() - t0, 1),
+            "curve_val": val_curve(out / "metrics.jsonl")}
 
 
 def _commands(previous: str | None, this: str) -> str:
@@ -110,95 +147,79 @@ def device_name() -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
-def summarize(results: dict) -> str:
-    by: dict[str, list[dict]] = {}
-    for r in results["runs"]:
-        by.setdefault(r["method"], []).append(r)
-    base = by.get("baseline")
-    base_ap = statistics.mean(r["AP"] for r in base) if base else None
-    lines = [f"# Distillation benchmark: {results['dataset']}", "",
-             f"device: {results['device']}; date: {results['date']}; split reported: "
-             f"{results.get('report_split')}; teacher AP {results['teacher'].get('AP', float('nan')):.2f} "
-             f"({results['teacher'].get('params', 0) / 1e6:.2f} M params), student "
-             f"{results['student'].get('params', 0) / 1e6:.2f} M params", "",
-             f"command: `{results['command']}`", "",
-             "| method | seeds | AP (mean ± std) | AP50 | AP75 | gain vs baseline |", "|---|---|---|---|---|---|"]
-    for m, rs in by.items():
-        aps = [r["AP"] for r in rs]
-        sd = statistics.stdev(aps) if len(aps) > 1 else 0.0
-        gain = "" if base_ap is None or m == "baseline" else f"{statistics.mean(aps) - base_ap:+.2f}"
-        lines.append(f"| {m} | {len(rs)} | {statistics.mean(aps):.2f} ± {sd:.2f} | "
-                     f"{statistics.mean(r['AP50'] for r in rs):.2f} | {statistics.mean(r['AP75'] for r in rs):.2f} | {gain} |")
-    return "\n".join(lines) + "\n"
-
-
-def bar_chart(results: dict, path: Path) -> None:
-    try:
-        import matplotlib
-    except ImportError:  # e.g. a GPU machine without it: the JSON and the table are what count
-        print("matplotlib missing: no bar chart", flush=True)
-        return
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    by: dict[str, list[float]] = {}
-    for r in results["runs"]:
-        by.setdefault(r["method"], []).append(r["AP"])
-    names = list(by)
-    means = [statistics.mean(v) for v in by.values()]
-    sds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in by.values()]
-    fig, ax = plt.subplots(figsize=(1.1 * len(names) + 2, 4))
-    ax.bar(names, means, yerr=sds, capsize=4, color=["grey" if n == "baseline" else "tab:blue" for n in names])
-    if "AP" in results["teacher"]:
-        ax.axhline(results["teacher"]["AP"], color="tab:red", ls="--", label="teacher")
-        ax.legend()
-    ax.set_ylabel(f"AP ({results.get('report_split')})")
-    ax.set_title(f"{results['dataset']}: student AP by method (mean ± std over seeds)")
-    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--dataset", required=True, choices=sorted(REPORT_SPLIT))
-    p.add_argument("--teacher-config")
-    p.add_argument("--student-config")
+    p.add_argument("--cpu", action="store_true", help="use the CPU-sized configs/cpu/<dataset>_{teacher,student}.yaml")
+    p.add_argument("--teacher-config", help="default configs[/cpu]/<dataset>_teacher.yaml")
+    p.add_argument("--student-config", help="default configs[/cpu]/<dataset>_student.yaml")
     p.add_argument("--teacher", help="trained teacher model dir (default: train one with --teacher-config)")
     p.add_argument("--methods", nargs="+", default=MAIN_METHODS, choices=list(METHODS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--parallel", type=int, default=1, help="student trainings run at once (one GPU fits several)")
+    p.add_argument("--parallel", type=int, default=1, help="student trainings run at once")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per training process (OMP_NUM_THREADS)")
+    p.add_argument("--max-runs", type=int, default=None, help="stop after this many student runs (a chunk)")
     p.add_argument("--set", action="append", default=[], help="override for every run (e.g. data.num_workers=4)")
     p.add_argument("--teacher-set", action="append", default=[], help="override for the teacher run only")
     p.add_argument("--student-set", action="append", default=[],
-                   help="override for the student runs only (e.g. train.time_budget_min=3)")
-    p.add_argument("--work-dir", default=None, help="default runs/bench/<dataset>")
-    p.add_argument("--out", default=None, help="default benchmarks/results/<dataset>-<date>.json")
-    args = p.parse_args()
-    args.teacher_config = args.teacher_config or f"configs/{args.dataset}_teacher.yaml"
-    args.student_config = args.student_config or f"configs/{args.dataset}_student.yaml"
-    date = dt.date.today().isoformat()
-    work = Path(args.work_dir or ROOT / "runs" / "bench" / args.dataset)
-    out = Path(args.out or ROOT / "benchmarks" / "results" / f"{args.dataset}-{date}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
+                   help="override for the student runs only (e.g. train.max_steps=400); never a time budget")
+    p.add_argument("--work-dir", default=None, help="default runs/bench/<dataset>[-cpu]")
+    p.add_argument("--out", default=None, help="default benchmarks/results/<dataset>[-cpu]-<date>.json")
+    args = p.parse_args(argv)
+    budgeted = [o for o in args.set + args.student_set if o.replace(" ", "").startswith("train.time_budget_min")]
+    if budgeted:
+        p.error(f"{budgeted[0]}: students must run one equal step schedule; size it with train.max_steps "
+                "(a time budget may size the teacher: --teacher-set)")
+    cfg_dir = "configs/cpu" if args.cpu else "configs"
+    args.teacher_config = args.teacher_config or f"{cfg_dir}/{args.dataset}_teacher.yaml"
+    args.student_config = args.student_config or f"{cfg_dir}/{args.dataset}_student.yaml"
+    args.tag = f"{args.dataset}-cpu" if args.cpu else args.dataset
+    return args
 
-    teacher = Path(args.teacher) if args.teacher else train_teacher(args, work)
-    results = json.loads(out.read_text()) if out.is_file() else {"runs": []}
+
+def teacher_record(args, work: Path, teacher: Path, split: str) -> dict:
     t_eval = work / "teacher-eval"
-    split = REPORT_SPLIT[args.dataset]
     if not (t_eval / "eval.json").is_file():
         run(cli("eval", args.teacher_config, "--model", str(teacher), "--split", split, "--eval-dir", str(t_eval),
-                *sets(args.set)), work / "teacher-eval.log")
-    t_stats = json.loads((t_eval / "eval.json").read_text())
-    results.update({"dataset": args.dataset, "device": device_name(), "date": date, "report_split": split,
-                    "selection": "fixed schedule, last checkpoint, no selection on the reported split",
+                *sets(args.set)), work / "teacher-eval.log", child_env(args.threads))
+    stats = json.loads((t_eval / "eval.json").read_text())
+    rec = {"config": args.teacher_config, **{k: stats[k] for k in STATS}, "params": params_of(teacher),
+           "model_dir": str(teacher)}
+    info = teacher.parent / "eval.json"
+    if not args.teacher and info.is_file():
+        run_info = json.loads(info.read_text())
+        rec.update(steps=run_info.get("step"), train_seconds=run_info.get("train_seconds"),
+                   curve_val=val_curve(teacher.parent / "metrics.jsonl"))
+    return rec
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    date = dt.date.today().isoformat()
+    work = Path(args.work_dir or ROOT / "runs" / "bench" / args.tag)
+    out = Path(args.out or ROOT / "benchmarks" / "results" / f"{args.tag}-{date}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results = json.loads(out.read_text()) if out.is_file() else {"runs": [], "date": date}
+    split = REPORT_SPLIT[args.dataset]
+
+    # baseline-only chunks need no teacher, so they can run while it trains (a separate invocation)
+    need_teacher = any(METHODS[m] is not None for m in args.methods)
+    teacher = Path(args.teacher) if args.teacher else (train_teacher(args, work) if need_teacher
+                                                       else work / "teacher" / "model")
+    have_teacher = (teacher / "config.json").is_file() and (need_teacher or (teacher.parent / "eval.json").is_file())
+    results.update({"dataset": args.dataset, "device": device_name(), "report_split": split,
+                    "protocol": "equal step schedule for every method (student config), last checkpoint, "
+                                "no selection on the reported split; curves on val",
+                    "threads_per_run": args.threads, "parallel_runs": args.parallel,
                     "command": _commands(results.get("command"), shlex.join(["python", "benchmarks/distill.py",
                                                                              *sys.argv[1:]])),
-                    "teacher": {"config": args.teacher_config, "AP": t_stats["AP"], "AP50": t_stats["AP50"],
-                                "params": params_of(teacher)},
+                    "teacher": teacher_record(args, work, teacher, split) if have_teacher
+                    else results.get("teacher", {}),
                     "student": {**results.get("student", {}), "config": args.student_config}})
+    results["dates"] = sorted(set(results.get("dates", [results["date"]]) + [date]))
     done = {(r["method"], r["seed"]) for r in results["runs"]}
-    todo = [(m, s) for m in args.methods for s in args.seeds if (m, s) not in done]
+    todo = [(m, s) for m in args.methods for s in args.seeds if (m, s) not in done][:args.max_runs]
 
     def save() -> None:
         tmp = out.with_suffix(".json.tmp")
@@ -206,7 +227,7 @@ def main() -> int:
         tmp.replace(out)
         out.with_suffix(".md").write_text(summarize(results))
         if results["runs"]:
-            bar_chart(results, out.with_suffix(".png"))
+            bar_and_curve_chart(results, out.with_suffix(".png"))
 
     save()
     print(f"{len(todo)} runs to do ({len(done)} already in {out})", flush=True)
@@ -216,14 +237,15 @@ def main() -> int:
             m, s = futures[fut]
             try:
                 r = fut.result()
-            except RuntimeError as e:
+            except BenchmarkError as e:
                 print(f"FAILED {m} seed {s}: {e}", flush=True)
                 continue
             results["runs"].append(r)
             if "params" not in results["student"]:
                 results["student"]["params"] = params_of(work / f"{m}-s{s}" / "model")
             save()
-            print(f"done {m} seed {s}: AP {r['AP']:.2f}", flush=True)
+            print(f"done {m} seed {s}: AP {r['AP']:.2f} in {r['steps']} steps, {r['train_seconds']:.0f} s",
+                  flush=True)
     print(summarize(results))
     return 0
 

@@ -6,7 +6,8 @@
 Per config, on the same batch: the bare model forward+backward (no loss), with transformers' own loss,
 with our criterion (adapter + SetCriterion), and the full engine step (data loading, model, our
 criterion, optimizer, grad clipping) measured on a real DataLoader. Matching: 16 images x 6 stages x
-300 queries x 300 targets, batched vs a per-image scipy loop vs transformers' matcher. Peak GPU memory.
+300 queries x 300 targets, batched vs a per-image scipy loop vs transformers' matcher. Peak GPU memory. ``engine_step_s``: seconds per step of the
+real training loop (``run_training``) across 3 epoch boundaries, next to the isolated ``full_step_s``.
 Results: ``benchmarks/results/speed-<device>-<date>.json`` and ``.md``.
 """
 from __future__ import annotations
@@ -128,6 +129,34 @@ def bench_config(path: str, device: torch.device, batch_size: int | None, steps:
     return res
 
 
+def engine_step(path: str, batch_size: int | None, overrides: list[str], boundaries: int = 3,
+                warmup: int = 10) -> dict:
+    """Seconds per step of the real training loop (``run_training``: loader workers, model, criterion,
+    optimizer, logging, checkpoints) between step ``warmup`` and the end of ``boundaries`` more epochs,
+    on the same data settings as the isolated steps (one image size, no crop), evaluation off."""
+    import tempfile
+
+    from detrdistill.engine.metrics import read_metrics
+    from detrdistill.engine.trainer import run_training
+
+    cfg = load_config(path, overrides + ([f"train.batch_size={batch_size}"] if batch_size else []))
+    cfg.data = cfg.data.model_copy(update={"min_size": [max(cfg.data.min_size)], "crop": 0.0})
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = cfg.model_copy(deep=True)
+        from detrdistill.engine.trainer import build_datasets, make_accelerator
+        n_train = len(build_datasets(probe, make_accelerator(probe))[0])
+        per_epoch = n_train // cfg.train.batch_size
+        steps = warmup + boundaries * per_epoch + 1
+        cfg.train = cfg.train.model_copy(update={"output_dir": tmp, "max_steps": steps, "epochs": None,
+                                                 "time_budget_min": None, "eval_every_epochs": 0, "log_every": 1,
+                                                 "progress": False})
+        cfg.data = cfg.data.model_copy(update={"val": None, "test": None})
+        run_training(cfg, mode="train")
+        times = {r["step"]: r["time_s"] for r in read_metrics(f"{tmp}/metrics.jsonl") if "time_s" in r}
+    return {"engine_step_s": (times[steps] - times[warmup]) / (steps - warmup), "engine_steps_timed": steps - warmup,
+            "epoch_boundaries_crossed": boundaries, "steps_per_epoch": per_epoch}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--configs", nargs="+", default=["configs/bccd_teacher.yaml", "configs/bccd_student.yaml"])
@@ -146,6 +175,8 @@ def main() -> int:
            "command": shlex.join(["python", "benchmarks/speed.py", *sys.argv[1:]]), "models": []}
     for c in args.configs:
         res["models"].append(bench_config(c, device, args.batch_size, args.steps, args.set))
+        res["models"][-1].update(engine_step(c, args.batch_size, args.set))
+        res["models"][-1]["engine_over_full"] = res["models"][-1]["engine_step_s"] / res["models"][-1]["full_step_s"]
         print(json.dumps(res["models"][-1]), flush=True)
     B, L, N, T = args.match
     res["matching"] = benchmark_matching(B=B, L=L, N=N, T=T, device=device)
@@ -156,13 +187,14 @@ def main() -> int:
     out.write_text(json.dumps(res, indent=1))
     lines = [f"# Speed: {res['device']}, {date}, torch {res['torch']}", "", f"command: `{res['command']}`", "",
              "| config | params | batch | image | bare fwd+bwd s | + transformers loss s | + our criterion s | "
-             "full step s | full / bare | peak GPU GB |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "full step s | full / bare | engine step s | engine / full | peak GPU GB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in res["models"]:
         hf = f"{m['transformers_loss_s']:.4f}" if m["transformers_loss_s"] else "n/a"
         mem = f"{m['peak_gpu_mem_gb']:.2f}" if m["peak_gpu_mem_gb"] else "n/a"
         lines.append(f"| {m['config']} | {m['params'] / 1e6:.1f} M | {m['batch_size']} | {m['image_shape']} | "
                      f"{m['bare_fwd_bwd_s']:.4f} | {hf} | {m['ours_s']:.4f} | {m['full_step_s']:.4f} | "
-                     f"{m['full_over_bare']:.2f} | {mem} |")
+                     f"{m['full_over_bare']:.2f} | {m['engine_step_s']:.4f} | {m['engine_over_full']:.2f} | {mem} |")
     mt = res["matching"]
     lines += ["", f"Matching {B} images x {L} stages x {N} queries x {T} targets (ms, median):", "",
               "| ours batched | per-image scipy loop | transformers matcher | speed-up vs loop |", "|---|---|---|---|",

@@ -1,0 +1,105 @@
+"""Markdown table and figure of a distillation benchmark results file (see benchmarks/distill.py)."""
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+
+def _by_method(results: dict) -> dict[str, list[dict]]:
+    by: dict[str, list[dict]] = {}
+    for r in results["runs"]:
+        by.setdefault(r["method"], []).append(r)
+    return by
+
+
+def _mean_sd(xs: list[float]) -> tuple[float, float]:
+    return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def _fmt_s(x) -> str:
+    return "n/a" if x is None else f"{x:.0f}"
+
+
+def summarize(results: dict) -> str:
+    by = _by_method(results)
+    base = by.get("baseline")
+    base_ap = statistics.mean(r["AP"] for r in base) if base else None
+    base_s = statistics.mean(r["train_seconds"] for r in base) if base and all(
+        r.get("train_seconds") for r in base) else None
+    t = results["teacher"]
+    steps = sorted({r.get("steps") for r in results["runs"]}, key=lambda s: (s is None, s))
+    schedule = (f"{steps[0]} steps for every run" if len(steps) == 1
+                else f"UNEQUAL step counts {steps}: not a valid comparison")
+    lines = [f"# Distillation benchmark: {results['dataset']}", "",
+             f"device: {results['device']}; dates: {', '.join(results.get('dates', [results.get('date', '')]))}; "
+             f"split reported: {results.get('report_split')}; schedule: {schedule}; "
+             f"{results.get('parallel_runs') or 1} runs in parallel, "
+             f"{results.get('threads_per_run') or 'default'} torch thread(s) each", "",
+             f"teacher: AP {t.get('AP', float('nan')):.2f}, {t.get('params', 0) / 1e6:.2f} M params, "
+             f"{t.get('steps', 'n/a')} steps, {_fmt_s(t.get('train_seconds'))} s ({t.get('config')}); "
+             f"student: {results['student'].get('params', 0) / 1e6:.2f} M params ({results['student'].get('config')})",
+             "", f"command: `{results['command']}`", "",
+             "| method | seeds | AP (mean ± std) | AP50 | AP75 | gain vs baseline | steps | train s / run | "
+             "cost vs baseline |", "|---|---|---|---|---|---|---|---|---|"]
+    for m, rs in by.items():
+        ap, sd = _mean_sd([r["AP"] for r in rs])
+        gain = "" if base_ap is None or m == "baseline" else f"{ap - base_ap:+.2f}"
+        secs = [r["train_seconds"] for r in rs if r.get("train_seconds")]
+        mean_s = statistics.mean(secs) if secs else None
+        cost = f"{mean_s / base_s:.2f}x" if mean_s and base_s else ""
+        run_steps = ", ".join(str(s) for s in sorted({r.get("steps") for r in rs}, key=str))
+        lines.append(f"| {m} | {len(rs)} | {ap:.2f} ± {sd:.2f} | {statistics.mean(r['AP50'] for r in rs):.2f} | "
+                     f"{statistics.mean(r['AP75'] for r in rs):.2f} | {gain} | {run_steps} | {_fmt_s(mean_s)} | {cost} |")
+    total = sum(r.get("train_seconds") or 0 for r in results["runs"]) + (t.get("train_seconds") or 0)
+    lines += ["", f"Time per part (training seconds, summed over seeds): teacher {_fmt_s(t.get('train_seconds'))}; "
+              + "; ".join(f"{m} {sum(r.get('train_seconds') or 0 for r in rs):.0f}" for m, rs in by.items())
+              + f"; total {total:.0f} s ({total / 3600:.2f} h of single-run time)."]
+    return "\n".join(lines) + "\n"
+
+
+def mean_curve(runs: list[dict]) -> tuple[list[int], list[float], list[float]]:
+    """Mean and std of the val AP over seeds at the steps every run evaluated."""
+    curves = [dict((int(s), ap) for s, ap in r.get("curve_val", [])) for r in runs]
+    common = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    mean = [statistics.mean(c[s] for c in curves) for s in common]
+    sd = [statistics.stdev([c[s] for c in curves]) if len(curves) > 1 else 0.0 for s in common]
+    return common, mean, sd
+
+
+def bar_and_curve_chart(results: dict, path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # e.g. a GPU machine without it: the JSON and the table are what count
+        print("matplotlib missing: no chart", flush=True)
+        return
+    by = _by_method(results)
+    names = list(by)
+    stats = [_mean_sd([r["AP"] for r in by[n]]) for n in names]
+    fig, (ax, cx) = plt.subplots(1, 2, figsize=(1.1 * len(names) + 8, 4.2))
+    ax.bar(names, [m for m, _ in stats], yerr=[s for _, s in stats], capsize=4,
+           color=["grey" if n == "baseline" else "tab:blue" for n in names])
+    if "AP" in results["teacher"]:
+        ax.axhline(results["teacher"]["AP"], color="tab:red", ls="--", label="teacher")
+        ax.legend(loc="lower right")
+    ax.set_ylabel(f"AP ({results.get('report_split')}, last checkpoint)")
+    ax.set_title(f"{results['dataset']}: student AP by method (mean ± std over seeds)", fontsize=10)
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    for name, color in (("baseline", "grey"), ("detrdistill", "tab:blue")):
+        steps, mean, sd = mean_curve(by.get(name, []))
+        if steps:
+            cx.plot(steps, mean, color=color, marker="o", ms=3, label=f"{'student alone' if name == 'baseline' else name}"
+                    f" ({len(by[name])} seeds)")
+            cx.fill_between(steps, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)],
+                            color=color, alpha=0.2)
+    t_curve = results["teacher"].get("curve_val") or []
+    if t_curve:
+        cx.axhline(t_curve[-1][1], color="tab:red", ls="--", label="teacher (val, end of its training)")
+    cx.set_xlabel("optimizer step")
+    cx.set_ylabel("AP (val)")
+    cx.set_title("AP vs step (mean ± std over seeds)", fontsize=10)
+    cx.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
