@@ -486,3 +486,30 @@ def test_reduce_num_boxes_two_process_gloo():
         torch.multiprocessing.spawn(_reduce_worker, args=(2, init_file, tmp), nprocs=2, join=True)
         got = [torch.load(os.path.join(tmp, f"r{r}.pt")).item() for r in range(2)]
     assert got == [4.0, 4.0]  # mean of 6 and 2 (transformers under accelerate would give 2.0)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_threaded_assignment_equals_serial_scipy(monkeypatch, threads):
+    from detrdistill.ops import matcher as m
+
+    monkeypatch.setattr(m, "PARALLEL_MIN_ENTRIES", 1)  # force the pool even on tiny batches
+    m.set_assignment_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(threads)
+        cost = torch.rand(7, 9, 5, generator=g)
+        cost[2] = cost[2].round(decimals=1)  # ties
+        col_valid = torch.rand(7, 5, generator=g) > 0.3
+        col_valid[4] = False  # an empty problem among the others
+        assign = m.linear_assignment(cost, col_valid=col_valid)
+        for k in range(7):
+            cols = col_valid[k].nonzero().squeeze(1)
+            matched = assign[k] >= 0
+            assert int(matched.sum()) == len(cols)
+            if len(cols):
+                r, c = linear_sum_assignment(cost[k][:, cols].double().numpy())
+                assert cost[k][matched, assign[k][matched]].sum().item() == pytest.approx(
+                    cost[k][r, cols[c]].sum().item(), abs=1e-5)
+    finally:
+        m.set_assignment_threads(min(8, os.cpu_count() or 1))
+    with pytest.raises(ValueError, match=">= 1"):
+        m.set_assignment_threads(0)

@@ -13,7 +13,10 @@ Assignments are dense: ``LongTensor[..., N]`` with the matched column (target in
 """
 from __future__ import annotations
 
+import os
+import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -65,16 +68,37 @@ def _selectors(mask: Tensor | None, size: int, K: int) -> list:
             for k, (n, p) in enumerate(zip(count.tolist(), prefix.tolist()))]
 
 
-def _solve_cpu(cost: Tensor, row_valid: Tensor | None, col_valid: Tensor | None) -> Tensor:
-    """scipy on the valid sub-matrix of each problem.  cost [K, N, M] -> LongTensor [K, N] on the CPU."""
-    K, N, M = cost.shape
-    c = cost.detach()
-    c = c.float() if c.dtype in (torch.float16, torch.bfloat16) else c
-    cn = c.cpu().numpy()  # the one device -> host transfer
-    rows = _selectors(None if row_valid is None else row_valid.cpu(), N, K)
-    cols = _selectors(None if col_valid is None else col_valid.cpu(), M, K)
-    result = np.full((K, N), -1, dtype=np.int64)
-    for k in range(K):  # the unavoidable per-problem CPU solver loop
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+_threads = min(8, os.cpu_count() or 1)
+PARALLEL_MIN_ENTRIES = 1 << 16  # below this many cost entries a batch is solved on the calling thread
+
+
+def set_assignment_threads(n: int) -> None:
+    """How many CPU threads solve the problems of one :func:`linear_assignment` call (default min(8, cores)).
+
+    scipy's solver releases the GIL, so threads give real parallelism; 1 solves every problem in the caller."""
+    global _threads, _pool
+    if n < 1:
+        raise ValueError(f"assignment threads must be >= 1, got {n}")
+    with _pool_lock:
+        if _pool is not None and n != _threads:
+            _pool.shutdown(wait=True)
+            _pool = None
+        _threads = n
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=_threads, thread_name_prefix="detrdistill-lsa")
+        return _pool
+
+
+def _solve_range(cn: np.ndarray, rows: list, cols: list, result: np.ndarray, lo: int, hi: int) -> None:
+    """Solve problems ``lo..hi-1`` into ``result`` (each problem writes only its own row of it)."""
+    for k in range(lo, hi):
         r_sel, c_sel = rows[k], cols[k]
         sub = cn[k][r_sel][:, c_sel]
         if sub.shape[0] == 0 or sub.shape[1] == 0:
@@ -82,6 +106,28 @@ def _solve_cpu(cost: Tensor, row_valid: Tensor | None, col_valid: Tensor | None)
         r, j = linear_sum_assignment(_sanitize_np(sub.astype(np.float64)))
         r = r if isinstance(r_sel, slice) else r_sel[r]
         result[k, r] = j if isinstance(c_sel, slice) else c_sel[j]
+
+
+def _solve_cpu(cost: Tensor, row_valid: Tensor | None, col_valid: Tensor | None) -> Tensor:
+    """scipy on the valid sub-matrix of each problem.  cost [K, N, M] -> LongTensor [K, N] on the CPU.
+
+    Large batches are split into one contiguous range of problems per thread (see :func:`set_assignment_threads`)."""
+    K, N, M = cost.shape
+    c = cost.detach()
+    c = c.float() if c.dtype in (torch.float16, torch.bfloat16) else c
+    cn = c.cpu().numpy()  # the one device -> host transfer
+    rows = _selectors(None if row_valid is None else row_valid.cpu(), N, K)
+    cols = _selectors(None if col_valid is None else col_valid.cpu(), M, K)
+    result = np.full((K, N), -1, dtype=np.int64)
+    parts = min(_threads, K) if K * N * M >= PARALLEL_MIN_ENTRIES else 1
+    if parts <= 1:
+        _solve_range(cn, rows, cols, result, 0, K)
+    else:
+        bounds = np.linspace(0, K, parts + 1).astype(int)
+        futures = [_executor().submit(_solve_range, cn, rows, cols, result, lo, hi)
+                   for lo, hi in zip(bounds[:-1], bounds[1:])]
+        for f in futures:
+            f.result()
     return torch.from_numpy(result)
 
 
@@ -136,7 +182,8 @@ def linear_assignment(cost: Tensor, row_valid: Tensor | None = None, col_valid: 
 
     CUDA tensors use ``torch_linear_assignment.batch_linear_assignment`` when that package is importable (masks
     folded into the costs, see :func:`_solve_padded`); everything else moves the whole batch to the CPU in one
-    transfer and calls ``scipy.optimize.linear_sum_assignment`` once per problem on its valid sub-matrix.
+    transfer and calls ``scipy.optimize.linear_sum_assignment`` once per problem on its valid sub-matrix, the
+    problems spread over a pool of threads when the batch is large (:func:`set_assignment_threads`).
     """
     global _warned_gpu
     if cost.dim() != 3:
