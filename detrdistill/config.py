@@ -14,11 +14,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .errors import ConfigError
+
 FAMILIES = ("deformable_detr", "detr", "conditional_detr", "dab_detr", "rt_detr", "rt_detr_v2")
-
-
-class ConfigError(ValueError):
-    """A configuration problem, always one line naming the key (or file) at fault."""
 
 
 class _Section(BaseModel):

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import DistillConfig
+from ..errors import IncompatibleModelsError, UnsupportedSettingError
 from ..models.adapters import DetectorAdapter
 from ..models.outputs import DetectorOutput
 from ..models.query_projection import build_query_projection
@@ -49,7 +50,7 @@ def _label_map(id2label) -> dict[int, str]:
 
 def check_compatible(teacher: DetectorAdapter, student: DetectorAdapter,
                      dataset_id2label: dict | None = None) -> None:
-    """Raise a clear ValueError before training when teacher and student cannot be distilled on this dataset.
+    """Raise a clear IncompatibleModelsError before training when teacher and student cannot be distilled on this dataset.
 
     Teacher and student must have the same classes under the same ids (the logits are compared class by class);
     every dataset class must exist in the teacher under the same id.  (A teacher with extra classes the dataset
@@ -59,7 +60,7 @@ def check_compatible(teacher: DetectorAdapter, student: DetectorAdapter,
     if teacher.num_classes != student.num_classes or t_map != s_map:
         diff = sorted(k for k in set(t_map) | set(s_map) if t_map.get(k) != s_map.get(k))
         shown = ", ".join(f"{k}: teacher {t_map.get(k)!r} / student {s_map.get(k)!r}" for k in diff[:5])
-        raise ValueError(
+        raise IncompatibleModelsError(
             f"teacher ({teacher.num_classes} classes) and student ({student.num_classes} classes) label maps differ "
             f"({len(diff)} ids: {shown}{' ...' if len(diff) > 5 else ''}); distillation compares logits class by "
             f"class, so both must be built for the same id2label")
@@ -68,7 +69,7 @@ def check_compatible(teacher: DetectorAdapter, student: DetectorAdapter,
         bad = sorted(k for k, v in d_map.items() if t_map.get(k) != v)
         if bad:
             shown = ", ".join(f"{k}: {d_map[k]!r} (teacher: {t_map.get(k)!r})" for k in bad[:5])
-            raise ValueError(
+            raise IncompatibleModelsError(
                 f"the dataset has {len(bad)} class(es) the teacher lacks under the same id ({shown}"
                 f"{' ...' if len(bad) > 5 else ''}); use a teacher trained on this label map")
 
@@ -152,7 +153,7 @@ class Distiller(nn.Module):
 
         qc = cfg.query_prior
         if qc.enabled and not qc.reuse_memory:
-            raise NotImplementedError(
+            raise UnsupportedSettingError(
                 "distill.query_prior.reuse_memory=false (re-running the student encoder for the teacher-query group, "
                 "as the official code does) is not supported: the adapters decode extra query groups over the "
                 "memory of the student's own forward only (it differs from a re-run only by encoder dropout); "

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from detrdistill.errors import CheckpointError
+
 CKPT_DIR = "checkpoints"
 
 
@@ -101,13 +103,13 @@ def load_checkpoint(path: str | Path, module: torch.nn.Module, optimizer, schedu
     path = Path(path)
     state = json.loads((path / "state.json").read_text())
     if state.get("world_size", 1) != world_size:
-        raise RuntimeError(f"{path}: saved with {state.get('world_size')} processes, resuming with {world_size}; "
+        raise CheckpointError(f"{path}: saved with {state.get('world_size')} processes, resuming with {world_size}; "
                            "resume with the same number of processes (the data order depends on it)")
     weights = load_file(str(path / "weights.safetensors"))
     missing, unexpected = module.load_state_dict(weights, strict=False)
     missing = [k for k in missing if "teacher." not in k]  # the frozen teacher is never saved
     if missing or unexpected:
-        raise RuntimeError(f"{path}: checkpoint does not fit the model (missing {missing[:3]}, "
+        raise CheckpointError(f"{path}: checkpoint does not fit the model (missing {missing[:3]}, "
                            f"unexpected {unexpected[:3]}); was it written with another config?")
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=False))

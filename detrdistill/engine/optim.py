@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from detrdistill.config import OptimConfig
+from detrdistill.errors import ConfigError
 
 # parameter-name fragments of the parts trained with a lower lr (Deformable DETR convention)
 BACKBONE_KEYS = ("backbone",)
@@ -39,7 +40,7 @@ def param_groups(module: nn.Module, cfg: OptimConfig) -> list[dict]:
 def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     groups = param_groups(module, cfg)
     if not groups:
-        raise ValueError("no trainable parameters: check model.backbone.freeze and the config")
+        raise ConfigError("no trainable parameters: check model.backbone.freeze and the config")
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from detrdistill.config import Config
+from detrdistill.errors import ConfigError
 from detrdistill.ops.criterion import SetCriterion
 
 
@@ -77,7 +78,7 @@ def build_task(cfg: Config, id2label: dict[int, str], mode: str) -> nn.Module:
     from detrdistill.models.build import load_detector
 
     if not cfg.distill.teacher:
-        raise ValueError("distill.teacher is not set: give the teacher's model directory (--teacher DIR)")
+        raise ConfigError("distill.teacher is not set: give the teacher's model directory (--teacher DIR)")
     teacher = get_adapter(load_detector(cfg.distill.teacher))
     distiller = Distiller(teacher, student, cfg.distill, dataset_id2label=id2label)
     return DistillTask(distiller, criterion)

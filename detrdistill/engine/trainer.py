@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from detrdistill.config import Config, save_config
+from detrdistill.errors import ConfigError, NonFiniteLossError
 from detrdistill.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from detrdistill.engine.evaluator import evaluate, write_eval_json
 from detrdistill.engine.loading import eval_loader, train_loader
@@ -50,7 +51,7 @@ def build_datasets(cfg: Config, accelerator, need_train: bool = True):
     data = cfg.data
     if data.train is None and data.val is None:
         if not data.synthetic:
-            raise ValueError("config: data.train / data.val are not set; give COCO files or set data.synthetic=true")
+            raise ConfigError("config: data.train / data.val are not set; give COCO files or set data.synthetic=true")
         root = Path(data.synth_dir or Path(cfg.train.output_dir) / "data")
         if accelerator.is_main_process:
             make_synthetic_coco(root, num_train=data.synth_images, num_val=max(4, data.synth_images // 4),
@@ -62,7 +63,7 @@ def build_datasets(cfg: Config, accelerator, need_train: bool = True):
     train = build_dataset(data.train, data, train=True) if need_train and data.train else None
     val = build_dataset(data.val, data, train=False) if data.val else None
     if need_train and train is None:
-        raise ValueError("config: data.train is not set")
+        raise ConfigError("config: data.train is not set")
     return train, val
 
 
@@ -171,7 +172,7 @@ def run_training(cfg: Config, mode: str = "train", resume: bool = False) -> dict
         targets = move_targets(batch["labels"], accelerator.device)
         loss, loss_dict = model(pv, pm, targets)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"step {state['step'] + 1}: loss is {loss.item()}; lower optim.lr or "
+            raise NonFiniteLossError(f"step {state['step'] + 1}: loss is {loss.item()}; lower optim.lr or "
                                      "raise optim.warmup_steps (last checkpoint is intact for --resume)")
         accelerator.backward(loss)
         if cfg.optim.grad_clip > 0:

@@ -20,8 +20,6 @@ import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub: an attempt raises instead of hanging
-
 import torch
 from torch import nn  # noqa: E402
 
@@ -29,6 +27,7 @@ import transformers  # noqa: E402
 from transformers import PreTrainedModel, ResNetConfig  # noqa: E402
 
 from ..config import FAMILIES, BackboneConfig, ModelConfig  # noqa: E402
+from ..errors import ConfigError, ModelError, PathNotFoundError, UnsupportedFamilyError  # noqa: E402
 
 __all__ = ["SUPPORTED_FAMILIES", "build_model", "load_detector", "apply_backbone_freeze", "count_parameters",
            "ParamCount", "backbone_module", "hf_config_class", "hf_model_class", "family_of_model_type"]
@@ -65,14 +64,14 @@ def hf_model_class(family: str) -> type:
 
 def _check_family(family: str) -> None:
     if family not in _HF_CLASSES:
-        raise ValueError(f"unsupported model family {family!r}; supported: {', '.join(SUPPORTED_FAMILIES)}")
+        raise UnsupportedFamilyError(f"unsupported model family {family!r}; supported: {', '.join(SUPPORTED_FAMILIES)}")
 
 
 # ----------------------------------------------------------------------------------------------- config mapping
 def _resnet_config(bb: BackboneConfig, num_levels: int) -> ResNetConfig:
     """transformers' own ResNet, returning the last ``num_levels`` stages (at most 3: C3, C4, C5)."""
     if len(bb.hidden_sizes) != len(bb.depths):
-        raise ValueError(f"model.backbone: hidden_sizes ({len(bb.hidden_sizes)}) and depths ({len(bb.depths)}) "
+        raise ConfigError(f"model.backbone: hidden_sizes ({len(bb.hidden_sizes)}) and depths ({len(bb.depths)}) "
                          "must have the same length")
     stages = [f"stage{i + 1}" for i in range(len(bb.depths))]
     n = min(num_levels, 3, len(stages))
@@ -105,7 +104,7 @@ def _family_kwargs(cfg: ModelConfig) -> dict[str, Any]:
         return dict(common, hidden_size=cfg.d_model, backbone_config=_resnet_config(cfg.backbone, 1))
     if fam == "deformable_detr":
         if cfg.d_model % 32:
-            raise ValueError(f"deformable_detr: d_model ({cfg.d_model}) must be a multiple of 32 (GroupNorm(32))")
+            raise ConfigError(f"model.d_model: deformable_detr ({cfg.d_model}) must be a multiple of 32 (GroupNorm(32))")
         kw = dict(common, d_model=cfg.d_model, num_feature_levels=cfg.num_feature_levels,
                   with_box_refine=cfg.with_box_refine, two_stage=cfg.two_stage,
                   backbone_config=_resnet_config(cfg.backbone, cfg.num_feature_levels))
@@ -115,7 +114,7 @@ def _family_kwargs(cfg: ModelConfig) -> dict[str, Any]:
     if fam in ("rt_detr", "rt_detr_v2"):
         # hybrid encoder over C3-C5 (3 levels, fixed); encoder_layers = AIFI transformer layers
         if len(cfg.backbone.hidden_sizes) < 3:
-            raise ValueError(f"{fam}: the backbone needs at least 3 stages (C3-C5)")
+            raise ConfigError(f"model.backbone.hidden_sizes: {fam}: the backbone needs at least 3 stages (C3-C5)")
         return dict(common, d_model=cfg.d_model, encoder_hidden_dim=cfg.d_model,
                     encoder_in_channels=list(cfg.backbone.hidden_sizes[-3:]), feat_strides=[8, 16, 32],
                     decoder_in_channels=[cfg.d_model] * 3, num_feature_levels=3,
@@ -139,7 +138,7 @@ def build_model(model_cfg: ModelConfig, id2label: dict[int, str] | None = None) 
         model = _load_pretrained(model_cfg.pretrained, id2label=id2label, expect_family=model_cfg.family)
     else:
         if not id2label:
-            raise ValueError("build_model: id2label (class id -> name) is required to build a model from scratch")
+            raise ModelError("build_model: id2label (class id -> name) is required to build a model from scratch")
         model = _build_from_scratch(model_cfg, id2label)
     apply_backbone_freeze(model, model_cfg.backbone.freeze)
     return model
@@ -154,7 +153,7 @@ def _build_from_scratch(model_cfg: ModelConfig, id2label: dict[int, str]) -> Pre
     valid = _valid_config_keys(config_cls)
     for key in model_cfg.hf_overrides:
         if key not in valid:
-            raise ValueError(f"model.hf_overrides: unknown key {key!r} for {config_cls.__name__}")
+            raise ConfigError(f"model.hf_overrides: unknown key {key!r} for {config_cls.__name__}")
     kwargs.update(model_cfg.hf_overrides)
     kwargs.update(id2label=id2label, label2id={v: k for k, v in id2label.items()})
     kwargs.setdefault("use_pretrained_backbone", False)  # consumed by older configs; never download weights
@@ -180,7 +179,7 @@ def _unit_batch_norms(model: nn.Module) -> None:
 def _normalise_labels(id2label: dict) -> dict[int, str]:
     out = {int(k): str(v) for k, v in id2label.items()}
     if sorted(out) != list(range(len(out))):
-        raise ValueError(f"id2label keys must be 0..{len(out) - 1}, got {sorted(out)[:10]}...")
+        raise ModelError(f"id2label keys must be 0..{len(out) - 1}, got {sorted(out)[:10]}...")
     return out
 
 
@@ -196,14 +195,14 @@ def family_of_model_type(model_type: str | None) -> str | None:
 def _read_family(path: Path) -> str:
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
-        raise FileNotFoundError(f"{path}: not a transformers checkpoint (no config.json)")
+        raise PathNotFoundError(f"{path}: not a transformers checkpoint (no config.json)")
     try:
         model_type = json.loads(cfg_file.read_text()).get("model_type")
     except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_file}: not valid JSON ({e})") from None
+        raise ModelError(f"{cfg_file}: not valid JSON ({e})") from None
     family = family_of_model_type(model_type)
     if family is None:
-        raise ValueError(f"{path}: model_type {model_type!r} is not a supported family "
+        raise UnsupportedFamilyError(f"{path}: model_type {model_type!r} is not a supported family "
                          f"({', '.join(SUPPORTED_FAMILIES)})")
     return family
 
@@ -212,10 +211,10 @@ def _load_pretrained(path: str | os.PathLike, id2label: dict[int, str] | None = 
                      expect_family: str | None = None) -> PreTrainedModel:
     p = Path(path).expanduser()
     if not p.is_dir():
-        raise FileNotFoundError(f"pretrained checkpoint directory {str(p)!r} does not exist")
+        raise PathNotFoundError(f"pretrained checkpoint directory {str(p)!r} does not exist")
     family = _read_family(p)
     if expect_family is not None and family != expect_family:
-        raise ValueError(f"{p} holds a {family!r} model but model.family is {expect_family!r}; "
+        raise ModelError(f"{p} holds a {family!r} model but model.family is {expect_family!r}; "
                          f"set model.family={family}")
     extra: dict[str, Any] = {}
     if family in _FORCE_NO_AUX:
@@ -227,7 +226,7 @@ def _load_pretrained(path: str | os.PathLike, id2label: dict[int, str] | None = 
         if want != have:
             diff = [k for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)][:5]
             details = ", ".join(f"{k}: checkpoint {have.get(k)!r} vs dataset {want.get(k)!r}" for k in diff)
-            raise ValueError(f"{p}: label map mismatch ({len(have)} classes in the checkpoint, {len(want)} in the "
+            raise ModelError(f"{p}: label map mismatch ({len(have)} classes in the checkpoint, {len(want)} in the "
                              f"dataset; first differences: {details})")
     return model
 
@@ -251,7 +250,7 @@ def backbone_module(model: nn.Module) -> nn.Module:
     for m in container.modules():
         if isinstance(m, BackboneMixin):
             return m
-    raise ValueError(f"no transformers backbone found in {type(container).__name__}")
+    raise ModelError(f"no transformers backbone found in {type(container).__name__}")
 
 
 def apply_backbone_freeze(model: nn.Module, freeze: str) -> None:
@@ -261,7 +260,7 @@ def apply_backbone_freeze(model: nn.Module, freeze: str) -> None:
     fixed. BatchNorm layers are transformers' FrozenBatchNorm2d in every family (buffers, never trained).
     """
     if freeze not in ("none", "stem", "all"):
-        raise ValueError(f"backbone freeze must be 'none', 'stem' or 'all', got {freeze!r}")
+        raise ConfigError(f"model.backbone.freeze must be 'none', 'stem' or 'all', got {freeze!r}")
     bb = backbone_module(model)
     for p in bb.parameters():
         p.requires_grad_(True)
@@ -271,7 +270,7 @@ def apply_backbone_freeze(model: nn.Module, freeze: str) -> None:
     elif freeze == "stem":
         stem = [p for n, p in bb.named_parameters() if n.startswith("embedder.")]
         if not stem:
-            raise ValueError(f"{type(bb).__name__} has no 'embedder' (stem) parameters to freeze")
+            raise ModelError(f"{type(bb).__name__} has no 'embedder' (stem) parameters to freeze")
         for p in stem:
             p.requires_grad_(False)
 

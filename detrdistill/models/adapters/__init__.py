@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from ...errors import ModelError
 from .base import DetectorAdapter, NoQueryTableError, UnsupportedFamilyError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -76,7 +77,7 @@ def get_adapter(model_or_cfg: "nn.Module | ModelConfig", id2label: dict[int, str
         from ..build import build_model
 
         if id2label is None and not model_or_cfg.pretrained:
-            raise ValueError("get_adapter(ModelConfig) needs id2label to build a model from scratch")
+            raise ModelError("get_adapter(ModelConfig) needs id2label to build a model from scratch")
         model = build_model(model_or_cfg, id2label)
     else:
         model = model_or_cfg

@@ -28,6 +28,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 from torch import Tensor, nn
 
+from ...errors import ModelError, NoQueryTableError, UnsupportedFamilyError
 from ..outputs import DetectorOutput, GroupOutput, QueryGroup
 
 __all__ = [
@@ -43,17 +44,6 @@ __all__ = [
     "split_mask",
     "default_pixel_mask",
 ]
-
-
-class UnsupportedFamilyError(ValueError):
-    """The model's ``config.model_type`` has no adapter (the message lists the supported families)."""
-
-
-class NoQueryTableError(NotImplementedError, ValueError):
-    """The model has no learned query table (dynamic, per-image queries: two-stage Deformable, RT-DETR).
-
-    Use ``DetectorOutput.queries`` of a forward instead. Catchable as NotImplementedError or ValueError.
-    """
 
 
 # ----------------------------------------------------------------------------------------------- helpers

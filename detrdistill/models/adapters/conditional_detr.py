@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ...errors import ModelError
 from .base import inverse_sigmoid
 from .detr import DetrAdapter
 
@@ -23,7 +24,7 @@ class ConditionalDetrAdapter(DetrAdapter):
 
     def _check_model(self) -> None:
         if float(getattr(self.model.config, "decoder_layerdrop", 0.0) or 0.0) > 0:
-            raise ValueError("conditional_detr: decoder_layerdrop > 0 is not supported (stages would be skipped)")
+            raise ModelError("conditional_detr: decoder_layerdrop > 0 is not supported (stages would be skipped)")
 
     def _boxes(self, hs: Tensor, decoder_output) -> Tensor:
         ref = decoder_output.reference_points  # (N, B, 2) in [0, 1]

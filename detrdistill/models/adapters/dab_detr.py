@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ..outputs import DetectorOutput, GroupOutput, QueryGroup
+from ...errors import ModelError
 from .base import (DetectorAdapter, ModuleInputCapture, ModuleOutputCapture, expand_group, inverse_sigmoid,
                    split_levels, reference_logits)
 
@@ -44,11 +45,11 @@ class DabDetrAdapter(DetectorAdapter):
     def _check_model(self) -> None:
         cfg = self.model.config
         if not hasattr(self.model, "class_embed") or not hasattr(self.model, "bbox_predictor"):
-            raise ValueError("DabDetrAdapter needs a DabDetrForObjectDetection (class_embed / bbox_predictor heads)")
+            raise ModelError("DabDetrAdapter needs a DabDetrForObjectDetection (class_embed / bbox_predictor heads)")
         if int(getattr(cfg, "num_patterns", 0) or 0) > 0:
-            raise ValueError(f"DabDetrAdapter does not support num_patterns > 0 (got {cfg.num_patterns})")
+            raise ModelError(f"DabDetrAdapter does not support num_patterns > 0 (got {cfg.num_patterns})")
         if int(cfg.query_dim) != 4:
-            raise ValueError(f"DabDetrAdapter needs 4-d anchors (query_dim=4), got query_dim={cfg.query_dim}")
+            raise ModelError(f"DabDetrAdapter needs 4-d anchors (query_dim=4), got query_dim={cfg.query_dim}")
 
     # ------------------------------------------------------------------ properties
     @property

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ..outputs import DetectorOutput, GroupOutput, QueryGroup
+from ...errors import ModelError, NoQueryTableError
 from .base import DetectorAdapter, ModuleInputCapture, ModuleOutputCapture, expand_group, reference_logits
 
 __all__ = ["RTDetrAdapter"]
@@ -52,13 +53,13 @@ class RTDetrAdapter(DetectorAdapter):
     def _check_model(self) -> None:
         decoder = self.model.model.decoder
         if getattr(decoder, "class_embed", None) is None or getattr(decoder, "bbox_embed", None) is None:
-            raise ValueError("RTDetrAdapter needs an RTDetr(V2)ForObjectDetection (decoder class / box heads)")
+            raise ModelError("RTDetrAdapter needs an RTDetr(V2)ForObjectDetection (decoder class / box heads)")
         cfg = self.model.config
         if len(self.model.model.encoder_input_proj) != len(cfg.encoder_in_channels):
-            raise ValueError("RTDetrAdapter: backbone outputs and encoder_in_channels disagree")
+            raise ModelError("RTDetrAdapter: backbone outputs and encoder_in_channels disagree")
         if getattr(cfg, "learn_initial_query", False):
             # transformers 5.24 RTDetr(V2)Model.forward calls `self.weight_embedding.tile(...)` on an nn.Embedding
-            raise ValueError(f"{cfg.model_type}: learn_initial_query=True is not supported (transformers' forward "
+            raise ModelError(f"{cfg.model_type}: learn_initial_query=True is not supported (transformers' forward "
                              "fails on it); use the default top-k encoder features as content queries")
 
     # ------------------------------------------------------------------ properties
@@ -100,7 +101,7 @@ class RTDetrAdapter(DetectorAdapter):
 
     # ------------------------------------------------------------------ extra query groups
     def query_table(self) -> QueryGroup:
-        raise NotImplementedError(
+        raise NoQueryTableError(
             f"{self.family} has no learned query table: its queries are the top-k encoder tokens of each image "
             "(use DetectorOutput.queries of a forward)")
 
