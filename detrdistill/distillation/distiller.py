@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import DistillConfig
-from ..errors import IncompatibleModelsError, UnsupportedSettingError
+from ..errors import CheckpointError, IncompatibleModelsError, UnsupportedSettingError
 from ..models.adapters import DetectorAdapter
 from ..models.outputs import DetectorOutput
 from ..models.query_projection import build_query_projection
@@ -176,7 +176,10 @@ class Distiller(nn.Module):
     def named_trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """(name, parameter) of everything trained: student, adapters, projection, heads -- never the teacher."""
         for name, p in self.named_parameters():
-            if not name.startswith("teacher.") and p.requires_grad:
+            if name.startswith("teacher."):
+                if p.requires_grad:
+                    raise RuntimeError(f"teacher parameter {name} is trainable; the teacher must stay frozen")
+            elif p.requires_grad:
                 yield name, p
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -191,8 +194,8 @@ class Distiller(nn.Module):
         missing, unexpected = self.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("teacher.")]
         if missing or unexpected:
-            raise RuntimeError(f"checkpoint does not fit the distiller: missing {missing[:5]}, "
-                               f"unexpected {list(unexpected)[:5]}")
+            raise CheckpointError(f"checkpoint does not fit the distiller (missing {missing[:3]}, unexpected "
+                                  f"{list(unexpected)[:3]}); was it written with another config?")
 
     def student_state_for_export(self) -> dict[str, Tensor]:
         """The student's own transformers state dict (no adapters, projections or heads)."""
