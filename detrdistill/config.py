@@ -16,7 +16,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 
-FAMILIES = ("deformable_detr", "detr", "conditional_detr", "dab_detr", "rt_detr", "rt_detr_v2")
+
+
+def __getattr__(name: str):  # FAMILIES: the registered model families (detrdistill.models.families), on demand
+    if name == "FAMILIES":
+        return _family_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _family_names() -> tuple[str, ...]:
+    from .models.families import family_names  # the registry imports its adapters: only when a family is checked
+    return family_names()
 
 
 class _Section(BaseModel):
@@ -78,7 +88,7 @@ class BackboneConfig(_Section):
 
 
 class ModelConfig(_Section):
-    family: Literal[FAMILIES] = "deformable_detr"  # type: ignore[valid-type]
+    family: str = Field("deformable_detr", description="a registered model family (detrdistill.models.families)")
     pretrained: str | None = Field(None, description="local transformers checkpoint dir (from_pretrained)")
     num_queries: int = Field(100, ge=1)
     d_model: int = Field(256, ge=8)
@@ -92,6 +102,14 @@ class ModelConfig(_Section):
     two_stage: bool = False
     backbone: BackboneConfig = BackboneConfig()
     hf_overrides: dict[str, Any] = Field({}, description="extra keys passed to the transformers config")
+
+    @field_validator("family")
+    @classmethod
+    def _registered_family(cls, v: str) -> str:
+        names = _family_names()
+        if v not in names:
+            raise ValueError(f"unknown model family; supported: {', '.join(names)}")
+        return v
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "ModelConfig":

@@ -13,9 +13,10 @@ from torch import Tensor
 
 from ...errors import ModelError
 from .base import inverse_sigmoid
-from .detr import DetrAdapter
+from .detr import DetrAdapter, detr_config_kwargs
+from ..families import FamilySpec
 
-__all__ = ["ConditionalDetrAdapter"]
+__all__ = ["FAMILY_SPECS", "ConditionalDetrAdapter"]
 
 
 class ConditionalDetrAdapter(DetrAdapter):
@@ -31,3 +32,9 @@ class ConditionalDetrAdapter(DetrAdapter):
         ref_logit = inverse_sigmoid(ref).transpose(0, 1)  # (B, N, 2)
         tmp = self.model.bbox_predictor(hs)  # (L, B, N, 4)
         return torch.cat([tmp[..., :2] + ref_logit, tmp[..., 2:]], dim=-1).sigmoid()
+
+
+FAMILY_SPECS = (FamilySpec(name="conditional_detr", adapter=ConditionalDetrAdapter,
+                           config_class="ConditionalDetrConfig", model_class="ConditionalDetrForObjectDetection",
+                           config_kwargs=detr_config_kwargs, load_kwargs={"auxiliary_loss": False},
+                           capabilities=frozenset({"query_table"})),)

@@ -19,6 +19,8 @@ Depends on the private decoder keyword names of transformers' ``DabDetrDecoder``
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
@@ -26,8 +28,13 @@ from ..outputs import DetectorOutput, GroupOutput, QueryGroup
 from ...errors import ModelError
 from .base import (DetectorAdapter, ModuleInputCapture, ModuleOutputCapture, expand_group, inverse_sigmoid,
                    split_levels, reference_logits)
+from ..families import FamilySpec
+from ..hf_config import common_kwargs, resnet_config
 
-__all__ = ["DabDetrAdapter"]
+if TYPE_CHECKING:  # pragma: no cover
+    from ...config import ModelConfig
+
+__all__ = ["FAMILY_SPECS", "DabDetrAdapter"]
 
 
 class DabDetrAdapter(DetectorAdapter):
@@ -123,3 +130,12 @@ class DabDetrAdapter(DetectorAdapter):
         hidden = dec.intermediate_hidden_states
         logits, boxes = self._heads(hidden, dec.reference_points)
         return GroupOutput(logits=logits, boxes=boxes, embeddings=hidden)
+
+
+def dab_config_kwargs(cfg: "ModelConfig") -> dict:
+    return dict(common_kwargs(cfg), hidden_size=cfg.d_model, backbone_config=resnet_config(cfg.backbone, 1))
+
+
+FAMILY_SPECS = (FamilySpec(name="dab_detr", adapter=DabDetrAdapter, model_types=("dab-detr",),
+                           config_class="DabDetrConfig", model_class="DabDetrForObjectDetection",
+                           config_kwargs=dab_config_kwargs, capabilities=frozenset({"query_table"})),)

@@ -25,14 +25,21 @@ Depends on the private decoder keyword names of transformers' ``RTDetrDecoder`` 
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
 
 from ..outputs import DetectorOutput, GroupOutput, QueryGroup
-from ...errors import ModelError, NoQueryTableError
+from ...errors import ConfigError, ModelError, NoQueryTableError
 from .base import DetectorAdapter, ModuleInputCapture, ModuleOutputCapture, expand_group, reference_logits
+from ..families import FamilySpec
+from ..hf_config import common_kwargs, resnet_config
 
-__all__ = ["RTDetrAdapter"]
+if TYPE_CHECKING:  # pragma: no cover
+    from ...config import ModelConfig
+
+__all__ = ["FAMILY_SPECS", "RTDetrAdapter"]
 
 
 class RTDetrAdapter(DetectorAdapter):
@@ -124,3 +131,31 @@ class RTDetrAdapter(DetectorAdapter):
             boxes=dec.intermediate_reference_points.transpose(0, 1),
             embeddings=dec.intermediate_hidden_states.transpose(0, 1),
         )
+
+
+def rt_detr_config_kwargs(cfg: "ModelConfig") -> dict:
+    """Hybrid encoder over C3-C5 (3 levels, fixed); ``encoder_layers`` = AIFI transformer layers."""
+    if len(cfg.backbone.hidden_sizes) < 3:
+        raise ConfigError(f"model.backbone.hidden_sizes: {cfg.family} needs a backbone of at least 3 stages (C3-C5)")
+    return dict(common_kwargs(cfg), d_model=cfg.d_model, encoder_hidden_dim=cfg.d_model,
+                encoder_in_channels=list(cfg.backbone.hidden_sizes[-3:]), feat_strides=[8, 16, 32],
+                decoder_in_channels=[cfg.d_model] * 3, num_feature_levels=3,
+                backbone_config=resnet_config(cfg.backbone, 3))
+
+
+def unit_batch_norms(model: nn.Module) -> None:
+    """transformers initialises RT-DETR's BatchNorm2d weights ~ N(0, 0.01) (its init expects a pretrained
+    checkpoint), which shrinks the encoder memory of a from-scratch model to ~1e-11 so every image looks the
+    same. PyTorch's default (weight 1, bias 0) is what the original RT-DETR trains from."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.fill_(1.0)
+                m.bias.zero_()
+
+
+FAMILY_SPECS = tuple(
+    FamilySpec(name=name, adapter=RTDetrAdapter, config_class=f"{prefix}Config",
+               model_class=f"{prefix}ForObjectDetection", config_kwargs=rt_detr_config_kwargs,
+               after_build=unit_batch_norms, capabilities=frozenset({"multi_scale"}))
+    for name, prefix in (("rt_detr", "RTDetr"), ("rt_detr_v2", "RTDetrV2")))
