@@ -205,12 +205,21 @@ class BaselineDistillConfig(_Section):
     temperature: float = Field(1.0, gt=0, description="logit_kd only")
 
 
+class TeacherMatcherConfig(_Section):
+    """Costs of the teacher's own Hungarian matching to the GT (used by the query prior and ``logits.variant=pos_neg``).
+    ``class_cost`` unset = by the teacher's class activation: 2 (focal, sigmoid teachers) or 1 (DETR's softmax)."""
+    class_cost: float | None = Field(None, ge=0)
+    bbox_cost: float = Field(5.0, ge=0)
+    giou_cost: float = Field(2.0, ge=0)
+
+
 class DistillConfig(_Section):
     teacher: str | None = Field(None, description="teacher checkpoint dir (ours or any transformers one)")
     teacher_dtype: Literal["float32", "bfloat16"] = "float32"
     stage_mapping: Literal["uniform", "last", "final"] = Field(
         "uniform", description="student stage -> teacher stage: 'uniform' = same relative depth (identity for equal "
         "depths, official), 'last' = align the final stages, 'final' = every stage learns from the teacher's last")
+    teacher_matcher: TeacherMatcherConfig = TeacherMatcherConfig()
     logits: LogitsDistillConfig = LogitsDistillConfig()
     feature: FeatureDistillConfig = FeatureDistillConfig()
     query_prior: QueryPriorDistillConfig = QueryPriorDistillConfig()

@@ -1,4 +1,4 @@
-"""Hungarian-matching logits distillation (DETRDistill §3.2; spec §1.1).
+"""Hungarian-matching logits distillation (DETRDistill §3.2).
 
 Shapes: L_S / L_T student / teacher decoder stages, B images, N_S / N_T queries, C classes (C + 1 logits for a
 softmax family, the last one "no-object"), K = L_S * B independent matching problems.
