@@ -34,13 +34,12 @@ class _Section(BaseModel):
 
 
 def data_root() -> str:
-    """``$DETRDISTILL_DATA``, else the first of ``../shared/data``, ``shared/data`` that exists."""
-    if os.environ.get("DETRDISTILL_DATA"):
-        return os.environ["DETRDISTILL_DATA"]
-    for cand in ("../shared/data", "shared/data"):
-        if os.path.isdir(cand):
-            return os.path.abspath(cand)
-    return "../shared/data"
+    """The folder ``${DETRDISTILL_DATA}`` in a config's paths stands for: the ``DETRDISTILL_DATA`` env var."""
+    root = os.environ.get("DETRDISTILL_DATA")
+    if not root:
+        raise ConfigError("a data path uses ${DETRDISTILL_DATA} but the DETRDISTILL_DATA environment variable is "
+                          "not set; export DETRDISTILL_DATA=/path/to/datasets (the folder holding e.g. bccd/)")
+    return root
 
 
 class SplitConfig(_Section):
@@ -129,7 +128,16 @@ class LossConfig(_Section):
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     aux_loss: bool = True
-    criterion: Literal["ours", "transformers"] = Field("ours", description="our batched criterion or transformers' loss")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_criterion_key(cls, raw: Any) -> Any:
+        """``loss.criterion`` (never read) was removed; configs saved with its only working value still load."""
+        if isinstance(raw, dict) and "criterion" in raw:
+            if raw["criterion"] != "ours":
+                raise ValueError("loss.criterion was removed: the set criterion is always detrdistill's own")
+            raw = {k: v for k, v in raw.items() if k != "criterion"}
+        return raw
 
 
 class OptimConfig(_Section):

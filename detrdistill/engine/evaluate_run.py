@@ -16,7 +16,7 @@ log = logging.getLogger("detrdistill")
 def run_evaluation(cfg: Config, model_dir: str | Path, split: str = "val", output_dir: str | Path | None = None) -> dict:
     """Load ``model_dir`` (a transformers directory), evaluate on ``cfg.data.<split>``, write eval.json."""
     from detrdistill.data import build_dataset, collate_fn
-    from detrdistill.engine.trainer import build_datasets, make_accelerator
+    from detrdistill.engine.setup import build_datasets, make_accelerator
     from detrdistill.models.adapters import get_adapter
     from detrdistill.models.build import load_detector
 

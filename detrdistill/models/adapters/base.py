@@ -290,14 +290,14 @@ class DetectorAdapter(nn.Module):
         elif pixel_mask.shape != (pixel_values.shape[0],) + tuple(pixel_values.shape[2:]):
             raise ValueError(f"pixel_mask shape {tuple(pixel_mask.shape)} does not match pixel_values "
                              f"{tuple(pixel_values.shape)} (expected [B, H, W])")
-        out = self._forward(pixel_values, pixel_mask, targets)
+        out = self._forward(pixel_values, pixel_mask)
         out.class_activation = self.class_activation
         if criterion is not None and targets is not None:
             self.attach_loss(out, targets, criterion)
         return out
 
-    def _forward(self, pixel_values: Tensor, pixel_mask: Tensor, targets: list[dict] | None) -> DetectorOutput:
-        """Family-specific forward (pixel_mask is never None here). ``targets`` may be ignored."""
+    def _forward(self, pixel_values: Tensor, pixel_mask: Tensor) -> DetectorOutput:
+        """Family-specific forward without labels (pixel_mask is never None here); the loss is attached after."""
         raise NotImplementedError
 
     @staticmethod
@@ -345,9 +345,6 @@ class DetectorAdapter(nn.Module):
                 f"stages={self.num_stages}, d_model={self.d_model}, levels={self.num_feature_levels}")
 
     # ------------------------------------------------------------------ shared pieces for subclasses
-    def _group_batch(self, out: DetectorOutput) -> int:
-        return int(out.logits.shape[1])
-
     def _check_group(self, group: QueryGroup, required: Sequence[str]) -> None:
         missing = [f for f in required if getattr(group, f) is None]
         if missing:

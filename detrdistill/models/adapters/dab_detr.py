@@ -74,7 +74,7 @@ class DabDetrAdapter(DetectorAdapter):
         boxes = (self.model.bbox_predictor(hidden) + inverse_sigmoid(reference)).sigmoid()
         return logits, boxes
 
-    def _forward(self, pixel_values: Tensor, pixel_mask: Tensor, targets: list[dict] | None) -> DetectorOutput:
+    def _forward(self, pixel_values: Tensor, pixel_mask: Tensor) -> DetectorOutput:
         inner = self.model.model
         with ModuleInputCapture(inner.decoder) as dec_cap, \
                 ModuleOutputCapture([inner.input_projection]) as proj_cap:

@@ -87,7 +87,7 @@ class DeformableDetrAdapter(DetectorAdapter):
         return GroupOutput(logits=torch.stack(logits), boxes=torch.stack(boxes), embeddings=hs)
 
     # ------------------------------------------------------------------ forward
-    def _forward(self, pixel_values: Tensor, pixel_mask: Tensor, targets) -> DetectorOutput:
+    def _forward(self, pixel_values: Tensor, pixel_mask: Tensor) -> DetectorOutput:
         inner = self.model.model
         with ModuleInputCapture(inner.decoder) as cap, ModuleOutputCapture(list(inner.input_proj)) as proj:
             hf = self.model(pixel_values=pixel_values, pixel_mask=pixel_mask)

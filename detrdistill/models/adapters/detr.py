@@ -62,7 +62,7 @@ class DetrAdapter(DetectorAdapter):
                            embeddings=hs)
 
     # ------------------------------------------------------------------ forward
-    def _forward(self, pixel_values: Tensor, pixel_mask: Tensor, targets) -> DetectorOutput:
+    def _forward(self, pixel_values: Tensor, pixel_mask: Tensor) -> DetectorOutput:
         inner = self.model.model
         dec = inner.decoder
         with ModuleInputCapture(dec) as cap, ModuleOutputCapture([dec]) as dec_out, \

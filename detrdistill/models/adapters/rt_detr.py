@@ -83,7 +83,7 @@ class RTDetrAdapter(DetectorAdapter):
         return {"content": self.d_model, "reference": 4}
 
     # ------------------------------------------------------------------ forward
-    def _forward(self, pixel_values: Tensor, pixel_mask: Tensor, targets: list[dict] | None) -> DetectorOutput:
+    def _forward(self, pixel_values: Tensor, pixel_mask: Tensor) -> DetectorOutput:
         inner = self.model.model
         with ModuleInputCapture(inner.decoder) as dec_cap, \
                 ModuleOutputCapture(list(inner.encoder_input_proj)) as in_cap, \
