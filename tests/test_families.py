@@ -78,3 +78,21 @@ def test_every_family_declares_a_known_model_type():
     from detrdistill.models.build import hf_config_class
     for name in family_names():
         assert family_of_model_type(hf_config_class(name).model_type) == name
+
+
+def test_a_renamed_decoder_kwarg_fails_when_the_adapter_is_built():
+    import types
+
+    from detrdistill.errors import TransformersAPIError
+
+    cfg = load_config(None, ["model.family=detr", *TINY])
+    model = build_model(cfg.model, ID2LABEL)
+    get_adapter(model)  # the installed transformers fits
+
+    def renamed(self, inputs_embeds=None, attention_mask=None, encoder_hidden_states=None,
+                encoder_attention_mask=None, spatial_pos_embeddings=None, object_queries_position_embeddings=None,
+                **kwargs):
+        raise AssertionError("never called")
+    model.model.decoder.forward = types.MethodType(renamed, model.model.decoder)
+    with pytest.raises(TransformersAPIError, match=r"transformers \S+ has no keyword argument 'spatial_position_embeddings'"):
+        get_adapter(model)

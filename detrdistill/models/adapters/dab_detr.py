@@ -48,6 +48,8 @@ class DabDetrAdapter(DetectorAdapter):
     family = "dab_detr"
     model_types = ("dab-detr",)  # transformers' DabDetrConfig.model_type (hyphen, unlike our family name)
     class_activation = "sigmoid"
+    decoder_kwargs = ("inputs_embeds", "query_position_embeddings", "object_queries", "encoder_hidden_states",
+                      "memory_key_padding_mask", "return_dict")
 
     def _check_model(self) -> None:
         cfg = self.model.config

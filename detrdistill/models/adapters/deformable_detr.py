@@ -40,6 +40,7 @@ _MEMORY_KEYS = ("encoder_hidden_states", "encoder_attention_mask", "spatial_shap
 class DeformableDetrAdapter(DetectorAdapter):
     family = "deformable_detr"
     class_activation = "sigmoid"
+    decoder_kwargs = ("inputs_embeds", "object_queries_position_embeddings", "reference_points", *_MEMORY_KEYS)
 
     @property
     def two_stage(self) -> bool:

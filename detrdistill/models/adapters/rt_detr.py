@@ -19,9 +19,8 @@ Layout of one RT-DETR forward, as exposed by :class:`RTDetrAdapter`:
   exactly ``num_queries`` queries. The classification / box heads live inside the decoder, so the per-stage
   predictions are the decoder's ``intermediate_logits`` / ``intermediate_reference_points``.
 
-Depends on the private decoder keyword names of transformers' ``RTDetrDecoder`` / ``RTDetrV2Decoder``
-(``inputs_embeds``, ``encoder_hidden_states``, ``encoder_attention_mask``, ``reference_points`` (logits),
-``spatial_shapes``, ``spatial_shapes_list``, ``level_start_index``).
+Depends on the decoder keyword names of transformers' ``RTDetrDecoder`` / ``RTDetrV2Decoder``, listed in
+``RTDetrAdapter.decoder_kwargs`` and checked when the adapter is built (``reference_points`` are logits).
 """
 from __future__ import annotations
 
@@ -52,6 +51,8 @@ class RTDetrAdapter(DetectorAdapter):
     family = "rt_detr"
     model_types = ("rt_detr", "rt_detr_v2")
     class_activation = "sigmoid"
+    decoder_kwargs = ("inputs_embeds", "encoder_hidden_states", "encoder_attention_mask", "reference_points",
+                      "spatial_shapes", "spatial_shapes_list", "level_start_index")
 
     def __init__(self, model: nn.Module):
         super().__init__(model)
