@@ -53,7 +53,7 @@ def bench_config(path: str, device: torch.device, batch_size: int | None, steps:
     from detrdistill.engine.loading import train_loader
     from detrdistill.engine.optim import build_optimizer
     from detrdistill.engine.tasks import build_criterion, move_targets
-    from detrdistill.engine.trainer import build_datasets, make_accelerator
+    from detrdistill.engine.setup import build_datasets, make_accelerator
     from detrdistill.models.adapters import get_adapter
     from detrdistill.models.build import build_model, count_parameters
 
@@ -168,7 +168,7 @@ def main() -> int:
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     from benchmarks.distill import device_name
-    from detrdistill.ops.bench_matching import benchmark_matching
+    from benchmarks.bench_matching import benchmark_matching
 
     date = dt.date.today().isoformat()
     res = {"device": device_name(), "date": date, "torch": torch.__version__,

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from importlib import resources
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a hub
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def embedded_config(name: str) -> Path:
@@ -42,9 +39,10 @@ def cmd_train(args) -> int:
 
 def cmd_distill(args) -> int:
     from detrdistill.engine.trainer import run_training
+    from detrdistill.errors import ConfigError
     cfg = _load(args)
     if not cfg.distill.teacher:
-        raise ValueError("distill: no teacher; pass --teacher DIR or set distill.teacher in the config")
+        raise ConfigError("distill: no teacher; pass --teacher DIR or set distill.teacher in the config")
     run_training(cfg, mode="distill", resume=args.resume)
     return 0
 
@@ -141,12 +139,14 @@ def main(argv: list[str] | None = None) -> int:
         hf_logging.disable_progress_bar()
     except Exception:  # pragma: no cover
         pass
+    from detrdistill.data import DatasetError
+    from detrdistill.errors import ConfigError, DetrDistillError
+
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError, NotImplementedError) as e:
+    except (DetrDistillError, DatasetError) as e:  # deliberate errors: one line; anything else is a bug
         if args.debug:
             raise
-        from detrdistill.config import ConfigError
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         hint = "" if isinstance(e, ConfigError) else "  (--debug shows the traceback)"
         print(f"error: {msg}{hint}", file=sys.stderr)

@@ -14,11 +14,19 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-FAMILIES = ("deformable_detr", "detr", "conditional_detr", "dab_detr", "rt_detr", "rt_detr_v2")
+from .errors import ConfigError
 
 
-class ConfigError(ValueError):
-    """A configuration problem, always one line naming the key (or file) at fault."""
+
+def __getattr__(name: str):  # FAMILIES: the registered model families (detrdistill.models.families), on demand
+    if name == "FAMILIES":
+        return _family_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _family_names() -> tuple[str, ...]:
+    from .models.families import family_names  # the registry imports its adapters: only when a family is checked
+    return family_names()
 
 
 class _Section(BaseModel):
@@ -26,13 +34,12 @@ class _Section(BaseModel):
 
 
 def data_root() -> str:
-    """``$DETRDISTILL_DATA``, else the first of ``../shared/data``, ``shared/data`` that exists."""
-    if os.environ.get("DETRDISTILL_DATA"):
-        return os.environ["DETRDISTILL_DATA"]
-    for cand in ("../shared/data", "shared/data"):
-        if os.path.isdir(cand):
-            return os.path.abspath(cand)
-    return "../shared/data"
+    """The folder ``${DETRDISTILL_DATA}`` in a config's paths stands for: the ``DETRDISTILL_DATA`` env var."""
+    root = os.environ.get("DETRDISTILL_DATA")
+    if not root:
+        raise ConfigError("a data path uses ${DETRDISTILL_DATA} but the DETRDISTILL_DATA environment variable is "
+                          "not set; export DETRDISTILL_DATA=/path/to/datasets (the folder holding e.g. bccd/)")
+    return root
 
 
 class SplitConfig(_Section):
@@ -80,7 +87,7 @@ class BackboneConfig(_Section):
 
 
 class ModelConfig(_Section):
-    family: Literal[FAMILIES] = "deformable_detr"  # type: ignore[valid-type]
+    family: str = Field("deformable_detr", description="a registered model family (detrdistill.models.families)")
     pretrained: str | None = Field(None, description="local transformers checkpoint dir (from_pretrained)")
     num_queries: int = Field(100, ge=1)
     d_model: int = Field(256, ge=8)
@@ -94,6 +101,14 @@ class ModelConfig(_Section):
     two_stage: bool = False
     backbone: BackboneConfig = BackboneConfig()
     hf_overrides: dict[str, Any] = Field({}, description="extra keys passed to the transformers config")
+
+    @field_validator("family")
+    @classmethod
+    def _registered_family(cls, v: str) -> str:
+        names = _family_names()
+        if v not in names:
+            raise ValueError(f"unknown model family; supported: {', '.join(names)}")
+        return v
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "ModelConfig":
@@ -113,7 +128,16 @@ class LossConfig(_Section):
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     aux_loss: bool = True
-    criterion: Literal["ours", "transformers"] = Field("ours", description="our batched criterion or transformers' loss")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_criterion_key(cls, raw: Any) -> Any:
+        """``loss.criterion`` (never read) was removed; configs saved with its only working value still load."""
+        if isinstance(raw, dict) and "criterion" in raw:
+            if raw["criterion"] != "ours":
+                raise ValueError("loss.criterion was removed: the set criterion is always detrdistill's own")
+            raw = {k: v for k, v in raw.items() if k != "criterion"}
+        return raw
 
 
 class OptimConfig(_Section):
@@ -189,12 +213,21 @@ class BaselineDistillConfig(_Section):
     temperature: float = Field(1.0, gt=0, description="logit_kd only")
 
 
+class TeacherMatcherConfig(_Section):
+    """Costs of the teacher's own Hungarian matching to the GT (used by the query prior and ``logits.variant=pos_neg``).
+    ``class_cost`` unset = by the teacher's class activation: 2 (focal, sigmoid teachers) or 1 (DETR's softmax)."""
+    class_cost: float | None = Field(None, ge=0)
+    bbox_cost: float = Field(5.0, ge=0)
+    giou_cost: float = Field(2.0, ge=0)
+
+
 class DistillConfig(_Section):
     teacher: str | None = Field(None, description="teacher checkpoint dir (ours or any transformers one)")
     teacher_dtype: Literal["float32", "bfloat16"] = "float32"
     stage_mapping: Literal["uniform", "last", "final"] = Field(
         "uniform", description="student stage -> teacher stage: 'uniform' = same relative depth (identity for equal "
         "depths, official), 'last' = align the final stages, 'final' = every stage learns from the teacher's last")
+    teacher_matcher: TeacherMatcherConfig = TeacherMatcherConfig()
     logits: LogitsDistillConfig = LogitsDistillConfig()
     feature: FeatureDistillConfig = FeatureDistillConfig()
     query_prior: QueryPriorDistillConfig = QueryPriorDistillConfig()

@@ -1,24 +1,25 @@
 """Figures: predictions side by side, the target-aware feature mask over an image, loss curves.
 
-Matplotlib with the Agg backend (no screen needed); every function writes one PNG and returns its path.
+Matplotlib's object-oriented API (``matplotlib.figure.Figure``, no pyplot): no backend is chosen and no global
+state is touched, on import or when drawing, and no screen is needed. Every function writes one PNG and returns its
+path.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import matplotlib
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+from detrdistill.data import denormalize
+from detrdistill.engine.evaluator import postprocess
+from detrdistill.engine.metrics import read_metrics
+from detrdistill.ops.boxes import cxcywh_to_xyxy
 
-from detrdistill.data import denormalize  # noqa: E402
-from detrdistill.engine.evaluator import postprocess  # noqa: E402
-from detrdistill.engine.metrics import read_metrics  # noqa: E402
-from detrdistill.ops.boxes import cxcywh_to_xyxy  # noqa: E402
-
-COLORS = plt.get_cmap("tab10").colors
+COLORS = matplotlib.colormaps["tab10"].colors
 
 
 def _image(pixel_values: torch.Tensor, h: int, w: int):
@@ -31,7 +32,8 @@ def plot_predictions(models: dict, dataset, indices: list[int], path: str | Path
     objects (at least 3), those above ``score_threshold``."""
     from detrdistill.data import collate_fn
     names = ["ground truth", *models]
-    fig, axes = plt.subplots(len(indices), len(names), figsize=(3 * len(names), 3 * len(indices)), squeeze=False)
+    fig = Figure(figsize=(3 * len(names), 3 * len(indices)))
+    axes = fig.subplots(len(indices), len(names), squeeze=False)
     batch = collate_fn([dataset[i] for i in indices])
     outs = {}
     for name, adapter in models.items():
@@ -60,14 +62,13 @@ def plot_predictions(models: dict, dataset, indices: list[int], path: str | Path
                         zip(d["boxes"][keep], d["labels"][keep], d["scores"][keep])]
             for box, lab, score in dets:
                 x0, y0, x1, y1 = box.tolist()
-                ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.5,
+                ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.5,
                                            color=COLORS[lab % len(COLORS)]))
                 label = dataset.id2label.get(lab, str(lab)) + ("" if score is None else f" {score:.2f}")
                 ax.text(x0, y0, label, fontsize=6, color="white",
                         bbox=dict(facecolor=COLORS[lab % len(COLORS)], alpha=0.7, pad=0.5, lw=0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path)
 
 
@@ -91,13 +92,14 @@ def plot_feature_mask(teacher, dataset, index: int, path: str | Path, source: st
     img = _image(batch["pixel_values"][0], h, w)
     ph, pw = batch["pixel_values"].shape[-2:]
     levels = len(masks)
-    fig, axes = plt.subplots(1, levels + 1, figsize=(3.2 * (levels + 1), 3.4))
+    fig = Figure(figsize=(3.2 * (levels + 1), 3.4))
+    axes = fig.subplots(1, levels + 1)
     axes[0].imshow(img)
     axes[0].set_title("image + GT")
     scale = torch.tensor([w, h, w, h])
     for box in cxcywh_to_xyxy(t["boxes"]) * scale:
         x0, y0, x1, y1 = box.tolist()
-        axes[0].add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="lime", lw=1.2))
+        axes[0].add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="lime", lw=1.2))
     for m, mask in enumerate(masks):
         up = F.interpolate(mask[0, 0][None, None].float(), size=(ph, pw), mode="nearest")[0, 0, :h, :w].cpu()
         axes[m + 1].imshow(img)
@@ -108,14 +110,14 @@ def plot_feature_mask(teacher, dataset, index: int, path: str | Path, source: st
     fig.suptitle("target-aware feature-distillation mask (teacher, last stage)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path)
 
 
 def plot_loss_curves(runs: dict[str, str | Path], path: str | Path):
     """Detection loss (cls + bbox + giou) per run, and each distillation term of the distilled runs."""
     det_keys = ("loss/cls", "loss/bbox", "loss/giou")
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    ax1, ax2 = fig.subplots(1, 2)
     for name, metrics_file in runs.items():
         recs = [r for r in read_metrics(metrics_file) if "loss" in r]
         steps = [r["step"] for r in recs]
@@ -131,5 +133,4 @@ def plot_loss_curves(runs: dict[str, str | Path], path: str | Path):
         ax2.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path)

@@ -1,11 +1,25 @@
 """Shared fixtures: tiny configs that train in seconds on 2 CPU cores."""
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def _shared_data() -> str | None:
+    """The real datasets for the tests: $DETRDISTILL_DATA, else shared/data beside or above the repository."""
+    repo = Path(__file__).resolve().parents[1]
+    for cand in (os.environ.get("DETRDISTILL_DATA"), repo / "shared" / "data", repo.parent / "shared" / "data"):
+        if cand and (Path(cand) / "bccd").is_dir():
+            return str(cand)
+    return None
+
+
+if not os.environ.get("DETRDISTILL_DATA") and _shared_data():  # configs' ${DETRDISTILL_DATA} paths resolve in tests
+    os.environ["DETRDISTILL_DATA"] = _shared_data()
 
 TINY = [
     "data.synthetic=true", "data.synth_images=16", "data.synth_size=64", "data.min_size=[64]", "data.max_size=64",

@@ -1,8 +1,8 @@
-"""Contrastive query-relation loss ("CL" in the official config name; spec §1.4).  Off by default.
+"""Contrastive query-relation loss ("CL" in the official config name).  Off by default.
 
 Per student stage l: the student decoder embeddings of the matched queries, ``s_i = H^S_{l,i}``, are paired with the
 teacher embedding of the prediction the logits distillation matched them to, ``t_i = H^T_{stage_map[l], σ_l(i)}``.
-Both go through their own projection head (Linear(d -> 512), then Linear(512, 512) - BN1d - ReLU - Linear(512, 512),
+Both go through their own projection head (:func:`~.connectors.projection_head`: Linear(d -> 512), then Linear(512, 512) - BN1d - ReLU - Linear(512, 512),
 then L2 normalisation; separate weights for teacher and student, both trainable, dropped at export) and
 
     logits_ab = g_T(t_a) . g_S(s_b) / τ,   loss_l = CE(logits, a -> a)   (τ = 0.07)
@@ -17,11 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-def projection_head(in_dim: int, dim: int = 512) -> nn.Sequential:
-    """Linear(in -> dim), Linear(dim, dim) - BN1d - ReLU - Linear(dim, dim) (L2 normalisation applied by the caller)."""
-    return nn.Sequential(nn.Linear(in_dim, dim), nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(inplace=True),
-                         nn.Linear(dim, dim))
+from .connectors import projection_head
 
 
 class ContrastiveDistillLoss(nn.Module):

@@ -1,7 +1,7 @@
 """The :class:`Distiller`: a frozen teacher, a trainable student and the DETRDistill losses, declared from
 :class:`~detrdistill.config.DistillConfig`.
 
-One training step (spec §1.6)::
+One training step::
 
     out = distiller(pixel_values, pixel_mask, targets, criterion)   # -> DistillOutput
     out.loss.backward()                                             # student + adapters/projection/heads only
@@ -11,12 +11,15 @@ Total loss = student detection loss (``criterion`` on the student's own queries,
            + feature distillation (``feature``, every teacher stage's mask)
            + query-prior distillation (``query_prior_cls`` / ``_bbox`` / ``_giou``)
            + optional ``contrastive``, ``fitnet``, ``logit_kd``.
-Every weight is in the config (defaults = the official values) and every term can be disabled.
+Every weight is in the config (defaults = the official values) and every term can be disabled. The terms are
+composed from the config (:mod:`.terms`); each reads the step's :class:`~.context.StepContext` and returns named
+losses.
 
 The teacher is frozen: ``requires_grad=False``, always in eval mode (``Distiller.train()`` cannot switch it), run
 under ``torch.no_grad`` (optionally in bf16 autocast, ``teacher_dtype``).  Its own Hungarian matching against the
-GT (``teacher_matcher``, default focal 2 / L1 5 / GIoU 2, or DETR's 1 / 5 / 2 for softmax teachers) gives the
-per-stage assignments used by the query prior and by ``variant="pos_neg"``.
+GT (``distill.teacher_matcher``: by default focal 2 / L1 5 / GIoU 2, or DETR's 1 / 5 / 2 for softmax teachers) gives
+the per-stage assignments used by the query prior and by ``variant="pos_neg"``, computed once per step when a term
+asks for them.
 """
 from __future__ import annotations
 
@@ -27,17 +30,15 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from ..config import DistillConfig
+from ..config import DistillConfig, TeacherMatcherConfig
+from ..errors import CheckpointError, IncompatibleModelsError
 from ..models.adapters import DetectorAdapter
 from ..models.outputs import DetectorOutput
-from ..models.query_projection import build_query_projection
 from ..ops.matcher import HungarianMatcher
-from .baselines import FitNetLoss, LogitKDLoss
-from .contrastive import ContrastiveDistillLoss
-from .feature import FeatureDistillLoss, level_pairs_by_resolution, quality_scores, target_aware_mask
-from .logits import HungarianLogitsDistillLoss, match_student_to_teacher
-from .query_prior import QueryPriorLoss
+from .context import StepContext
+from .feature import level_pairs_by_resolution
 from .stage_mapping import map_stages
+from .terms import TermEnv, build_terms
 
 __all__ = ["Distiller", "DistillOutput", "check_compatible"]
 
@@ -49,7 +50,7 @@ def _label_map(id2label) -> dict[int, str]:
 
 def check_compatible(teacher: DetectorAdapter, student: DetectorAdapter,
                      dataset_id2label: dict | None = None) -> None:
-    """Raise a clear ValueError before training when teacher and student cannot be distilled on this dataset.
+    """Raise a clear IncompatibleModelsError before training when teacher and student cannot be distilled on this dataset.
 
     Teacher and student must have the same classes under the same ids (the logits are compared class by class);
     every dataset class must exist in the teacher under the same id.  (A teacher with extra classes the dataset
@@ -59,7 +60,7 @@ def check_compatible(teacher: DetectorAdapter, student: DetectorAdapter,
     if teacher.num_classes != student.num_classes or t_map != s_map:
         diff = sorted(k for k in set(t_map) | set(s_map) if t_map.get(k) != s_map.get(k))
         shown = ", ".join(f"{k}: teacher {t_map.get(k)!r} / student {s_map.get(k)!r}" for k in diff[:5])
-        raise ValueError(
+        raise IncompatibleModelsError(
             f"teacher ({teacher.num_classes} classes) and student ({student.num_classes} classes) label maps differ "
             f"({len(diff)} ids: {shown}{' ...' if len(diff) > 5 else ''}); distillation compares logits class by "
             f"class, so both must be built for the same id2label")
@@ -68,7 +69,7 @@ def check_compatible(teacher: DetectorAdapter, student: DetectorAdapter,
         bad = sorted(k for k, v in d_map.items() if t_map.get(k) != v)
         if bad:
             shown = ", ".join(f"{k}: {d_map[k]!r} (teacher: {t_map.get(k)!r})" for k in bad[:5])
-            raise ValueError(
+            raise IncompatibleModelsError(
                 f"the dataset has {len(bad)} class(es) the teacher lacks under the same id ({shown}"
                 f"{' ...' if len(bad) > 5 else ''}); use a teacher trained on this label map")
 
@@ -103,18 +104,29 @@ def _to_float(out: DetectorOutput) -> DetectorOutput:
     return out
 
 
+def build_teacher_matcher(cfg: TeacherMatcherConfig, class_activation: str) -> HungarianMatcher:
+    """The teacher's own GT matcher; an unset class cost follows the activation (softmax 1, focal 2)."""
+    softmax = class_activation == "softmax"
+    class_cost = cfg.class_cost if cfg.class_cost is not None else (1.0 if softmax else 2.0)
+    return HungarianMatcher(class_cost=class_cost, bbox_cost=cfg.bbox_cost, giou_cost=cfg.giou_cost,
+                            class_loss="ce" if softmax else "focal")
+
+
 # ----------------------------------------------------------------------------------------------- distiller
 class Distiller(nn.Module):
-    """Teacher (frozen) + student + DETRDistill losses.
+    """Teacher (frozen) + student + the enabled DETRDistill terms.
 
     Args:
         teacher, student: detector adapters (``detrdistill.models.adapters.get_adapter``).
         cfg: the ``distill`` config section (defaults: the official DETRDistill setting).
         dataset_id2label: when given, checked against the teacher's classes (:func:`check_compatible`).
         teacher_matcher: callable ``(logits, boxes, targets) -> [L_T, B, N_T]`` giving the teacher's own GT
-            assignment (default: a :class:`~detrdistill.ops.matcher.HungarianMatcher` for its class activation).
+            assignment (default: :func:`build_teacher_matcher` from ``cfg.teacher_matcher``).
         probe_size: image side of the one-off probe forward used to pair feature levels by resolution when the
             two models have different level counts.
+
+    The enabled terms' modules (losses, connectors) are registered under their attribute names
+    (``feature_loss``, ``query_projection``, ...); ``self.terms`` lists the terms in step order.
     """
 
     def __init__(self, teacher: DetectorAdapter, student: DetectorAdapter, cfg: DistillConfig | None = None,
@@ -130,41 +142,15 @@ class Distiller(nn.Module):
         self.teacher.eval()
         self.teacher_dtype = {"float32": None, "bfloat16": torch.bfloat16}[cfg.teacher_dtype]
         self.stage_map = map_stages(student.num_stages, teacher.num_stages, cfg.stage_mapping)
-
-        if teacher_matcher is None:
-            softmax = teacher.class_activation == "softmax"
-            teacher_matcher = HungarianMatcher(class_cost=1.0 if softmax else 2.0, bbox_cost=5.0, giou_cost=2.0,
-                                               class_loss="ce" if softmax else "focal")
-        self.teacher_matcher = teacher_matcher
-
-        lc = cfg.logits
-        self.logits_loss = HungarianLogitsDistillLoss(
-            class_weight=lc.class_weight, bbox_weight=lc.bbox_weight, giou_weight=lc.giou_weight,
-            variant=lc.variant, neg_weight=lc.neg_weight, pos_threshold=lc.pos_threshold) if lc.enabled else None
-
+        self.teacher_matcher = teacher_matcher or build_teacher_matcher(cfg.teacher_matcher,
+                                                                        teacher.class_activation)
         level_pairs = None
         if (cfg.feature.enabled or cfg.fitnet.enabled) and student.num_feature_levels != teacher.num_feature_levels:
             level_pairs = self._probe_level_pairs(cfg.feature.source, probe_size)
-        s_ch, t_ch = student.feature_channels, teacher.feature_channels
-        self.feature_loss = FeatureDistillLoss(s_ch, t_ch, cfg.feature.weight, level_pairs) \
-            if cfg.feature.enabled else None
-        self.fitnet_loss = FitNetLoss(s_ch, t_ch, cfg.fitnet.weight, level_pairs) if cfg.fitnet.enabled else None
-
-        qc = cfg.query_prior
-        if qc.enabled and not qc.reuse_memory:
-            raise NotImplementedError(
-                "distill.query_prior.reuse_memory=false (re-running the student encoder for the teacher-query group, "
-                "as the official code does) is not supported: the adapters decode extra query groups over the "
-                "memory of the student's own forward only (it differs from a re-run only by encoder dropout); "
-                "set distill.query_prior.reuse_memory=true")
-        self.query_projection = build_query_projection(teacher, student) if qc.enabled else None
-        self.query_prior_loss = QueryPriorLoss(weight=qc.weight) if qc.enabled else None
-
-        cc = cfg.contrastive
-        self.contrastive_loss = ContrastiveDistillLoss(student.d_model, teacher.d_model, cc.proj_dim,
-                                                       cc.temperature, cc.weight) if cc.enabled else None
-        kc = cfg.logit_kd
-        self.logit_kd_loss = LogitKDLoss(kc.temperature, kc.weight) if kc.enabled else None
+        self.terms = build_terms(TermEnv(cfg, teacher, student, level_pairs))
+        for term in self.terms:
+            for attr, module in term.modules.items():
+                setattr(self, attr, module)
 
     # ------------------------------------------------------------------ modes / parameters
     def train(self, mode: bool = True) -> "Distiller":
@@ -175,7 +161,10 @@ class Distiller(nn.Module):
     def named_trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """(name, parameter) of everything trained: student, adapters, projection, heads -- never the teacher."""
         for name, p in self.named_parameters():
-            if not name.startswith("teacher.") and p.requires_grad:
+            if name.startswith("teacher."):
+                if p.requires_grad:
+                    raise RuntimeError(f"teacher parameter {name} is trainable; the teacher must stay frozen")
+            elif p.requires_grad:
                 yield name, p
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -190,8 +179,8 @@ class Distiller(nn.Module):
         missing, unexpected = self.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("teacher.")]
         if missing or unexpected:
-            raise RuntimeError(f"checkpoint does not fit the distiller: missing {missing[:5]}, "
-                               f"unexpected {list(unexpected)[:5]}")
+            raise CheckpointError(f"checkpoint does not fit the distiller (missing {missing[:3]}, unexpected "
+                                  f"{list(unexpected)[:3]}); was it written with another config?")
 
     def student_state_for_export(self) -> dict[str, Tensor]:
         """The student's own transformers state dict (no adapters, projections or heads)."""
@@ -226,19 +215,21 @@ class Distiller(nn.Module):
 
     def teacher_forward(self, pixel_values: Tensor, pixel_mask: Tensor | None,
                         targets: list[dict] | None = None) -> DetectorOutput:
-        """Frozen teacher forward (no grad, eval mode); with targets, ``assignments`` holds its GT matching."""
+        """Frozen teacher forward (no grad, eval mode, float32 outputs); with targets, ``assignments`` holds its
+        own GT matching."""
         self.teacher.eval()
         with torch.no_grad():
             with self._teacher_context(pixel_values.device.type):
                 out = self.teacher(pixel_values, pixel_mask)
             out = _to_float(out)
-            if targets is not None and self._needs_teacher_assignments():
+            if targets is not None:
                 out.assignments = self.teacher_matcher(out.logits, out.boxes, targets)
         return out
 
-    def _needs_teacher_assignments(self) -> bool:
-        return self.query_prior_loss is not None or (
-            self.logits_loss is not None and self.logits_loss.variant == "pos_neg")
+    def _stage_map(self, s_out: DetectorOutput, t_out: DetectorOutput) -> list[int]:
+        if t_out.num_stages != self.teacher.num_stages or s_out.num_stages != self.student.num_stages:
+            return map_stages(s_out.num_stages, t_out.num_stages, self.cfg.stage_mapping)
+        return self.stage_map
 
     # ------------------------------------------------------------------ forward
     def forward(self, pixel_values: Tensor, pixel_mask: Tensor | None, targets: list[dict],
@@ -247,61 +238,15 @@ class Distiller(nn.Module):
         (``class_labels`` [T], ``boxes`` [T, 4] normalised cxcywh), criterion: the student's set criterion."""
         if targets is None:
             raise ValueError("Distiller.forward needs the targets (feature quality scores, query prior)")
-        t_out = self.teacher_forward(pixel_values, pixel_mask, targets)
+        t_out = self.teacher_forward(pixel_values, pixel_mask)
         s_out = self.student(pixel_values, pixel_mask, targets, criterion)
-        s_act, t_act = s_out.class_activation, t_out.class_activation
-        stage_map = self.stage_map
-        if t_out.num_stages != self.teacher.num_stages or s_out.num_stages != self.student.num_stages:
-            stage_map = map_stages(s_out.num_stages, t_out.num_stages, self.cfg.stage_mapping)
-
-        terms: dict[str, Tensor] = {}
-        loss_dict: dict[str, Tensor] = {k: v.detach() for k, v in s_out.loss_dict.items()}
+        ctx = StepContext(s_out, t_out, targets, self._stage_map(s_out, t_out), criterion, self.teacher_matcher)
         total = s_out.loss if s_out.loss is not None else s_out.logits.new_zeros(())
-
-        matching = None
-        if self.logits_loss is not None:
-            lo = self.logits_loss(s_out.logits, s_out.boxes, t_out.logits, t_out.boxes, stage_map,
-                                  student_activation=s_act, teacher_activation=t_act,
-                                  teacher_assignments=t_out.assignments, targets=targets)
-            terms.update(lo.losses)
-            matching = lo.matching
-
-        if self.feature_loss is not None or self.fitnet_loss is not None:
-            source = self.cfg.feature.source
-            s_feats, t_feats = getattr(s_out, source), getattr(t_out, source)
-            valid = t_out.feature_masks or None
-            if self.feature_loss is not None:
-                fc = self.cfg.feature
-                scores, idx = quality_scores(t_out.logits, t_out.boxes, targets, fc.top_k, t_act)
-                masks = target_aware_mask(t_out.embeddings, t_feats, scores, idx, valid, fc.mask_floor)
-                terms["feature"] = self.feature_loss(s_feats, t_feats, masks, valid)
-            if self.fitnet_loss is not None:
-                terms["fitnet"] = self.fitnet_loss(s_feats, t_feats, valid)
-
-        if self.query_prior_loss is not None:
-            group = t_out.queries if t_out.queries is not None else self.teacher.query_table()
-            group = self.query_projection(group)
-            g_out = self.student.decode_group(s_out, group)
-            qp = self.query_prior_loss(g_out, t_out.assignments, targets, stage_map, criterion)
-            total = total + qp.loss
-            loss_dict.update(qp.loss_dict)
-
-        if self.contrastive_loss is not None:
-            if matching is None:
-                matching = match_student_to_teacher(s_out.logits, s_out.boxes, t_out.logits, t_out.boxes, stage_map,
-                                                    s_act, t_act)
-            terms["contrastive"] = self.contrastive_loss(s_out.embeddings, t_out.embeddings, matching, stage_map)
-
-        if self.logit_kd_loss is not None:
-            last = None
-            if matching is not None and self.logits_loss is not None and self.logits_loss.variant == "all" \
-                    and stage_map[-1] == t_out.num_stages - 1:
-                last = matching[-1]
-            terms["logit_kd"] = self.logit_kd_loss(s_out.logits, s_out.boxes, t_out.logits, t_out.boxes,
-                                                   student_activation=s_act, teacher_activation=t_act, matching=last)
-
-        for k, v in terms.items():
-            total = total + v
-            loss_dict[k] = v.detach()
-        return DistillOutput(loss=total, loss_dict=loss_dict, student=s_out, teacher=t_out, matching=matching,
-                             stage_map=list(stage_map))
+        loss_dict: dict[str, Tensor] = {k: v.detach() for k, v in s_out.loss_dict.items()}
+        for term in self.terms:
+            for name, value in term(ctx).items():
+                total = total + value
+                loss_dict[name] = value.detach()
+        t_out.assignments = ctx.cache.get("teacher_assignments")
+        return DistillOutput(loss=total, loss_dict=loss_dict, student=s_out, teacher=t_out,
+                             matching=ctx.cache.get("matching"), stage_map=list(ctx.stage_map))

@@ -1,4 +1,4 @@
-"""Target-aware feature distillation (DETRDistill §3.3; spec §1.2).
+"""Target-aware feature distillation (DETRDistill §3.3).
 
 Shapes: B images, N teacher queries, C classes, K = top_k selected (query, class) pairs, d teacher width,
 levels m with maps [B, d, H_m, W_m]; an optional leading stage dim ``...`` (e.g. L_T teacher stages) is carried
@@ -25,7 +25,8 @@ Decisions (documented deviations):
 * **IoU in normalised coordinates.**  The code uses pixel boxes; IoU is invariant to the per-axis scaling, so the
   quality scores are identical.
 * **Channel mismatch.**  A 1x1 conv adapter (student -> teacher width, FGD ``align`` style) per level where the
-  widths differ, identity elsewhere.  The adapters live in ``FeatureDistillLoss.adapters`` and are not part of
+  widths differ, identity elsewhere (:func:`~.connectors.level_adapters`).  The adapters live in
+  ``FeatureDistillLoss.adapters`` and are not part of
   the exported student.
 * **Level count mismatch.**  Levels are paired by ``level_pairs`` (student level, teacher level); with equal
   counts the default is level i <-> level i.  :func:`level_pairs_by_resolution` pairs the levels that have the
@@ -45,6 +46,7 @@ from torch import Tensor, nn
 from ..models.outputs import class_probs
 from ..ops.boxes import box_iou, cxcywh_to_xyxy
 from ..ops.matcher import pad_targets
+from .connectors import level_adapters
 
 
 @torch.no_grad()
@@ -145,10 +147,7 @@ class FeatureDistillLoss(nn.Module):
             if not (0 <= s < len(self.student_channels) and 0 <= t < len(self.teacher_channels)):
                 raise ValueError(f"level pair {(s, t)} out of range")
         self.weight = weight
-        self.adapters = nn.ModuleList(
-            nn.Conv2d(self.student_channels[s], self.teacher_channels[t], kernel_size=1)
-            if self.student_channels[s] != self.teacher_channels[t] else nn.Identity()
-            for s, t in self.level_pairs)
+        self.adapters = level_adapters(self.student_channels, self.teacher_channels, self.level_pairs)
 
     def extra_repr(self) -> str:
         return f"level_pairs={self.level_pairs}, weight={self.weight}"

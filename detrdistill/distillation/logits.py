@@ -1,4 +1,4 @@
-"""Hungarian-matching logits distillation (DETRDistill §3.2; spec §1.1).
+"""Hungarian-matching logits distillation (DETRDistill §3.2).
 
 Shapes: L_S / L_T student / teacher decoder stages, B images, N_S / N_T queries, C classes (C + 1 logits for a
 softmax family, the last one "no-object"), K = L_S * B independent matching problems.
@@ -252,23 +252,12 @@ class HungarianLogitsDistillLoss(nn.Module):
         ``teacher_assignments`` [L_T, B, N_T] (the teacher's own GT matching) and ``targets`` are only used by
         ``variant="pos_neg"``.  ``stage_map`` defaults to ``map_stages(L_S, L_T, "uniform")``.
         """
-        if student_logits.dim() != 4 or teacher_logits.dim() != 4:
-            raise ValueError("logits must be [L, B, N, C]")
+        stage_map = _checked_stage_map(student_logits, teacher_logits, stage_map)
         L_S, B, N_S = student_logits.shape[:3]
-        L_T, B_T, N_T = teacher_logits.shape[:3]
-        if B_T != B:
-            raise ValueError(f"student batch {B} != teacher batch {B_T}")
-        if stage_map is None:
-            stage_map = map_stages(L_S, L_T)
-        if len(stage_map) != L_S or max(stage_map) >= L_T or min(stage_map) < 0:
-            raise ValueError(f"stage_map {stage_map} does not fit {L_S} student / {L_T} teacher stages")
-        K = L_S * B
-
         terms = soft_class_terms(student_logits.flatten(0, 1), student_activation,
                                  _flat_stages(teacher_logits, stage_map), teacher_activation)
         s_boxes = student_boxes.flatten(0, 1).float()                                 # [K, N_S, 4]
         t_boxes = clip_boxes(_flat_stages(teacher_boxes, stage_map).detach().float())  # [K, N_T, 4]
-
         if self.variant == "all":
             cost = match_cost(terms, s_boxes, t_boxes, self.class_cost, self.bbox_cost, self.giou_cost)
             match = linear_assignment(cost)                                            # [K, N_S]
@@ -277,14 +266,25 @@ class HungarianLogitsDistillLoss(nn.Module):
         else:
             pos_t = _flat_stages(self.teacher_positives(teacher_logits, teacher_activation, teacher_assignments,
                                                         targets), stage_map)          # [K, N_T]
-            cost = match_cost(terms, s_boxes, t_boxes, self.class_cost, self.bbox_cost, self.giou_cost)
-            m_pos = linear_assignment(cost, None, pos_t)
-            free = m_pos < 0
-            cost_neg = match_cost(terms, s_boxes, t_boxes, 1.0, 0.0, 0.0)
-            m_neg = linear_assignment(cost_neg, free, ~pos_t)
-            match = torch.where(free, m_neg, m_pos)
-            positive, negative = m_pos >= 0, free & (m_neg >= 0)
+            match, positive, negative = self._match_pos_neg(terms, s_boxes, t_boxes, pos_t)
+        losses = self._pair_losses(terms, s_boxes, t_boxes, match, positive, negative, (L_S, B, N_S))
+        return LogitsDistillOutput(losses, match.view(L_S, B, N_S), positive.view(L_S, B, N_S), list(stage_map))
 
+    def _match_pos_neg(self, terms: SoftClassTerms, s_boxes: Tensor, t_boxes: Tensor,
+                       pos_t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Student queries vs teacher positives (full cost), then the rest vs teacher negatives (class cost only).
+        Returns match [K, N_S] and the positive / negative student masks [K, N_S]."""
+        cost = match_cost(terms, s_boxes, t_boxes, self.class_cost, self.bbox_cost, self.giou_cost)
+        m_pos = linear_assignment(cost, None, pos_t)
+        free = m_pos < 0
+        cost_neg = match_cost(terms, s_boxes, t_boxes, 1.0, 0.0, 0.0)
+        m_neg = linear_assignment(cost_neg, free, ~pos_t)
+        return torch.where(free, m_neg, m_pos), m_pos >= 0, free & (m_neg >= 0)
+
+    def _pair_losses(self, terms: SoftClassTerms, s_boxes: Tensor, t_boxes: Tensor, match: Tensor, positive: Tensor,
+                     negative: Tensor, shape: tuple[int, int, int]) -> dict[str, Tensor]:
+        """The weighted losses of the matched pairs, normalised per stage and summed over stages;
+        ``shape`` = (L_S, B, N_S)."""
         idx = match.clamp(min=0)
         tgt = _gather_rows(terms.target, idx)
         cls = paired_class_loss(terms.log_q, tgt, None if terms.log_1mq is None else terms.log_1mq)  # [K, N_S]
@@ -295,13 +295,10 @@ class HungarianLogitsDistillLoss(nn.Module):
         # never let an unmatched (possibly degenerate) pair reach the loss or its gradient
         cls, l1, giou = (torch.where(positive | negative, v, torch.zeros_like(v)) for v in (cls, l1, giou))
 
-        per_stage = lambda v: v.view(L_S, B, N_S).sum((1, 2))  # noqa: E731  [L_S]
+        per_stage = lambda v: v.view(*shape).sum((1, 2))  # noqa: E731  [L_S]
         n_pos = per_stage(pos_f)
         n_pos_global = mean_across_processes(n_pos).to(cls.dtype)
-        if self.variant == "all":
-            cls_norm = n_pos.clamp(min=1)  # local matched count (official)
-        else:
-            cls_norm = n_pos_global
+        cls_norm = n_pos.clamp(min=1) if self.variant == "all" else n_pos_global  # "all": local count (official)
         losses = {
             "logits_cls": self.class_weight * (per_stage(cls * pos_f) / cls_norm).sum(),
             "logits_bbox": self.bbox_weight * (per_stage(l1 * pos_f) / n_pos_global).sum(),
@@ -311,4 +308,19 @@ class HungarianLogitsDistillLoss(nn.Module):
             neg_f = negative.to(cls.dtype)
             losses["logits_neg"] = self.neg_weight * self.class_weight * (
                 per_stage(cls * neg_f) / per_stage(neg_f).clamp(min=1)).sum()
-        return LogitsDistillOutput(losses, match.view(L_S, B, N_S), positive.view(L_S, B, N_S), list(stage_map))
+        return losses
+
+
+def _checked_stage_map(student_logits: Tensor, teacher_logits: Tensor, stage_map: list[int] | None) -> list[int]:
+    """``stage_map`` (default: uniform) after checking both logits are [L, B, N, C] for the same batch."""
+    if student_logits.dim() != 4 or teacher_logits.dim() != 4:
+        raise ValueError("logits must be [L, B, N, C]")
+    L_S, B = student_logits.shape[:2]
+    L_T, B_T = teacher_logits.shape[:2]
+    if B_T != B:
+        raise ValueError(f"student batch {B} != teacher batch {B_T}")
+    if stage_map is None:
+        stage_map = map_stages(L_S, L_T)
+    if len(stage_map) != L_S or max(stage_map) >= L_T or min(stage_map) < 0:
+        raise ValueError(f"stage_map {stage_map} does not fit {L_S} student / {L_T} teacher stages")
+    return stage_map

@@ -1,4 +1,4 @@
-"""Query-prior assignment distillation (DETRDistill §3.4; spec §1.3).
+"""Query-prior assignment distillation (DETRDistill §3.4).
 
 The teacher's learned queries (projected to the student's width when needed) are decoded by the student as an extra,
 isolated query group (``student.decode_group``).  Slot j of that group at student stage l is supervised with the
@@ -9,7 +9,7 @@ group is supervised as background.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -22,10 +22,12 @@ from .stage_mapping import map_stages
 @dataclass
 class QueryPriorOutput:
     """loss: weighted total with grad; loss_dict: ``query_prior_cls`` / ``_bbox`` / ``_giou`` (weighted, detached,
-    for logging; they sum to ``loss``); assignments: the [L_S, B, N_T] assignments used."""
+    for logging; they sum to ``loss``); assignments: the [L_S, B, N_T] assignments used; losses: the same
+    components as ``loss_dict`` with grad."""
     loss: Tensor
     loss_dict: dict[str, Tensor]
     assignments: Tensor
+    losses: dict[str, Tensor] = field(default_factory=dict)
 
 
 class QueryPriorLoss(nn.Module):
@@ -65,4 +67,5 @@ class QueryPriorLoss(nn.Module):
         return QueryPriorOutput(
             loss=self.weight * res.loss,
             loss_dict={f"{self.prefix}{k}": self.weight * v.detach() for k, v in res.loss_dict.items()},
-            assignments=assignments)
+            assignments=assignments,
+            losses={f"{self.prefix}{k}": self.weight * v for k, v in res.losses.items()})

@@ -28,6 +28,8 @@ different depth the paper (Fig. 5) gives no usable rule, so three mappings are o
 """
 from __future__ import annotations
 
+from ..errors import ConfigError
+
 MODES = ("uniform", "last", "final")
 
 
@@ -42,4 +44,4 @@ def map_stages(num_student: int, num_teacher: int, mode: str = "uniform") -> lis
         return [max(0, i + T - S) for i in range(S)]
     if mode == "final":
         return [T - 1] * S
-    raise ValueError(f"unknown stage mapping {mode!r}; expected one of {MODES}")
+    raise ConfigError(f"unknown stage mapping {mode!r}; expected one of {MODES}")

@@ -2,7 +2,7 @@
 
 Layout of ``<output_dir>/checkpoints/step-<N>/``::
 
-    weights.safetensors   module state (a distiller's ``state_dict`` leaves its frozen teacher out)
+    weights.safetensors   the task's ``checkpoint_state_dict`` (see :mod:`detrdistill.engine.task`)
     optimizer.pt          optimizer state
     scheduler.pt          lr scheduler state
     rng.pt                python / numpy / torch (cpu + cuda) generator states, per process
@@ -23,12 +23,15 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from detrdistill.engine.task import checkpoint_state, load_checkpoint_state
+from detrdistill.errors import CheckpointError
+
 CKPT_DIR = "checkpoints"
 
 
-def _state_to_save(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+def _state_to_save(task: torch.nn.Module) -> dict[str, torch.Tensor]:
     # clone: tied weights (e.g. Deformable DETR's shared heads) share storage, which safetensors refuses
-    return {k: v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}
+    return {k: v.detach().cpu().clone().contiguous() for k, v in checkpoint_state(task).items()}
 
 
 def rng_state() -> dict:
@@ -46,7 +49,7 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(output_dir: str | Path, module: torch.nn.Module, optimizer, scheduler, state: dict,
+def save_checkpoint(output_dir: str | Path, task: torch.nn.Module, optimizer, scheduler, state: dict,
                     *, rank: int = 0, world_size: int = 1, keep: int = 2, barrier=None) -> Path:
     """Write ``checkpoints/step-<step>`` atomically. Every process calls it (each saves its RNG state);
     rank 0 writes the shared files and renames. ``barrier`` synchronises processes when given."""
@@ -61,7 +64,7 @@ def save_checkpoint(output_dir: str | Path, module: torch.nn.Module, optimizer, 
         barrier()
     torch.save(rng_state(), tmp / f"rng-{rank}.pt")
     if rank == 0:
-        save_file(_state_to_save(module), str(tmp / "weights.safetensors"))
+        save_file(_state_to_save(task), str(tmp / "weights.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / "state.json").write_text(json.dumps({**state, "world_size": world_size}, indent=1))
@@ -95,20 +98,19 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def load_checkpoint(path: str | Path, module: torch.nn.Module, optimizer, scheduler, *, rank: int = 0,
+def load_checkpoint(path: str | Path, task: torch.nn.Module, optimizer, scheduler, *, rank: int = 0,
                     world_size: int = 1) -> dict:
-    """Restore module/optimizer/scheduler/RNG from ``path``; returns the saved trainer state."""
+    """Restore task/optimizer/scheduler/RNG from ``path``; returns the saved trainer state."""
     path = Path(path)
     state = json.loads((path / "state.json").read_text())
     if state.get("world_size", 1) != world_size:
-        raise RuntimeError(f"{path}: saved with {state.get('world_size')} processes, resuming with {world_size}; "
+        raise CheckpointError(f"{path}: saved with {state.get('world_size')} processes, resuming with {world_size}; "
                            "resume with the same number of processes (the data order depends on it)")
     weights = load_file(str(path / "weights.safetensors"))
-    missing, unexpected = module.load_state_dict(weights, strict=False)
-    missing = [k for k in missing if "teacher." not in k]  # the frozen teacher is never saved
-    if missing or unexpected:
-        raise RuntimeError(f"{path}: checkpoint does not fit the model (missing {missing[:3]}, "
-                           f"unexpected {unexpected[:3]}); was it written with another config?")
+    try:
+        load_checkpoint_state(task, weights)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=False))
     rng_file = path / f"rng-{rank}.pt"

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from detrdistill.config import Config
+from detrdistill.errors import ConfigError, ModelError
 from detrdistill.engine.evaluator import evaluate, write_eval_json
 from detrdistill.engine.loading import eval_loader
 
@@ -15,7 +16,7 @@ log = logging.getLogger("detrdistill")
 def run_evaluation(cfg: Config, model_dir: str | Path, split: str = "val", output_dir: str | Path | None = None) -> dict:
     """Load ``model_dir`` (a transformers directory), evaluate on ``cfg.data.<split>``, write eval.json."""
     from detrdistill.data import build_dataset, collate_fn
-    from detrdistill.engine.trainer import build_datasets, make_accelerator
+    from detrdistill.engine.setup import build_datasets, make_accelerator
     from detrdistill.models.adapters import get_adapter
     from detrdistill.models.build import load_detector
 
@@ -25,14 +26,14 @@ def run_evaluation(cfg: Config, model_dir: str | Path, split: str = "val", outpu
     else:
         split_cfg = getattr(cfg.data, split, None)
         if split_cfg is None:
-            raise ValueError(f"config: data.{split} is not set")
+            raise ConfigError(f"config: data.{split} is not set")
         ds = build_dataset(split_cfg, cfg.data, train=False)
     if ds is None:
-        raise ValueError(f"config: data.{split} is not set")
+        raise ConfigError(f"config: data.{split} is not set")
     model = load_detector(model_dir)
     names = {int(k): v for k, v in model.config.id2label.items()}
     if names != dict(ds.id2label):
-        raise ValueError(f"{model_dir}: the model's label map {names} differs from the dataset's "
+        raise ModelError(f"{model_dir}: the model's label map {names} differs from the dataset's "
                          f"{dict(ds.id2label)}; evaluate on the dataset the model was trained on")
     adapter = get_adapter(model).to(accelerator.device)
     loader = eval_loader(ds, collate_fn, cfg.train.batch_size, accelerator.process_index,

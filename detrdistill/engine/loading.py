@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from detrdistill.errors import ConfigError
+
 
 class SeededDataset(Dataset):
     """Wraps a dataset so item ``e * n + i`` is sample ``i`` augmented with randomness seeded by
@@ -98,7 +100,7 @@ def train_loader(dataset, collate_fn, batch_size: int, seed: int, rank: int, wor
                  num_workers: int, start_step: int = 0) -> tuple[DataLoader, StepSampler]:
     """An endless loader of this process's batches from global step ``start_step`` on; iterate it once."""
     if len(dataset) < batch_size * world_size:
-        raise ValueError(f"the training set has {len(dataset)} images, fewer than one global batch "
+        raise ConfigError(f"the training set has {len(dataset)} images, fewer than one global batch "
                          f"({batch_size} x {world_size} processes); lower train.batch_size")
     sampler = StepSampler(len(dataset), batch_size, seed, rank, world_size, start_step=start_step)
     loader = DataLoader(SeededDataset(dataset, seed), batch_size=batch_size, sampler=sampler, collate_fn=collate_fn,

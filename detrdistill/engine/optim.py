@@ -8,23 +8,21 @@ import torch
 from torch import nn
 
 from detrdistill.config import OptimConfig
+from detrdistill.engine.task import trainable_named_parameters
+from detrdistill.errors import ConfigError
 
 # parameter-name fragments of the parts trained with a lower lr (Deformable DETR convention)
 BACKBONE_KEYS = ("backbone",)
 LINEAR_PROJ_KEYS = ("sampling_offsets", "reference_points")
 
 
-def param_groups(module: nn.Module, cfg: OptimConfig) -> list[dict]:
-    """Split trainable parameters into backbone / linear-projection / rest groups.
+def param_groups(task: nn.Module, cfg: OptimConfig) -> list[dict]:
+    """Split the task's trainable parameters into backbone / linear-projection / rest groups.
 
     Each group carries ``lr_mult`` so the scheduler scales all groups alike. Empty groups are dropped.
     """
     groups = {"backbone": [], "linear_proj": [], "rest": []}
-    for name, p in module.named_parameters():
-        if not p.requires_grad:
-            continue
-        if ".teacher." in f".{name}":
-            raise ValueError(f"teacher parameter {name} is trainable; the teacher must be frozen")
+    for name, p in trainable_named_parameters(task):
         if any(k in name for k in BACKBONE_KEYS) and "query" not in name:
             groups["backbone"].append(p)
         elif any(k in name for k in LINEAR_PROJ_KEYS):
@@ -36,10 +34,11 @@ def param_groups(module: nn.Module, cfg: OptimConfig) -> list[dict]:
             for n, ps in groups.items() if ps]
 
 
-def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    groups = param_groups(module, cfg)
+def build_optimizer(task: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW over ``task``'s trainable parameters (a :class:`~detrdistill.engine.task.Task` or any module)."""
+    groups = param_groups(task, cfg)
     if not groups:
-        raise ValueError("no trainable parameters: check model.backbone.freeze and the config")
+        raise ConfigError("no trainable parameters: check model.backbone.freeze and the config")
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 

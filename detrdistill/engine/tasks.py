@@ -1,18 +1,20 @@
-"""What the engine trains: a plain detector or a teacher->student distiller, behind one interface.
-
-A task is an ``nn.Module`` whose ``forward(pixel_values, pixel_mask, targets)`` returns
-``(loss, loss_dict)``, with ``.student`` (the adapter that is evaluated) and ``export(path)``
-(writes a plain transformers model directory).
-"""
+"""The tasks the engine trains (see :mod:`detrdistill.engine.task` for the interface): a plain detector
+(:class:`DetectionTask`, ``detrdistill train``) or a distillation
+(:class:`~detrdistill.distillation.task.DistillTask`, ``detrdistill distill``)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from detrdistill.config import Config
+from detrdistill.engine.task import Task, load_state_strictly
+from detrdistill.errors import ConfigError
 from detrdistill.ops.criterion import SetCriterion
+
+MODES = ("train", "distill")
 
 
 def build_criterion(cfg: Config, adapter) -> SetCriterion:
@@ -35,52 +37,32 @@ class DetectionTask(nn.Module):
         out = self.adapter(pixel_values, pixel_mask, targets=targets, criterion=self.criterion)
         return out.loss, out.loss_dict
 
+    def named_trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        return ((n, p) for n, p in self.named_parameters() if p.requires_grad)
+
+    def checkpoint_state_dict(self) -> dict[str, Tensor]:
+        return self.state_dict()
+
+    def load_checkpoint_state_dict(self, state: dict[str, Tensor]) -> None:
+        load_state_strictly(self, state)
+
     def export(self, path: str | Path) -> None:
         self.adapter.save_pretrained(str(path))
 
 
-class DistillTask(nn.Module):
-    """Train a student under a frozen teacher (see :mod:`detrdistill.distillation.distiller`)."""
-
-    def __init__(self, distiller, criterion: SetCriterion):
-        super().__init__()
-        self.distiller, self.criterion = distiller, criterion
-
-    @property
-    def student(self):
-        return self.distiller.student
-
-    def forward(self, pixel_values, pixel_mask, targets):
-        out = self.distiller(pixel_values, pixel_mask, targets, self.criterion)
-        return out.loss, out.loss_dict
-
-    def export(self, path: str | Path) -> None:
-        self.distiller.export_student(str(path))
-
-    def state_dict(self, *args, **kwargs):  # the frozen teacher is rebuilt from its checkpoint, never saved
-        sd = super().state_dict(*args, **kwargs)
-        for k in [k for k in sd if k.startswith("distiller.teacher.")]:
-            del sd[k]
-        return sd
-
-
-def build_task(cfg: Config, id2label: dict[int, str], mode: str) -> nn.Module:
-    """``mode``: 'train' (detector alone) or 'distill' (needs ``cfg.distill.teacher``)."""
+def build_task(cfg: Config, id2label: dict[int, str], mode: str) -> Task:
+    """``mode``: 'train' (the detector alone) or 'distill' (the detector as a student; see ``cfg.distill``)."""
     from detrdistill.models.adapters import get_adapter
     from detrdistill.models.build import build_model
 
+    if mode not in MODES:
+        raise ConfigError(f"unknown task mode {mode!r}; expected one of {MODES}")
     student = get_adapter(build_model(cfg.model, id2label))
     criterion = build_criterion(cfg, student)
     if mode == "train":
         return DetectionTask(student, criterion)
-    from detrdistill.distillation.distiller import Distiller
-    from detrdistill.models.build import load_detector
-
-    if not cfg.distill.teacher:
-        raise ValueError("distill.teacher is not set: give the teacher's model directory (--teacher DIR)")
-    teacher = get_adapter(load_detector(cfg.distill.teacher))
-    distiller = Distiller(teacher, student, cfg.distill, dataset_id2label=id2label)
-    return DistillTask(distiller, criterion)
+    from detrdistill.distillation.task import build_distill_task
+    return build_distill_task(cfg, student, criterion, id2label)
 
 
 def move_targets(targets: list[dict], device: torch.device) -> list[dict]:

@@ -75,7 +75,3 @@ class DetectorOutput:
     @property
     def num_stages(self) -> int:
         return self.logits.shape[0]
-
-    @property
-    def final(self) -> GroupOutput:
-        return GroupOutput(self.logits[-1:], self.boxes[-1:], self.embeddings[-1:])

@@ -13,15 +13,12 @@ from typing import Sequence
 
 from torch import nn
 
+from ..errors import IncompatibleQueriesError
 from .outputs import QueryGroup
 
 __all__ = ["QueryProjection", "build_query_projection", "IncompatibleQueriesError"]
 
 _PROJECTABLE = ("content", "position")
-
-
-class IncompatibleQueriesError(ValueError):
-    """The teacher's query form cannot feed the student's decoder."""
 
 
 class QueryProjection(nn.Module):

@@ -74,6 +74,7 @@ class CriterionOutput:
     """loss: scalar (weighted, summed over supervised stages), with grad.
     loss_dict: {"cls", "bbox", "giou"} weighted and summed over stages, detached 0-d tensors (for logging).
     per_stage: same keys, each [L'] weighted, detached.
+    losses: same keys, weighted and summed over stages, WITH grad (they sum to ``loss``).
     assignments: LongTensor [L', B, N] target index per query, -1 unmatched (L' = L, or 1 when aux_loss=False).
     num_boxes: the normaliser used.
     """
@@ -82,6 +83,7 @@ class CriterionOutput:
     assignments: Tensor
     per_stage: dict[str, Tensor] = field(default_factory=dict)
     num_boxes: float = 1.0
+    losses: dict[str, Tensor] = field(default_factory=dict)
 
 
 class SetCriterion(nn.Module):
@@ -208,4 +210,5 @@ class SetCriterion(nn.Module):
             assignments=assignments,
             per_stage={k: v.detach() for k, v in per_stage.items()},
             num_boxes=float(num_boxes),
+            losses={k: v.sum() for k, v in per_stage.items()},
         )

@@ -18,16 +18,20 @@ properties whose config key differs). All tensor maths is out-of-place (transfor
 in place, which would break autograd on captured tensors).
 
 The decoder kwargs are captured with a forward *pre*-hook (:class:`ModuleInputCapture`), so the adapters depend
-on the private keyword names of each decoder; the contract tests (``tests/test_adapters.py``) check every family
-reproduces the model's own predictions, which catches any drift in a new transformers version.
+on the keyword names of each decoder's ``forward``. Each adapter names them in ``decoder_kwargs``; they are checked
+against ``inspect.signature`` when the adapter is built, so a rename in a new transformers version fails there with
+:class:`~detrdistill.errors.TransformersAPIError` instead of mid-step. The contract tests
+(``tests/test_adapters.py``) check every family reproduces the model's own predictions.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from ...errors import ModelError, NoQueryTableError, TransformersAPIError, UnsupportedFamilyError
 from ..outputs import DetectorOutput, GroupOutput, QueryGroup
 
 __all__ = [
@@ -43,17 +47,6 @@ __all__ = [
     "split_mask",
     "default_pixel_mask",
 ]
-
-
-class UnsupportedFamilyError(ValueError):
-    """The model's ``config.model_type`` has no adapter (the message lists the supported families)."""
-
-
-class NoQueryTableError(NotImplementedError, ValueError):
-    """The model has no learned query table (dynamic, per-image queries: two-stage Deformable, RT-DETR).
-
-    Use ``DetectorOutput.queries`` of a forward instead. Catchable as NotImplementedError or ValueError.
-    """
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -216,6 +209,8 @@ class DetectorAdapter(nn.Module):
     family: ClassVar[str] = ""
     model_types: ClassVar[tuple[str, ...]] = ()
     class_activation: ClassVar[str] = "sigmoid"
+    # keyword arguments of the decoder's forward the adapter captures or passes (checked when the adapter is built)
+    decoder_kwargs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -226,6 +221,7 @@ class DetectorAdapter(nn.Module):
                 f"{type(self).__name__} adapts {list(self.handled_model_types())}, got a model of type {model_type!r}")
         self.model = model
         self._check_model()
+        self._check_decoder_kwargs()
 
     # ------------------------------------------------------------------ identity / properties
     @classmethod
@@ -233,7 +229,26 @@ class DetectorAdapter(nn.Module):
         return cls.model_types or (cls.family,)
 
     def _check_model(self) -> None:
-        """Hook for subclasses: reject configurations the adapter cannot handle (raise ValueError)."""
+        """Hook for subclasses: reject configurations the adapter cannot handle (raise ModelError)."""
+
+    def _decoder(self) -> nn.Module:
+        """The decoder whose keyword arguments the adapter captures and replays."""
+        return self.model.model.decoder
+
+    def _check_decoder_kwargs(self) -> None:
+        """Every name in ``decoder_kwargs`` must be an explicit parameter of the decoder's ``forward``."""
+        if not self.decoder_kwargs:
+            return
+        decoder = self._decoder()
+        params = inspect.signature(decoder.forward).parameters
+        named = {n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        missing = [k for k in self.decoder_kwargs if k not in named]
+        if missing:
+            import transformers
+            raise TransformersAPIError(
+                f"{type(self).__name__}: {type(decoder).__name__}.forward in transformers {transformers.__version__} "
+                f"has no keyword argument {missing[0]!r} (the adapter passes {list(self.decoder_kwargs)}); install "
+                "the transformers version this adapter supports or update the adapter")
 
     @property
     def config(self):
@@ -300,14 +315,14 @@ class DetectorAdapter(nn.Module):
         elif pixel_mask.shape != (pixel_values.shape[0],) + tuple(pixel_values.shape[2:]):
             raise ValueError(f"pixel_mask shape {tuple(pixel_mask.shape)} does not match pixel_values "
                              f"{tuple(pixel_values.shape)} (expected [B, H, W])")
-        out = self._forward(pixel_values, pixel_mask, targets)
+        out = self._forward(pixel_values, pixel_mask)
         out.class_activation = self.class_activation
         if criterion is not None and targets is not None:
             self.attach_loss(out, targets, criterion)
         return out
 
-    def _forward(self, pixel_values: Tensor, pixel_mask: Tensor, targets: list[dict] | None) -> DetectorOutput:
-        """Family-specific forward (pixel_mask is never None here). ``targets`` may be ignored."""
+    def _forward(self, pixel_values: Tensor, pixel_mask: Tensor) -> DetectorOutput:
+        """Family-specific forward without labels (pixel_mask is never None here); the loss is attached after."""
         raise NotImplementedError
 
     @staticmethod
@@ -355,9 +370,6 @@ class DetectorAdapter(nn.Module):
                 f"stages={self.num_stages}, d_model={self.d_model}, levels={self.num_feature_levels}")
 
     # ------------------------------------------------------------------ shared pieces for subclasses
-    def _group_batch(self, out: DetectorOutput) -> int:
-        return int(out.logits.shape[1])
-
     def _check_group(self, group: QueryGroup, required: Sequence[str]) -> None:
         missing = [f for f in required if getattr(group, f) is None]
         if missing:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ...errors import ModelError
 from .base import inverse_sigmoid
-from .detr import DetrAdapter
+from .detr import DetrAdapter, detr_config_kwargs
+from ..families import FamilySpec
 
-__all__ = ["ConditionalDetrAdapter"]
+__all__ = ["FAMILY_SPECS", "ConditionalDetrAdapter"]
 
 
 class ConditionalDetrAdapter(DetrAdapter):
@@ -23,10 +25,16 @@ class ConditionalDetrAdapter(DetrAdapter):
 
     def _check_model(self) -> None:
         if float(getattr(self.model.config, "decoder_layerdrop", 0.0) or 0.0) > 0:
-            raise ValueError("conditional_detr: decoder_layerdrop > 0 is not supported (stages would be skipped)")
+            raise ModelError("conditional_detr: decoder_layerdrop > 0 is not supported (stages would be skipped)")
 
     def _boxes(self, hs: Tensor, decoder_output) -> Tensor:
         ref = decoder_output.reference_points  # (N, B, 2) in [0, 1]
         ref_logit = inverse_sigmoid(ref).transpose(0, 1)  # (B, N, 2)
         tmp = self.model.bbox_predictor(hs)  # (L, B, N, 4)
         return torch.cat([tmp[..., :2] + ref_logit, tmp[..., 2:]], dim=-1).sigmoid()
+
+
+FAMILY_SPECS = (FamilySpec(name="conditional_detr", adapter=ConditionalDetrAdapter,
+                           config_class="ConditionalDetrConfig", model_class="ConditionalDetrForObjectDetection",
+                           config_kwargs=detr_config_kwargs, load_kwargs={"auxiliary_loss": False},
+                           capabilities=frozenset({"query_table"})),)

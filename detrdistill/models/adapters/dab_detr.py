@@ -19,14 +19,22 @@ Depends on the private decoder keyword names of transformers' ``DabDetrDecoder``
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
 from ..outputs import DetectorOutput, GroupOutput, QueryGroup
+from ...errors import ModelError
 from .base import (DetectorAdapter, ModuleInputCapture, ModuleOutputCapture, expand_group, inverse_sigmoid,
                    split_levels, reference_logits)
+from ..families import FamilySpec
+from ..hf_config import common_kwargs, resnet_config
 
-__all__ = ["DabDetrAdapter"]
+if TYPE_CHECKING:  # pragma: no cover
+    from ...config import ModelConfig
+
+__all__ = ["FAMILY_SPECS", "DabDetrAdapter"]
 
 
 class DabDetrAdapter(DetectorAdapter):
@@ -40,15 +48,17 @@ class DabDetrAdapter(DetectorAdapter):
     family = "dab_detr"
     model_types = ("dab-detr",)  # transformers' DabDetrConfig.model_type (hyphen, unlike our family name)
     class_activation = "sigmoid"
+    decoder_kwargs = ("inputs_embeds", "query_position_embeddings", "object_queries", "encoder_hidden_states",
+                      "memory_key_padding_mask", "return_dict")
 
     def _check_model(self) -> None:
         cfg = self.model.config
         if not hasattr(self.model, "class_embed") or not hasattr(self.model, "bbox_predictor"):
-            raise ValueError("DabDetrAdapter needs a DabDetrForObjectDetection (class_embed / bbox_predictor heads)")
+            raise ModelError("DabDetrAdapter needs a DabDetrForObjectDetection (class_embed / bbox_predictor heads)")
         if int(getattr(cfg, "num_patterns", 0) or 0) > 0:
-            raise ValueError(f"DabDetrAdapter does not support num_patterns > 0 (got {cfg.num_patterns})")
+            raise ModelError(f"DabDetrAdapter does not support num_patterns > 0 (got {cfg.num_patterns})")
         if int(cfg.query_dim) != 4:
-            raise ValueError(f"DabDetrAdapter needs 4-d anchors (query_dim=4), got query_dim={cfg.query_dim}")
+            raise ModelError(f"DabDetrAdapter needs 4-d anchors (query_dim=4), got query_dim={cfg.query_dim}")
 
     # ------------------------------------------------------------------ properties
     @property
@@ -66,7 +76,7 @@ class DabDetrAdapter(DetectorAdapter):
         boxes = (self.model.bbox_predictor(hidden) + inverse_sigmoid(reference)).sigmoid()
         return logits, boxes
 
-    def _forward(self, pixel_values: Tensor, pixel_mask: Tensor, targets: list[dict] | None) -> DetectorOutput:
+    def _forward(self, pixel_values: Tensor, pixel_mask: Tensor) -> DetectorOutput:
         inner = self.model.model
         with ModuleInputCapture(inner.decoder) as dec_cap, \
                 ModuleOutputCapture([inner.input_projection]) as proj_cap:
@@ -122,3 +132,12 @@ class DabDetrAdapter(DetectorAdapter):
         hidden = dec.intermediate_hidden_states
         logits, boxes = self._heads(hidden, dec.reference_points)
         return GroupOutput(logits=logits, boxes=boxes, embeddings=hidden)
+
+
+def dab_config_kwargs(cfg: "ModelConfig") -> dict:
+    return dict(common_kwargs(cfg), hidden_size=cfg.d_model, backbone_config=resnet_config(cfg.backbone, 1))
+
+
+FAMILY_SPECS = (FamilySpec(name="dab_detr", adapter=DabDetrAdapter, model_types=("dab-detr",),
+                           config_class="DabDetrConfig", model_class="DabDetrForObjectDetection",
+                           config_kwargs=dab_config_kwargs, capabilities=frozenset({"query_table"})),)

@@ -16,14 +16,22 @@ Handles single-stage, ``with_box_refine`` and ``two_stage``. What transformers d
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
 from ..outputs import DetectorOutput, GroupOutput, QueryGroup
 from .base import (DetectorAdapter, ModuleInputCapture, ModuleOutputCapture, NoQueryTableError, expand_group,
                    inverse_sigmoid, split_levels, split_mask)
+from ...errors import ConfigError
+from ..families import FamilySpec
+from ..hf_config import common_kwargs, resnet_config
 
-__all__ = ["DeformableDetrAdapter"]
+if TYPE_CHECKING:  # pragma: no cover
+    from ...config import ModelConfig
+
+__all__ = ["FAMILY_SPECS", "DeformableDetrAdapter"]
 
 _MEMORY_KEYS = ("encoder_hidden_states", "encoder_attention_mask", "spatial_shapes", "spatial_shapes_list",
                 "level_start_index", "valid_ratios")
@@ -32,6 +40,7 @@ _MEMORY_KEYS = ("encoder_hidden_states", "encoder_attention_mask", "spatial_shap
 class DeformableDetrAdapter(DetectorAdapter):
     family = "deformable_detr"
     class_activation = "sigmoid"
+    decoder_kwargs = ("inputs_embeds", "object_queries_position_embeddings", "reference_points", *_MEMORY_KEYS)
 
     @property
     def two_stage(self) -> bool:
@@ -79,7 +88,7 @@ class DeformableDetrAdapter(DetectorAdapter):
         return GroupOutput(logits=torch.stack(logits), boxes=torch.stack(boxes), embeddings=hs)
 
     # ------------------------------------------------------------------ forward
-    def _forward(self, pixel_values: Tensor, pixel_mask: Tensor, targets) -> DetectorOutput:
+    def _forward(self, pixel_values: Tensor, pixel_mask: Tensor) -> DetectorOutput:
         inner = self.model.model
         with ModuleInputCapture(inner.decoder) as cap, ModuleOutputCapture(list(inner.input_proj)) as proj:
             hf = self.model(pixel_values=pixel_values, pixel_mask=pixel_mask)
@@ -120,3 +129,20 @@ class DeformableDetrAdapter(DetectorAdapter):
                                            reference_points=ref, **mem)
         hs = dec_out.intermediate_hidden_states.transpose(0, 1)
         return self._decoded(hs, ref, dec_out.intermediate_reference_points)
+
+
+def deformable_config_kwargs(cfg: "ModelConfig") -> dict:
+    if cfg.d_model % 32:
+        raise ConfigError(f"model.d_model: deformable_detr needs a multiple of 32 (GroupNorm(32)), got {cfg.d_model}")
+    kw = dict(common_kwargs(cfg), d_model=cfg.d_model, num_feature_levels=cfg.num_feature_levels,
+              with_box_refine=cfg.with_box_refine, two_stage=cfg.two_stage,
+              backbone_config=resnet_config(cfg.backbone, cfg.num_feature_levels))
+    if cfg.two_stage:
+        kw["two_stage_num_proposals"] = cfg.num_queries
+    return kw
+
+
+FAMILY_SPECS = (FamilySpec(name="deformable_detr", adapter=DeformableDetrAdapter,
+                           config_class="DeformableDetrConfig", model_class="DeformableDetrForObjectDetection",
+                           config_kwargs=deformable_config_kwargs,
+                           capabilities=frozenset({"query_table", "multi_scale", "two_stage", "box_refine"})),)

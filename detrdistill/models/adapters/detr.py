@@ -13,14 +13,21 @@ What transformers does not expose, written here once:
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
 from ..outputs import DetectorOutput, GroupOutput, QueryGroup
 from .base import (DetectorAdapter, ModuleInputCapture, ModuleOutputCapture, expand_group, split_levels,
                    split_mask)
+from ..families import FamilySpec
+from ..hf_config import common_kwargs, resnet_config
 
-__all__ = ["DetrAdapter"]
+if TYPE_CHECKING:  # pragma: no cover
+    from ...config import ModelConfig
+
+__all__ = ["FAMILY_SPECS", "DetrAdapter"]
 
 _MEMORY_KEYS = ("encoder_hidden_states", "encoder_attention_mask", "spatial_position_embeddings")
 
@@ -28,6 +35,7 @@ _MEMORY_KEYS = ("encoder_hidden_states", "encoder_attention_mask", "spatial_posi
 class DetrAdapter(DetectorAdapter):
     family = "detr"
     class_activation = "softmax"
+    decoder_kwargs = ("inputs_embeds", "attention_mask", "object_queries_position_embeddings", *_MEMORY_KEYS)
 
     @property
     def query_form(self) -> dict[str, int]:
@@ -55,7 +63,7 @@ class DetrAdapter(DetectorAdapter):
                            embeddings=hs)
 
     # ------------------------------------------------------------------ forward
-    def _forward(self, pixel_values: Tensor, pixel_mask: Tensor, targets) -> DetectorOutput:
+    def _forward(self, pixel_values: Tensor, pixel_mask: Tensor) -> DetectorOutput:
         inner = self.model.model
         dec = inner.decoder
         with ModuleInputCapture(dec) as cap, ModuleOutputCapture([dec]) as dec_out, \
@@ -91,3 +99,15 @@ class DetrAdapter(DetectorAdapter):
                                  object_queries_position_embeddings=g.position, **mem)
         hs = self._stage_states([o[0] for o in layers.outputs if o], decoder_output)
         return self._decoded(hs, decoder_output)
+
+
+def detr_config_kwargs(cfg: "ModelConfig") -> dict:
+    """DETR / Conditional DETR: one feature level (C5). ``auxiliary_loss`` stays False (see FAMILY_SPECS)."""
+    return dict(common_kwargs(cfg), d_model=cfg.d_model, backbone_config=resnet_config(cfg.backbone, 1))
+
+
+# auxiliary_loss=True makes transformers feed the layer-normed state to the next decoder layer, which changes
+# the forward; our criterion computes the auxiliary losses from the per-stage outputs, so it is always off
+FAMILY_SPECS = (FamilySpec(name="detr", adapter=DetrAdapter, config_class="DetrConfig",
+                           model_class="DetrForObjectDetection", config_kwargs=detr_config_kwargs,
+                           load_kwargs={"auxiliary_loss": False}, capabilities=frozenset({"query_table"})),)

@@ -19,19 +19,26 @@ Layout of one RT-DETR forward, as exposed by :class:`RTDetrAdapter`:
   exactly ``num_queries`` queries. The classification / box heads live inside the decoder, so the per-stage
   predictions are the decoder's ``intermediate_logits`` / ``intermediate_reference_points``.
 
-Depends on the private decoder keyword names of transformers' ``RTDetrDecoder`` / ``RTDetrV2Decoder``
-(``inputs_embeds``, ``encoder_hidden_states``, ``encoder_attention_mask``, ``reference_points`` (logits),
-``spatial_shapes``, ``spatial_shapes_list``, ``level_start_index``).
+Depends on the decoder keyword names of transformers' ``RTDetrDecoder`` / ``RTDetrV2Decoder``, listed in
+``RTDetrAdapter.decoder_kwargs`` and checked when the adapter is built (``reference_points`` are logits).
 """
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from ..outputs import DetectorOutput, GroupOutput, QueryGroup
+from ...errors import ConfigError, ModelError, NoQueryTableError
 from .base import DetectorAdapter, ModuleInputCapture, ModuleOutputCapture, expand_group, reference_logits
+from ..families import FamilySpec
+from ..hf_config import common_kwargs, resnet_config
 
-__all__ = ["RTDetrAdapter"]
+if TYPE_CHECKING:  # pragma: no cover
+    from ...config import ModelConfig
+
+__all__ = ["FAMILY_SPECS", "RTDetrAdapter"]
 
 
 class RTDetrAdapter(DetectorAdapter):
@@ -44,6 +51,8 @@ class RTDetrAdapter(DetectorAdapter):
     family = "rt_detr"
     model_types = ("rt_detr", "rt_detr_v2")
     class_activation = "sigmoid"
+    decoder_kwargs = ("inputs_embeds", "encoder_hidden_states", "encoder_attention_mask", "reference_points",
+                      "spatial_shapes", "spatial_shapes_list", "level_start_index")
 
     def __init__(self, model: nn.Module):
         super().__init__(model)
@@ -52,13 +61,13 @@ class RTDetrAdapter(DetectorAdapter):
     def _check_model(self) -> None:
         decoder = self.model.model.decoder
         if getattr(decoder, "class_embed", None) is None or getattr(decoder, "bbox_embed", None) is None:
-            raise ValueError("RTDetrAdapter needs an RTDetr(V2)ForObjectDetection (decoder class / box heads)")
+            raise ModelError("RTDetrAdapter needs an RTDetr(V2)ForObjectDetection (decoder class / box heads)")
         cfg = self.model.config
         if len(self.model.model.encoder_input_proj) != len(cfg.encoder_in_channels):
-            raise ValueError("RTDetrAdapter: backbone outputs and encoder_in_channels disagree")
+            raise ModelError("RTDetrAdapter: backbone outputs and encoder_in_channels disagree")
         if getattr(cfg, "learn_initial_query", False):
             # transformers 5.24 RTDetr(V2)Model.forward calls `self.weight_embedding.tile(...)` on an nn.Embedding
-            raise ValueError(f"{cfg.model_type}: learn_initial_query=True is not supported (transformers' forward "
+            raise ModelError(f"{cfg.model_type}: learn_initial_query=True is not supported (transformers' forward "
                              "fails on it); use the default top-k encoder features as content queries")
 
     # ------------------------------------------------------------------ properties
@@ -75,7 +84,7 @@ class RTDetrAdapter(DetectorAdapter):
         return {"content": self.d_model, "reference": 4}
 
     # ------------------------------------------------------------------ forward
-    def _forward(self, pixel_values: Tensor, pixel_mask: Tensor, targets: list[dict] | None) -> DetectorOutput:
+    def _forward(self, pixel_values: Tensor, pixel_mask: Tensor) -> DetectorOutput:
         inner = self.model.model
         with ModuleInputCapture(inner.decoder) as dec_cap, \
                 ModuleOutputCapture(list(inner.encoder_input_proj)) as in_cap, \
@@ -100,7 +109,7 @@ class RTDetrAdapter(DetectorAdapter):
 
     # ------------------------------------------------------------------ extra query groups
     def query_table(self) -> QueryGroup:
-        raise NotImplementedError(
+        raise NoQueryTableError(
             f"{self.family} has no learned query table: its queries are the top-k encoder tokens of each image "
             "(use DetectorOutput.queries of a forward)")
 
@@ -123,3 +132,31 @@ class RTDetrAdapter(DetectorAdapter):
             boxes=dec.intermediate_reference_points.transpose(0, 1),
             embeddings=dec.intermediate_hidden_states.transpose(0, 1),
         )
+
+
+def rt_detr_config_kwargs(cfg: "ModelConfig") -> dict:
+    """Hybrid encoder over C3-C5 (3 levels, fixed); ``encoder_layers`` = AIFI transformer layers."""
+    if len(cfg.backbone.hidden_sizes) < 3:
+        raise ConfigError(f"model.backbone.hidden_sizes: {cfg.family} needs a backbone of at least 3 stages (C3-C5)")
+    return dict(common_kwargs(cfg), d_model=cfg.d_model, encoder_hidden_dim=cfg.d_model,
+                encoder_in_channels=list(cfg.backbone.hidden_sizes[-3:]), feat_strides=[8, 16, 32],
+                decoder_in_channels=[cfg.d_model] * 3, num_feature_levels=3,
+                backbone_config=resnet_config(cfg.backbone, 3))
+
+
+def unit_batch_norms(model: nn.Module) -> None:
+    """transformers initialises RT-DETR's BatchNorm2d weights ~ N(0, 0.01) (its init expects a pretrained
+    checkpoint), which shrinks the encoder memory of a from-scratch model to ~1e-11 so every image looks the
+    same. PyTorch's default (weight 1, bias 0) is what the original RT-DETR trains from."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.fill_(1.0)
+                m.bias.zero_()
+
+
+FAMILY_SPECS = tuple(
+    FamilySpec(name=name, adapter=RTDetrAdapter, config_class=f"{prefix}Config",
+               model_class=f"{prefix}ForObjectDetection", config_kwargs=rt_detr_config_kwargs,
+               after_build=unit_batch_norms, capabilities=frozenset({"multi_scale"}))
+    for name, prefix in (("rt_detr", "RTDetr"), ("rt_detr_v2", "RTDetrV2")))

@@ -1,7 +1,7 @@
 """Micro-benchmark of Hungarian matching: our batched matcher vs a per-image loop vs transformers' matcher.
 
-    python -m detrdistill.ops.bench_matching            # B=16, L=6, N=300, T=300 on the CPU
-    from detrdistill.ops.bench_matching import benchmark_matching
+    python -m benchmarks.bench_matching                 # B=16, L=6, N=300, T=300 on the CPU
+    from benchmarks.bench_matching import benchmark_matching
     benchmark_matching(B=16, L=6, N=300, T=20, device="cuda")
 """
 from __future__ import annotations

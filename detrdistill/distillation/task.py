@@ -1,0 +1,70 @@
+"""The distillation task: a :class:`~detrdistill.distillation.distiller.Distiller` behind the engine's task
+interface (see :mod:`detrdistill.engine.task`; the interface is structural, nothing is imported from the engine).
+
+Only the student and the distillation modules are trained, checkpointed and exported; the frozen teacher
+is rebuilt from its own directory (``distill.teacher``) and never saved.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+from torch import Tensor, nn
+
+from ..config import Config
+from ..errors import CheckpointError, ConfigError
+from .distiller import Distiller
+
+__all__ = ["DistillTask", "build_distill_task"]
+
+
+class DistillTask(nn.Module):
+    """Train a student under a frozen teacher; ``forward`` returns ``(loss, loss_dict)``."""
+
+    def __init__(self, distiller: Distiller, criterion: nn.Module):
+        super().__init__()
+        self.distiller, self.criterion = distiller, criterion
+
+    @property
+    def student(self) -> nn.Module:
+        return self.distiller.student
+
+    def forward(self, pixel_values, pixel_mask, targets):
+        out = self.distiller(pixel_values, pixel_mask, targets, self.criterion)
+        return out.loss, out.loss_dict
+
+    def named_trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        for name, p in self.distiller.named_trainable_parameters():
+            yield f"distiller.{name}", p
+        for name, p in self.criterion.named_parameters():
+            if p.requires_grad:
+                yield f"criterion.{name}", p
+
+    def checkpoint_state_dict(self) -> dict[str, Tensor]:
+        state = {f"distiller.{k}": v for k, v in self.distiller.checkpoint_state_dict().items()}
+        state.update({f"criterion.{k}": v for k, v in self.criterion.state_dict().items()})
+        return state
+
+    def load_checkpoint_state_dict(self, state: dict[str, Tensor]) -> None:
+        own = {k[len("distiller."):]: v for k, v in state.items() if k.startswith("distiller.")}
+        rest = {k[len("criterion."):]: v for k, v in state.items() if k.startswith("criterion.")}
+        stray = [k for k in state if not k.startswith(("distiller.", "criterion."))]
+        if stray:
+            raise CheckpointError(f"checkpoint does not fit the model (unexpected {stray[:3]}); "
+                                  "was it written with another config?")
+        self.distiller.load_checkpoint_state_dict(own)
+        self.criterion.load_state_dict(rest)
+
+    def export(self, path: str | Path) -> None:
+        self.distiller.export_student(str(path))
+
+
+def build_distill_task(cfg: Config, student, criterion: nn.Module, id2label: dict[int, str]) -> DistillTask:
+    """Load the teacher named by ``cfg.distill.teacher`` and wrap teacher + ``student`` in a DistillTask."""
+    from ..models.adapters import get_adapter
+    from ..models.build import load_detector
+
+    if not cfg.distill.teacher:
+        raise ConfigError("distill.teacher is not set: give the teacher's model directory (--teacher DIR)")
+    teacher = get_adapter(load_detector(cfg.distill.teacher))
+    return DistillTask(Distiller(teacher, student, cfg.distill, dataset_id2label=id2label), criterion)

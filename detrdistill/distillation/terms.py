@@ -1,0 +1,204 @@
+"""Distillation terms: one contract, composed from the config.
+
+A term is built from its config section (``distill.<name>``) when that section is enabled, and called once per
+step with the :class:`~detrdistill.distillation.context.StepContext`::
+
+    term(ctx) -> dict[str, Tensor]     # named, weighted losses with grad; the keys become loss_dict entries
+
+A term owns its loss module and connectors (``term.modules``: attribute name -> module); the distiller registers
+them under those names, so they are trained and checkpointed with the student and never exported. Terms run in
+the order of :data:`TERMS`; a term may publish what it computed anyway (the logits term its matching) for the
+terms after it through ``ctx.share``. A disabled term is never built and contributes no key.
+
+Adding a term: a config section with ``enabled`` under :class:`~detrdistill.config.DistillConfig`, a class here
+with ``name``, ``modules`` and ``__call__(ctx)``, and its builder in :data:`TERMS`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import Tensor, nn
+
+from ..config import DistillConfig
+from ..errors import UnsupportedSettingError
+from .baselines import FitNetLoss, LogitKDLoss
+from .connectors import build_query_projection
+from .context import StepContext
+from .contrastive import ContrastiveDistillLoss
+from .feature import FeatureDistillLoss, quality_scores, target_aware_mask
+from .logits import HungarianLogitsDistillLoss
+from .query_prior import QueryPriorLoss
+
+__all__ = ["DistillTerm", "TermEnv", "TERMS", "build_terms", "LogitsTerm", "FeatureTerm", "FitNetTerm",
+           "QueryPriorTerm", "ContrastiveTerm", "LogitKDTerm"]
+
+
+@dataclass
+class TermEnv:
+    """What a term builder may read: the config, both adapters and the feature level pairing (None = i <-> i)."""
+    cfg: DistillConfig
+    teacher: nn.Module
+    student: nn.Module
+    level_pairs: list[tuple[int, int]] | None = None
+
+
+class DistillTerm:
+    """Base of the terms: ``name`` (config section), ``modules`` (attribute -> trainable module) and the call."""
+    name = ""
+
+    def __init__(self, modules: dict[str, nn.Module]):
+        self.modules = modules
+
+    def __call__(self, ctx: StepContext) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+
+class LogitsTerm(DistillTerm):
+    """Hungarian-matching logits distillation (``logits_cls`` / ``_bbox`` / ``_giou`` [+ ``logits_neg``])."""
+    name = "logits"
+
+    def __init__(self, loss: HungarianLogitsDistillLoss):
+        super().__init__({"logits_loss": loss})
+        self.loss = loss
+
+    def __call__(self, ctx: StepContext) -> dict[str, Tensor]:
+        s, t = ctx.student, ctx.teacher
+        pos_neg = self.loss.variant == "pos_neg"
+        out = self.loss(s.logits, s.boxes, t.logits, t.boxes, ctx.stage_map,
+                        student_activation=s.class_activation, teacher_activation=t.class_activation,
+                        teacher_assignments=ctx.teacher_assignments() if pos_neg else None, targets=ctx.targets)
+        ctx.share("matching", out.matching)
+        if not pos_neg:
+            ctx.share("full_cost_matching", out.matching)
+        return out.losses
+
+
+class FeatureTerm(DistillTerm):
+    """Target-aware feature distillation on ``distill.feature.source`` (``feature``)."""
+    name = "feature"
+
+    def __init__(self, loss: FeatureDistillLoss, source: str, top_k: int, mask_floor: float):
+        super().__init__({"feature_loss": loss})
+        self.loss, self.source, self.top_k, self.mask_floor = loss, source, top_k, mask_floor
+
+    def __call__(self, ctx: StepContext) -> dict[str, Tensor]:
+        s, t = ctx.student, ctx.teacher
+        t_feats, valid = getattr(t, self.source), t.feature_masks or None
+        scores, idx = quality_scores(t.logits, t.boxes, ctx.targets, self.top_k, t.class_activation)
+        masks = target_aware_mask(t.embeddings, t_feats, scores, idx, valid, self.mask_floor)
+        return {"feature": self.loss(getattr(s, self.source), t_feats, masks, valid)}
+
+
+class FitNetTerm(DistillTerm):
+    """Unmasked feature MSE baseline (``fitnet``), on the same features as the feature term."""
+    name = "fitnet"
+
+    def __init__(self, loss: FitNetLoss, source: str):
+        super().__init__({"fitnet_loss": loss})
+        self.loss, self.source = loss, source
+
+    def __call__(self, ctx: StepContext) -> dict[str, Tensor]:
+        s, t = ctx.student, ctx.teacher
+        return {"fitnet": self.loss(getattr(s, self.source), getattr(t, self.source), t.feature_masks or None)}
+
+
+class QueryPriorTerm(DistillTerm):
+    """The student decodes the (projected) teacher queries, supervised by the teacher's own GT assignment
+    (``query_prior_cls`` / ``_bbox`` / ``_giou``)."""
+    name = "query_prior"
+
+    def __init__(self, loss: QueryPriorLoss, projection: nn.Module, teacher: nn.Module, student: nn.Module):
+        super().__init__({"query_projection": projection, "query_prior_loss": loss})
+        self.loss, self.projection = loss, projection
+        self._adapters = (teacher, student)  # a tuple: the adapters are the distiller's, not this term's modules
+
+    def __call__(self, ctx: StepContext) -> dict[str, Tensor]:
+        teacher, student = self._adapters
+        group = ctx.teacher.queries if ctx.teacher.queries is not None else teacher.query_table()
+        g_out = student.decode_group(ctx.student, self.projection(group))
+        out = self.loss(g_out, ctx.teacher_assignments(), ctx.targets, ctx.stage_map, ctx.criterion)
+        return out.losses
+
+
+class ContrastiveTerm(DistillTerm):
+    """InfoNCE between matched student / teacher decoder embeddings (``contrastive``)."""
+    name = "contrastive"
+
+    def __init__(self, loss: ContrastiveDistillLoss):
+        super().__init__({"contrastive_loss": loss})
+        self.loss = loss
+
+    def __call__(self, ctx: StepContext) -> dict[str, Tensor]:
+        return {"contrastive": self.loss(ctx.student.embeddings, ctx.teacher.embeddings, ctx.matching(),
+                                         ctx.stage_map)}
+
+
+class LogitKDTerm(DistillTerm):
+    """Vanilla logit KD on matched last-stage queries (``logit_kd``); reuses the logits term's full-cost matching
+    when it paired the two last stages."""
+    name = "logit_kd"
+
+    def __init__(self, loss: LogitKDLoss):
+        super().__init__({"logit_kd_loss": loss})
+        self.loss = loss
+
+    def __call__(self, ctx: StepContext) -> dict[str, Tensor]:
+        s, t = ctx.student, ctx.teacher
+        full = ctx.cache.get("full_cost_matching")
+        last = full[-1] if full is not None and ctx.stage_map[-1] == t.num_stages - 1 else None
+        return {"logit_kd": self.loss(s.logits, s.boxes, t.logits, t.boxes, student_activation=s.class_activation,
+                                      teacher_activation=t.class_activation, matching=last)}
+
+
+# ----------------------------------------------------------------------------------------------- builders
+def _logits(env: TermEnv) -> DistillTerm:
+    lc = env.cfg.logits
+    return LogitsTerm(HungarianLogitsDistillLoss(
+        class_weight=lc.class_weight, bbox_weight=lc.bbox_weight, giou_weight=lc.giou_weight, variant=lc.variant,
+        neg_weight=lc.neg_weight, pos_threshold=lc.pos_threshold))
+
+
+def _feature(env: TermEnv) -> DistillTerm:
+    fc = env.cfg.feature
+    loss = FeatureDistillLoss(env.student.feature_channels, env.teacher.feature_channels, fc.weight, env.level_pairs)
+    return FeatureTerm(loss, fc.source, fc.top_k, fc.mask_floor)
+
+
+def _fitnet(env: TermEnv) -> DistillTerm:
+    loss = FitNetLoss(env.student.feature_channels, env.teacher.feature_channels, env.cfg.fitnet.weight,
+                      env.level_pairs)
+    return FitNetTerm(loss, env.cfg.feature.source)
+
+
+def _query_prior(env: TermEnv) -> DistillTerm:
+    if not env.cfg.query_prior.reuse_memory:
+        raise UnsupportedSettingError(
+            "distill.query_prior.reuse_memory=false (re-running the student encoder for the teacher-query group, "
+            "as the official code does) is not supported: the adapters decode extra query groups over the "
+            "memory of the student's own forward only (it differs from a re-run only by encoder dropout); "
+            "set distill.query_prior.reuse_memory=true")
+    return QueryPriorTerm(QueryPriorLoss(weight=env.cfg.query_prior.weight),
+                          build_query_projection(env.teacher, env.student), env.teacher, env.student)
+
+
+def _contrastive(env: TermEnv) -> DistillTerm:
+    cc = env.cfg.contrastive
+    return ContrastiveTerm(ContrastiveDistillLoss(env.student.d_model, env.teacher.d_model, cc.proj_dim,
+                                                  cc.temperature, cc.weight))
+
+
+def _logit_kd(env: TermEnv) -> DistillTerm:
+    kc = env.cfg.logit_kd
+    return LogitKDTerm(LogitKDLoss(kc.temperature, kc.weight))
+
+
+# the declared wiring, in step order: config section -> builder (called only when the section is enabled)
+TERMS: tuple[tuple[str, Callable[[TermEnv], DistillTerm]], ...] = (
+    ("logits", _logits), ("feature", _feature), ("fitnet", _fitnet), ("query_prior", _query_prior),
+    ("contrastive", _contrastive), ("logit_kd", _logit_kd))
+
+
+def build_terms(env: TermEnv) -> list[DistillTerm]:
+    """The enabled terms of ``env.cfg``, in step order."""
+    return [build(env) for name, build in TERMS if getattr(env.cfg, name).enabled]

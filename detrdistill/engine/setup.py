@@ -1,0 +1,63 @@
+"""Run set-up shared by training and evaluation: the accelerator, the output folder and the datasets."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from detrdistill.config import Config, SplitConfig, save_config
+from detrdistill.errors import ConfigError
+
+log = logging.getLogger("detrdistill")
+
+__all__ = ["make_accelerator", "prepare_output_dir", "build_datasets"]
+
+
+def make_accelerator(cfg: Config):
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    cpu = cfg.train.device == "cpu" or not torch.cuda.is_available()
+    mp = cfg.train.mixed_precision
+    if cpu and mp == "fp16":
+        log.warning("fp16 needs a GPU; training in float32")
+        mp = "no"
+    # find_unused_parameters: layer-0 query projections of DETR-style decoders get no gradient
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    return Accelerator(cpu=cpu, mixed_precision=mp, kwargs_handlers=[ddp])
+
+
+def prepare_output_dir(cfg: Config, accelerator, resume: bool = False) -> Path:
+    """Create ``cfg.train.output_dir`` and write the run's ``config.yaml`` (main process only).
+
+    ``resume`` is passed on for the checks a resumed run needs (the folder's config must match); every process
+    gets the folder's path."""
+    out_dir = Path(cfg.train.output_dir)
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+    return out_dir
+
+
+def build_datasets(cfg: Config, accelerator, need_train: bool = True):
+    """(train, val) CocoDetection datasets; generates the synthetic set when the config asks for it."""
+    from detrdistill.data import build_dataset, make_synthetic_coco
+
+    data = cfg.data
+    if data.train is None and data.val is None:
+        if not data.synthetic:
+            raise ConfigError("config: data.train / data.val are not set; give COCO files or set data.synthetic=true")
+        root = Path(data.synth_dir or Path(cfg.train.output_dir) / "data")
+        if accelerator.is_main_process:
+            make_synthetic_coco(root, num_train=data.synth_images, num_val=max(4, data.synth_images // 4),
+                                size=data.synth_size, seed=data.synth_seed)
+        accelerator.wait_for_everyone()
+        data = data.model_copy(update={
+            "train": SplitConfig(ann_file=str(root / "train.json"), image_dir=str(root / "images")),
+            "val": SplitConfig(ann_file=str(root / "val.json"), image_dir=str(root / "images"))})
+    train = build_dataset(data.train, data, train=True) if need_train and data.train else None
+    val = build_dataset(data.val, data, train=False) if data.val else None
+    if need_train and train is None:
+        raise ConfigError("config: data.train is not set")
+    return train, val

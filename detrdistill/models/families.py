@@ -1,0 +1,135 @@
+"""The family registry: one :class:`FamilySpec` per detector family, everything else derives from it.
+
+A family is declared once, beside its adapter class, as ``FAMILY_SPECS = (FamilySpec(...), ...)`` in its module
+under :mod:`detrdistill.models.adapters` (every module there is discovered on first use). The spec names:
+
+* ``adapter``: the :class:`~detrdistill.models.adapters.base.DetectorAdapter` subclass that views the model;
+* ``model_types``: the ``config.model_type`` values of saved checkpoints it handles (dispatch of
+  :func:`family_of`, :func:`~detrdistill.models.adapters.get_adapter` and checkpoint loading);
+* ``config_class`` / ``model_class``: the model's config and ``*ForObjectDetection`` classes, given as classes
+  (a family whose model is the project's own) or as names of ``transformers`` attributes (resolved lazily);
+* ``config_kwargs``: our :class:`~detrdistill.config.ModelConfig` -> the config class's keyword arguments;
+* ``after_build``: fix-ups applied to a from-scratch model (e.g. RT-DETR's BatchNorm init);
+* ``load_kwargs``: config overrides applied when a checkpoint of the family is loaded;
+* ``capabilities``: what the family offers, for documentation and checks (see :data:`CAPABILITIES`).
+
+``model.family`` in a config, :func:`detrdistill.models.build.build_model`, :func:`family_of` and the adapter
+dispatch all read this registry; adding a family is one new adapter module plus its tests.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..errors import UnsupportedFamilyError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+    from ..config import ModelConfig
+
+__all__ = ["FamilySpec", "CAPABILITIES", "register_family", "unregister_family", "family_spec", "family_names",
+           "family_of", "all_specs"]
+
+# capability vocabulary: "query_table" (a learned query table with the default config), "multi_scale" (several
+# feature levels), "two_stage" / "box_refine" (the config switches of the same name are honoured)
+CAPABILITIES = frozenset({"query_table", "multi_scale", "two_stage", "box_refine"})
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    name: str
+    adapter: type
+    config_class: type | str
+    model_class: type | str
+    config_kwargs: Callable[["ModelConfig"], dict[str, Any]]
+    model_types: tuple[str, ...] = ()
+    after_build: Callable[["nn.Module"], None] | None = None
+    load_kwargs: dict[str, Any] = field(default_factory=dict)
+    capabilities: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if not self.model_types:
+            object.__setattr__(self, "model_types", (self.name,))
+        unknown = set(self.capabilities) - CAPABILITIES
+        if unknown:
+            raise ValueError(f"family {self.name!r}: unknown capabilities {sorted(unknown)}; known {sorted(CAPABILITIES)}")
+
+    def resolve_config_class(self) -> type:
+        return _resolve(self.config_class)
+
+    def resolve_model_class(self) -> type:
+        return _resolve(self.model_class)
+
+
+def _resolve(cls: type | str) -> type:
+    if isinstance(cls, str):
+        import transformers
+        return getattr(transformers, cls)
+    return cls
+
+
+_SPECS: dict[str, FamilySpec] = {}
+_discovered = False
+
+
+def _discover() -> None:
+    """Import every adapter module once and register the specs it declares in ``FAMILY_SPECS``."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    from . import adapters
+
+    for info in sorted(pkgutil.iter_modules(adapters.__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"{adapters.__name__}.{info.name}")
+        for spec in getattr(module, "FAMILY_SPECS", ()):
+            if spec.name not in _SPECS:
+                register_family(spec)
+
+
+def register_family(spec: FamilySpec) -> FamilySpec:
+    """Add ``spec`` to the registry (a name or model_type already taken by another family raises)."""
+    _discover()
+    if spec.name in _SPECS:
+        raise ValueError(f"family {spec.name!r} is already registered")
+    taken = {mt: s.name for s in _SPECS.values() for mt in s.model_types}
+    clash = [mt for mt in spec.model_types if mt in taken]
+    if clash:
+        raise ValueError(f"family {spec.name!r}: model_type {clash[0]!r} already belongs to {taken[clash[0]]!r}")
+    _SPECS[spec.name] = spec
+    return spec
+
+
+def unregister_family(name: str) -> None:
+    """Remove a family (tests registering a temporary one)."""
+    _SPECS.pop(name, None)
+
+
+def all_specs() -> tuple[FamilySpec, ...]:
+    _discover()
+    return tuple(_SPECS.values())
+
+
+def family_names() -> tuple[str, ...]:
+    """Every registered family, in registration order."""
+    return tuple(s.name for s in all_specs())
+
+
+def family_spec(name: str) -> FamilySpec:
+    """The spec of family ``name``; raises :class:`UnsupportedFamilyError` listing the registered ones."""
+    _discover()
+    spec = _SPECS.get(name)
+    if spec is None:
+        raise UnsupportedFamilyError(f"unsupported model family {name!r}; supported: {', '.join(family_names())}")
+    return spec
+
+
+def family_of(model_type: str | None) -> str | None:
+    """Our family name for a saved model's ``config.model_type`` (``"dab-detr"`` -> ``"dab_detr"``), else None."""
+    for spec in all_specs():
+        if model_type in spec.model_types:
+            return spec.name
+    return None
