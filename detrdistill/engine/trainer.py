@@ -17,13 +17,15 @@ from pathlib import Path
 import torch
 
 from detrdistill.config import Config, save_config
-from detrdistill.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from detrdistill.engine.checkpoint import load_latest_intact, save_checkpoint
 from detrdistill.engine.evaluator import evaluate, write_eval_json
 from detrdistill.engine.loading import eval_loader, train_loader
 from detrdistill.engine.metrics import MetricsLog
 from detrdistill.engine.optim import build_optimizer, build_scheduler
 from detrdistill.data import collate_fn
 from detrdistill.engine.tasks import build_task, move_targets
+from detrdistill.engine.interrupt import TrainingInterrupted  # reliability (issue 10)
+from detrdistill.engine.run_dir import prepare_run_dir  # reliability (issue 10)
 
 log = logging.getLogger("detrdistill")
 
@@ -89,6 +91,7 @@ def _install_stop_handler(flag: dict) -> dict:
 
     def handler(signum, frame):
         flag["stop"] = True
+        flag["signal"] = signum  # reliability (issue 10): the CLI exits 128 + signum after saving
         log.warning("signal %s: stopping after this step with a checkpoint (send again to abort)", signum)
         signal.signal(signum, old.get(signum, signal.SIG_DFL))
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -99,14 +102,18 @@ def _install_stop_handler(flag: dict) -> dict:
     return old
 
 
-def run_training(cfg: Config, mode: str = "train", resume: bool = False) -> dict:
-    """Train (``mode='train'``) or distil (``mode='distill'``); returns the final evaluation stats."""
+def run_training(cfg: Config, mode: str = "train", resume: bool = False, overwrite: bool = False) -> dict:
+    """Train (``mode='train'``) or distil (``mode='distill'``); returns the final evaluation stats.
+
+    A folder holding another run needs ``resume`` or ``overwrite`` (see :mod:`detrdistill.engine.run_dir`);
+    a run stopped by SIGINT/SIGTERM saves, then raises :class:`TrainingInterrupted`."""
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
     accelerator = make_accelerator(cfg)
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     out_dir = Path(cfg.train.output_dir)
+    resume = prepare_run_dir(cfg, mode, resume, overwrite, main)  # reliability (issue 10): refuse before writing
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
@@ -124,11 +131,11 @@ def run_training(cfg: Config, mode: str = "train", resume: bool = False) -> dict
     state = {"step": 0, "elapsed_s": 0.0, "stopped_early": False}
     metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=main)
     if resume:
-        ckpt = latest_checkpoint(out_dir)
+        ckpt, loaded = load_latest_intact(out_dir, task, optimizer, scheduler, rank=rank, world_size=world)
         if ckpt is None:
             log.warning("--resume: no checkpoint in %s; starting from scratch", out_dir / "checkpoints")
         else:
-            state = load_checkpoint(ckpt, task, optimizer, scheduler, rank=rank, world_size=world)
+            state = loaded
             plan["total"] = state.get("planned_total", total)
             log.info("resumed from %s (step %d)", ckpt, state["step"])
     if state["step"] == 0:
@@ -230,4 +237,6 @@ def run_training(cfg: Config, mode: str = "train", resume: bool = False) -> dict
     if world > 1 and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+    if stop.get("signal"):  # reliability (issue 10): saved above; report the interruption as a failure
+        raise TrainingInterrupted(stop["signal"], state["step"], out_dir)
     return final or {}

@@ -213,6 +213,8 @@ def _load_pretrained(path: str | os.PathLike, id2label: dict[int, str] | None = 
     p = Path(path).expanduser()
     if not p.is_dir():
         raise FileNotFoundError(f"pretrained checkpoint directory {str(p)!r} does not exist")
+    from detrdistill.models.model_dir import check_model_dir  # reliability (issue 10): one-line errors
+    check_model_dir(p)
     family = _read_family(p)
     if expect_family is not None and family != expect_family:
         raise ValueError(f"{p} holds a {family!r} model but model.family is {expect_family!r}; "
