@@ -173,6 +173,8 @@ def test_bad_weights_file_is_one_line_for_teacher_and_eval(how, teacher_dir, syn
     assert not (tmp_path / "d" / "metrics.jsonl").exists()
     assert _run("eval", tmp_path / "e", synth_dir, flags=["--model", str(bad)]) == 2
     assert str(bad / "model.safetensors") in _one_line_error(capsys)
+    assert _run("train", tmp_path / "t", synth_dir, *TEACHER, f"model.pretrained={bad}") == 2  # init weights
+    assert str(bad / "model.safetensors") in _one_line_error(capsys)
 
 
 # ------------------------------------------------------------------------------------ output folders
@@ -232,11 +234,13 @@ def _unwritable(path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("cmd", ["train", "eval", "data synth", "demo"])
+@pytest.mark.parametrize("cmd", ["train", "distill", "eval", "data synth", "demo"])
 def test_unwritable_output_folder_is_one_line(cmd, synth_dir, teacher_dir, tmp_path, capsys):
     bad = _unwritable(tmp_path / "ro")
     if cmd == "train":
         rc = _run("train", bad, synth_dir)
+    elif cmd == "distill":
+        rc = _run("distill", bad, synth_dir, flags=["--teacher", str(teacher_dir)])
     elif cmd == "eval":
         rc = _run("eval", tmp_path / "x", synth_dir, flags=["--model", str(teacher_dir), "--eval-dir", str(bad)])
     elif cmd == "data synth":
@@ -368,11 +372,23 @@ def test_resume_past_damaged_checkpoints_reaches_the_same_weights(reference_run,
     _damage(out / "checkpoints" / "step-00000004", "truncated_weights")
     assert _run("train", out, synth_dir, *RESUME, flags=["--resume"]) == 0  # from step 2
     _assert_same_weights(out, reference_run)
+    assert sorted(r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r) == list(range(1, 7))
     # every checkpoint damaged: refused in one line
     for c in (out / "checkpoints").glob("step-*[0-9]"):
         _damage(c, "empty_weights")
     assert _run("train", out, synth_dir, *RESUME, flags=["--resume"]) == 2
     assert "no intact checkpoint" in _one_line_error(capsys)
+
+
+def test_distill_resume_past_a_damaged_checkpoint_reaches_the_same_weights(teacher_dir, synth_dir, tmp_path):
+    flags = ["--teacher", str(teacher_dir)]
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    assert _run("distill", ref, synth_dir, *RESUME, flags=flags) == 0
+    shutil.copytree(ref, out)
+    _damage(out / "checkpoints" / "step-00000006", "empty_weights")
+    shutil.rmtree(out / "model")
+    assert _run("distill", out, synth_dir, *RESUME, flags=[*flags, "--resume"]) == 0  # from step 4
+    _assert_same_weights(out, ref)
 
 
 def test_old_format_checkpoint_loads_and_newer_is_refused(reference_run, synth_dir, tmp_path):
