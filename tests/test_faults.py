@@ -471,3 +471,20 @@ def test_kill_9_then_resume_reaches_the_same_weights(fault, n, resumed_from, ref
     assert steps == list(range(1, 7)), steps  # nothing lost, nothing doubled, the torn line gone
     if resumed_from:
         assert (out / "checkpoints" / f"step-{resumed_from:08d}").is_dir()
+
+
+def test_run_dir_flags_and_modes(synth_dir, tmp_path, caplog):
+    from detrdistill.config import load_config
+    from detrdistill.engine.run_dir import RunDirError, prepare_run_dir
+
+    out = tmp_path / "run"
+    cfg = load_config(None, tiny_overrides(out, synth_dir))
+    with pytest.raises(RunDirError, match="exclude each other"):
+        prepare_run_dir(cfg, "train", resume=True, overwrite=True)
+    with caplog.at_level(logging.WARNING, logger="detrdistill"):
+        assert prepare_run_dir(cfg, "train", resume=True) is False  # nothing to resume: a new run, said once
+    assert "no run in" in caplog.text and json.loads((out / "run.json").read_text()) == {"mode": "train"}
+    (out / "metrics.jsonl").write_text('{"step": 1}\n')  # now it holds a train run
+    with pytest.raises(RunDirError, match="holds a `train` run"):
+        prepare_run_dir(cfg, "distill", resume=True)
+    assert prepare_run_dir(cfg, "train", resume=True) is True
