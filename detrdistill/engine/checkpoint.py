@@ -95,12 +95,17 @@ def save_checkpoint(output_dir: str | Path, module: torch.nn.Module, optimizer, 
         tmp.mkdir(parents=True)
     if barrier:
         barrier()
-    torch.save(rng_state(), tmp / f"rng-{rank}.pt")
-    if rank == 0:
-        save_file(_state_to_save(module), str(tmp / "weights.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        (tmp / "state.json").write_text(json.dumps({**state, "world_size": world_size, "format": FORMAT}, indent=1))
+    try:
+        torch.save(rng_state(), tmp / f"rng-{rank}.pt")
+        if rank == 0:
+            save_file(_state_to_save(module), str(tmp / "weights.safetensors"))
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            (tmp / "state.json").write_text(json.dumps({**state, "world_size": world_size, "format": FORMAT},
+                                                       indent=1))
+    except OSError:  # e.g. a full disk: leave no half-written folder taking space; the previous one stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if barrier:
         barrier()
     if rank == 0:

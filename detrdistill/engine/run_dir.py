@@ -41,7 +41,7 @@ from detrdistill.errors import DetrDistillError
 
 log = logging.getLogger("detrdistill")
 
-RUN_FILES = ("config.yaml", "run.json", "metrics.jsonl", "eval.json", "checkpoints", "model")
+RUN_FILES = ("config.yaml", "run.json", "metrics.jsonl", "eval.json", "checkpoints", "model", "model.tmp")
 RESUME_MAY_CHANGE = frozenset({
     "train.epochs", "train.max_steps", "train.time_budget_min",  # the length of training
     "train.progress", "train.log_every", "train.eval_every_epochs", "train.checkpoint_every_steps",
@@ -170,6 +170,22 @@ def prepare_run_dir(cfg, mode: str, resume: bool = False, overwrite: bool = Fals
             probe_writable(out / sub, create=False)
         (out / "run.json").write_text(json.dumps({"mode": mode}) + "\n")
     return existing and resume
+
+
+def export_atomically(export, path: str | Path) -> None:
+    """Call ``export(tmp)`` into ``<path>.tmp``, then swap it in for ``path``: a crash mid-export never
+    leaves a half-written model directory (at worst none, which ``--resume`` exports again)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        export(tmp)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
 
 
 def distill_default_output_dir(train_output_dir: str) -> str:

@@ -25,7 +25,7 @@ from detrdistill.engine.optim import build_optimizer, build_scheduler
 from detrdistill.data import collate_fn
 from detrdistill.engine.tasks import build_task, move_targets
 from detrdistill.engine.interrupt import TrainingInterrupted  # reliability (issue 10)
-from detrdistill.engine.run_dir import prepare_run_dir  # reliability (issue 10)
+from detrdistill.engine.run_dir import export_atomically, prepare_run_dir  # reliability (issue 10)
 
 log = logging.getLogger("detrdistill")
 
@@ -223,7 +223,7 @@ def run_training(cfg: Config, mode: str = "train", resume: bool = False, overwri
         signal.signal(sig, h)
     checkpoint()
     if main:
-        unwrapped.export(out_dir / "model")
+        export_atomically(unwrapped.export, out_dir / "model")  # reliability (issue 10): never half written
     accelerator.wait_for_everyone()
     final = run_eval("final eval")
     if main and final is not None:
