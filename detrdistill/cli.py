@@ -2,8 +2,9 @@
 
 Every subcommand that takes a config accepts ``--set key=value`` (repeatable) overrides, e.g.
 ``detrdistill train configs/bccd_teacher.yaml --set train.epochs=20 --set optim.lr=1e-4``.
-Problems with the config, the data or a checkpoint end with one ``error:`` line (``--debug`` shows
-the traceback).
+Problems with the config, the data or a checkpoint end with one ``error:`` line (``--debug``, anywhere
+on the command line, shows the traceback). Exit codes: 0 done, 1 ``data validate`` found defects,
+2 error, 130 / 143 stopped by SIGINT / SIGTERM after saving a checkpoint.
 """
 from __future__ import annotations
 
@@ -33,8 +34,12 @@ def _load(args) -> "Config":  # noqa: F821
 
 def cmd_train(args) -> int:
     from detrdistill.engine.trainer import run_training
-    run_training(_load(args), mode="train", resume=args.resume)
+    run_training(_load(args), mode="train", resume=args.resume, overwrite=args.overwrite)
     return 0
+
+
+def _output_dir_given(args) -> bool:
+    return bool(args.output_dir) or any(s.split("=", 1)[0].strip() == "train.output_dir" for s in args.set or [])
 
 
 def cmd_distill(args) -> int:
@@ -43,7 +48,10 @@ def cmd_distill(args) -> int:
     cfg = _load(args)
     if not cfg.distill.teacher:
         raise ConfigError("distill: no teacher; pass --teacher DIR or set distill.teacher in the config")
-    run_training(cfg, mode="distill", resume=args.resume)
+    if args.config is None and not _output_dir_given(args):  # never the folder `train` uses by default
+        from detrdistill.engine.run_dir import distill_default_output_dir
+        cfg.train.output_dir = distill_default_output_dir(cfg.train.output_dir)
+    run_training(cfg, mode="distill", resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
@@ -63,7 +71,7 @@ def cmd_demo(args) -> int:
 
 def cmd_data_validate(args) -> int:
     from detrdistill.data import validate_coco
-    report = validate_coco(args.ann_file, args.images, check_images=not args.no_images)
+    report = validate_coco(args.ann_file, args.images, check_images=not args.no_images, progress=True)
     print(report.format())
     return 1 if report.errors else 0
 
@@ -88,15 +96,21 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
         sp.add_argument("--output-dir", help="shortcut for --set train.output_dir=...")
 
+    def run_flags(sp):
+        sp.add_argument("--resume", action="store_true",
+                        help="continue the run in output_dir (only the training length may change)")
+        sp.add_argument("--overwrite", action="store_true", help="replace a run already in output_dir")
+
     sp = sub.add_parser("train", help="train a detector (teacher or student baseline)")
     with_config(sp)
-    sp.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    run_flags(sp)
     sp.set_defaults(func=cmd_train)
 
-    sp = sub.add_parser("distill", help="train a student under a frozen teacher (DETRDistill)")
+    sp = sub.add_parser("distill", help="train a student under a frozen teacher (DETRDistill); without a config "
+                        "file or --output-dir it writes to runs/synthetic_distill")
     with_config(sp)
     sp.add_argument("--teacher", help="teacher model directory (shortcut for --set distill.teacher=...)")
-    sp.add_argument("--resume", action="store_true")
+    run_flags(sp)
     sp.set_defaults(func=cmd_distill)
 
     sp = sub.add_parser("eval", help="COCO mAP of a model directory; writes <output_dir>/eval.json")
@@ -113,10 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_demo)
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
-    sp = data.add_parser("validate", help="report every defect of a COCO dataset")
+    sp = data.add_parser("validate", help="report every defect of a COCO dataset (every image decoded fully, "
+                         "as training reads it); exit 1 when there are defects other than warnings")
     sp.add_argument("ann_file")
     sp.add_argument("--images", required=True, help="image folder")
-    sp.add_argument("--no-images", action="store_true", help="skip opening image files")
+    sp.add_argument("--no-images", action="store_true", help="skip decoding image files")
     sp.set_defaults(func=cmd_data_validate)
     sp = data.add_parser("synth", help="generate the synthetic COCO dataset")
     sp.add_argument("out_dir")
@@ -128,8 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _global_flags(argv: list[str]) -> tuple[list[str], bool, bool]:
+    """Take ``--debug`` / ``-v`` / ``--verbose`` from anywhere before a ``--``: (rest, debug, verbose)."""
+    cut = argv.index("--") if "--" in argv else len(argv)
+    head, tail = argv[:cut], argv[cut:]
+    debug, verbose = "--debug" in head, "-v" in head or "--verbose" in head
+    return [a for a in head if a not in ("--debug", "-v", "--verbose")] + tail, debug, verbose
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv, debug, verbose = _global_flags(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
+    args.debug, args.verbose = debug, verbose
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("accelerate", "transformers", "PIL", "matplotlib"):
@@ -139,18 +164,27 @@ def main(argv: list[str] | None = None) -> int:
         hf_logging.disable_progress_bar()
     except Exception:  # pragma: no cover
         pass
-    from detrdistill.data import DatasetError
+    from detrdistill.engine.interrupt import TrainingInterrupted
     from detrdistill.errors import ConfigError, DetrDistillError
 
     try:
         return args.func(args)
-    except (DetrDistillError, DatasetError) as e:  # deliberate errors: one line; anything else is a bug
+    except KeyboardInterrupt:  # a second Ctrl-C (the first one stops cleanly with a checkpoint)
         if args.debug:
             raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        hint = "" if isinstance(e, ConfigError) else "  (--debug shows the traceback)"
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except (DetrDistillError, OSError) as e:  # deliberate errors and OS failures: one line; bugs surface
+        if args.debug or (not isinstance(e, DetrDistillError) and e.errno is None):
+            raise
+        if isinstance(e, DetrDistillError):
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        else:  # full disk, permissions, ...
+            from detrdistill.os_errors import describe_os_error
+            msg = describe_os_error(e)
+        hint = "" if isinstance(e, (ConfigError, TrainingInterrupted)) else "  (--debug shows the traceback)"
         print(f"error: {msg}{hint}", file=sys.stderr)
-        return 2
+        return e.exit_code if isinstance(e, TrainingInterrupted) else 2
 
 
 if __name__ == "__main__":

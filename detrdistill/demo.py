@@ -102,7 +102,9 @@ def run_demo(output_dir: str | Path = "runs/demo", preset: str = "auto") -> dict
         if _done(cfg):
             print("      already done, reusing it", flush=True)
         else:
-            run_training(cfg, mode=modes[name], resume=True)
+            # continue an unfinished stage; a fresh one starts without a --resume warning (issue 10)
+            from detrdistill.engine.run_dir import holds_run
+            run_training(cfg, mode=modes[name], resume=holds_run(Path(cfg.train.output_dir)))
         stats = json.loads((Path(cfg.train.output_dir) / "eval.json").read_text())
         model = load_detector(Path(cfg.train.output_dir) / "model")
         summary["runs"][name] = {"AP": stats["AP"], "AP50": stats["AP50"], "AP75": stats["AP75"],

@@ -125,7 +125,8 @@ def test_checkpoint_roundtrip_and_tmp_ignored(tmp_path):
     assert torch.equal(torch.rand(3), expected_next)
     meta = json.loads((latest_checkpoint(tmp_path) / "state.json").read_text())
     assert meta["world_size"] == 1
-    with pytest.raises(RuntimeError, match="processes"):
+    from detrdistill.engine.checkpoint import CheckpointError
+    with pytest.raises(CheckpointError, match="processes"):
         load_checkpoint(latest_checkpoint(tmp_path), net2, opt2, sched2, world_size=2)
 
 

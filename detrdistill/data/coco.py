@@ -22,34 +22,25 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .images import decode_rgb
 from .transforms import ToTensorNormalize
 from .validate import DatasetError, apply_policy, load_coco_json, validate_coco_dict
 
 log = logging.getLogger(__name__)
 
 
-def load_rgb(path: str | Path) -> Image.Image:
+def load_rgb(path: str | Path, allow_truncated: bool = False) -> Image.Image:
     """Open any image file as 8-bit RGB (grayscale, palette, RGBA, CMYK, 16-bit all work).
 
-    Raises :class:`DatasetError` naming the file when it cannot be decoded.
+    ``allow_truncated`` decodes a truncated file with the missing part filled in (PIL's
+    ``LOAD_TRUNCATED_IMAGES``). Raises :class:`DatasetError` naming the file when it cannot be decoded.
     """
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                arr = np.asarray(im, dtype=np.float32)
-                top = 65535.0 if im.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-                im = Image.fromarray((arr / top * 255).clip(0, 255).astype(np.uint8))
-            if im.mode in ("P", "PA", "LA", "RGBA", "La", "RGBa"):
-                im = im.convert("RGBA")
-                background = Image.new("RGBA", im.size, (0, 0, 0, 255))
-                im = Image.alpha_composite(background, im)
-            return im.convert("RGB")
+        return decode_rgb(path, allow_truncated=allow_truncated)
     except FileNotFoundError:
         raise DatasetError(f"{path}: image file not found") from None
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
@@ -64,19 +55,30 @@ class CocoDetection(Dataset):
     transforms:   callable ``(PIL.Image, target) -> (FloatTensor[3,H,W], target)`` ending with
                   :class:`ToTensorNormalize`; None = no augmentation, just tensor + normalise
     defects:      "repair" | "skip" | "error", see :func:`~detrdistill.data.validate.apply_policy`
-    check_images: probe every image file (header + verify) while validating
+    check_images: decode every image file fully while validating (as ``__getitem__`` will), so a file
+                  that cannot be read is dropped or refused here, before the first step
+    progress:     show a progress bar while decoding (default: for 1000 images or more)
 
     Attributes: ``cat_ids`` (sorted COCO category ids), ``label2cat``, ``cat2label``, ``id2label``
-    (contiguous label -> name), ``report`` (the validation report), ``changes`` (policy changes).
+    (contiguous label -> name), ``report`` (the validation report), ``changes`` (policy changes),
+    ``truncated_ids`` (kept truncated images, read with truncation tolerance; ``repair`` only).
     Images with no annotations are kept (empty ground truth is valid for DETR).
     """
 
     def __init__(self, ann_file: str | Path, image_dir: str | Path, transforms: Callable | None = None,
-                 defects: str = "repair", check_images: bool = True):
+                 defects: str = "repair", check_images: bool = True, progress: bool | None = None):
         self.ann_file, self.image_dir = str(ann_file), Path(image_dir)
         raw = load_coco_json(ann_file)
-        self.report = validate_coco_dict(raw, self.ann_file, image_dir, check_images)
+        progress = len(raw["images"]) >= 1000 if progress is None else progress
+        self.report = validate_coco_dict(raw, self.ann_file, image_dir, check_images, progress)
         self.coco, self.changes = apply_policy(raw, self.report, defects)
+        kept = {im["id"] for im in self.coco["images"]}
+        self.truncated_ids = {d.image_id for d in self.report.defects
+                              if d.kind == "truncated_image" and d.image_id in kept}
+        if self.truncated_ids:
+            log.warning("%s: %d truncated image(s) kept (data.defects=repair): they are decoded with PIL's "
+                        "truncation tolerance, the missing part filled in; data.defects=skip drops them",
+                        self.ann_file, len(self.truncated_ids))
         if self.changes:
             verb = "repaired" if defects == "repair" else "skipped"
             log.warning("%s: %d dataset defect(s) %s (%s); run `detrdistill data validate %s` for details",
@@ -124,7 +126,7 @@ class CocoDetection(Dataset):
 
     def __getitem__(self, i: int):
         info = self.images[i]
-        img = load_rgb(self.image_path(i))
+        img = load_rgb(self.image_path(i), allow_truncated=info["id"] in self.truncated_ids)
         if img.size != (info["width"], info["height"]):
             raise DatasetError(f"{self.image_path(i)}: file is {img.width}x{img.height} but {self.ann_file} "
                                f"says {info['width']}x{info['height']}; run `detrdistill data validate`")

@@ -13,7 +13,10 @@ Defect kinds (``entry`` says which list the defect's ``index`` points into):
 kind               entry        meaning
 =================  ===========  ==========================================================
 missing_image      image        ``image_dir/file_name`` does not exist
-corrupt_image      image        PIL cannot open / verify the file
+empty_file         image        the image file is 0 bytes
+truncated_image    image        the file ends early: it decodes only with PIL's truncation tolerance
+                                (``LOAD_TRUNCATED_IMAGES``, the missing part filled in)
+corrupt_image      image        PIL cannot decode the file, even with truncation tolerance
 size_mismatch      image        json width/height differ from the file's
 duplicate_id       any          an image / annotation / category id used more than once
 empty_image        image        no annotation refers to the image (warning only)
@@ -22,7 +25,11 @@ unknown_category   annotation   ``category_id`` is not among the categories
 invalid_box        annotation   bbox not 4 finite numbers, or negative width/height
 zero_area_box      annotation   bbox width or height is 0
 out_of_image_box   annotation   bbox extends (partly or wholly) outside the image
+empty_dataset      image        the json lists no images (warning only)
 =================  ===========  ==========================================================
+
+Every image file is decoded fully, exactly as training decodes it
+(:func:`detrdistill.data.images.decode_rgb`), so whatever passes here cannot fail in a loader worker.
 """
 from __future__ import annotations
 
@@ -34,18 +41,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from PIL import Image
+import os
+from concurrent.futures import ThreadPoolExecutor
 
-KINDS = ("missing_image", "corrupt_image", "size_mismatch", "zero_area_box", "out_of_image_box",
-         "invalid_box", "unknown_category", "unknown_image", "empty_image", "duplicate_id")
-WARNING_KINDS = frozenset({"empty_image"})
+from detrdistill.errors import DetrDistillError
+
+from .images import check_image_file, classify_failure, truncation_tolerated
+
+KINDS = ("missing_image", "empty_file", "truncated_image", "corrupt_image", "size_mismatch", "zero_area_box",
+         "out_of_image_box", "invalid_box", "unknown_category", "unknown_image", "empty_image", "duplicate_id",
+         "empty_dataset")
+WARNING_KINDS = frozenset({"empty_image", "empty_dataset"})
 POLICIES = ("repair", "skip", "error")
 _REQUIRED = {"images": ("id", "file_name", "width", "height"),
              "annotations": ("id", "image_id", "category_id", "bbox"),
              "categories": ("id", "name")}
 
 
-class DatasetError(ValueError):
+class DatasetError(DetrDistillError, ValueError):
     """A dataset problem the user must fix; the message names the file and field at fault."""
 
 
@@ -176,17 +189,6 @@ def check_structure(data: Any, file: str) -> None:
 
 
 # ------------------------------------------------------------------------------------ validation
-def _probe_image(path: Path) -> tuple[tuple[int, int] | None, str | None]:
-    """(width, height) from the header plus PIL's ``verify()``; (None, reason) when it fails."""
-    try:
-        with Image.open(path) as im:
-            size = im.size
-            im.verify()
-        return size, None
-    except Exception as e:  # PIL raises many types (OSError, SyntaxError, struct.error, ...)
-        return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}"
-
-
 def _box_problem(bbox: Any) -> str | None:
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
         return f"bbox must be [x, y, w, h], got {bbox!r}"
@@ -199,25 +201,35 @@ def _box_problem(bbox: Any) -> str | None:
     return None
 
 
-def validate_coco_dict(data: dict, file: str, image_dir: str | Path, check_images: bool = True) -> ValidationReport:
-    """Validate an already-loaded (structure-checked) COCO dict; see :func:`validate_coco`."""
-    check_structure(data, file)
-    image_dir = Path(image_dir)
-    rep = ValidationReport(file=file, image_dir=str(image_dir), num_images=len(data["images"]),
-                           num_annotations=len(data["annotations"]))
-    add = rep.defects.append
-
+def _check_categories(data: dict, file: str, add) -> set:
     cat_ids: set = set()
     for i, c in enumerate(data["categories"]):
         if c["id"] in cat_ids:
             add(Defect("duplicate_id", file, None, c["id"], f"category id {c['id']} ({c['name']}) used again",
                        entry="category", index=i))
         cat_ids.add(c["id"])
+    return cat_ids
 
+
+def decode_all(paths: list[Path], progress: bool = False, workers: int | None = None) -> list[tuple]:
+    """:func:`~detrdistill.data.images.check_image_file` on every path (threads: PIL decodes without
+    the GIL), then the serial truncation retry of the failures. Returns ``(size, kind, reason)`` per path."""
+    from tqdm.auto import tqdm
+
+    workers = workers or min(8, os.cpu_count() or 1)
+    with truncation_tolerated(False):  # decode strictly, as training does, whatever the caller set
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(tqdm(pool.map(check_image_file, paths), total=len(paths), disable=None if progress else True,  # None: bar only on a terminal
+                                desc="decoding images", unit="img", leave=False))
+    return [classify_failure(p, r[2]) if r[1] == "undecoded" else r for p, r in zip(paths, results)]
+
+
+def _check_images(data: dict, file: str, image_dir: Path, check_images: bool, progress: bool, rep, add) -> tuple:
+    """Image entries: duplicate ids and (when ``check_images``) every file decoded. Returns
+    ``(images by id, (w, h) by id to check boxes against)``."""
     images: dict[Any, dict] = {}
     sizes: dict[Any, tuple[float, float]] = {}
-    if check_images and not image_dir.is_dir():
-        raise DatasetError(f"{file}: image folder {image_dir} not found (check data.*.image_dir)")
+    todo: list[tuple[int, dict]] = []
     for i, im in enumerate(data["images"]):
         iid, name = im["id"], im["file_name"]
         if iid in images:
@@ -226,104 +238,220 @@ def validate_coco_dict(data: dict, file: str, image_dir: str | Path, check_image
             continue
         images[iid] = im
         sizes[iid] = (im["width"], im["height"])
-        if not check_images:
-            continue
-        path = image_dir / name
-        if not path.is_file():
-            add(Defect("missing_image", file, iid, None, f"{path} not found", name, "image", i))
-            continue
-        size, why = _probe_image(path)
+        todo.append((i, im))
+    if not check_images:
+        return images, sizes
+    decoded = decode_all([image_dir / im["file_name"] for _, im in todo], progress)
+    for (i, im), (size, kind, why) in zip(todo, decoded):
+        iid, name = im["id"], im["file_name"]
         if size is None:
-            add(Defect("corrupt_image", file, iid, None, f"cannot read {path} ({why})", name, "image", i))
+            add(Defect(kind, file, iid, None, why, name, "image", i))
             continue
+        if kind == "truncated_image":
+            add(Defect(kind, file, iid, None, why, name, "image", i))
         rep.file_sizes[iid] = size
         if tuple(size) != (im["width"], im["height"]):
             add(Defect("size_mismatch", file, iid, None, f"json says {im['width']}x{im['height']}, "
                        f"file is {size[0]}x{size[1]}", name, "image", i))
             sizes[iid] = size  # boxes are checked against the real pixels
+    return images, sizes
 
+
+def _check_annotation(a: dict, im: dict | None, size, cat_ids: set, defect) -> bool:
+    """Defects of one annotation (not duplicates); returns True when its image exists."""
+    iid = a["image_id"]
+    if im is None:
+        defect("unknown_image", f"image_id {iid!r} is not among the images")
+    if a["category_id"] not in cat_ids:
+        defect("unknown_category", f"category_id {a['category_id']!r} is not among the categories "
+               f"{sorted(cat_ids, key=str)}")
+    bbox = a["bbox"]
+    problem = _box_problem(bbox)
+    if problem:
+        defect("invalid_box", problem)
+        return im is not None
+    x, y, w, h = bbox
+    if w == 0 or h == 0:
+        defect("zero_area_box", f"bbox {list(bbox)} has zero width or height")
+    elif im is not None:
+        W, H = size
+        if x < 0 or y < 0 or x + w > W or y + h > H:
+            inside = x < W and y < H and x + w > 0 and y + h > 0
+            defect("out_of_image_box", f"bbox {list(bbox)} extends {'' if inside else 'entirely '}"
+                   f"outside the {W}x{H} image")
+    return im is not None
+
+
+def _check_annotations(data: dict, file: str, images: dict, sizes: dict, cat_ids: set, add) -> set:
+    """Every annotation's defects; returns the ids of images that have at least one annotation."""
     ann_ids: set = set()
     used: set = set()
     for i, a in enumerate(data["annotations"]):
         aid, iid = a["id"], a["image_id"]
         im = images.get(iid)
-        name = im["file_name"] if im else None
 
-        def defect(kind: str, msg: str) -> None:
-            add(Defect(kind, file, iid, aid, msg, name, "annotation", i))
+        def defect(kind: str, msg: str, _i=i, _aid=aid, _iid=iid, _name=im["file_name"] if im else None) -> None:
+            add(Defect(kind, file, _iid, _aid, msg, _name, "annotation", _i))
 
         if aid in ann_ids:
             defect("duplicate_id", f"annotation id {aid} used again")
         ann_ids.add(aid)
-        if im is None:
-            defect("unknown_image", f"image_id {iid!r} is not among the images")
-        else:
+        if _check_annotation(a, im, sizes.get(iid), cat_ids, defect):
             used.add(iid)
-        if a["category_id"] not in cat_ids:
-            defect("unknown_category", f"category_id {a['category_id']!r} is not among the categories "
-                   f"{sorted(cat_ids, key=str)}")
-        bbox = a["bbox"]
-        problem = _box_problem(bbox)
-        if problem:
-            defect("invalid_box", problem)
-            continue
-        x, y, w, h = bbox
-        if w == 0 or h == 0:
-            defect("zero_area_box", f"bbox {list(bbox)} has zero width or height")
-            continue
-        if im is not None:
-            W, H = sizes[iid]
-            if x < 0 or y < 0 or x + w > W or y + h > H:
-                inside = x < W and y < H and x + w > 0 and y + h > 0
-                defect("out_of_image_box", f"bbox {list(bbox)} extends {'' if inside else 'entirely '}"
-                       f"outside the {W}x{H} image")
+    return used
 
+
+def validate_coco_dict(data: dict, file: str, image_dir: str | Path, check_images: bool = True,
+                       progress: bool = False) -> ValidationReport:
+    """Validate an already-loaded (structure-checked) COCO dict; see :func:`validate_coco`."""
+    check_structure(data, file)
+    image_dir = Path(image_dir)
+    rep = ValidationReport(file=file, image_dir=str(image_dir), num_images=len(data["images"]),
+                           num_annotations=len(data["annotations"]))
+    add = rep.defects.append
+    if check_images and not image_dir.is_dir():
+        raise DatasetError(f"{file}: image folder {image_dir} not found (check data.*.image_dir)")
+    cat_ids = _check_categories(data, file, add)
+    images, sizes = _check_images(data, file, image_dir, check_images, progress, rep, add)
+    used = _check_annotations(data, file, images, sizes, cat_ids, add)
     for i, im in enumerate(data["images"]):
         if im["id"] not in used and images.get(im["id"]) is im:
             add(Defect("empty_image", file, im["id"], None, "no annotations (kept: empty ground truth is valid)",
                        im["file_name"], "image", i))
+    if not data["images"]:
+        add(Defect("empty_dataset", file, None, None, "the json lists no images; training needs at least one",
+                   entry="image"))
     return rep
 
 
-def validate_coco(ann_file: str | Path, image_dir: str | Path, check_images: bool = True) -> ValidationReport:
+def validate_coco(ann_file: str | Path, image_dir: str | Path, check_images: bool = True,
+                  progress: bool = False) -> ValidationReport:
     """Report every defect of a COCO json and (when ``check_images``) its image files.
 
-    Images are probed with PIL's header read + ``verify()`` (no full decode), so a few hundred
-    images take well under a second. Raises :class:`DatasetError` for structural problems.
+    Every image is decoded fully, as training reads it (in parallel threads; ``progress`` shows a bar),
+    so a truncated or otherwise undecodable file is reported here, not in a loader worker mid-run.
+    Raises :class:`DatasetError` for structural problems.
     """
-    return validate_coco_dict(load_coco_json(ann_file), str(ann_file), image_dir, check_images)
+    return validate_coco_dict(load_coco_json(ann_file), str(ann_file), image_dir, check_images, progress)
 
 
 # -------------------------------------------------------------------------------------- policies
-_DROP_IMAGE = {"repair": {"missing_image", "corrupt_image"},
-               "skip": {"missing_image", "corrupt_image", "size_mismatch"}}
+# repair keeps a truncated image (it is decoded with PIL's truncation tolerance: most of the picture and
+# all its annotations survive, like a clipped box); skip drops it, like every other defective entry.
+_DROP_IMAGE = {"repair": {"missing_image", "empty_file", "corrupt_image"},
+               "skip": {"missing_image", "empty_file", "corrupt_image", "truncated_image", "size_mismatch"}}
 _DROP_ANN = {"repair": {"zero_area_box", "invalid_box", "unknown_category", "unknown_image"},
              "skip": {"zero_area_box", "invalid_box", "unknown_category", "unknown_image",
                       "out_of_image_box", "duplicate_id"}}
 
 
-def _error_message(report: ValidationReport, limit: int = 10) -> str:
+def _error_message(report: ValidationReport, limit: int = 3) -> str:
+    """One line: counts, the first ``limit`` defects, and what to do."""
     errs = report.errors
-    lines = [f"{report.file}: {len(errs)} dataset defect(s) "
-             f"({', '.join(f'{k}={v}' for k, v in report.counts().items() if k not in WARNING_KINDS)}):"]
-    lines += ["  " + d.format() for d in errs[:limit]]
-    if len(errs) > limit:
-        lines.append(f"  ... and {len(errs) - limit} more")
-    lines.append(f"Run `detrdistill data validate {report.file}` to list them all, fix the json, or set "
-                 "data.defects=repair (clip boxes, drop bad annotations) or data.defects=skip (drop them).")
-    return "\n".join(lines)
+    counts = ", ".join(f"{k}={v}" for k, v in report.counts().items() if k not in WARNING_KINDS)
+    first = "; ".join(d.format().removeprefix(f"{report.file}: ") for d in errs[:limit])
+    more = f"; ... and {len(errs) - limit} more" if len(errs) > limit else ""
+    return (f"{report.file}: {len(errs)} dataset defect(s) ({counts}): {first}{more}. Run `detrdistill data "
+            f"validate {report.file} --images {report.image_dir}` to list them all, fix the data, or set "
+            "data.defects=repair (clip boxes, drop bad annotations and unreadable images) or data.defects=skip "
+            "(drop them).")
+
+
+def _by_entry(report: ValidationReport) -> dict[str, dict[int, list[Defect]]]:
+    by_entry: dict[str, dict[int, list[Defect]]] = defaultdict(lambda: defaultdict(list))
+    for d in report.errors:
+        by_entry[d.entry][d.index].append(d)
+    return by_entry
+
+
+def _clean_categories(coco: dict, defects: dict, changes: list[str]) -> list[dict]:
+    cats = []
+    for i, c in enumerate(coco["categories"]):
+        if defects.get(i):
+            changes.append(defects[i][0].format() + " -> dropped the later entry")
+            continue
+        cats.append(copy.deepcopy(c))
+    return cats
+
+
+def _clean_images(coco: dict, defects: dict, report: ValidationReport, policy: str,
+                  changes: list[str]) -> tuple[list[dict], set]:
+    """(kept images, ids of dropped images)."""
+    images, dropped_ids = [], set()
+    for i, im in enumerate(coco["images"]):
+        ds = defects.get(i, [])
+        kinds = {d.kind for d in ds}
+        if "duplicate_id" in kinds:
+            changes.append(ds[0].format() + " -> dropped the later entry")
+            continue
+        if kinds & _DROP_IMAGE[policy]:
+            dropped_ids.add(im["id"])
+            d = next(d for d in ds if d.kind in _DROP_IMAGE[policy])
+            changes.append(d.format() + " -> dropped the image and its annotations")
+            continue
+        im = copy.deepcopy(im)
+        if "truncated_image" in kinds:  # repair only
+            changes.append(next(d for d in ds if d.kind == "truncated_image").format()
+                           + " -> kept, decoded with truncation tolerance")
+        if "size_mismatch" in kinds:
+            im["width"], im["height"] = report.file_sizes[im["id"]]
+            changes.append(next(d for d in ds if d.kind == "size_mismatch").format() + " -> using the file's size")
+        images.append(im)
+    return images, dropped_ids
+
+
+def _clip_box(a: dict, d: Defect, size: tuple, changes: list[str]) -> bool:
+    """Clip ``a['bbox']`` to the image in place; False when nothing is left inside."""
+    W, H = size
+    x, y, w, h = a["bbox"]
+    x0, y0 = min(max(x, 0), W), min(max(y, 0), H)
+    x1, y1 = min(max(x + w, 0), W), min(max(y + h, 0), H)
+    if x1 <= x0 or y1 <= y0:
+        changes.append(d.format() + " -> dropped (nothing left inside the image)")
+        return False
+    a["bbox"] = [x0, y0, x1 - x0, y1 - y0]
+    a["area"] = (x1 - x0) * (y1 - y0)
+    changes.append(d.format() + f" -> clipped to {a['bbox']}")
+    return True
+
+
+def _clean_annotations(coco: dict, defects: dict, sizes: dict, dropped_ids: set, policy: str,
+                       changes: list[str]) -> list[dict]:
+    anns: list[dict] = []
+    next_id = max((a["id"] for a in coco["annotations"] if isinstance(a["id"], int)), default=0) + 1
+    for i, a in enumerate(coco["annotations"]):
+        ds = defects.get(i, [])
+        kinds = {d.kind for d in ds}
+        if a["image_id"] in dropped_ids:
+            continue  # already reported with the image
+        drop = kinds & _DROP_ANN[policy]
+        if drop:
+            changes.append(next(d for d in ds if d.kind in drop).format() + " -> dropped the annotation")
+            continue
+        a = copy.deepcopy(a)
+        if "duplicate_id" in kinds:  # repair only
+            a["id"], next_id = next_id, next_id + 1
+            changes.append(next(d for d in ds if d.kind == "duplicate_id").format() + f" -> new id {a['id']}")
+        if "out_of_image_box" in kinds:  # repair only
+            d = next(d for d in ds if d.kind == "out_of_image_box")
+            if not _clip_box(a, d, sizes[a["image_id"]], changes):
+                continue
+        anns.append(a)
+    return anns
 
 
 def apply_policy(coco: dict, report: ValidationReport, policy: str) -> tuple[dict, list[str]]:
     """Clean a COCO dict according to ``policy``; returns ``(new_dict, changes)`` (input untouched).
 
     repair: clip out-of-image boxes to the image (dropping any that end up empty), drop zero-area /
-            invalid / unknown-category / unknown-image annotations, drop missing or corrupt images
-            and their annotations, take the file's size on a size mismatch, give duplicate
-            annotation ids fresh ids, drop later duplicates of image / category ids.
-    skip:   drop every annotation with a defect, and images that are missing, corrupt or whose
-            size disagrees with the file (their boxes cannot be trusted), with their annotations.
-    error:  raise :class:`DatasetError` listing the first 10 defects unless there are none.
+            invalid / unknown-category / unknown-image annotations, drop missing, empty (0-byte) or
+            undecodable images and their annotations, keep truncated images (decoded with PIL's
+            truncation tolerance, counted in the warning), take the file's size on a size mismatch,
+            give duplicate annotation ids fresh ids, drop later duplicates of image / category ids.
+    skip:   drop every annotation with a defect, and images that are missing, empty, truncated,
+            undecodable or whose size disagrees with the file (their boxes cannot be trusted), with
+            their annotations.
+    error:  raise :class:`DatasetError` (one line: counts, the first defects, what to do) unless there are none.
     ``changes`` holds one line per change made, in the :meth:`Defect.format` style.
     """
     if policy not in POLICIES:
@@ -332,66 +460,12 @@ def apply_policy(coco: dict, report: ValidationReport, policy: str) -> tuple[dic
         if report.errors:
             raise DatasetError(_error_message(report))
         return copy.deepcopy(coco), []
-    by_entry: dict[str, dict[int, list[Defect]]] = defaultdict(lambda: defaultdict(list))
-    for d in report.errors:
-        by_entry[d.entry][d.index].append(d)
+    by_entry = _by_entry(report)
     changes: list[str] = []
-
-    cats = []
-    for i, c in enumerate(coco["categories"]):
-        if by_entry["category"].get(i):
-            changes.append(by_entry["category"][i][0].format() + " -> dropped the later entry")
-            continue
-        cats.append(copy.deepcopy(c))
-
-    images, dropped_ids = [], set()
-    for i, im in enumerate(coco["images"]):
-        ds = by_entry["image"].get(i, [])
-        kinds = {d.kind for d in ds}
-        if "duplicate_id" in kinds:
-            changes.append(ds[0].format() + " -> dropped the later entry")
-            continue
-        if kinds & _DROP_IMAGE[policy]:
-            dropped_ids.add(im["id"])
-            changes.append(ds[0].format() + " -> dropped the image and its annotations")
-            continue
-        im = copy.deepcopy(im)
-        if "size_mismatch" in kinds:
-            im["width"], im["height"] = report.file_sizes[im["id"]]
-            changes.append(ds[0].format() + " -> using the file's size")
-        images.append(im)
+    cats = _clean_categories(coco, by_entry["category"], changes)
+    images, dropped_ids = _clean_images(coco, by_entry["image"], report, policy, changes)
     sizes = {im["id"]: (im["width"], im["height"]) for im in images}
-
-    anns: list[dict] = []
-    next_id = max((a["id"] for a in coco["annotations"] if isinstance(a["id"], int)), default=0) + 1
-    for i, a in enumerate(coco["annotations"]):
-        ds = by_entry["annotation"].get(i, [])
-        kinds = {d.kind for d in ds}
-        if a["image_id"] in dropped_ids:
-            continue  # already reported with the image
-        drop = kinds & _DROP_ANN[policy]
-        if drop:
-            d = next(d for d in ds if d.kind in drop)
-            changes.append(d.format() + " -> dropped the annotation")
-            continue
-        a = copy.deepcopy(a)
-        if "duplicate_id" in kinds:  # repair only
-            a["id"], next_id = next_id, next_id + 1
-            changes.append(next(d for d in ds if d.kind == "duplicate_id").format() + f" -> new id {a['id']}")
-        if "out_of_image_box" in kinds:  # repair only
-            W, H = sizes[a["image_id"]]
-            x, y, w, h = a["bbox"]
-            x0, y0 = min(max(x, 0), W), min(max(y, 0), H)
-            x1, y1 = min(max(x + w, 0), W), min(max(y + h, 0), H)
-            d = next(d for d in ds if d.kind == "out_of_image_box")
-            if x1 <= x0 or y1 <= y0:
-                changes.append(d.format() + " -> dropped (nothing left inside the image)")
-                continue
-            a["bbox"] = [x0, y0, x1 - x0, y1 - y0]
-            a["area"] = (x1 - x0) * (y1 - y0)
-            changes.append(d.format() + f" -> clipped to {a['bbox']}")
-        anns.append(a)
-
+    anns = _clean_annotations(coco, by_entry["annotation"], sizes, dropped_ids, policy, changes)
     out = {k: copy.deepcopy(v) for k, v in coco.items() if k not in ("images", "annotations", "categories")}
     out.update(images=images, annotations=anns, categories=cats)
     return out, changes

@@ -21,6 +21,10 @@ def run_evaluation(cfg: Config, model_dir: str | Path, split: str = "val", outpu
     from detrdistill.models.build import load_detector
 
     accelerator = make_accelerator(cfg)
+    out = Path(output_dir or cfg.train.output_dir)
+    if accelerator.is_main_process:  # reliability (issue 10): a read-only --eval-dir fails before evaluating
+        from detrdistill.engine.run_dir import probe_writable
+        probe_writable(out)
     if split == "val":
         _, ds = build_datasets(cfg, accelerator, need_train=False)
     else:
@@ -39,9 +43,7 @@ def run_evaluation(cfg: Config, model_dir: str | Path, split: str = "val", outpu
     loader = eval_loader(ds, collate_fn, cfg.train.batch_size, accelerator.process_index,
                          accelerator.num_processes, cfg.data.num_workers)
     stats = evaluate(adapter, loader, ds, accelerator, progress=cfg.train.progress, desc=f"eval {split}")
-    out = Path(output_dir or cfg.train.output_dir)
     if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
         write_eval_json(out / "eval.json", stats, {"split": split, "model": str(model_dir)})
         log.info("eval %s: %s", split, json.dumps({k: round(v, 2) for k, v in stats.items()}))
     return stats

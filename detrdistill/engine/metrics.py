@@ -2,13 +2,42 @@
 
 Training lines hold ``step``, ``epoch``, ``lr``, ``loss`` and every component as ``loss/<name>``;
 evaluation lines hold ``step``, ``epoch`` and ``eval/<stat>``. Lines are flushed as written, so a
-crash loses nothing already logged; on resume, lines past the checkpoint's step are dropped first.
+crash loses nothing already logged; on resume, lines past the checkpoint's step are dropped first, and
+a torn last line (a crash in the middle of a write) is dropped with a warning. Any other line that is
+not JSON is a :class:`MetricsError` naming the file and line.
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
+
+from detrdistill.errors import DetrDistillError
+
+log = logging.getLogger("detrdistill")
+
+
+class MetricsError(DetrDistillError):
+    """metrics.jsonl holds a line that is not JSON (other than a torn last line)."""
+
+
+def _parse_lines(path: Path, repair_last: bool) -> list[dict]:
+    lines = [(i, ln) for i, ln in enumerate(path.read_text(errors="replace").splitlines(), 1) if ln.strip()]
+    out = []
+    for k, (lineno, ln) in enumerate(lines):
+        try:
+            rec = json.loads(ln)
+            if not isinstance(rec, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            if repair_last and k == len(lines) - 1:
+                log.warning("%s: line %d is torn (a crash while writing it); dropped", path, lineno)
+                continue
+            raise MetricsError(f"{path}: line {lineno} is not a JSON object; delete that line (or the file) "
+                               "and rerun") from None
+        out.append(rec)
+    return out
 
 
 class MetricsLog:
@@ -16,12 +45,12 @@ class MetricsLog:
         self.path, self.enabled = Path(path), enabled
 
     def truncate_after(self, step: int) -> None:
-        """Drop lines logged after ``step`` (they will be logged again by the resumed run)."""
+        """Drop lines logged after ``step`` (they will be logged again by the resumed run) and a torn last line."""
         if not (self.enabled and self.path.is_file()):
             return
-        keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        keep = [r for r in _parse_lines(self.path, repair_last=True) if r.get("step", 0) <= step]
         tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(ln + "\n" for ln in keep))
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
         tmp.replace(self.path)
 
     def write(self, record: dict) -> None:
@@ -34,4 +63,5 @@ class MetricsLog:
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
+    """Every record of a metrics file; a torn last line (run still writing, or killed) is left out."""
+    return _parse_lines(Path(path), repair_last=True)

@@ -28,16 +28,21 @@ def make_accelerator(cfg: Config):
     return Accelerator(cpu=cpu, mixed_precision=mp, kwargs_handlers=[ddp])
 
 
-def prepare_output_dir(cfg: Config, accelerator, resume: bool = False) -> Path:
-    """Create ``cfg.train.output_dir`` and write the run's ``config.yaml`` (main process only).
+def prepare_output_dir(cfg: Config, accelerator, mode: str = "train", resume: bool = False,
+                       overwrite: bool = False) -> tuple[Path, bool]:
+    """Check, then create ``cfg.train.output_dir`` and write the run's ``config.yaml`` (main process only).
 
-    ``resume`` is passed on for the checks a resumed run needs (the folder's config must match); every process
-    gets the folder's path."""
+    A folder holding another run needs ``resume`` (its config must match) or ``overwrite``; every refusal
+    happens before anything is written (:func:`detrdistill.engine.run_dir.prepare_run_dir`). Returns the
+    folder and whether there is a run to resume."""
+    from detrdistill.engine.run_dir import prepare_run_dir
+
     out_dir = Path(cfg.train.output_dir)
+    resume = prepare_run_dir(cfg, mode, resume, overwrite, accelerator.is_main_process)
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
-    return out_dir
+    return out_dir, resume
 
 
 def build_datasets(cfg: Config, accelerator, need_train: bool = True):

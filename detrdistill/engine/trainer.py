@@ -24,13 +24,15 @@ import torch
 
 from detrdistill.config import Config
 from detrdistill.data import collate_fn
-from detrdistill.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from detrdistill.engine.checkpoint import load_latest_intact, save_checkpoint
 from detrdistill.engine.evaluator import evaluate, write_eval_json
 from detrdistill.engine.loading import eval_loader, train_loader
 from detrdistill.engine.metrics import MetricsLog
 from detrdistill.engine.optim import build_optimizer, build_scheduler
 from detrdistill.engine.setup import build_datasets, make_accelerator, prepare_output_dir  # noqa: F401 (re-exported)
 from detrdistill.engine.tasks import build_task, move_targets
+from detrdistill.engine.interrupt import TrainingInterrupted
+from detrdistill.engine.run_dir import export_atomically
 from detrdistill.errors import NonFiniteLossError
 
 log = logging.getLogger("detrdistill")
@@ -58,6 +60,7 @@ def _install_stop_handler(flag: dict) -> dict:
 
     def handler(signum, frame):
         flag["stop"] = True
+        flag["signal"] = signum  # the CLI exits 128 + signum after saving
         log.warning("signal %s: stopping after this step with a checkpoint (send again to abort)", signum)
         signal.signal(signum, old.get(signum, signal.SIG_DFL))
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -117,23 +120,24 @@ class Run:
 def _resume_state(run_dir: Path, task, optimizer, scheduler, accelerator, resume: bool) -> dict:
     state = {"step": 0, "elapsed_s": 0.0, "stopped_early": False}
     if resume:
-        ckpt = latest_checkpoint(run_dir)
+        ckpt, loaded = load_latest_intact(run_dir, task, optimizer, scheduler, rank=accelerator.process_index,
+                                          world_size=accelerator.num_processes)
         if ckpt is None:
             log.warning("--resume: no checkpoint in %s; starting from scratch", run_dir / "checkpoints")
         else:
-            state = load_checkpoint(ckpt, task, optimizer, scheduler, rank=accelerator.process_index,
-                                    world_size=accelerator.num_processes)
+            state = loaded
             log.info("resumed from %s (step %d)", ckpt, state["step"])
     return state
 
 
-def setup_run(cfg: Config, mode: str = "train", resume: bool = False) -> Run:
-    """Output folder, data, task, optimizer and schedule; restores the last checkpoint with ``resume``."""
+def setup_run(cfg: Config, mode: str = "train", resume: bool = False, overwrite: bool = False) -> Run:
+    """Output folder (refused before any write when it holds another run and neither ``resume`` nor
+    ``overwrite`` is given), data, task, optimizer and schedule; restores the last checkpoint with ``resume``."""
     from accelerate.utils import set_seed
 
     accelerator = make_accelerator(cfg)
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
-    out_dir = prepare_output_dir(cfg, accelerator, resume)
+    out_dir, resume = prepare_output_dir(cfg, accelerator, mode, resume, overwrite)
     set_seed(cfg.train.seed)
     train_ds, val_ds = build_datasets(cfg, accelerator)
     task = build_task(cfg, train_ds.id2label, mode)
@@ -233,7 +237,7 @@ def finish_run(run: Run) -> dict:
         signal.signal(sig, h)
     run.checkpoint()
     if main:
-        run.task.export(run.out_dir / "model")
+        export_atomically(run.task.export, run.out_dir / "model")  # never half written
     acc.wait_for_everyone()
     final = run.evaluate("final eval")
     if main and final is not None:
@@ -250,11 +254,14 @@ def finish_run(run: Run) -> dict:
     return final or {}
 
 
-def run_training(cfg: Config, mode: str = "train", resume: bool = False) -> dict:
-    """Train (``mode='train'``) or distil (``mode='distill'``); returns the final evaluation stats."""
+def run_training(cfg: Config, mode: str = "train", resume: bool = False, overwrite: bool = False) -> dict:
+    """Train (``mode='train'``) or distil (``mode='distill'``); returns the final evaluation stats.
+
+    A folder holding another run needs ``resume`` or ``overwrite`` (see :mod:`detrdistill.engine.run_dir`);
+    a run stopped by SIGINT/SIGTERM saves, then raises :class:`TrainingInterrupted`."""
     from tqdm.auto import tqdm
 
-    run = setup_run(cfg, mode, resume)
+    run = setup_run(cfg, mode, resume, overwrite)
     run.old_handlers = _install_stop_handler(run.stop)
     run.clock = (time.monotonic(), run.state["elapsed_s"])
     run.bar = tqdm(total=run.plan["total"], initial=run.state["step"], desc=f"{mode} {run.out_dir.name}",
@@ -264,4 +271,7 @@ def run_training(cfg: Config, mode: str = "train", resume: bool = False) -> dict
         loss, loss_dict = train_step(run, next(run.batches))
         if after_step(run, loss, loss_dict):
             break
-    return finish_run(run)
+    final = finish_run(run)
+    if run.stop.get("signal"):  # saved by finish_run; report the interruption as a failure
+        raise TrainingInterrupted(run.stop["signal"], run.state["step"], run.out_dir)
+    return final

@@ -125,6 +125,8 @@ def _load_pretrained(path: str | os.PathLike, id2label: dict[int, str] | None = 
     p = Path(path).expanduser()
     if not p.is_dir():
         raise PathNotFoundError(f"pretrained checkpoint directory {str(p)!r} does not exist")
+    from detrdistill.models.model_dir import check_model_dir  # one-line errors for bad weights files
+    check_model_dir(p)
     family = _read_family(p)
     if expect_family is not None and family != expect_family:
         raise ModelError(f"{p} holds a {family!r} model but model.family is {expect_family!r}; "

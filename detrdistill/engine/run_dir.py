@@ -1,0 +1,194 @@
+"""Output folders that protect finished work.
+
+A run folder (``train.output_dir``) holds one run. :func:`prepare_run_dir` is called before a run
+writes anything and decides what happens to a folder that already holds one:
+
+=====================  ==========================================================================
+flags                  folder holds another run
+=====================  ==========================================================================
+(none)                 refused: :class:`RunDirError` naming the folder and the two flags
+``--resume``           continued, if the saved ``config.yaml`` equals the new config up to
+                       :data:`RESUME_MAY_CHANGE`; otherwise refused naming the keys that differ,
+                       before any file is touched
+``--overwrite``        the previous run's files (:data:`RUN_FILES`) are deleted, said in one
+                       warning line; other files (e.g. the synthetic ``data/``) are kept
+=====================  ==========================================================================
+
+What may change on ``--resume`` (:data:`RESUME_MAY_CHANGE`): the length of training
+(``train.epochs``, ``train.max_steps``, ``train.time_budget_min``) and keys that change nothing the
+model computes (``train.progress``, ``train.log_every``, ``train.eval_every_epochs``,
+``train.checkpoint_every_steps``, ``train.keep_checkpoints``, ``data.num_workers``: the data order
+does not depend on the number of workers) and ``train.output_dir`` (the same folder, spelled another
+way). Everything else (model, data, loss, optimizer, distillation, seed, batch size) would mix two
+different runs in one folder. A run's mode (train / distill) is kept in ``run.json``; resuming in
+the other mode is refused too.
+
+It also probes, before training, that the folder, ``checkpoints/`` and ``model/`` can be written
+(:func:`probe_writable`), so a read-only folder fails at start-up, not after training, and refuses
+a distillation whose output folder contains its own teacher (it would overwrite it).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import yaml
+
+from detrdistill.errors import DetrDistillError
+
+log = logging.getLogger("detrdistill")
+
+RUN_FILES = ("config.yaml", "run.json", "metrics.jsonl", "eval.json", "checkpoints", "model", "model.tmp")
+RESUME_MAY_CHANGE = frozenset({
+    "train.epochs", "train.max_steps", "train.time_budget_min",  # the length of training
+    "train.progress", "train.log_every", "train.eval_every_epochs", "train.checkpoint_every_steps",
+    "train.keep_checkpoints", "data.num_workers", "train.output_dir",
+})
+
+
+class RunDirError(DetrDistillError):
+    """The output folder cannot be used as asked (holds another run, config changed, not writable)."""
+
+
+def holds_run(out: Path) -> bool:
+    """True when ``out`` holds (part of) a run: metrics, a checkpoint, an export or eval.json. A lone
+    ``config.yaml`` (a run refused before its first step, e.g. a wrong teacher path) does not count."""
+    return any((out / f).is_file() for f in ("metrics.jsonl", "eval.json")) or \
+        (out / "model" / "config.json").is_file() or \
+        ((out / "checkpoints").is_dir() and any(p.name.startswith("step-") for p in (out / "checkpoints").iterdir()))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    flat = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            flat.update(_flatten(v, key + "."))
+        else:
+            flat[key] = v
+    return flat
+
+
+def config_differences(saved: dict, new: dict) -> list[str]:
+    """Dotted keys whose values differ between two config dicts, except :data:`RESUME_MAY_CHANGE`."""
+    a, b = _flatten(saved), _flatten(new)
+    return sorted(k for k in set(a) | set(b) if k not in RESUME_MAY_CHANGE and a.get(k) != b.get(k))
+
+
+def check_resume(out: Path, cfg, mode: str) -> None:
+    """Refuse (before touching anything) a resume whose config or mode differs from the saved run's."""
+    saved_file = out / "config.yaml"
+    if saved_file.is_file():
+        try:
+            saved = yaml.safe_load(saved_file.read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise RunDirError(f"{saved_file}: unreadable ({type(e).__name__}); cannot check the config of the "
+                              "run to resume; fix the file or start over with --overwrite") from None
+        diff = config_differences(saved, cfg.model_dump(mode="json"))
+        if diff:
+            shown = ", ".join(diff[:8]) + (f" and {len(diff) - 8} more" if len(diff) > 8 else "")
+            raise RunDirError(f"{out}: --resume with a config that differs from the run's config.yaml in {shown}; "
+                              "resume with the original config (only the training length may change), or use "
+                              "--overwrite or another --output-dir")
+    info_file = out / "run.json"
+    if info_file.is_file():
+        try:
+            saved_mode = json.loads(info_file.read_text()).get("mode")
+        except (OSError, ValueError):
+            saved_mode = None
+        if saved_mode and saved_mode != mode:
+            raise RunDirError(f"{out}: holds a `{saved_mode}` run; `{mode} --resume` would mix them; "
+                              "use another --output-dir")
+
+
+def _check_teacher_outside(out: Path, cfg, mode: str) -> None:
+    teacher = getattr(cfg.distill, "teacher", None)
+    if mode != "distill" or not teacher:
+        return
+    t, o = Path(teacher).resolve(), out.resolve()
+    if t == o or o in t.parents:
+        raise RunDirError(f"{out}: the teacher {teacher} lies inside this output folder and would be overwritten "
+                          "by the student; give distill another --output-dir")
+
+
+def probe_writable(folder: Path, create: bool = True) -> None:
+    """Write + delete a probe file in ``folder`` (created first when ``create``; when not, a folder that
+    does not exist yet is only checked not to be blocked by a file); :class:`RunDirError` if impossible."""
+    if not create and not folder.exists() and not folder.is_symlink():
+        return
+    try:
+        if create or not folder.is_dir():
+            folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise RunDirError(f"{folder}: cannot write here ({e.strerror or type(e).__name__}); fix its permissions "
+                          "or choose another --output-dir") from None
+
+
+def _remove_run(out: Path) -> list[str]:
+    removed = []
+    for name in RUN_FILES:
+        p = out / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
+def prepare_run_dir(cfg, mode: str, resume: bool = False, overwrite: bool = False, main: bool = True) -> bool:
+    """Make ``cfg.train.output_dir`` ready for a ``mode`` run ('train' | 'distill'); see the module docstring.
+
+    Returns True when an existing run is to be continued. Only the main process writes (``main``)."""
+    out = Path(cfg.train.output_dir)
+    if resume and overwrite:
+        raise RunDirError("--resume and --overwrite exclude each other: continue the run, or replace it")
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"{out}: exists and is not a folder; choose another --output-dir")
+    _check_teacher_outside(out, cfg, mode)
+    existing = out.is_dir() and holds_run(out)
+    if existing and not (resume or overwrite):
+        raise RunDirError(f"{out}: holds another run; pass --resume to continue it, --overwrite to replace it, "
+                          "or choose another --output-dir")
+    if existing and resume:
+        check_resume(out, cfg, mode)
+    if resume and not existing:
+        log.warning("--resume: no run in %s yet; starting a new one", out)
+    if main:
+        probe_writable(out)
+        if existing and overwrite:
+            log.warning("--overwrite: replaced the previous run in %s (deleted %s)", out, ", ".join(_remove_run(out)))
+        for sub in ("checkpoints", "model"):
+            probe_writable(out / sub, create=False)
+        (out / "run.json").write_text(json.dumps({"mode": mode}) + "\n")
+    return existing and resume
+
+
+def export_atomically(export, path: str | Path) -> None:
+    """Call ``export(tmp)`` into ``<path>.tmp``, then swap it in for ``path``: a crash mid-export never
+    leaves a half-written model directory (at worst none, which ``--resume`` exports again)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        export(tmp)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+def distill_default_output_dir(train_output_dir: str) -> str:
+    """Where ``distill`` writes when the output folder comes from the embedded default config:
+    ``<train's default>_distill`` (``runs/synthetic_distill``), never the teacher's folder."""
+    return str(train_output_dir).rstrip("/\\") + "_distill"
