@@ -24,6 +24,7 @@ from detrdistill.engine.metrics import MetricsLog
 from detrdistill.engine.optim import build_optimizer, build_scheduler
 from detrdistill.data import collate_fn
 from detrdistill.engine.tasks import build_task, move_targets
+from detrdistill.export import finish_model_dir
 
 log = logging.getLogger("detrdistill")
 
@@ -224,6 +225,8 @@ def run_training(cfg: Config, mode: str = "train", resume: bool = False) -> dict
                                                        "stopped_early": state["stopped_early"],
                                                        "train_seconds": round(state["elapsed_s"], 2)})
         log.info("final eval: %s", json.dumps({k: round(v, 2) for k, v in final.items()}))
+    if main:
+        finish_model_dir(out_dir / "model", cfg, final, mode)  # image processor + README.md (detrdistill.export)
     accelerator.wait_for_everyone()
     del model, optimizer
     accelerator.end_training()
