@@ -8,6 +8,7 @@ from pathlib import Path
 from detrdistill.config import Config
 from detrdistill.engine.evaluator import evaluate, write_eval_json
 from detrdistill.engine.loading import eval_loader
+from detrdistill.engine.per_class import format_per_class
 
 log = logging.getLogger("detrdistill")
 
@@ -42,5 +43,6 @@ def run_evaluation(cfg: Config, model_dir: str | Path, split: str = "val", outpu
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         write_eval_json(out / "eval.json", stats, {"split": split, "model": str(model_dir)})
-        log.info("eval %s: %s", split, json.dumps({k: round(v, 2) for k, v in stats.items()}))
+        log.info("eval %s: %s", split, json.dumps({k: round(v, 2) for k, v in stats.items() if "/" not in k}))
+        log.info(format_per_class(stats))
     return stats

@@ -103,7 +103,7 @@ def _install_stop_handler(flag: dict) -> dict:
 def run_training(cfg: Config, mode: str = "train", resume: bool = False) -> dict:
     """Train (``mode='train'``) or distil (``mode='distill'``); returns the final evaluation stats."""
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
+    from detrdistill.progress import progress_bar
 
     accelerator = make_accelerator(cfg)
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
@@ -160,7 +160,7 @@ def run_training(cfg: Config, mode: str = "train", resume: bool = False) -> dict
     old_handlers = _install_stop_handler(stop)
     start, start_elapsed = time.monotonic(), state["elapsed_s"]
     budget_s = cfg.train.time_budget_min * 60 if cfg.train.time_budget_min else math.inf
-    bar = tqdm(total=plan["total"], initial=state["step"], disable=not (main and cfg.train.progress),
+    bar = progress_bar(total=plan["total"], initial=state["step"], disable=not (main and cfg.train.progress),
                desc=f"{mode} {out_dir.name}", dynamic_ncols=True)
     model.train()
     batches = iter(loader)  # endless: one iterator (and one set of workers) for the whole run
