@@ -110,6 +110,15 @@ def class_colour(label: int) -> tuple[int, int, int]:
     return tab10[label % len(tab10)]
 
 
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1: scalable default font
+    except TypeError:  # pragma: no cover - older Pillow
+        return ImageFont.load_default()
+
+
 def draw_detections(image, det: dict[str, torch.Tensor], id2label: dict[int, str]):
     """A copy of ``image`` with each box outlined and labelled ``name score``."""
     from PIL import ImageDraw
@@ -117,14 +126,15 @@ def draw_detections(image, det: dict[str, torch.Tensor], id2label: dict[int, str
     canvas = image.copy()
     draw = ImageDraw.Draw(canvas)
     width = max(1, round(min(canvas.size) / 200))
+    font = _font(max(11, round(min(canvas.size) / 32)))
     for score, label, box in zip(det["scores"].tolist(), det["labels"].tolist(), det["boxes"].tolist()):
         colour = class_colour(int(label))
         draw.rectangle(box, outline=colour, width=width)
         text = f"{id2label.get(int(label), label)} {score:.2f}"
-        left, top, right, bottom = draw.textbbox((box[0], box[1]), text)
+        left, top, right, bottom = draw.textbbox((box[0], box[1]), text, font=font)
         y = box[1] - (bottom - top) - 2 if box[1] - (bottom - top) - 2 >= 0 else box[1]
         draw.rectangle((box[0], y, box[0] + right - left + 4, y + bottom - top + 2), fill=colour)
-        draw.text((box[0] + 2, y), text, fill=(255, 255, 255))
+        draw.text((box[0] + 2, y), text, fill=(255, 255, 255), font=font)
     return canvas
 
 

@@ -112,3 +112,23 @@ def test_model_card_names_data_stats_and_teacher(tmp_path):
     finish_model_dir(tmp_path, Config(model=tiny_model_cfg("deformable_detr")), None, "train")
     card = (tmp_path / "README.md").read_text()
     assert "Teacher" not in card and "not evaluated" in card
+
+
+def test_a_training_run_exports_a_pipeline_ready_model_dir(synth_dir, tmp_path):
+    import json
+
+    from transformers import pipeline
+
+    from detrdistill.cli import main
+    from tests.conftest import tiny_overrides
+
+    out = tmp_path / "run"
+    overrides = tiny_overrides(out, synth_dir, "train.max_steps=2", "train.eval_every_epochs=0")
+    assert main(["train", *sum((["--set", o] for o in overrides), [])]) == 0
+    model_dir = out / "model"
+    ev = json.loads((out / "eval.json").read_text())
+    card = (model_dir / "README.md").read_text()
+    assert f"{ev['AP']:.1f}" in card and "synthetic" in card
+    assert set(ev["per_class_AP"]) <= set(json.loads((model_dir / "config.json").read_text())["id2label"].values())
+    detections = pipeline("object-detection", model=str(model_dir), device="cpu")(random_image(64, 64), threshold=0.0)
+    assert detections and {"score", "label", "box"} <= set(detections[0])
