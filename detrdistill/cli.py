@@ -1,4 +1,4 @@
-"""``detrdistill`` command line: train, distill, eval, demo, data validate / synth.
+"""``detrdistill`` command line: train, distill, eval, predict, export, demo, data validate / synth.
 
 Every subcommand that takes a config accepts ``--set key=value`` (repeatable) overrides, e.g.
 ``detrdistill train configs/bccd_teacher.yaml --set train.epochs=20 --set optim.lr=1e-4``.
@@ -63,6 +63,25 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from detrdistill.predict import predict
+    result = predict(args.model, args.inputs, args.out, threshold=args.threshold)
+    print(f"{len(result.images)} images, {result.num_detections} detections -> {result.predictions_file.parent}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from detrdistill.export.onnx_export import export_model_dir
+    from detrdistill.predict import resolve_model_dir
+    result = export_model_dir(resolve_model_dir(args.model), args.out, height=args.height, width=args.width,
+                              opset=args.opset, check=not args.no_check)
+    diff = result["max_abs_diff"]
+    checked = "" if diff is None else " (onnxruntime vs PyTorch: max |diff| " + \
+        ", ".join(f"{k} {v:.1e}" for k, v in diff.items()) + ")"
+    print(f"wrote {result['path']}; inputs {', '.join(result['inputs'])}{checked}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from detrdistill.demo import run_demo
     run_demo(output_dir=args.output_dir, preset=args.preset)
@@ -85,11 +104,29 @@ def cmd_data_synth(args) -> int:
     return 0
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` after every option's help, except unset (None) and off (False) defaults."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="detrdistill", description=__doc__.split("\n")[0])
+    from detrdistill import __version__
+
+    p = _Parser(prog="detrdistill", description=__doc__.split("\n")[0])
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
-    p.add_argument("-v", "--verbose", action="store_true")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug-level log messages")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def with_config(sp, default_note="the embedded synthetic config"):
         sp.add_argument("config", nargs="?", help=f"YAML config (default: {default_note})")
@@ -116,29 +153,47 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("eval", help="COCO mAP of a model directory; writes <output_dir>/eval.json")
     with_config(sp)
     sp.add_argument("--model", help="model directory (default <output_dir>/model)")
-    sp.add_argument("--split", default="val", choices=["val", "test"])
+    sp.add_argument("--split", default="val", choices=["val", "test"], help="which data split to score")
     sp.add_argument("--eval-dir", help="where eval.json goes (default output_dir)")
     sp.set_defaults(func=cmd_eval)
 
+    sp = sub.add_parser("predict", help="draw a model's detections on images; writes PNGs + predictions.json")
+    sp.add_argument("model", help="model directory (a run's model/ folder, or the run folder)")
+    sp.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="images, or folders of images")
+    sp.add_argument("--out", required=True, help="output folder for <image>.png and predictions.json")
+    sp.add_argument("--threshold", type=float, default=0.5, help="lowest score drawn and saved")
+    sp.set_defaults(func=cmd_predict)
+
+    sp = sub.add_parser("export", help="export a model directory (ONNX), checked against PyTorch")
+    sp.add_argument("model", help="model directory (a run's model/ folder, or the run folder)")
+    sp.add_argument("--format", choices=["onnx"], default="onnx", help="export format")
+    sp.add_argument("--out", required=True, help="file to write, e.g. model.onnx")
+    sp.add_argument("--height", type=int, default=320, help="traced input height (the graph takes any multiple of 32)")
+    sp.add_argument("--width", type=int, default=320, help="traced input width (the graph takes any multiple of 32)")
+    sp.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    sp.add_argument("--no-check", action="store_true", help="skip the onnxruntime-vs-PyTorch check")
+    sp.set_defaults(func=cmd_export)
+
     sp = sub.add_parser("demo", help="synthetic data -> teacher, student baseline, distilled student, comparison")
-    sp.add_argument("--output-dir", default="runs/demo")
+    sp.add_argument("--output-dir", default="runs/demo", help="where the demo's runs and figures go")
     sp.add_argument("--preset", choices=["auto", "cpu", "gpu", "smoke"], default="auto",
                     help="model/schedule sizes: cpu (~10 min on 2 cores), gpu, smoke (seconds, checks the pipeline)")
     sp.set_defaults(func=cmd_demo)
 
-    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True,
+                                                                       parser_class=_Parser)
     sp = data.add_parser("validate", help="report every defect of a COCO dataset (every image decoded fully, "
                          "as training reads it); exit 1 when there are defects other than warnings")
-    sp.add_argument("ann_file")
+    sp.add_argument("ann_file", help="COCO annotation JSON")
     sp.add_argument("--images", required=True, help="image folder")
     sp.add_argument("--no-images", action="store_true", help="skip decoding image files")
     sp.set_defaults(func=cmd_data_validate)
     sp = data.add_parser("synth", help="generate the synthetic COCO dataset")
-    sp.add_argument("out_dir")
-    sp.add_argument("--train-images", type=int, default=160)
-    sp.add_argument("--val-images", type=int, default=40)
-    sp.add_argument("--size", type=int, default=256)
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("out_dir", help="folder for images/, train.json and val.json")
+    sp.add_argument("--train-images", type=int, default=160, help="number of training images")
+    sp.add_argument("--val-images", type=int, default=40, help="number of validation images")
+    sp.add_argument("--size", type=int, default=256, help="image side in pixels")
+    sp.add_argument("--seed", type=int, default=0, help="random seed")
     sp.set_defaults(func=cmd_data_synth)
     return p
 

@@ -37,7 +37,7 @@ def test_perfect_predictions_score_100_and_shifted_less():
     perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
                for a in gt.dataset["annotations"]]
     stats = coco_stats(gt, perfect)
-    assert set(stats) == set(STAT_KEYS)
+    assert set(stats) == set(STAT_KEYS) | {f"AP/{c['name']}" for c in gt.dataset["categories"]}
     assert stats["AP"] == pytest.approx(100.0) and stats["AP50"] == pytest.approx(100.0)
     shifted = [dict(d, bbox=[d["bbox"][0] + 0.3 * d["bbox"][2], d["bbox"][1], d["bbox"][2], d["bbox"][3]])
                for d in perfect]

@@ -9,6 +9,7 @@ from detrdistill.config import Config
 from detrdistill.errors import ConfigError, ModelError
 from detrdistill.engine.evaluator import evaluate, write_eval_json
 from detrdistill.engine.loading import eval_loader
+from detrdistill.engine.per_class import format_per_class
 
 log = logging.getLogger("detrdistill")
 
@@ -45,5 +46,6 @@ def run_evaluation(cfg: Config, model_dir: str | Path, split: str = "val", outpu
     stats = evaluate(adapter, loader, ds, accelerator, progress=cfg.train.progress, desc=f"eval {split}")
     if accelerator.is_main_process:
         write_eval_json(out / "eval.json", stats, {"split": split, "model": str(model_dir)})
-        log.info("eval %s: %s", split, json.dumps({k: round(v, 2) for k, v in stats.items()}))
+        log.info("eval %s: %s", split, json.dumps({k: round(v, 2) for k, v in stats.items() if "/" not in k}))
+        log.info(format_per_class(stats))
     return stats

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from detrdistill.engine.per_class import per_class_ap, per_class_from_stats
 from detrdistill.models.outputs import class_probs
 from detrdistill.ops.boxes import cxcywh_to_xyxy
 
@@ -72,7 +73,7 @@ def coco_stats(coco_gt, results: list[dict], backend: str = "pycocotools") -> di
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return {k: float(max(v, 0.0)) * 100.0 for k, v in zip(STAT_KEYS, ev.stats)}
+    return {**{k: float(max(v, 0.0)) * 100.0 for k, v in zip(STAT_KEYS, ev.stats)}, **per_class_ap(ev)}
 
 
 @torch.no_grad()
@@ -82,12 +83,12 @@ def evaluate(adapter, loader, dataset, accelerator, progress: bool = True, desc:
     Every process returns the same stats dict.
     """
     from accelerate.utils import broadcast_object_list, gather_object
-    from tqdm.auto import tqdm
+    from detrdistill.progress import progress_bar
 
     was_training = adapter.training
     adapter.eval()
     results = []
-    it = tqdm(loader, desc=desc, disable=not (progress and accelerator.is_main_process), leave=False)
+    it = progress_bar(loader, desc=desc, disable=not (progress and accelerator.is_main_process), leave=False)
     for batch in it:
         pv = batch["pixel_values"].to(accelerator.device)
         pm = batch["pixel_mask"].to(accelerator.device)
@@ -108,5 +109,6 @@ def evaluate(adapter, loader, dataset, accelerator, progress: bool = True, desc:
 def write_eval_json(path: str | Path, stats: dict[str, float], extra: dict | None = None) -> None:
     path = Path(path)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({**{k: stats[k] for k in STAT_KEYS}, **(extra or {})}, indent=1))
+    tmp.write_text(json.dumps({**{k: stats[k] for k in STAT_KEYS}, **per_class_from_stats(stats), **(extra or {})},
+                              indent=1))
     tmp.replace(path)

@@ -34,6 +34,7 @@ from detrdistill.engine.tasks import build_task, move_targets
 from detrdistill.engine.interrupt import TrainingInterrupted
 from detrdistill.engine.run_dir import export_atomically
 from detrdistill.errors import NonFiniteLossError
+from detrdistill.export import finish_model_dir
 
 log = logging.getLogger("detrdistill")
 
@@ -245,6 +246,8 @@ def finish_run(run: Run) -> dict:
                                                            "stopped_early": state["stopped_early"],
                                                            "train_seconds": round(state["elapsed_s"], 2)})
         log.info("final eval: %s", json.dumps({k: round(v, 2) for k, v in final.items()}))
+    if main:
+        finish_model_dir(run.out_dir / "model", run.cfg, final, run.mode)  # image processor + README.md
     acc.wait_for_everyone()
     run.model = run.optimizer = None
     acc.end_training()
@@ -259,12 +262,12 @@ def run_training(cfg: Config, mode: str = "train", resume: bool = False, overwri
 
     A folder holding another run needs ``resume`` or ``overwrite`` (see :mod:`detrdistill.engine.run_dir`);
     a run stopped by SIGINT/SIGTERM saves, then raises :class:`TrainingInterrupted`."""
-    from tqdm.auto import tqdm
+    from detrdistill.progress import progress_bar
 
     run = setup_run(cfg, mode, resume, overwrite)
     run.old_handlers = _install_stop_handler(run.stop)
     run.clock = (time.monotonic(), run.state["elapsed_s"])
-    run.bar = tqdm(total=run.plan["total"], initial=run.state["step"], desc=f"{mode} {run.out_dir.name}",
+    run.bar = progress_bar(total=run.plan["total"], initial=run.state["step"], desc=f"{mode} {run.out_dir.name}",
                    disable=not (run.accelerator.is_main_process and cfg.train.progress), dynamic_ncols=True)
     run.model.train()
     while run.state["step"] < run.plan["total"] and not run.stop["stop"]:

@@ -1,0 +1,89 @@
+"""A short model card (``README.md``) for an exported model directory: data, config, eval stats, teacher."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from detrdistill.config import Config
+
+STAT_ORDER = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
+
+
+def count_saved_parameters(model_dir: str | Path) -> int | None:
+    """Number of values in ``model.safetensors`` (None when absent)."""
+    path = Path(model_dir) / "model.safetensors"
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(str(path), framework="pt") as f:
+        for key in f.keys():
+            n = 1
+            for d in f.get_slice(key).get_shape():
+                n *= d
+            total += n
+    return total
+
+
+def _labels(model_dir: Path) -> list[str]:
+    cfg_file = model_dir / "config.json"
+    if not cfg_file.is_file():
+        return []
+    id2label = json.loads(cfg_file.read_text()).get("id2label", {})
+    return [id2label[k] for k in sorted(id2label, key=int)]
+
+
+def _split_line(name: str, split) -> str:
+    return f"- {name}: `{split.ann_file}` (images `{split.image_dir}`)" if split is not None else ""
+
+
+def render_model_card(cfg: Config, model_dir: str | Path, stats: dict | None, mode: str) -> str:
+    """Markdown text of the card. ``mode``: 'train' or 'distill'; ``stats``: final eval stats (AP in %) or None."""
+    model_dir = Path(model_dir)
+    m, d = cfg.model, cfg.data
+    labels = _labels(model_dir)
+    params = count_saved_parameters(model_dir)
+    lines = [f"# {model_dir.parent.name or 'detrdistill model'}", "",
+             f"A `{m.family}` object detector trained with "
+             f"detrdistill ({'distilled from a teacher' if mode == 'distill' else 'trained alone'}).",
+             "", "## Use", "", "```python", "from transformers import pipeline",
+             f'detector = pipeline("object-detection", model="{model_dir}")',
+             'detector("image.jpg", threshold=0.5)', "```", "",
+             "The saved image processor resizes and normalises as the project's evaluation does "
+             f"(short side {d.eval_size}, long side at most {d.max_size}, ImageNet mean/std).", "",
+             "## Data", ""]
+    if d.synthetic and d.train is None:
+        lines.append(f"- synthetic shapes ({d.synth_images} training images of {d.synth_size} px)")
+    lines += [x for x in (_split_line("train", d.train), _split_line("val", d.val)) if x]
+    lines.append(f"- classes ({len(labels)}): {', '.join(labels)}")
+    lines += ["", "## Config", "",
+              f"- family `{m.family}`, d_model {m.d_model}, encoder/decoder layers {m.encoder_layers}/{m.decoder_layers}, "
+              f"{m.num_heads} heads, {m.num_queries} queries, {m.num_feature_levels} feature levels",
+              f"- backbone: ResNet hidden sizes {m.backbone.hidden_sizes}, depths {m.backbone.depths}"
+              + (f", from `{m.pretrained}`" if m.pretrained else ""),
+              f"- weights: {params:,} values in `model.safetensors` (parameters and buffers)" if params is not None else "",
+              f"- training: {cfg.train.max_steps or cfg.train.epochs} "
+              f"{'steps' if cfg.train.max_steps else 'epochs'}, batch {cfg.train.batch_size}, lr {cfg.optim.lr}, "
+              f"seed {cfg.train.seed}"]
+    if mode == "distill":
+        lines += ["", "## Teacher", "", f"- `{cfg.distill.teacher}` (DETRDistill: logits, feature, query-prior "
+                  "and contrastive terms as configured in the run's `config.yaml`)"]
+    lines += ["", "## Evaluation (COCO bbox, val split)", ""]
+    if stats:
+        keys = [k for k in STAT_ORDER if k in stats]
+        lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys),
+                  "| " + " | ".join(f"{stats[k]:.1f}" for k in keys) + " |"]
+    else:
+        lines.append("not evaluated (no validation split)")
+    return "\n".join(lines) + "\n"
+
+
+def write_model_card(cfg: Config, model_dir: str | Path, stats: dict | None, mode: str) -> Path:
+    """Write ``<model_dir>/README.md`` atomically; returns its path."""
+    path = Path(model_dir) / "README.md"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(render_model_card(cfg, model_dir, stats, mode))
+    os.replace(tmp, path)
+    return path
