@@ -3,6 +3,9 @@ from .adapters import DetectorAdapter, UnsupportedFamilyError, get_adapter, regi
 from .build import SUPPORTED_FAMILIES, build_model, count_parameters, load_detector
 from .outputs import DetectorOutput, GroupOutput, QueryGroup, class_probs
 from .query_projection import QueryProjection, build_query_projection
+from .adamixer import register_adamixer
+
+register_adamixer()  # AutoConfig / AutoModelForObjectDetection learn model_type "adamixer" (nothing else)
 
 __all__ = [
     "DetectorAdapter", "UnsupportedFamilyError", "get_adapter", "registered_families",

@@ -43,7 +43,10 @@ _HF_CLASSES: dict[str, tuple[str, str]] = {
     "dab_detr": ("DabDetrConfig", "DabDetrForObjectDetection"),
     "rt_detr": ("RTDetrConfig", "RTDetrForObjectDetection"),
     "rt_detr_v2": ("RTDetrV2Config", "RTDetrV2ForObjectDetection"),
+    "adamixer": ("AdaMixerConfig", "AdaMixerForObjectDetection"),  # ours: detrdistill.models.adamixer
 }
+# families whose classes live in this project, not in transformers
+_PROJECT_FAMILIES = ("adamixer",)
 # families whose decoder forward depends on auxiliary_loss (see module docstring)
 _FORCE_NO_AUX = ("detr", "conditional_detr")
 
@@ -53,14 +56,23 @@ class ParamCount(NamedTuple):
     trainable: int
 
 
+def _class_namespace(family: str):
+    if family in _PROJECT_FAMILIES:
+        from . import adamixer
+
+        adamixer.register_adamixer()  # from_pretrained goes through AutoModelForObjectDetection
+        return adamixer
+    return transformers
+
+
 def hf_config_class(family: str) -> type:
     _check_family(family)
-    return getattr(transformers, _HF_CLASSES[family][0])
+    return getattr(_class_namespace(family), _HF_CLASSES[family][0])
 
 
 def hf_model_class(family: str) -> type:
     _check_family(family)
-    return getattr(transformers, _HF_CLASSES[family][1])
+    return getattr(_class_namespace(family), _HF_CLASSES[family][1])
 
 
 def _check_family(family: str) -> None:
@@ -69,13 +81,13 @@ def _check_family(family: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- config mapping
-def _resnet_config(bb: BackboneConfig, num_levels: int) -> ResNetConfig:
-    """transformers' own ResNet, returning the last ``num_levels`` stages (at most 3: C3, C4, C5)."""
+def _resnet_config(bb: BackboneConfig, num_levels: int, max_levels: int = 3) -> ResNetConfig:
+    """transformers' own ResNet, returning the last ``num_levels`` stages (at most ``max_levels``: 3 = C3-C5)."""
     if len(bb.hidden_sizes) != len(bb.depths):
         raise ValueError(f"model.backbone: hidden_sizes ({len(bb.hidden_sizes)}) and depths ({len(bb.depths)}) "
                          "must have the same length")
     stages = [f"stage{i + 1}" for i in range(len(bb.depths))]
-    n = min(num_levels, 3, len(stages))
+    n = min(num_levels, max_levels, len(stages))
     return ResNetConfig(
         embedding_size=bb.embedding_size,
         hidden_sizes=list(bb.hidden_sizes),
@@ -120,6 +132,12 @@ def _family_kwargs(cfg: ModelConfig) -> dict[str, Any]:
                     encoder_in_channels=list(cfg.backbone.hidden_sizes[-3:]), feat_strides=[8, 16, 32],
                     decoder_in_channels=[cfg.d_model] * 3, num_feature_levels=3,
                     backbone_config=_resnet_config(cfg.backbone, 3))
+    if fam == "adamixer":  # no encoder (encoder_layers unused); levels C2-C5 (+ stride-2 extras); P_in / P_out /
+        # groups via hf_overrides (in_points, out_points, n_groups)
+        return dict(num_queries=cfg.num_queries, d_model=cfg.d_model, decoder_layers=cfg.decoder_layers,
+                    decoder_ffn_dim=cfg.ffn_dim, decoder_attention_heads=cfg.num_heads, dropout=cfg.dropout,
+                    num_feature_levels=cfg.num_feature_levels,
+                    backbone_config=_resnet_config(cfg.backbone, cfg.num_feature_levels, max_levels=4))
     _check_family(fam)
     raise AssertionError(fam)
 

@@ -28,6 +28,7 @@ ADAPTER_REGISTRY: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "dab_detr": ("dab_detr", "DabDetrAdapter", ("dab-detr",)),  # transformers spells it with a hyphen
     "rt_detr": ("rt_detr", "RTDetrAdapter", ("rt_detr",)),
     "rt_detr_v2": ("rt_detr", "RTDetrAdapter", ("rt_detr_v2",)),
+    "adamixer": ("adamixer", "AdaMixerAdapter", ("adamixer",)),  # our own model (detrdistill.models.adamixer)
 }
 MODEL_TYPE_TO_FAMILY: dict[str, str] = {mt: fam for fam, (_, _, mts) in ADAPTER_REGISTRY.items() for mt in mts}
 
