@@ -13,6 +13,7 @@ cxcywh relative to the un-padded image, clamped to [0, 1] with a straight-throug
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -70,11 +71,14 @@ class AdaMixerPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """Xavier-uniform Linear layers (as AdaMixer), unit norms, then each AdaMixer module's own init."""
+        """Linear layers as AdaMixer: PyTorch's default bias, Xavier-uniform weight; unit norms; then each AdaMixer
+        module's own init. (The bias matters: the mixing generator's weight starts at zero, so its bias alone
+        mixes the sampled features at first; a zero bias would make every image look the same.)"""
         if isinstance(module, nn.Linear):
             nn.init.xavier_uniform_(module.weight, gain=self.config.init_xavier_gain)
             if module.bias is not None:
-                nn.init.zeros_(module.bias)
+                bound = 1.0 / math.sqrt(module.in_features)
+                nn.init.uniform_(module.bias, -bound, bound)
         elif isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             if module.bias is not None:
