@@ -247,3 +247,31 @@ def test_extra_group_with_own_queries_reproduces_every_stage():
     # a smaller group is a separate decoding (self-attention sees only its own queries): different predictions
     assert part.intermediate_logits.shape == (2, STAGES, 3, NUM_CLASSES)
     assert not torch.allclose(part.intermediate_logits[:, 1], out.intermediate_logits[:, 1, :3])
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def test_cli_train_distill_eval(synth_dir, tmp_path):
+    """`detrdistill train / distill / eval` with model.family=adamixer: the three DETRDistill terms are logged."""
+    from detrdistill.cli import main
+    from detrdistill.engine.metrics import read_metrics
+    from tests.conftest import tiny_overrides
+
+    def sets(overrides):
+        return sum((["--set", o] for o in overrides), [])
+
+    amx = ["model.family=adamixer", "model.hf_overrides={in_points: 4, out_points: 8, n_groups: 2}",
+           "train.eval_every_epochs=0"]
+    teacher = tmp_path / "teacher"
+    assert main(["train", *sets(tiny_overrides(teacher, synth_dir, *amx, "model.d_model=64",
+                                               "train.max_steps=2"))]) == 0
+    student = tmp_path / "student"
+    assert main(["distill", "--teacher", str(teacher / "model"),
+                 *sets(tiny_overrides(student, synth_dir, *amx, "train.max_steps=2"))]) == 0
+    rec = [r for r in read_metrics(student / "metrics.jsonl") if "loss" in r][-1]
+    terms = {k.split("/", 1)[1] for k in rec if k.startswith("loss/")}
+    assert {"logits_cls", "logits_bbox", "logits_giou", "feature", "query_prior_cls", "query_prior_bbox",
+            "query_prior_giou"} <= terms
+    assert all(rec[f"loss/{t}"] > 0 for t in ("logits_cls", "feature", "query_prior_cls"))
+    assert main(["eval", "--model", str(student / "model"), "--eval-dir", str(tmp_path / "ev"),
+                 *sets(tiny_overrides(student, synth_dir, *amx))]) == 0
+    assert (tmp_path / "ev" / "eval.json").is_file()
