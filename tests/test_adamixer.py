@@ -28,7 +28,7 @@ NUM_CLASSES, NQ, STAGES, D = 4, 10, 2, 32
 
 # ----------------------------------------------------------------------------------------------- references
 def _bilinear(value: torch.Tensor, u: float, v: float) -> torch.Tensor:
-    """value [c, H, W] at continuous pixel coordinates (u = column, v = row; pixel centres at integers), zeros outside."""
+    """value [c, H, W] at continuous coordinates (u = column, v = row; pixel centres at integers), zeros outside."""
     _, H, W = value.shape
     x0, y0 = math.floor(u), math.floor(v)
     out = torch.zeros(value.shape[0], dtype=value.dtype)
@@ -180,7 +180,8 @@ def test_forward_shapes_and_initial_state():
     torch.testing.assert_close(out.image_sizes, torch.tensor([[96.0, 64.0], [64.0, 48.0]]))
     # AdaMixer's init: whole-image boxes, zero box deltas (every stage predicts the whole image), zero generators,
     # a 0.01 class prior in the bias
-    torch.testing.assert_close(out.intermediate_boxes, torch.tensor([0.5, 0.5, 1.0, 1.0]).expand_as(out.intermediate_boxes))
+    whole = torch.tensor([0.5, 0.5, 1.0, 1.0]).expand_as(out.intermediate_boxes)
+    torch.testing.assert_close(out.intermediate_boxes, whole)
     stage = m.model.decoder[0]
     assert not stage.sampling_offset_generator.weight.any() and not stage.mixing.parameter_generator.weight.any()
     torch.testing.assert_close(stage.class_embed.bias, torch.full((NUM_CLASSES,), -math.log(99.0)))
@@ -188,8 +189,11 @@ def test_forward_shapes_and_initial_state():
 
 
 def test_bad_config_is_one_line_error():
-    with pytest.raises(ValueError, match="n_groups"):
+    from detrdistill.errors import DetrDistillError
+    with pytest.raises(DetrDistillError, match="n_groups"):
         tiny_model(n_groups=3)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        tiny_model(d_model=36, decoder_attention_heads=4)
 
 
 def test_save_load_round_trip(tmp_path):

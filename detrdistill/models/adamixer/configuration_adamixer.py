@@ -17,7 +17,13 @@ from __future__ import annotations
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-__all__ = ["AdaMixerConfig"]
+from ...errors import DetrDistillError
+
+__all__ = ["AdaMixerConfig", "AdaMixerConfigError"]
+
+
+class AdaMixerConfigError(DetrDistillError, ValueError):
+    """An AdaMixer configuration the operators cannot run (one line naming the fields)."""
 
 
 class AdaMixerConfig(PreTrainedConfig):
@@ -61,14 +67,16 @@ class AdaMixerConfig(PreTrainedConfig):
     is_encoder_decoder: bool = False
 
     def validate_architecture(self):
-        """Part of transformers' ``@strict`` validation: the shapes the operators need."""
-        if self.d_model % self.n_groups:
-            raise ValueError(f"adamixer: d_model ({self.d_model}) must be a multiple of n_groups ({self.n_groups})")
-        if self.d_model % 8:
-            raise ValueError(f"adamixer: d_model ({self.d_model}) must be a multiple of 8 (box position encoding)")
-        if self.d_model % self.decoder_attention_heads:
-            raise ValueError(f"adamixer: d_model ({self.d_model}) must be divisible by decoder_attention_heads "
-                             f"({self.decoder_attention_heads})")
-        for key in ("num_queries", "decoder_layers", "num_feature_levels", "in_points", "out_points", "n_groups"):
+        """The shapes the operators need (the model calls it; raises :class:`AdaMixerConfigError`)."""
+        for key in ("num_queries", "decoder_layers", "num_feature_levels", "in_points", "out_points", "n_groups",
+                    "decoder_attention_heads"):
             if getattr(self, key) < 1:
-                raise ValueError(f"adamixer: {key} must be >= 1, got {getattr(self, key)}")
+                raise AdaMixerConfigError(f"adamixer: {key} must be >= 1, got {getattr(self, key)}")
+        d = self.d_model
+        if d % self.n_groups:
+            raise AdaMixerConfigError(f"adamixer: d_model ({d}) must be a multiple of n_groups ({self.n_groups})")
+        if d % 8:
+            raise AdaMixerConfigError(f"adamixer: d_model ({d}) must be a multiple of 8 (box position encoding)")
+        if d % self.decoder_attention_heads:
+            raise AdaMixerConfigError(f"adamixer: d_model ({d}) must be divisible by decoder_attention_heads "
+                                      f"({self.decoder_attention_heads})")
