@@ -66,6 +66,13 @@ class AdaMixerConfig(PreTrainedConfig):
     focal_gamma: float = 2.0
     is_encoder_decoder: bool = False
 
+    def __post_init__(self, **kwargs):
+        # backbone switches other DETR configs consume (the builder passes them to every family): the backbone here
+        # is always transformers' own, randomly initialised, so they are dropped rather than saved
+        for key in ("use_pretrained_backbone", "use_timm_backbone"):
+            kwargs.pop(key, None)
+        super().__post_init__(**kwargs)
+
     def validate_architecture(self):
         """The shapes the operators need (the model calls it; raises :class:`AdaMixerConfigError`)."""
         for key in ("num_queries", "decoder_layers", "num_feature_levels", "in_points", "out_points", "n_groups",
