@@ -43,6 +43,7 @@ CASES = {
     "dab_detr": ("dab_detr", {}),
     "rt_detr": ("rt_detr", {}),
     "rt_detr_v2": ("rt_detr_v2", {}),
+    "adamixer": ("adamixer", {"hf_overrides": {"in_points": 4, "out_points": 8, "n_groups": 4}}),
 }
 
 
@@ -274,7 +275,7 @@ def test_teacher_group_through_projection_gradients(name):
     assert nonzero_grad(p for n, p in named.items() if "class" in n), "class head got no gradient"
     assert nonzero_grad(p for n, p in named.items() if "bbox" in n), "box head got no gradient"
     table = [p for n, p in named.items()
-             if any(k in n for k in ("query_position_embeddings", "query_refpoint_embeddings"))]
+             if any(k in n for k in ("query_position_embeddings", "query_refpoint_embeddings", "query_table"))]
     assert not nonzero_grad(table), "the extra group attended to the student's own queries"
     assert all(p.grad is None for p in teacher.parameters()), "teacher parameters received gradients"
     if any(True for _ in proj.parameters()):

@@ -15,7 +15,8 @@ from detrdistill.data import collate_fn
 from detrdistill.data.transforms import build_transforms
 from detrdistill.engine.evaluator import postprocess
 from detrdistill.export import finish_model_dir
-from detrdistill.export.processor import PROCESSOR_CLASS, build_image_processor
+from detrdistill.export.processor import build_image_processor
+from detrdistill.models.families import family_names
 from detrdistill.models.adapters import get_adapter
 from detrdistill.models.build import build_model
 
@@ -48,7 +49,7 @@ def project_detections(adapter, img: Image.Image, data_cfg: DataConfig) -> dict:
     return postprocess(out.logits[-1], out.boxes[-1], sizes, out.class_activation)[0]
 
 
-@pytest.mark.parametrize("family", sorted(PROCESSOR_CLASS))
+@pytest.mark.parametrize("family", sorted(family_names()))
 def test_processor_pixels_equal_eval_transforms(family):
     data_cfg = DataConfig(eval_size=64, max_size=128)
     img = random_image(90, 130)

@@ -15,7 +15,10 @@ conditional_detr    ``ConditionalDetrImageProcessor`` sigmoid, top-100 (query, c
 dab_detr            ``ConditionalDetrImageProcessor`` sigmoid, top-100 (as ours; transformers has no DAB one)
 deformable_detr     ``DeformableDetrImageProcessor``  sigmoid, top-100 (as ours)
 rt_detr, _v2        ``RTDetrImageProcessor``          sigmoid, top-``num_queries`` (ours: top-100)
+adamixer            ``DeformableDetrImageProcessor``  sigmoid, top-100 (as ours)
 ==================  ================================  ====================================================
+
+The class is declared per family in the registry (``FamilySpec.image_processor``).
 
 RT-DETR: transformers' default RT-DETR processor stretches to 640x640 and does not normalise; we set
 ``size`` to shortest/longest edge and ``do_normalize=True``. RT-DETR's FPN needs sides that are
@@ -31,14 +34,13 @@ import transformers
 
 from detrdistill.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-PROCESSOR_CLASS: dict[str, str] = {
-    "detr": "DetrImageProcessor",
-    "conditional_detr": "ConditionalDetrImageProcessor",
-    "dab_detr": "ConditionalDetrImageProcessor",
-    "deformable_detr": "DeformableDetrImageProcessor",
-    "rt_detr": "RTDetrImageProcessor",
-    "rt_detr_v2": "RTDetrImageProcessor",
-}
+def processor_class_name(family: str) -> str:
+    """The processor class of ``family``, from the family registry (``FamilySpec.image_processor``)."""
+    from detrdistill.models.families import family_spec
+
+    return family_spec(family).image_processor
+
+
 RT_DETR_DIVISOR = 32
 
 
@@ -56,8 +58,6 @@ def build_image_processor(family: str, eval_size: int, max_size: int):
 
     eval_size: short side (``data.eval_size``); max_size: longest side cap (``data.max_size``).
     """
-    if family not in PROCESSOR_CLASS:
-        raise ValueError(f"no image processor for model family {family!r}; supported: {', '.join(PROCESSOR_CLASS)}")
     kwargs = dict(size={"shortest_edge": int(eval_size), "longest_edge": int(max_size)},
                   do_resize=True, resample=2,  # PIL bilinear, as transforms.resize
                   do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
@@ -65,7 +65,7 @@ def build_image_processor(family: str, eval_size: int, max_size: int):
     if family in ("rt_detr", "rt_detr_v2"):
         side = -(-max(int(eval_size), int(max_size)) // RT_DETR_DIVISOR) * RT_DETR_DIVISOR
         kwargs["pad_size"] = {"height": side, "width": side}
-    return _processor_class(PROCESSOR_CLASS[family])(**kwargs)
+    return _processor_class(processor_class_name(family))(**kwargs)
 
 
 def save_image_processor(model_dir, family: str, eval_size: int, max_size: int) -> None:

@@ -11,7 +11,8 @@ under :mod:`detrdistill.models.adapters` (every module there is discovered on fi
 * ``config_kwargs``: our :class:`~detrdistill.config.ModelConfig` -> the config class's keyword arguments;
 * ``after_build``: fix-ups applied to a from-scratch model (e.g. RT-DETR's BatchNorm init);
 * ``load_kwargs``: config overrides applied when a checkpoint of the family is loaded;
-* ``capabilities``: what the family offers, for documentation and checks (see :data:`CAPABILITIES`).
+* ``capabilities``: what the family offers, for documentation and checks (see :data:`CAPABILITIES`);
+* ``image_processor``: the transformers image processor class written into exported model folders.
 
 ``model.family`` in a config, :func:`detrdistill.models.build.build_model`, :func:`family_of` and the adapter
 dispatch all read this registry; adding a family is one new adapter module plus its tests.
@@ -49,6 +50,8 @@ class FamilySpec:
     after_build: Callable[["nn.Module"], None] | None = None
     load_kwargs: dict[str, Any] = field(default_factory=dict)
     capabilities: frozenset[str] = frozenset()
+    # transformers image processor whose post-processing matches ours for this family (see detrdistill.export)
+    image_processor: str = "DeformableDetrImageProcessor"
 
     def __post_init__(self) -> None:
         if not self.model_types:

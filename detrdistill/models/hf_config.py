@@ -9,15 +9,15 @@ from ..errors import ConfigError
 __all__ = ["resnet_config", "common_kwargs"]
 
 
-def resnet_config(bb: BackboneConfig, num_levels: int):
-    """transformers' own ResNet, returning the last ``num_levels`` stages (at most 3: C3, C4, C5)."""
+def resnet_config(bb: BackboneConfig, num_levels: int, max_levels: int = 3):
+    """transformers' own ResNet, returning the last ``num_levels`` stages (at most ``max_levels``; 3 = C3-C5)."""
     from transformers import ResNetConfig
 
     if len(bb.hidden_sizes) != len(bb.depths):
         raise ConfigError(f"model.backbone: hidden_sizes ({len(bb.hidden_sizes)}) and depths ({len(bb.depths)}) "
                           "must have the same length")
     stages = [f"stage{i + 1}" for i in range(len(bb.depths))]
-    n = min(num_levels, 3, len(stages))
+    n = min(num_levels, max_levels, len(stages))
     return ResNetConfig(
         embedding_size=bb.embedding_size,
         hidden_sizes=list(bb.hidden_sizes),

@@ -35,6 +35,7 @@ class ConditionalDetrAdapter(DetrAdapter):
 
 
 FAMILY_SPECS = (FamilySpec(name="conditional_detr", adapter=ConditionalDetrAdapter,
+                           image_processor="ConditionalDetrImageProcessor",
                            config_class="ConditionalDetrConfig", model_class="ConditionalDetrForObjectDetection",
                            config_kwargs=detr_config_kwargs, load_kwargs={"auxiliary_loss": False},
                            capabilities=frozenset({"query_table"})),)

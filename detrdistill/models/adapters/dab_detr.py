@@ -138,6 +138,6 @@ def dab_config_kwargs(cfg: "ModelConfig") -> dict:
     return dict(common_kwargs(cfg), hidden_size=cfg.d_model, backbone_config=resnet_config(cfg.backbone, 1))
 
 
-FAMILY_SPECS = (FamilySpec(name="dab_detr", adapter=DabDetrAdapter, model_types=("dab-detr",),
+FAMILY_SPECS = (FamilySpec(name="dab_detr", adapter=DabDetrAdapter, image_processor="ConditionalDetrImageProcessor", model_types=("dab-detr",),
                            config_class="DabDetrConfig", model_class="DabDetrForObjectDetection",
                            config_kwargs=dab_config_kwargs, capabilities=frozenset({"query_table"})),)
