@@ -488,3 +488,24 @@ def test_run_dir_flags_and_modes(synth_dir, tmp_path, caplog):
     with pytest.raises(RunDirError, match="holds a `train` run"):
         prepare_run_dir(cfg, "distill", resume=True)
     assert prepare_run_dir(cfg, "train", resume=True) is True
+
+
+def test_resume_check_reads_the_saved_config_through_todays_schema(tmp_path):
+    """A run saved before a schema change (a retired key, a key added since with its default) still resumes;
+    a real change is still named."""
+    import yaml
+
+    from detrdistill.config import load_config
+    from detrdistill.engine.run_dir import RunDirError, check_resume
+
+    cfg = load_config(
+        Path(__file__).parents[1] / "detrdistill" / "configs" / "synthetic.yaml", [f"train.output_dir={tmp_path}"])
+    saved = cfg.model_dump(mode="json")
+    saved["loss"]["criterion"] = "ours"          # retired key, still accepted by the loader
+    saved["distill"].pop("teacher_matcher")      # added since, default value
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    check_resume(tmp_path, cfg, "train")         # no error
+    changed = load_config(Path(__file__).parents[1] / "detrdistill" / "configs" / "synthetic.yaml",
+                          [f"train.output_dir={tmp_path}", "model.d_model=32"])
+    with pytest.raises(RunDirError, match="model.d_model"):
+        check_resume(tmp_path, changed, "train")

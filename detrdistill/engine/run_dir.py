@@ -87,6 +87,11 @@ def check_resume(out: Path, cfg, mode: str) -> None:
         except (OSError, yaml.YAMLError) as e:
             raise RunDirError(f"{saved_file}: unreadable ({type(e).__name__}); cannot check the config of the "
                               "run to resume; fix the file or start over with --overwrite") from None
+        try:  # through today's schema: keys added since (with defaults) or retired do not count as changes
+            from detrdistill.config import load_config
+            saved = load_config(saved_file).model_dump(mode="json")
+        except DetrDistillError:
+            pass  # not valid today: compare the raw file, every difference is named
         diff = config_differences(saved, cfg.model_dump(mode="json"))
         if diff:
             shown = ", ".join(diff[:8]) + (f" and {len(diff) - 8} more" if len(diff) > 8 else "")
