@@ -52,6 +52,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import profiling
 from ..models.outputs import class_probs
 from ..ops.boxes import cxcywh_to_xyxy, generalized_box_iou, generalized_box_iou_pairs, xyxy_to_cxcywh
 from ..ops.matcher import linear_assignment
@@ -258,15 +259,16 @@ class HungarianLogitsDistillLoss(nn.Module):
                                  _flat_stages(teacher_logits, stage_map), teacher_activation)
         s_boxes = student_boxes.flatten(0, 1).float()                                 # [K, N_S, 4]
         t_boxes = clip_boxes(_flat_stages(teacher_boxes, stage_map).detach().float())  # [K, N_T, 4]
-        if self.variant == "all":
-            cost = match_cost(terms, s_boxes, t_boxes, self.class_cost, self.bbox_cost, self.giou_cost)
-            match = linear_assignment(cost)                                            # [K, N_S]
-            positive = match >= 0
-            negative = torch.zeros_like(positive)
-        else:
-            pos_t = _flat_stages(self.teacher_positives(teacher_logits, teacher_activation, teacher_assignments,
-                                                        targets), stage_map)          # [K, N_T]
-            match, positive, negative = self._match_pos_neg(terms, s_boxes, t_boxes, pos_t)
+        with profiling.section("student_teacher_matching"):
+            if self.variant == "all":
+                cost = match_cost(terms, s_boxes, t_boxes, self.class_cost, self.bbox_cost, self.giou_cost)
+                match = linear_assignment(cost)                                        # [K, N_S]
+                positive = match >= 0
+                negative = torch.zeros_like(positive)
+            else:
+                pos_t = _flat_stages(self.teacher_positives(teacher_logits, teacher_activation,
+                                                            teacher_assignments, targets), stage_map)  # [K, N_T]
+                match, positive, negative = self._match_pos_neg(terms, s_boxes, t_boxes, pos_t)
         losses = self._pair_losses(terms, s_boxes, t_boxes, match, positive, negative, (L_S, B, N_S))
         return LogitsDistillOutput(losses, match.view(L_S, B, N_S), positive.view(L_S, B, N_S), list(stage_map))
 
