@@ -9,6 +9,15 @@ criterion, optimizer, grad clipping) measured on a real DataLoader. Matching: 16
 300 queries x 300 targets, batched vs a per-image scipy loop vs transformers' matcher. Peak GPU memory. ``engine_step_s``: seconds per step of the
 real training loop (``run_training``) across 3 epoch boundaries, next to the isolated ``full_step_s``.
 Results: ``benchmarks/results/speed-<device>-<date>.json`` and ``.md``.
+
+Distilled step (``distill`` rows, for each ``X_teacher.yaml`` / ``X_student.yaml`` pair among ``--configs``): the
+student's own step, the teacher forward and the distilled step on one fixed batch, interleaved round by round
+(medians), then the distilled step once more under :mod:`detrdistill.profiling` for seconds per part. Matching
+``threads`` rows: a per-image loop vs our matcher with 1 and ``--threads`` solver threads.
+
+    OMP_NUM_THREADS=1 python benchmarks/speed.py --configs configs/cpu/bccd_teacher.yaml configs/cpu/bccd_student.yaml \
+        configs/cpu/raccoon_teacher.yaml configs/cpu/raccoon_student.yaml     # CPU pairs (benchmarks/results)
+    bash benchmarks/gpu/speed.sh                                               # the same on a GPU machine
 """
 from __future__ import annotations
 

@@ -39,6 +39,7 @@ from ..ops.matcher import HungarianMatcher
 from .context import StepContext
 from .feature import level_pairs_by_resolution
 from .stage_mapping import map_stages
+from .step_matching import solve_step_matchings, step_needs
 from .terms import TermEnv, build_terms
 
 __all__ = ["Distiller", "DistillOutput", "check_compatible"]
@@ -159,6 +160,8 @@ class Distiller(nn.Module):
         if (cfg.feature.enabled or cfg.fitnet.enabled) and student.num_feature_levels != teacher.num_feature_levels:
             level_pairs = self._probe_level_pairs(cfg.feature.source, probe_size)
         self.terms = build_terms(TermEnv(cfg, teacher, student, level_pairs))
+        self.batch_matchings = True  # False: each matching solved where it is used (same results, for comparison)
+        self.matching_needs = step_needs(self.terms)
         for term in self.terms:
             for attr, module in term.modules.items():
                 setattr(self, attr, module)
@@ -253,10 +256,12 @@ class Distiller(nn.Module):
             t_out = self.teacher_forward(pixel_values, pixel_mask)
         with profiling.section("student_forward"):
             s_out = self.student(pixel_values, pixel_mask)
+        ctx = StepContext(s_out, t_out, targets, self._stage_map(s_out, t_out), criterion, self.teacher_matcher)
+        # every matching of the step in one solver dispatch (exactly the results of solving them one by one)
+        student_gt = solve_step_matchings(ctx, criterion, *self.matching_needs) if self.batch_matchings else None
         if criterion is not None:
             with profiling.section("student_loss"):
-                self.student.attach_loss(s_out, targets, criterion)
-        ctx = StepContext(s_out, t_out, targets, self._stage_map(s_out, t_out), criterion, self.teacher_matcher)
+                self.student.attach_loss(s_out, targets, criterion, student_gt)
         total = s_out.loss if s_out.loss is not None else s_out.logits.new_zeros(())
         loss_dict: dict[str, Tensor] = {k: v.detach() for k, v in s_out.loss_dict.items()}
         for term in self.terms:

@@ -68,7 +68,8 @@ class LogitsTerm(DistillTerm):
         pos_neg = self.loss.variant == "pos_neg"
         out = self.loss(s.logits, s.boxes, t.logits, t.boxes, ctx.stage_map,
                         student_activation=s.class_activation, teacher_activation=t.class_activation,
-                        teacher_assignments=ctx.teacher_assignments() if pos_neg else None, targets=ctx.targets)
+                        teacher_assignments=ctx.teacher_assignments() if pos_neg else None, targets=ctx.targets,
+                        matching=None if pos_neg else ctx.cache.get("matching"))
         ctx.share("matching", out.matching)
         if not pos_neg:
             ctx.share("full_cost_matching", out.matching)
