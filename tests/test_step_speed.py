@@ -117,3 +117,14 @@ def test_linear_assignment_many_equals_separate_calls():
     for k in range(big.shape[0]):
         r, c = linear_sum_assignment(big[k].double().numpy())
         assert abs(big[k][r, c].sum() - big[k][torch.arange(100), together[3][k]].sum()) < 1e-5
+
+
+def test_teacher_in_bf16_under_bf16_mixed_precision_unless_set():
+    from detrdistill.config import Config
+    from detrdistill.distillation.task import teacher_distill_config
+
+    assert teacher_distill_config(Config()).teacher_dtype == "float32"
+    bf16 = Config(train={"mixed_precision": "bf16"})
+    assert teacher_distill_config(bf16).teacher_dtype == "bfloat16"
+    explicit = Config(train={"mixed_precision": "bf16"}, distill={"teacher_dtype": "float32"})
+    assert teacher_distill_config(explicit).teacher_dtype == "float32"
