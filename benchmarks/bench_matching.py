@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from .matcher import HungarianMatcher, linear_assignment, pad_targets
+from detrdistill.ops.matcher import HungarianMatcher, linear_assignment, pad_targets
 
 
 def _timed(fn, repeats: int, warmup: int, device: torch.device) -> tuple[float, object]:

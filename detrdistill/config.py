@@ -223,7 +223,8 @@ class TeacherMatcherConfig(_Section):
 
 class DistillConfig(_Section):
     teacher: str | None = Field(None, description="teacher checkpoint dir (ours or any transformers one)")
-    teacher_dtype: Literal["float32", "bfloat16"] = "float32"
+    teacher_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="teacher forward dtype; unset + train.mixed_precision=bf16 -> bfloat16")
     stage_mapping: Literal["uniform", "last", "final"] = Field(
         "uniform", description="student stage -> teacher stage: 'uniform' = same relative depth (identity for equal "
         "depths, official), 'last' = align the final stages, 'final' = every stage learns from the teacher's last")

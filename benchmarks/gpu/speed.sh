@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE (device tool: carry [".whl", ".data"], timeout_s <= 600), from the repo root:
 #   bash benchmarks/gpu/speed.sh
-# The speed table of issue 13 on a GPU: per-config steps (bare / with loss / full / engine), the distilled-step
-# rows with their per-part profile for the GPU-size pairs (bccd, raccoon) and the synthetic pair, and the
-# matching rows with 1 vs all-core solver threads. bf16 autocast where a config says mixed_precision bf16 (the
+# The speed table of issue 13 on a GPU: per-config steps (bare / with loss / full; the engine rows are run.sh's),
+# the distilled-step rows with their per-part profile for the GPU-size pairs (bccd, raccoon) and the synthetic
+# pair, and the matching rows with 1 vs all-core solver threads. bf16 autocast where a config says mixed_precision bf16 (the
 # teacher then runs in bf16 too). Results land in benchmarks/results/speed-gpu-<date>.{json,md} and in $OUT.
 set -uo pipefail
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -11,7 +11,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH=/tmp/site:$PWD DETRDISTILL_DATA=$PWD/.data PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 mkdir -p "${OUT:-/tmp/out}"
-timeout 540 python3 benchmarks/speed.py --steps 10 --threads "$(nproc)" \
+timeout 540 python3 benchmarks/speed.py --steps 10 --threads "$(nproc)" --parts models distill matching \
   --configs configs/bccd_teacher.yaml configs/bccd_student.yaml configs/raccoon_teacher.yaml \
             configs/raccoon_student.yaml configs/synthetic_teacher.yaml configs/synthetic_student.yaml \
   --note "GPU session, $(nproc) CPU cores" 2>&1 | tee "${OUT:-/tmp/out}/speed.log"

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from .. import profiling
 from ..models.outputs import DetectorOutput
 from .logits import match_student_to_teacher
 
@@ -48,7 +49,7 @@ class StepContext:
     def teacher_assignments(self) -> Tensor:
         """[L_T, B, N_T] GT index matched to each teacher query per stage (-1 = background); once per step."""
         def compute() -> Tensor:
-            with torch.no_grad():
+            with torch.no_grad(), profiling.section("teacher_assignments"):
                 out = self.teacher
                 return self.teacher_matcher(out.logits, out.boxes, self.targets)
         return self.cached("teacher_assignments", compute)
@@ -56,5 +57,8 @@ class StepContext:
     def matching(self) -> Tensor:
         """[L_S, B, N_S] teacher query matched to each student query (-1 = none), following ``stage_map``."""
         s, t = self.student, self.teacher
-        return self.cached("matching", lambda: match_student_to_teacher(
-            s.logits, s.boxes, t.logits, t.boxes, self.stage_map, s.class_activation, t.class_activation))
+        def compute() -> Tensor:
+            with profiling.section("student_teacher_matching"):
+                return match_student_to_teacher(s.logits, s.boxes, t.logits, t.boxes, self.stage_map,
+                                                s.class_activation, t.class_activation)
+        return self.cached("matching", compute)

@@ -30,6 +30,7 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
+from .. import profiling
 from ..config import DistillConfig, TeacherMatcherConfig
 from ..errors import CheckpointError, IncompatibleModelsError
 from ..models.adapters import DetectorAdapter
@@ -38,6 +39,7 @@ from ..ops.matcher import HungarianMatcher
 from .context import StepContext
 from .feature import level_pairs_by_resolution
 from .stage_mapping import map_stages
+from .step_matching import solve_step_matchings, step_needs
 from .terms import TermEnv, build_terms
 
 __all__ = ["Distiller", "DistillOutput", "check_compatible"]
@@ -92,9 +94,19 @@ class DistillOutput:
     stage_map: list[int] = field(default_factory=list)
 
 
+def _as_target(t):
+    """A teacher tensor made usable as a training target: float32, and never an inference tensor (those cannot be
+    saved for backward, e.g. as the input of the query projection); copies only what needs it."""
+    if not isinstance(t, Tensor):
+        return t
+    if t.is_floating_point() and t.dtype != torch.float32:
+        return t.float()  # outside inference mode: a normal tensor
+    return t.clone() if t.is_inference() else t
+
+
 def _to_float(out: DetectorOutput) -> DetectorOutput:
-    """Teacher outputs produced under bf16 autocast -> float32 (in place)."""
-    f = lambda t: t.float() if isinstance(t, Tensor) and t.is_floating_point() and t.dtype != torch.float32 else t  # noqa: E731
+    """Teacher outputs produced under bf16 autocast and/or inference mode -> normal float32 tensors (in place)."""
+    f = _as_target
     out.logits, out.boxes, out.embeddings = f(out.logits), f(out.boxes), f(out.embeddings)
     out.encoder_inputs = [f(t) for t in out.encoder_inputs]
     out.encoder_outputs = [f(t) for t in out.encoder_outputs]
@@ -148,6 +160,8 @@ class Distiller(nn.Module):
         if (cfg.feature.enabled or cfg.fitnet.enabled) and student.num_feature_levels != teacher.num_feature_levels:
             level_pairs = self._probe_level_pairs(cfg.feature.source, probe_size)
         self.terms = build_terms(TermEnv(cfg, teacher, student, level_pairs))
+        self.batch_matchings = True  # False: each matching solved where it is used (same results, for comparison)
+        self.matching_needs = step_needs(self.terms)
         for term in self.terms:
             for attr, module in term.modules.items():
                 setattr(self, attr, module)
@@ -215,12 +229,12 @@ class Distiller(nn.Module):
 
     def teacher_forward(self, pixel_values: Tensor, pixel_mask: Tensor | None,
                         targets: list[dict] | None = None) -> DetectorOutput:
-        """Frozen teacher forward (no grad, eval mode, float32 outputs); with targets, ``assignments`` holds its
-        own GT matching."""
+        """Frozen teacher forward (inference mode, eval mode, float32 outputs that are normal tensors); with
+        targets, ``assignments`` holds its own GT matching."""
         self.teacher.eval()
+        with torch.inference_mode(), self._teacher_context(pixel_values.device.type):
+            out = self.teacher(pixel_values, pixel_mask)
         with torch.no_grad():
-            with self._teacher_context(pixel_values.device.type):
-                out = self.teacher(pixel_values, pixel_mask)
             out = _to_float(out)
             if targets is not None:
                 out.assignments = self.teacher_matcher(out.logits, out.boxes, targets)
@@ -238,13 +252,22 @@ class Distiller(nn.Module):
         (``class_labels`` [T], ``boxes`` [T, 4] normalised cxcywh), criterion: the student's set criterion."""
         if targets is None:
             raise ValueError("Distiller.forward needs the targets (feature quality scores, query prior)")
-        t_out = self.teacher_forward(pixel_values, pixel_mask)
-        s_out = self.student(pixel_values, pixel_mask, targets, criterion)
+        with profiling.section("teacher_forward"):
+            t_out = self.teacher_forward(pixel_values, pixel_mask)
+        with profiling.section("student_forward"):
+            s_out = self.student(pixel_values, pixel_mask)
         ctx = StepContext(s_out, t_out, targets, self._stage_map(s_out, t_out), criterion, self.teacher_matcher)
+        # every matching of the step in one solver dispatch (exactly the results of solving them one by one)
+        student_gt = solve_step_matchings(ctx, criterion, *self.matching_needs) if self.batch_matchings else None
+        if criterion is not None:
+            with profiling.section("student_loss"):
+                self.student.attach_loss(s_out, targets, criterion, student_gt)
         total = s_out.loss if s_out.loss is not None else s_out.logits.new_zeros(())
         loss_dict: dict[str, Tensor] = {k: v.detach() for k, v in s_out.loss_dict.items()}
         for term in self.terms:
-            for name, value in term(ctx).items():
+            with profiling.section(f"term:{term.name}"):
+                term_losses = term(ctx)
+            for name, value in term_losses.items():
                 total = total + value
                 loss_dict[name] = value.detach()
         t_out.assignments = ctx.cache.get("teacher_assignments")

@@ -52,6 +52,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import profiling
 from ..models.outputs import class_probs
 from ..ops.boxes import cxcywh_to_xyxy, generalized_box_iou, generalized_box_iou_pairs, xyxy_to_cxcywh
 from ..ops.matcher import linear_assignment
@@ -181,13 +182,24 @@ def match_student_to_teacher(student_logits: Tensor, student_boxes: Tensor, teac
     each student query (-1 = unmatched).  ``stage_map`` defaults to :func:`map_stages` ("uniform").
     """
     L_S, B, N_S = student_logits.shape[:3]
+    cost = student_teacher_costs(student_logits, student_boxes, teacher_logits, teacher_boxes, stage_map,
+                                 student_activation, teacher_activation, class_cost, bbox_cost, giou_cost)
+    return linear_assignment(cost).view(L_S, B, N_S)
+
+
+@torch.no_grad()
+def student_teacher_costs(student_logits: Tensor, student_boxes: Tensor, teacher_logits: Tensor,
+                          teacher_boxes: Tensor, stage_map: list[int] | None = None,
+                          student_activation: str = "sigmoid", teacher_activation: str = "sigmoid",
+                          class_cost: float = 1.0, bbox_cost: float = 5.0, giou_cost: float = 2.0) -> Tensor:
+    """The costs :func:`match_student_to_teacher` solves: [L_S * B, N_S, N_T] (student stage-major)."""
+    L_S = student_logits.shape[0]
     if stage_map is None:
         stage_map = map_stages(L_S, teacher_logits.shape[0])
-    terms = soft_class_terms(student_logits.flatten(0, 1), student_activation,
+    terms = soft_class_terms(student_logits.detach().flatten(0, 1), student_activation,
                              _flat_stages(teacher_logits, stage_map), teacher_activation)
     tb = clip_boxes(_flat_stages(teacher_boxes, stage_map).float())
-    cost = match_cost(terms, student_boxes.flatten(0, 1), tb, class_cost, bbox_cost, giou_cost)
-    return linear_assignment(cost).view(L_S, B, N_S)
+    return match_cost(terms, student_boxes.flatten(0, 1), tb, class_cost, bbox_cost, giou_cost)
 
 
 # ----------------------------------------------------------------------------------------------- loss
@@ -246,11 +258,13 @@ class HungarianLogitsDistillLoss(nn.Module):
     def forward(self, student_logits: Tensor, student_boxes: Tensor, teacher_logits: Tensor, teacher_boxes: Tensor,
                 stage_map: list[int] | None = None, *, student_activation: str = "sigmoid",
                 teacher_activation: str = "sigmoid", teacher_assignments: Tensor | None = None,
-                targets: list[dict] | None = None) -> LogitsDistillOutput:
+                targets: list[dict] | None = None, matching: Tensor | None = None) -> LogitsDistillOutput:
         """student_* [L_S, B, N_S, .] (with grad), teacher_* [L_T, B, N_T, .] (no grad needed).
 
         ``teacher_assignments`` [L_T, B, N_T] (the teacher's own GT matching) and ``targets`` are only used by
-        ``variant="pos_neg"``.  ``stage_map`` defaults to ``map_stages(L_S, L_T, "uniform")``.
+        ``variant="pos_neg"``.  ``stage_map`` defaults to ``map_stages(L_S, L_T, "uniform")``.  ``matching``
+        [L_S, B, N_S]: for ``variant="all"``, the student-teacher matching already solved with this loss's costs
+        (e.g. together with the step's other assignment problems); None = solve it here.
         """
         stage_map = _checked_stage_map(student_logits, teacher_logits, stage_map)
         L_S, B, N_S = student_logits.shape[:3]
@@ -258,15 +272,19 @@ class HungarianLogitsDistillLoss(nn.Module):
                                  _flat_stages(teacher_logits, stage_map), teacher_activation)
         s_boxes = student_boxes.flatten(0, 1).float()                                 # [K, N_S, 4]
         t_boxes = clip_boxes(_flat_stages(teacher_boxes, stage_map).detach().float())  # [K, N_T, 4]
-        if self.variant == "all":
-            cost = match_cost(terms, s_boxes, t_boxes, self.class_cost, self.bbox_cost, self.giou_cost)
-            match = linear_assignment(cost)                                            # [K, N_S]
-            positive = match >= 0
-            negative = torch.zeros_like(positive)
-        else:
-            pos_t = _flat_stages(self.teacher_positives(teacher_logits, teacher_activation, teacher_assignments,
-                                                        targets), stage_map)          # [K, N_T]
-            match, positive, negative = self._match_pos_neg(terms, s_boxes, t_boxes, pos_t)
+        with profiling.section("student_teacher_matching"):
+            if self.variant == "all":
+                if matching is not None:
+                    match = matching.reshape(L_S * B, N_S).to(s_boxes.device)
+                else:
+                    cost = match_cost(terms, s_boxes, t_boxes, self.class_cost, self.bbox_cost, self.giou_cost)
+                    match = linear_assignment(cost)                                    # [K, N_S]
+                positive = match >= 0
+                negative = torch.zeros_like(positive)
+            else:
+                pos_t = _flat_stages(self.teacher_positives(teacher_logits, teacher_activation,
+                                                            teacher_assignments, targets), stage_map)  # [K, N_T]
+                match, positive, negative = self._match_pos_neg(terms, s_boxes, t_boxes, pos_t)
         losses = self._pair_losses(terms, s_boxes, t_boxes, match, positive, negative, (L_S, B, N_S))
         return LogitsDistillOutput(losses, match.view(L_S, B, N_S), positive.view(L_S, B, N_S), list(stage_map))
 

@@ -67,4 +67,13 @@ def build_distill_task(cfg: Config, student, criterion: nn.Module, id2label: dic
     if not cfg.distill.teacher:
         raise ConfigError("distill.teacher is not set: give the teacher's model directory (--teacher DIR)")
     teacher = get_adapter(load_detector(cfg.distill.teacher))
-    return DistillTask(Distiller(teacher, student, cfg.distill, dataset_id2label=id2label), criterion)
+    return DistillTask(Distiller(teacher, student, teacher_distill_config(cfg), dataset_id2label=id2label), criterion)
+
+
+def teacher_distill_config(cfg: Config):
+    """``cfg.distill``, with the teacher in bf16 when training in bf16 mixed precision and ``distill.teacher_dtype``
+    was not set explicitly (a float32 teacher under a bf16 student would be the slowest part of the step)."""
+    dcfg = cfg.distill
+    if cfg.train.mixed_precision == "bf16" and "teacher_dtype" not in dcfg.model_fields_set:
+        return dcfg.model_copy(update={"teacher_dtype": "bfloat16"})
+    return dcfg

@@ -20,6 +20,7 @@ from typing import Callable
 
 from torch import Tensor, nn
 
+from .. import profiling
 from ..config import DistillConfig
 from ..errors import UnsupportedSettingError
 from .baselines import FitNetLoss, LogitKDLoss
@@ -67,7 +68,8 @@ class LogitsTerm(DistillTerm):
         pos_neg = self.loss.variant == "pos_neg"
         out = self.loss(s.logits, s.boxes, t.logits, t.boxes, ctx.stage_map,
                         student_activation=s.class_activation, teacher_activation=t.class_activation,
-                        teacher_assignments=ctx.teacher_assignments() if pos_neg else None, targets=ctx.targets)
+                        teacher_assignments=ctx.teacher_assignments() if pos_neg else None, targets=ctx.targets,
+                        matching=None if pos_neg else ctx.cache.get("matching"))
         ctx.share("matching", out.matching)
         if not pos_neg:
             ctx.share("full_cost_matching", out.matching)
@@ -85,8 +87,9 @@ class FeatureTerm(DistillTerm):
     def __call__(self, ctx: StepContext) -> dict[str, Tensor]:
         s, t = ctx.student, ctx.teacher
         t_feats, valid = getattr(t, self.source), t.feature_masks or None
-        scores, idx = quality_scores(t.logits, t.boxes, ctx.targets, self.top_k, t.class_activation)
-        masks = target_aware_mask(t.embeddings, t_feats, scores, idx, valid, self.mask_floor)
+        with profiling.section("feature_mask"):
+            scores, idx = quality_scores(t.logits, t.boxes, ctx.targets, self.top_k, t.class_activation)
+            masks = target_aware_mask(t.embeddings, t_feats, scores, idx, valid, self.mask_floor)
         return {"feature": self.loss(getattr(s, self.source), t_feats, masks, valid)}
 
 
@@ -116,7 +119,8 @@ class QueryPriorTerm(DistillTerm):
     def __call__(self, ctx: StepContext) -> dict[str, Tensor]:
         teacher, student = self._adapters
         group = ctx.teacher.queries if ctx.teacher.queries is not None else teacher.query_table()
-        g_out = student.decode_group(ctx.student, self.projection(group))
+        with profiling.section("query_prior_decode"):
+            g_out = student.decode_group(ctx.student, self.projection(group))
         out = self.loss(g_out, ctx.teacher_assignments(), ctx.targets, ctx.stage_map, ctx.criterion)
         return out.losses
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .boxes import cxcywh_to_xyxy, generalized_box_iou_pairs
+from .. import profiling
 from .matcher import HungarianMatcher, pad_targets
 
 
@@ -189,7 +190,8 @@ class SetCriterion(nn.Module):
         tgt_boxes = tgt_boxes.to(boxes.dtype)
         counts = valid.sum(1)
         if assignments is None:
-            assignments = self.matcher.match_padded(logits.detach(), boxes.detach(), labels, tgt_boxes, valid)
+            with profiling.section("student_gt_matching"):
+                assignments = self.matcher.match_padded(logits.detach(), boxes.detach(), labels, tgt_boxes, valid)
         else:
             assignments = self._check_assignments(assignments, (L, B, N), counts)
         if num_boxes is None:

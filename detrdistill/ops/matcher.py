@@ -108,27 +108,47 @@ def _solve_range(cn: np.ndarray, rows: list, cols: list, result: np.ndarray, lo:
         result[k, r] = j if isinstance(c_sel, slice) else c_sel[j]
 
 
+def _host_problems(cost: Tensor, row_valid: Tensor | None, col_valid: Tensor | None) -> tuple:
+    """One batch moved to the host: (costs [K, N, M] numpy, row selectors, column selectors, result [K, N] of -1)."""
+    K, N, M = cost.shape
+    c = cost.detach()
+    c = c.float() if c.dtype in (torch.float16, torch.bfloat16) else c
+    cn = c.cpu().numpy()  # the one device -> host transfer of this batch
+    rows = _selectors(None if row_valid is None else row_valid.cpu(), N, K)
+    cols = _selectors(None if col_valid is None else col_valid.cpu(), M, K)
+    return cn, rows, cols, np.full((K, N), -1, dtype=np.int64)
+
+
+def _solve_jobs(jobs: list[tuple]) -> None:
+    """Solve every problem of every job ``(cn, rows, cols, result)`` in place, the problems of all jobs together
+    split into one contiguous range per thread (balanced by entry count) when there are enough entries."""
+    sizes = [job[0].shape[1] * job[0].shape[2] for job in jobs for _ in range(job[0].shape[0])]
+    flat = [(j, k) for j, job in enumerate(jobs) for k in range(job[0].shape[0])]
+    total = sum(sizes)
+    parts = min(_threads, len(flat)) if total >= PARALLEL_MIN_ENTRIES else 1
+
+    def run(lo: int, hi: int) -> None:
+        for j, k in flat[lo:hi]:
+            cn, rows, cols, result = jobs[j]
+            _solve_range(cn, rows, cols, result, k, k + 1)
+
+    if parts <= 1:
+        run(0, len(flat))
+        return
+    cum = np.cumsum(sizes)
+    bounds = [0] + [int(np.searchsorted(cum, total * i / parts, side="right")) for i in range(1, parts)] + [len(flat)]
+    futures = [_executor().submit(run, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+    for f in futures:
+        f.result()
+
+
 def _solve_cpu(cost: Tensor, row_valid: Tensor | None, col_valid: Tensor | None) -> Tensor:
     """scipy on the valid sub-matrix of each problem.  cost [K, N, M] -> LongTensor [K, N] on the CPU.
 
     Large batches are split into one contiguous range of problems per thread (see :func:`set_assignment_threads`)."""
-    K, N, M = cost.shape
-    c = cost.detach()
-    c = c.float() if c.dtype in (torch.float16, torch.bfloat16) else c
-    cn = c.cpu().numpy()  # the one device -> host transfer
-    rows = _selectors(None if row_valid is None else row_valid.cpu(), N, K)
-    cols = _selectors(None if col_valid is None else col_valid.cpu(), M, K)
-    result = np.full((K, N), -1, dtype=np.int64)
-    parts = min(_threads, K) if K * N * M >= PARALLEL_MIN_ENTRIES else 1
-    if parts <= 1:
-        _solve_range(cn, rows, cols, result, 0, K)
-    else:
-        bounds = np.linspace(0, K, parts + 1).astype(int)
-        futures = [_executor().submit(_solve_range, cn, rows, cols, result, lo, hi)
-                   for lo, hi in zip(bounds[:-1], bounds[1:])]
-        for f in futures:
-            f.result()
-    return torch.from_numpy(result)
+    job = _host_problems(cost, row_valid, col_valid)
+    _solve_jobs([job])
+    return torch.from_numpy(job[3])
 
 
 def _solve_padded(cost: Tensor, row_valid: Tensor | None, col_valid: Tensor | None, solver) -> Tensor:
@@ -199,6 +219,31 @@ def linear_assignment(cost: Tensor, row_valid: Tensor | None = None, col_valid: 
                 warnings.warn(f"batched GPU assignment failed ({e!r}); using scipy on the CPU", stacklevel=2)
                 _warned_gpu = True
     return _solve_cpu(cost, row_valid, col_valid).to(cost.device)
+
+
+def linear_assignment_many(problems: list[tuple[Tensor, Tensor | None, Tensor | None]]) -> list[Tensor]:
+    """:func:`linear_assignment` of several batches at once: ``[(cost, row_valid, col_valid), ...]`` -> one
+    LongTensor [K_i, N_i] per batch, each exactly what ``linear_assignment(cost, row_valid, col_valid)`` returns.
+
+    On the CPU path every problem of every batch goes to one pool dispatch (the threads see them all together, so
+    batches of different shapes, e.g. student-vs-GT and student-vs-teacher, are solved in parallel); CUDA tensors
+    with the batched GPU solver are solved batch by batch on the GPU.
+    """
+    out: list[Tensor | None] = [None] * len(problems)
+    jobs, where = [], []
+    for i, (cost, row_valid, col_valid) in enumerate(problems):
+        if cost.dim() != 3:
+            raise ValueError(f"cost must be [K, N, M], got {tuple(cost.shape)}")
+        K, N, M = cost.shape
+        if K == 0 or N == 0 or M == 0 or (cost.is_cuda and _batch_solver is not None):
+            out[i] = linear_assignment(cost, row_valid, col_valid)
+        else:
+            jobs.append(_host_problems(cost, row_valid, col_valid))
+            where.append(i)
+    _solve_jobs(jobs)
+    for i, job in zip(where, jobs):
+        out[i] = torch.from_numpy(job[3]).to(problems[i][0].device)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------- targets

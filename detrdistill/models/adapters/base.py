@@ -326,9 +326,14 @@ class DetectorAdapter(nn.Module):
         raise NotImplementedError
 
     @staticmethod
-    def attach_loss(out: DetectorOutput, targets: list[dict], criterion: Callable) -> DetectorOutput:
-        """Run ``criterion(out.logits, out.boxes, targets)`` and store loss / loss_dict / assignments in ``out``."""
-        res = criterion(out.logits, out.boxes, targets)
+    def attach_loss(out: DetectorOutput, targets: list[dict], criterion: Callable,
+                    assignments: Tensor | None = None) -> DetectorOutput:
+        """Run ``criterion(out.logits, out.boxes, targets)`` and store loss / loss_dict / assignments in ``out``;
+        ``assignments`` [L, B, N] (already solved) are passed on to the criterion instead of its own matching."""
+        if assignments is None:
+            res = criterion(out.logits, out.boxes, targets)
+        else:
+            res = criterion(out.logits, out.boxes, targets, assignments=assignments)
         out.loss = res.loss
         out.loss_dict = dict(res.loss_dict)
         out.assignments = res.assignments
