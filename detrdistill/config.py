@@ -78,7 +78,10 @@ class DataConfig(_Section):
 
 
 class BackboneConfig(_Section):
-    """transformers' own ResNet (``ResNetConfig``), random init; never reaches a hub."""
+    """transformers' own ResNet (``ResNetConfig``): random init, or ``pretrained`` weights (whose architecture then
+    replaces embedding_size / hidden_sizes / depths / layer_type)."""
+    pretrained: str | None = Field(None, description="transformers ResNet to start from: local dir or hub id "
+                                   "(e.g. microsoft/resnet-18); timm names are not supported")
     embedding_size: int = 64
     hidden_sizes: list[int] = [64, 128, 256, 512]
     depths: list[int] = [2, 2, 2, 2]
@@ -88,7 +91,8 @@ class BackboneConfig(_Section):
 
 class ModelConfig(_Section):
     family: str = Field("deformable_detr", description="a registered model family (detrdistill.models.families)")
-    pretrained: str | None = Field(None, description="local transformers checkpoint dir (from_pretrained)")
+    pretrained: str | None = Field(None, description="checkpoint to start from: local dir or hub id (e.g. "
+                                   "SenseTime/deformable-detr); other classes than the dataset's are re-headed by name")
     num_queries: int = Field(100, ge=1)
     d_model: int = Field(256, ge=8)
     encoder_layers: int = Field(3, ge=0)
@@ -222,7 +226,8 @@ class TeacherMatcherConfig(_Section):
 
 
 class DistillConfig(_Section):
-    teacher: str | None = Field(None, description="teacher checkpoint dir (ours or any transformers one)")
+    teacher: str | None = Field(None, description="teacher: local model dir or hub id (ours or any transformers one "
+                                "of a supported family; its classes must include the dataset's, mapped by name)")
     teacher_dtype: Literal["float32", "bfloat16"] = "float32"
     stage_mapping: Literal["uniform", "last", "final"] = Field(
         "uniform", description="student stage -> teacher stage: 'uniform' = same relative depth (identity for equal "

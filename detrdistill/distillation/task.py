@@ -66,5 +66,5 @@ def build_distill_task(cfg: Config, student, criterion: nn.Module, id2label: dic
 
     if not cfg.distill.teacher:
         raise ConfigError("distill.teacher is not set: give the teacher's model directory (--teacher DIR)")
-    teacher = get_adapter(load_detector(cfg.distill.teacher))
+    teacher = get_adapter(load_detector(cfg.distill.teacher, what="distill.teacher"))
     return DistillTask(Distiller(teacher, student, cfg.distill, dataset_id2label=id2label), criterion)
