@@ -116,6 +116,7 @@ class Distiller(nn.Module):
             assignment (default: :func:`build_teacher_matcher` from ``cfg.teacher_matcher``).
         probe_size: image side of the one-off probe forward used to pair feature levels by resolution when the
             two models have different level counts.
+        teacher_pixels: maps the student's pixel batch to the teacher's normalisation (:mod:`.teacher_pixels`).
 
     The enabled terms' modules (losses, connectors) are registered under their attribute names
     (``feature_loss``, ``query_projection``, ...); ``self.terms`` lists the terms in step order.
@@ -123,11 +124,12 @@ class Distiller(nn.Module):
 
     def __init__(self, teacher: DetectorAdapter, student: DetectorAdapter, cfg: DistillConfig | None = None,
                  dataset_id2label: dict | None = None, teacher_matcher: Callable | None = None,
-                 probe_size: int = 256):
+                 probe_size: int = 256, teacher_pixels: nn.Module | None = None):
         super().__init__()
         cfg = cfg if cfg is not None else DistillConfig()
         # teacher classes -> student classes by name, applied once where the teacher's output is produced
         self.class_map = check_compatible(teacher, student, dataset_id2label)
+        self.teacher_pixels = teacher_pixels  # the teacher's own normalisation (.teacher_pixels), or None
         self.cfg = cfg
         self.teacher = teacher
         self.student = student
@@ -211,6 +213,8 @@ class Distiller(nn.Module):
         """Frozen teacher forward (no grad, eval mode, float32 outputs); with targets, ``assignments`` holds its
         own GT matching."""
         self.teacher.eval()
+        if self.teacher_pixels is not None:
+            pixel_values = self.teacher_pixels(pixel_values, pixel_mask)
         with torch.no_grad():
             with self._teacher_context(pixel_values.device.type):
                 out = self.teacher(pixel_values, pixel_mask)
