@@ -176,6 +176,19 @@ class TrainConfig(_Section):
     keep_checkpoints: int = Field(2, ge=1)
     device: Literal["auto", "cpu"] = "auto"
     progress: bool = True
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "trackio",
+                            "swanlab", "all"]] = Field(
+        [], description="experiment trackers beside metrics.jsonl, through accelerate (e.g. [tensorboard]; "
+        "'none' = none); files under <output_dir>/tracking")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _report_to_list(cls, v: Any) -> Any:  # `report_to: tensorboard` / `none` on the command line or in YAML
+        if v is None or v == "none" or v is False:
+            return []
+        if isinstance(v, str):
+            return [s.strip() for s in v.split(",") if s.strip() and s.strip() != "none"]
+        return v
 
 
 class LogitsDistillConfig(_Section):
