@@ -130,3 +130,40 @@ def test_pretrained_backbone_must_be_a_resnet(tmp_path):
     with pytest.raises(DetrDistillError, match="model.backbone.pretrained.*ResNet"):
         resolve_model(tmp_path / "det")  # resolves fine as a model...
         build_model(tiny_cfg(backbone=BackboneConfig(pretrained=str(tmp_path / "det"))), LABELS)
+
+
+def hub_style_rt_detr(path: Path) -> None:
+    """A tiny RT-DETR saved like the hub's PekingU/rtdetr_* (transformers' RTDetrResNet backbone, COCO-style names)."""
+    from transformers import RTDetrConfig, RTDetrForObjectDetection, RTDetrResNetConfig
+    bb = RTDetrResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], layer_type="basic",
+                            out_features=["stage2", "stage3", "stage4"])
+    names = ["person", "bicycle", "car", "dog", "cat"]
+    cfg = RTDetrConfig(backbone_config=bb, encoder_in_channels=[32, 64, 128], decoder_in_channels=[32, 32, 32],
+                       d_model=32, encoder_hidden_dim=32, decoder_layers=2, num_queries=10, encoder_ffn_dim=64,
+                       decoder_ffn_dim=64, encoder_attention_heads=2, decoder_attention_heads=2,
+                       id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    torch.manual_seed(0)
+    RTDetrForObjectDetection(cfg).save_pretrained(path)
+
+
+def test_hub_style_rt_detr_is_reheaded_and_distils_into_dataset_classes(tmp_path):
+    from detrdistill.config import DistillConfig
+    from detrdistill.distillation import Distiller
+    from detrdistill.models.adapters import get_adapter
+    from detrdistill.ops.criterion import SetCriterion
+    hub_style_rt_detr(tmp_path / "rtdetr")
+    ft = build_model(ModelConfig(family="rt_detr", pretrained=str(tmp_path / "rtdetr")), {0: "cat", 1: "zebra"})
+    old = load_detector(tmp_path / "rtdetr")
+    assert {"model.enc_score_head.weight", "model.denoising_class_embed.weight"} <= set(class_indexed_dims(old))
+    assert ft.config.num_labels == 2
+    torch.testing.assert_close(ft.state_dict()["model.enc_score_head.weight"][0],
+                               old.state_dict()["model.enc_score_head.weight"][4])  # cat kept by name
+    teacher = get_adapter(load_detector(tmp_path / "rtdetr")).eval()
+    student = get_adapter(build_model(tiny_cfg(), {0: "cat", 1: "person"}))
+    dist = Distiller(teacher, student, DistillConfig(query_prior={"enabled": False}), dataset_id2label={0: "cat", 1: "person"})
+    x, mask = torch.randn(2, 3, 64, 64), torch.ones(2, 64, 64, dtype=torch.long)
+    targets = [{"class_labels": torch.tensor([0]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}] * 2
+    out = dist(x, mask, targets, SetCriterion(2))
+    raw = teacher(x, mask).logits
+    torch.testing.assert_close(out.teacher.logits, raw[..., [4, 0]])
+    assert torch.isfinite(out.loss) and "logits_cls" in out.loss_dict

@@ -142,6 +142,11 @@ def _load_pretrained(name: str | os.PathLike, id2label: dict[int, str] | None = 
     except OSError as e:  # hub weights missing from the cache (offline) or not downloadable
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PathNotFoundError(f"{what}: cannot load the weights of {source.name!r} ({first[:200]})") from None
+    except ImportError as e:  # e.g. a timm backbone (SenseTime/deformable-detr, facebook/detr-resnet-50)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{what}: {source.name!r} needs a package that is not installed ({first[:160]}); "
+                         "checkpoints with a timm backbone need timm, or use one with a transformers backbone "
+                         "(e.g. PekingU/rtdetr_r50vd)") from None
     if id2label is None:
         return model
     want = _normalise_labels(id2label)
