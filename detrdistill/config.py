@@ -120,6 +120,13 @@ class ModelConfig(_Section):
             raise ValueError(f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})")
         return self
 
+    @model_validator(mode="after")
+    def _one_source_of_weights(self) -> "ModelConfig":
+        if self.pretrained and self.backbone.pretrained:
+            raise ValueError("model.pretrained (a whole detector) and model.backbone.pretrained exclude each other; "
+                             "set only one")
+        return self
+
 
 class LossConfig(_Section):
     """Set criterion: Hungarian costs and loss weights (Deformable DETR defaults)."""

@@ -125,6 +125,11 @@ def test_pretrained_backbone_from_a_transformers_resnet(tmp_path):
     assert model.config.backbone_config.hidden_sizes == [16, 24, 32, 48]
 
 
+def test_whole_checkpoint_and_backbone_weights_exclude_each_other():
+    with pytest.raises(ValueError, match="exclude each other"):
+        tiny_cfg(pretrained="a/b", backbone=BackboneConfig(pretrained="microsoft/resnet-18"))
+
+
 def test_pretrained_backbone_must_be_a_resnet(tmp_path):
     build_model(tiny_cfg(), LABELS).save_pretrained(tmp_path / "det")
     with pytest.raises(DetrDistillError, match="model.backbone.pretrained.*ResNet"):
