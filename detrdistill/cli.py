@@ -159,14 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_eval)
 
     sp = sub.add_parser("predict", help="draw a model's detections on images; writes PNGs + predictions.json")
-    sp.add_argument("model", help="model directory (a run's model/ folder, or the run folder)")
+    sp.add_argument("model", help="model directory (a run's model/ folder, or the run folder) or hub id")
     sp.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="images, or folders of images")
     sp.add_argument("--out", required=True, help="output folder for <image>.png and predictions.json")
     sp.add_argument("--threshold", type=float, default=0.5, help="lowest score drawn and saved")
     sp.set_defaults(func=cmd_predict)
 
     sp = sub.add_parser("export", help="export a model directory (ONNX), checked against PyTorch")
-    sp.add_argument("model", help="model directory (a run's model/ folder, or the run folder)")
+    sp.add_argument("model", help="model directory (a run's model/ folder, or the run folder) or hub id")
     sp.add_argument("--format", choices=["onnx"], default="onnx", help="export format")
     sp.add_argument("--out", required=True, help="file to write, e.g. model.onnx")
     sp.add_argument("--height", type=int, default=320, help="traced input height (the graph takes any multiple of 32)")

@@ -57,7 +57,7 @@ def test_hub_id_resolves_from_an_offline_local_cache(tmp_path):
     """A fresh process with HF_HUB_CACHE = a tmp cache and HF_HUB_OFFLINE=1 loads 'acme/tiny-detr' from it, and an
     id not in the cache is a one-line DetrDistillError."""
     model = build_model(tiny_cfg(), LABELS)
-    hub_cache_with(model, tmp_path / "hub", "acme/tiny-detr")
+    snapshot = hub_cache_with(model, tmp_path / "hub", "acme/tiny-detr")
     script = (
         "import sys, torch\n"
         "from detrdistill.models.build import load_detector\n"
@@ -65,7 +65,9 @@ def test_hub_id_resolves_from_an_offline_local_cache(tmp_path):
         "m = load_detector('acme/tiny-detr', what='distill.teacher')\n"
         "torch.save(m.state_dict(), sys.argv[1])\n"
         "try:\n    load_detector('acme/not-cached', what='distill.teacher')\n"
-        "except DetrDistillError as e:\n    print('ERR', e)\n")
+        "except DetrDistillError as e:\n    print('ERR', e)\n"
+        "from detrdistill.predict import resolve_model_dir\n"
+        "print('DIR', resolve_model_dir('acme/tiny-detr'))\n")
     env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "hub"), HF_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1",
                PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "state.pt")], env=env, capture_output=True,
@@ -76,6 +78,9 @@ def test_hub_id_resolves_from_an_offline_local_cache(tmp_path):
         assert torch.equal(v, loaded[k]), k
     err = [line for line in out.stdout.splitlines() if line.startswith("ERR")]
     assert len(err) == 1 and "acme/not-cached" in err[0] and "HF_HUB_OFFLINE" in err[0] and "distill.teacher" in err[0]
+    # predict / export take a directory: a hub id becomes its snapshot folder in the cache
+    dirs = [line[4:] for line in out.stdout.splitlines() if line.startswith("DIR ")]
+    assert dirs and Path(dirs[0]).resolve() == snapshot.resolve()
 
 
 @pytest.mark.parametrize("family", ["deformable_detr", "detr"])

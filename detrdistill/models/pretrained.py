@@ -23,7 +23,7 @@ from typing import Any
 
 from ..errors import ModelError, PathNotFoundError
 
-__all__ = ["ModelSource", "ModelNotFoundError", "resolve_model", "looks_like_hub_id"]
+__all__ = ["ModelSource", "ModelNotFoundError", "resolve_model", "looks_like_hub_id", "hub_snapshot_dir"]
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 
@@ -130,3 +130,15 @@ def _hub_config_file(name: str, what: str) -> str:
             hint = f"the hub could not provide it ({first[:160]}); check the id, your network or give a local directory"
         raise ModelNotFoundError(f"{what}: {name!r} is not a local directory and not a model on the Hugging Face "
                                  f"hub: {hint}") from None
+
+
+def hub_snapshot_dir(name: str, what: str = "model") -> Path:
+    """The local folder (hub cache snapshot) of hub model ``name`` with its JSON files and safetensors weights, for
+    commands that need a directory (``predict``, ``export``); honours ``HF_HUB_OFFLINE`` like :func:`resolve_model`."""
+    resolve_model(name, what=what)  # one-line error when unknown / not cached offline
+    from huggingface_hub import snapshot_download
+    try:
+        return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors"]))
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelNotFoundError(f"{what}: cannot fetch {name!r} from the Hugging Face hub ({first[:200]})") from None
