@@ -47,7 +47,7 @@ def cmd_distill(args) -> int:
     from detrdistill.errors import ConfigError
     cfg = _load(args)
     if not cfg.distill.teacher:
-        raise ConfigError("distill: no teacher; pass --teacher DIR or set distill.teacher in the config")
+        raise ConfigError("distill: no teacher; pass --teacher DIR_OR_HUB_ID or set distill.teacher in the config")
     if args.config is None and not _output_dir_given(args):  # never the folder `train` uses by default
         from detrdistill.engine.run_dir import distill_default_output_dir
         cfg.train.output_dir = distill_default_output_dir(cfg.train.output_dir)
@@ -146,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("distill", help="train a student under a frozen teacher (DETRDistill); without a config "
                         "file or --output-dir it writes to runs/synthetic_distill")
     with_config(sp)
-    sp.add_argument("--teacher", help="teacher model directory (shortcut for --set distill.teacher=...)")
+    sp.add_argument("--teacher", help="teacher: a model directory or a Hugging Face hub id, e.g. "
+                    "SenseTime/deformable-detr (shortcut for --set distill.teacher=...; honours HF_HUB_OFFLINE)")
     run_flags(sp)
     sp.set_defaults(func=cmd_distill)
 
@@ -158,14 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_eval)
 
     sp = sub.add_parser("predict", help="draw a model's detections on images; writes PNGs + predictions.json")
-    sp.add_argument("model", help="model directory (a run's model/ folder, or the run folder)")
+    sp.add_argument("model", help="model directory (a run's model/ folder, or the run folder) or hub id")
     sp.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="images, or folders of images")
     sp.add_argument("--out", required=True, help="output folder for <image>.png and predictions.json")
     sp.add_argument("--threshold", type=float, default=0.5, help="lowest score drawn and saved")
     sp.set_defaults(func=cmd_predict)
 
     sp = sub.add_parser("export", help="export a model directory (ONNX), checked against PyTorch")
-    sp.add_argument("model", help="model directory (a run's model/ folder, or the run folder)")
+    sp.add_argument("model", help="model directory (a run's model/ folder, or the run folder) or hub id")
     sp.add_argument("--format", choices=["onnx"], default="onnx", help="export format")
     sp.add_argument("--out", required=True, help="file to write, e.g. model.onnx")
     sp.add_argument("--height", type=int, default=320, help="traced input height (the graph takes any multiple of 32)")

@@ -78,7 +78,10 @@ class DataConfig(_Section):
 
 
 class BackboneConfig(_Section):
-    """transformers' own ResNet (``ResNetConfig``), random init; never reaches a hub."""
+    """transformers' own ResNet (``ResNetConfig``): random init, or ``pretrained`` weights (whose architecture then
+    replaces embedding_size / hidden_sizes / depths / layer_type)."""
+    pretrained: str | None = Field(None, description="transformers ResNet to start from: local dir or hub id "
+                                   "(e.g. microsoft/resnet-18); timm names are not supported")
     embedding_size: int = 64
     hidden_sizes: list[int] = [64, 128, 256, 512]
     depths: list[int] = [2, 2, 2, 2]
@@ -88,7 +91,8 @@ class BackboneConfig(_Section):
 
 class ModelConfig(_Section):
     family: str = Field("deformable_detr", description="a registered model family (detrdistill.models.families)")
-    pretrained: str | None = Field(None, description="local transformers checkpoint dir (from_pretrained)")
+    pretrained: str | None = Field(None, description="checkpoint to start from: local dir or hub id (e.g. "
+                                   "SenseTime/deformable-detr); other classes than the dataset's are re-headed by name")
     num_queries: int = Field(100, ge=1)
     d_model: int = Field(256, ge=8)
     encoder_layers: int = Field(3, ge=0)
@@ -114,6 +118,13 @@ class ModelConfig(_Section):
     def _heads_divide(self) -> "ModelConfig":
         if self.d_model % self.num_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})")
+        return self
+
+    @model_validator(mode="after")
+    def _one_source_of_weights(self) -> "ModelConfig":
+        if self.pretrained and self.backbone.pretrained:
+            raise ValueError("model.pretrained (a whole detector) and model.backbone.pretrained exclude each other; "
+                             "set only one")
         return self
 
 
@@ -172,6 +183,19 @@ class TrainConfig(_Section):
     keep_checkpoints: int = Field(2, ge=1)
     device: Literal["auto", "cpu"] = "auto"
     progress: bool = True
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "trackio",
+                            "swanlab", "all"]] = Field(
+        [], description="experiment trackers beside metrics.jsonl, through accelerate (e.g. [tensorboard]; "
+        "'none' = none); files under <output_dir>/tracking")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _report_to_list(cls, v: Any) -> Any:  # `report_to: tensorboard` / `none` on the command line or in YAML
+        if v is None or v == "none" or v is False:
+            return []
+        if isinstance(v, str):
+            return [s.strip() for s in v.split(",") if s.strip() and s.strip() != "none"]
+        return v
 
 
 class LogitsDistillConfig(_Section):
@@ -222,7 +246,8 @@ class TeacherMatcherConfig(_Section):
 
 
 class DistillConfig(_Section):
-    teacher: str | None = Field(None, description="teacher checkpoint dir (ours or any transformers one)")
+    teacher: str | None = Field(None, description="teacher: local model dir or hub id (ours or any transformers one "
+                                "of a supported family; its classes must include the dataset's, mapped by name)")
     teacher_dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="teacher forward dtype; unset + train.mixed_precision=bf16 -> bfloat16")
     stage_mapping: Literal["uniform", "last", "final"] = Field(

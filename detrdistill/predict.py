@@ -36,11 +36,15 @@ class PredictResult:
 
 
 def resolve_model_dir(path: str | Path) -> Path:
-    """A model directory (``config.json``), or a run directory holding ``model/``."""
+    """A model directory (``config.json``), a run directory holding ``model/``, or a Hugging Face hub id (its
+    snapshot in the hub cache, see :func:`detrdistill.models.pretrained.hub_snapshot_dir`)."""
     p = Path(path).expanduser()
     for cand in (p, p / "model"):
         if (cand / "config.json").is_file():
             return cand
+    from detrdistill.models.pretrained import hub_snapshot_dir, looks_like_hub_id
+    if not p.exists() and looks_like_hub_id(str(path)):
+        return hub_snapshot_dir(str(path), what="MODEL")
     raise PredictError(f"{p}: no model here (no config.json in it or in {p / 'model'}); "
                        "give a run's model/ folder")
 

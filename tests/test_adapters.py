@@ -402,8 +402,9 @@ def test_pretrained_errors(tmp_path):
     a.save_pretrained(tmp_path / "ckpt")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         build_model(model_cfg("detr", pretrained=str(tmp_path / "missing")), ID2LABEL)
-    with pytest.raises(ValueError, match="label map"):
-        build_model(model_cfg("detr", pretrained=str(tmp_path / "ckpt")), {0: "x", 1: "y"})
+    # other classes than the checkpoint's: re-headed by name (tests/test_pretrained.py), not refused
+    relabelled = build_model(model_cfg("detr", pretrained=str(tmp_path / "ckpt")), {0: "x", 1: "y"})
+    assert relabelled.config.id2label == {0: "x", 1: "y"}
     with pytest.raises(ValueError, match="model.family"):
         build_model(model_cfg("conditional_detr", pretrained=str(tmp_path / "ckpt")), ID2LABEL)
     (tmp_path / "empty").mkdir()

@@ -36,6 +36,7 @@ from ..errors import CheckpointError, IncompatibleModelsError
 from ..models.adapters import DetectorAdapter
 from ..models.outputs import DetectorOutput
 from ..ops.matcher import HungarianMatcher
+from .class_map import ClassMap, build_class_map
 from .context import StepContext
 from .feature import level_pairs_by_resolution
 from .stage_mapping import map_stages
@@ -51,29 +52,19 @@ def _label_map(id2label) -> dict[int, str]:
 
 
 def check_compatible(teacher: DetectorAdapter, student: DetectorAdapter,
-                     dataset_id2label: dict | None = None) -> None:
-    """Raise a clear IncompatibleModelsError before training when teacher and student cannot be distilled on this dataset.
-
-    Teacher and student must have the same classes under the same ids (the logits are compared class by class);
-    every dataset class must exist in the teacher under the same id.  (A teacher with extra classes the dataset
-    lacks is accepted only if the student has them too, since student and teacher maps must be equal.)
-    """
-    t_map, s_map = _label_map(teacher.config.id2label), _label_map(student.config.id2label)
-    if teacher.num_classes != student.num_classes or t_map != s_map:
-        diff = sorted(k for k in set(t_map) | set(s_map) if t_map.get(k) != s_map.get(k))
-        shown = ", ".join(f"{k}: teacher {t_map.get(k)!r} / student {s_map.get(k)!r}" for k in diff[:5])
-        raise IncompatibleModelsError(
-            f"teacher ({teacher.num_classes} classes) and student ({student.num_classes} classes) label maps differ "
-            f"({len(diff)} ids: {shown}{' ...' if len(diff) > 5 else ''}); distillation compares logits class by "
-            f"class, so both must be built for the same id2label")
+                     dataset_id2label: dict | None = None) -> ClassMap | None:
+    """The teacher -> student :class:`~.class_map.ClassMap` (None when the label maps are equal), or a clear
+    IncompatibleModelsError before training: the student must be built for the dataset's label map, and the teacher
+    must know every student class by name (:func:`~.class_map.build_class_map`)."""
+    s_map = _label_map(student.config.id2label)
     if dataset_id2label is not None:
         d_map = _label_map(dataset_id2label)
-        bad = sorted(k for k, v in d_map.items() if t_map.get(k) != v)
-        if bad:
-            shown = ", ".join(f"{k}: {d_map[k]!r} (teacher: {t_map.get(k)!r})" for k in bad[:5])
-            raise IncompatibleModelsError(
-                f"the dataset has {len(bad)} class(es) the teacher lacks under the same id ({shown}"
-                f"{' ...' if len(bad) > 5 else ''}); use a teacher trained on this label map")
+        if d_map != s_map:
+            bad = sorted(k for k in set(d_map) | set(s_map) if d_map.get(k) != s_map.get(k))
+            shown = ", ".join(f"{k}: dataset {d_map.get(k)!r} / student {s_map.get(k)!r}" for k in bad[:5])
+            raise IncompatibleModelsError(f"the student's label map differs from the dataset's ({shown}); build the "
+                                          "student for the dataset's classes")
+    return build_class_map(teacher.config.id2label, s_map, teacher.class_activation)
 
 
 # ----------------------------------------------------------------------------------------------- output
@@ -131,11 +122,13 @@ class Distiller(nn.Module):
     Args:
         teacher, student: detector adapters (``detrdistill.models.adapters.get_adapter``).
         cfg: the ``distill`` config section (defaults: the official DETRDistill setting).
-        dataset_id2label: when given, checked against the teacher's classes (:func:`check_compatible`).
+        dataset_id2label: when given, must equal the student's label map (:func:`check_compatible`). The teacher's
+            classes must include the student's by name; its logits are mapped to them (:mod:`.class_map`).
         teacher_matcher: callable ``(logits, boxes, targets) -> [L_T, B, N_T]`` giving the teacher's own GT
             assignment (default: :func:`build_teacher_matcher` from ``cfg.teacher_matcher``).
         probe_size: image side of the one-off probe forward used to pair feature levels by resolution when the
             two models have different level counts.
+        teacher_pixels: maps the student's pixel batch to the teacher's normalisation (:mod:`.teacher_pixels`).
 
     The enabled terms' modules (losses, connectors) are registered under their attribute names
     (``feature_loss``, ``query_projection``, ...); ``self.terms`` lists the terms in step order.
@@ -143,10 +136,12 @@ class Distiller(nn.Module):
 
     def __init__(self, teacher: DetectorAdapter, student: DetectorAdapter, cfg: DistillConfig | None = None,
                  dataset_id2label: dict | None = None, teacher_matcher: Callable | None = None,
-                 probe_size: int = 256):
+                 probe_size: int = 256, teacher_pixels: nn.Module | None = None):
         super().__init__()
         cfg = cfg if cfg is not None else DistillConfig()
-        check_compatible(teacher, student, dataset_id2label)
+        # teacher classes -> student classes by name, applied once where the teacher's output is produced
+        self.class_map = check_compatible(teacher, student, dataset_id2label)
+        self.teacher_pixels = teacher_pixels  # the teacher's own normalisation (.teacher_pixels), or None
         self.cfg = cfg
         self.teacher = teacher
         self.student = student
@@ -232,10 +227,14 @@ class Distiller(nn.Module):
         """Frozen teacher forward (inference mode, eval mode, float32 outputs that are normal tensors); with
         targets, ``assignments`` holds its own GT matching."""
         self.teacher.eval()
+        if self.teacher_pixels is not None:
+            pixel_values = self.teacher_pixels(pixel_values, pixel_mask)
         with torch.inference_mode(), self._teacher_context(pixel_values.device.type):
             out = self.teacher(pixel_values, pixel_mask)
         with torch.no_grad():
             out = _to_float(out)
+            if self.class_map is not None:
+                out.logits = self.class_map(out.logits)
             if targets is not None:
                 out.assignments = self.teacher_matcher(out.logits, out.boxes, targets)
         return out

@@ -66,8 +66,9 @@ def build_distill_task(cfg: Config, student, criterion: nn.Module, id2label: dic
 
     if not cfg.distill.teacher:
         raise ConfigError("distill.teacher is not set: give the teacher's model directory (--teacher DIR)")
-    teacher = get_adapter(load_detector(cfg.distill.teacher))
-    return DistillTask(Distiller(teacher, student, teacher_distill_config(cfg), dataset_id2label=id2label), criterion)
+    teacher = get_adapter(load_detector(cfg.distill.teacher, what="distill.teacher"))
+    return DistillTask(Distiller(teacher, student, teacher_distill_config(cfg), dataset_id2label=id2label,
+                                 teacher_pixels=_teacher_pixels(cfg.distill.teacher)), criterion)
 
 
 def teacher_distill_config(cfg: Config):
@@ -77,3 +78,14 @@ def teacher_distill_config(cfg: Config):
     if cfg.train.mixed_precision == "bf16" and "teacher_dtype" not in dcfg.model_fields_set:
         return dcfg.model_copy(update={"teacher_dtype": "bfloat16"})
     return dcfg
+
+
+def _teacher_pixels(teacher: str):
+    """The teacher's own normalisation when its preprocessor_config.json differs from the data pipeline's."""
+    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from ..models.pretrained import resolve_model
+    from .teacher_pixels import PixelNorm, build_teacher_pixels
+
+    source = resolve_model(teacher, what="distill.teacher", check_weights=False)
+    return build_teacher_pixels(source.read_json("preprocessor_config.json"), PixelNorm(IMAGENET_MEAN, IMAGENET_STD),
+                                teacher_name=source.name)

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 from pathlib import Path
+from typing import Callable
 
 from detrdistill.errors import DetrDistillError
 
@@ -41,8 +42,11 @@ def _parse_lines(path: Path, repair_last: bool) -> list[dict]:
 
 
 class MetricsLog:
-    def __init__(self, path: str | Path, enabled: bool = True):
-        self.path, self.enabled = Path(path), enabled
+    """``on_write``: also called with every record written (e.g. the experiment trackers, see
+    :mod:`detrdistill.engine.tracking`)."""
+
+    def __init__(self, path: str | Path, enabled: bool = True, on_write: Callable[[dict], None] | None = None):
+        self.path, self.enabled, self.on_write = Path(path), enabled, on_write
 
     def truncate_after(self, step: int) -> None:
         """Drop lines logged after ``step`` (they will be logged again by the resumed run) and a torn last line."""
@@ -60,6 +64,8 @@ class MetricsLog:
         with self.path.open("a") as f:
             f.write(json.dumps(clean) + "\n")
             f.flush()
+        if self.on_write is not None:
+            self.on_write(record)
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -25,7 +25,8 @@ def make_accelerator(cfg: Config):
         mp = "no"
     # find_unused_parameters: layer-0 query projections of DETR-style decoders get no gradient
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    return Accelerator(cpu=cpu, mixed_precision=mp, kwargs_handlers=[ddp])
+    from detrdistill.engine.tracking import tracker_kwargs  # train.report_to (none by default)
+    return Accelerator(cpu=cpu, mixed_precision=mp, kwargs_handlers=[ddp], **tracker_kwargs(cfg))
 
 
 def prepare_output_dir(cfg: Config, accelerator, mode: str = "train", resume: bool = False,

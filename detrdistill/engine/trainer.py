@@ -149,7 +149,8 @@ def setup_run(cfg: Config, mode: str = "train", resume: bool = False, overwrite:
     scheduler = build_scheduler(optimizer, lambda: plan["total"], cfg.optim)
     val_load = eval_loader(val_ds, collate_fn, cfg.train.batch_size, rank, world,
                            cfg.data.num_workers) if val_ds is not None else None
-    metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=main)
+    from detrdistill.engine.tracking import start_trackers  # train.report_to, beside metrics.jsonl
+    metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=main, on_write=start_trackers(cfg, accelerator, mode))
     state = _resume_state(out_dir, task, optimizer, scheduler, accelerator, resume)
     if state["step"] > 0:
         plan["total"] = state.get("planned_total", total)

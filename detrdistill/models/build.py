@@ -1,8 +1,9 @@
 """Build (or load) the transformers ``*ForObjectDetection`` model of a family, and apply our freeze policy.
 
 * :func:`build_model` builds from a :class:`~detrdistill.config.ModelConfig` with random init and
-  transformers' own ``ResNetConfig`` backbone (no timm, no torchvision, nothing touches a hub), or loads a local
-  checkpoint when ``model_cfg.pretrained`` is set.
+  transformers' own ``ResNetConfig`` backbone (optionally started from a pretrained transformers ResNet,
+  ``model.backbone.pretrained``), or loads a checkpoint (local directory or hub id) when ``model_cfg.pretrained``
+  is set. Names are resolved by :mod:`detrdistill.models.pretrained` (the user's ``HF_HUB_OFFLINE`` is honoured).
 * Either way the backbone freeze policy ``model_cfg.backbone.freeze`` is applied afterwards. transformers freezes
   the whole HF-ResNet backbone of DETR / Conditional DETR / Deformable DETR by mistake (its name filter looks for
   ``"stage.1"``, the parameters are called ``stages.1``), so we always unfreeze first and then freeze
@@ -14,9 +15,7 @@
 from __future__ import annotations
 
 import inspect
-import json
 import os
-from pathlib import Path
 from typing import NamedTuple
 
 from torch import nn
@@ -62,11 +61,13 @@ def _valid_config_keys(config_cls: type) -> set[str]:
 def build_model(model_cfg: ModelConfig, id2label: dict[int, str] | None = None) -> PreTrainedModel:
     """The transformers detector for ``model_cfg`` (random init, or ``model_cfg.pretrained``), freeze policy applied.
 
-    ``id2label`` (0-based class ids) is required when building from scratch; with ``pretrained`` it is optional
-    and, when given, must equal the checkpoint's label map. Unknown ``hf_overrides`` keys raise ValueError.
+    ``id2label`` (0-based class ids) is required when building from scratch; with ``pretrained`` (a local directory
+    or hub id) it is optional and, when it differs from the checkpoint's label map, the classification heads are
+    re-headed by class name (one log line). Unknown ``hf_overrides`` keys raise ValueError.
     """
     if model_cfg.pretrained:
-        model = _load_pretrained(model_cfg.pretrained, id2label=id2label, expect_family=model_cfg.family)
+        model = _load_pretrained(model_cfg.pretrained, id2label=id2label, expect_family=model_cfg.family,
+                                 relabel=True)
     else:
         if not id2label:
             raise ModelError("build_model: id2label (class id -> name) is required to build a model from scratch")
@@ -76,6 +77,11 @@ def build_model(model_cfg: ModelConfig, id2label: dict[int, str] | None = None) 
 
 
 def _build_from_scratch(model_cfg: ModelConfig, id2label: dict[int, str]) -> PreTrainedModel:
+    backbone_source = None
+    if model_cfg.backbone.pretrained:
+        from .pretrained_backbone import pretrained_backbone_config
+        bb_cfg, backbone_source = pretrained_backbone_config(model_cfg.backbone)
+        model_cfg = model_cfg.model_copy(update={"backbone": bb_cfg})
     spec = family_spec(model_cfg.family)
     config_cls, model_cls = spec.resolve_config_class(), spec.resolve_model_class()
     id2label = _normalise_labels(id2label)
@@ -89,6 +95,9 @@ def _build_from_scratch(model_cfg: ModelConfig, id2label: dict[int, str]) -> Pre
     model = model_cls(config_cls(**kwargs))
     if spec.after_build is not None:
         spec.after_build(model)
+    if backbone_source is not None:
+        from .pretrained_backbone import load_backbone_weights
+        load_backbone_weights(backbone_module(model), backbone_source)
     return model
 
 
@@ -105,49 +114,59 @@ def family_of_model_type(model_type: str | None) -> str | None:
     return family_of(model_type)
 
 
-def _read_family(path: Path) -> str:
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise PathNotFoundError(f"{path}: not a transformers checkpoint (no config.json)")
-    try:
-        model_type = json.loads(cfg_file.read_text()).get("model_type")
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{cfg_file}: not valid JSON ({e})") from None
+def _family_of_config(config: dict, where: str) -> str:
+    model_type = config.get("model_type")
     family = family_of_model_type(model_type)
     if family is None:
-        raise UnsupportedFamilyError(f"{path}: model_type {model_type!r} is not a supported family "
+        raise UnsupportedFamilyError(f"{where}: model_type {model_type!r} is not a supported family "
                                      f"({', '.join(family_names())})")
     return family
 
 
-def _load_pretrained(path: str | os.PathLike, id2label: dict[int, str] | None = None,
-                     expect_family: str | None = None) -> PreTrainedModel:
-    p = Path(path).expanduser()
-    if not p.is_dir():
-        raise PathNotFoundError(f"pretrained checkpoint directory {str(p)!r} does not exist")
-    from detrdistill.models.model_dir import check_model_dir  # one-line errors for bad weights files
-    check_model_dir(p)
-    family = _read_family(p)
+def _load_pretrained(name: str | os.PathLike, id2label: dict[int, str] | None = None,
+                     expect_family: str | None = None, what: str = "model.pretrained",
+                     relabel: bool = False) -> PreTrainedModel:
+    """Load a local directory or hub id (:func:`detrdistill.models.pretrained.resolve_model`). With ``id2label``:
+    ``relabel`` re-heads a checkpoint of other classes by name (:func:`~detrdistill.models.label_map.relabel_model`),
+    otherwise a different label map is refused."""
+    from .pretrained import resolve_model
+
+    source = resolve_model(name, what=what)
+    family = _family_of_config(source.config, source.name)
     if expect_family is not None and family != expect_family:
-        raise ModelError(f"{p} holds a {family!r} model but model.family is {expect_family!r}; "
+        raise ModelError(f"{source.name} holds a {family!r} model but model.family is {expect_family!r}; "
                          f"set model.family={family}")
     spec = family_spec(family)
-    model = spec.resolve_model_class().from_pretrained(str(p), local_files_only=True, **spec.load_kwargs)
-    if id2label is not None:
-        want = _normalise_labels(id2label)
-        have = {int(k): str(v) for k, v in model.config.id2label.items()}
-        if want != have:
-            diff = [k for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)][:5]
-            details = ", ".join(f"{k}: checkpoint {have.get(k)!r} vs dataset {want.get(k)!r}" for k in diff)
-            raise ModelError(f"{p}: label map mismatch ({len(have)} classes in the checkpoint, {len(want)} in the "
-                             f"dataset; first differences: {details})")
-    return model
+    try:
+        model = spec.resolve_model_class().from_pretrained(source.load_arg, **source.load_kwargs, **spec.load_kwargs)
+    except OSError as e:  # hub weights missing from the cache (offline) or not downloadable
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PathNotFoundError(f"{what}: cannot load the weights of {source.name!r} ({first[:200]})") from None
+    except ImportError as e:  # e.g. a timm backbone (SenseTime/deformable-detr, facebook/detr-resnet-50)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{what}: {source.name!r} needs a package that is not installed ({first[:160]}); "
+                         "checkpoints with a timm backbone need timm, or use one with a transformers backbone "
+                         "(e.g. PekingU/rtdetr_r50vd)") from None
+    if id2label is None:
+        return model
+    want = _normalise_labels(id2label)
+    have = {int(k): str(v) for k, v in model.config.id2label.items()}
+    if want == have:
+        return model
+    if relabel:
+        from .label_map import relabel_model
+        return relabel_model(model, want, source=f"{what} {source.name}")
+    diff = [k for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)][:5]
+    details = ", ".join(f"{k}: checkpoint {have.get(k)!r} vs dataset {want.get(k)!r}" for k in diff)
+    raise ModelError(f"{source.name}: label map mismatch ({len(have)} classes in the checkpoint, {len(want)} in the "
+                     f"dataset; first differences: {details})")
 
 
 def load_detector(path: str | os.PathLike, id2label: dict[int, str] | None = None,
-                  freeze: str = "none") -> PreTrainedModel:
-    """Load a local checkpoint of any supported family (e.g. a teacher); the freeze policy is applied after."""
-    model = _load_pretrained(path, id2label=id2label)
+                  freeze: str = "none", what: str = "model") -> PreTrainedModel:
+    """Load a local directory or hub id of any supported family (e.g. a teacher); the freeze policy is applied
+    after. ``what`` names the setting in errors (e.g. ``"distill.teacher"``)."""
+    model = _load_pretrained(path, id2label=id2label, what=what)
     apply_backbone_freeze(model, freeze)
     return model
 
