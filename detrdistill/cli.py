@@ -119,45 +119,41 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from detrdistill import __version__
+def _with_config(sp, default_note="the embedded synthetic config"):
+    sp.add_argument("config", nargs="?", help=f"YAML config (default: {default_note})")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    sp.add_argument("--output-dir", help="shortcut for --set train.output_dir=...")
 
-    p = _Parser(prog="detrdistill", description=__doc__.split("\n")[0])
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug-level log messages")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    def with_config(sp, default_note="the embedded synthetic config"):
-        sp.add_argument("config", nargs="?", help=f"YAML config (default: {default_note})")
-        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
-        sp.add_argument("--output-dir", help="shortcut for --set train.output_dir=...")
+def _run_flags(sp):
+    sp.add_argument("--resume", action="store_true",
+                    help="continue the run in output_dir (only the training length may change)")
+    sp.add_argument("--overwrite", action="store_true", help="replace a run already in output_dir")
 
-    def run_flags(sp):
-        sp.add_argument("--resume", action="store_true",
-                        help="continue the run in output_dir (only the training length may change)")
-        sp.add_argument("--overwrite", action="store_true", help="replace a run already in output_dir")
 
+def _add_training_commands(sub) -> None:
     sp = sub.add_parser("train", help="train a detector (teacher or student baseline)")
-    with_config(sp)
-    run_flags(sp)
+    _with_config(sp)
+    _run_flags(sp)
     sp.set_defaults(func=cmd_train)
 
     sp = sub.add_parser("distill", help="train a student under a frozen teacher (DETRDistill); without a config "
                         "file or --output-dir it writes to runs/synthetic_distill")
-    with_config(sp)
-    sp.add_argument("--teacher", help="teacher: a model directory or a Hugging Face hub id, e.g. "
-                    "SenseTime/deformable-detr (shortcut for --set distill.teacher=...; honours HF_HUB_OFFLINE)")
-    run_flags(sp)
+    _with_config(sp)
+    sp.add_argument("--teacher", help="teacher: a model directory or a Hugging Face hub id (org/name) "
+                    "(shortcut for --set distill.teacher=...; honours HF_HUB_OFFLINE)")
+    _run_flags(sp)
     sp.set_defaults(func=cmd_distill)
 
     sp = sub.add_parser("eval", help="COCO mAP of a model directory; writes <output_dir>/eval.json")
-    with_config(sp)
+    _with_config(sp)
     sp.add_argument("--model", help="model directory (default <output_dir>/model)")
     sp.add_argument("--split", default="val", choices=["val", "test"], help="which data split to score")
     sp.add_argument("--eval-dir", help="where eval.json goes (default output_dir)")
     sp.set_defaults(func=cmd_eval)
 
+
+def _add_model_tools(sub) -> None:
     sp = sub.add_parser("predict", help="draw a model's detections on images; writes PNGs + predictions.json")
     sp.add_argument("model", help="model directory (a run's model/ folder, or the run folder) or hub id")
     sp.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="images, or folders of images")
@@ -181,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="model/schedule sizes: cpu (~10 min on 2 cores), gpu, smoke (seconds, checks the pipeline)")
     sp.set_defaults(func=cmd_demo)
 
+
+def _add_data_commands(sub) -> None:
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True,
                                                                        parser_class=_Parser)
     sp = data.add_parser("validate", help="report every defect of a COCO dataset (every image decoded fully, "
@@ -196,6 +194,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--size", type=int, default=256, help="image side in pixels")
     sp.add_argument("--seed", type=int, default=0, help="random seed")
     sp.set_defaults(func=cmd_data_synth)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from detrdistill import __version__
+
+    p = _Parser(prog="detrdistill", description=__doc__.split("\n")[0])
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug-level log messages")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_training_commands(sub)
+    _add_model_tools(sub)
+    _add_data_commands(sub)
     return p
 
 

@@ -71,6 +71,12 @@ def build_distill_task(cfg: Config, student, criterion: nn.Module, id2label: dic
                                  teacher_pixels=_teacher_pixels(cfg.distill.teacher)), criterion)
 
 
+def distill_inputs(cfg: Config) -> tuple[tuple[str, str], ...]:
+    """The local teacher folder a distillation reads (a hub id has no local path to protect)."""
+    teacher = cfg.distill.teacher
+    return (("teacher", teacher),) if teacher and Path(teacher).expanduser().exists() else ()
+
+
 def teacher_distill_config(cfg: Config):
     """``cfg.distill``, with the teacher in bf16 when training in bf16 mixed precision and ``distill.teacher_dtype``
     was not set explicitly (a float32 teacher under a bf16 student would be the slowest part of the step)."""

@@ -205,7 +205,7 @@ def load_checkpoint(path: str | Path, task: torch.nn.Module, optimizer, schedule
         raise CheckpointError(f"{path}: saved with {state.get('world_size')} processes, resuming with {world_size}; "
                               "resume with the same number of processes (the data order depends on it)")
     weights, opt, sched, rng = _read_files(path, rank, legacy=state.get("format", 1) < 2)
-    own = checkpoint_state(task)  # what the task saves (a distiller leaves its frozen teacher out)
+    own = checkpoint_state(task)  # what the task saves (frozen parts are left out by the task)
     missing = [k for k in own if k not in weights]
     unexpected = [k for k in weights if k not in own]
     shapes = [k for k in weights if k in own and tuple(weights[k].shape) != tuple(own[k].shape)]

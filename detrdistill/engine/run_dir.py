@@ -25,7 +25,8 @@ the other mode is refused too.
 
 It also probes, before training, that the folder, ``checkpoints/`` and ``model/`` can be written
 (:func:`probe_writable`), so a read-only folder fails at start-up, not after training, and refuses
-a distillation whose output folder contains its own teacher (it would overwrite it).
+a run whose output folder contains one of its own inputs (``inputs``, e.g. a model it reads: it would
+be overwritten).
 """
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ class RunDirError(DetrDistillError):
 
 def holds_run(out: Path) -> bool:
     """True when ``out`` holds (part of) a run: metrics, a checkpoint, an export or eval.json. A lone
-    ``config.yaml`` (a run refused before its first step, e.g. a wrong teacher path) does not count."""
+    ``config.yaml`` (a run refused before its first step, e.g. a wrong model path) does not count."""
     return any((out / f).is_file() for f in ("metrics.jsonl", "eval.json")) or \
         (out / "model" / "config.json").is_file() or \
         ((out / "checkpoints").is_dir() and any(p.name.startswith("step-") for p in (out / "checkpoints").iterdir()))
@@ -109,14 +110,14 @@ def check_resume(out: Path, cfg, mode: str) -> None:
                               "use another --output-dir")
 
 
-def _check_teacher_outside(out: Path, cfg, mode: str) -> None:
-    teacher = getattr(cfg.distill, "teacher", None)
-    if mode != "distill" or not teacher:
-        return
-    t, o = Path(teacher).resolve(), out.resolve()
-    if t == o or o in t.parents:
-        raise RunDirError(f"{out}: the teacher {teacher} lies inside this output folder and would be overwritten "
-                          "by the student; give distill another --output-dir")
+def _check_inputs_outside(out: Path, inputs: tuple[tuple[str, str], ...]) -> None:
+    """``inputs``: (what, local path) pairs the run reads; none may lie inside its output folder."""
+    o = out.resolve()
+    for what, path in inputs:
+        t = Path(path).resolve()
+        if t == o or o in t.parents:
+            raise RunDirError(f"{out}: the {what} {path} lies inside this output folder and would be overwritten "
+                              "by this run; give it another --output-dir")
 
 
 def probe_writable(folder: Path, create: bool = True) -> None:
@@ -149,16 +150,18 @@ def _remove_run(out: Path) -> list[str]:
     return removed
 
 
-def prepare_run_dir(cfg, mode: str, resume: bool = False, overwrite: bool = False, main: bool = True) -> bool:
+def prepare_run_dir(cfg, mode: str, resume: bool = False, overwrite: bool = False, main: bool = True,
+                    inputs: tuple[tuple[str, str], ...] = ()) -> bool:
     """Make ``cfg.train.output_dir`` ready for a ``mode`` run ('train' | 'distill'); see the module docstring.
 
+    ``inputs``: (what, path) of local files/folders the run reads (the task's :func:`task_inputs`).
     Returns True when an existing run is to be continued. Only the main process writes (``main``)."""
     out = Path(cfg.train.output_dir)
     if resume and overwrite:
         raise RunDirError("--resume and --overwrite exclude each other: continue the run, or replace it")
     if out.exists() and not out.is_dir():
         raise RunDirError(f"{out}: exists and is not a folder; choose another --output-dir")
-    _check_teacher_outside(out, cfg, mode)
+    _check_inputs_outside(out, inputs)
     existing = out.is_dir() and holds_run(out)
     if existing and not (resume or overwrite):
         raise RunDirError(f"{out}: holds another run; pass --resume to continue it, --overwrite to replace it, "
@@ -195,5 +198,5 @@ def export_atomically(export, path: str | Path) -> None:
 
 def distill_default_output_dir(train_output_dir: str) -> str:
     """Where ``distill`` writes when the output folder comes from the embedded default config:
-    ``<train's default>_distill`` (``runs/synthetic_distill``), never the teacher's folder."""
+    ``<train's default>_distill`` (``runs/synthetic_distill``), never the folder ``train`` writes to."""
     return str(train_output_dir).rstrip("/\\") + "_distill"

@@ -37,9 +37,11 @@ def prepare_output_dir(cfg: Config, accelerator, mode: str = "train", resume: bo
     happens before anything is written (:func:`detrdistill.engine.run_dir.prepare_run_dir`). Returns the
     folder and whether there is a run to resume."""
     from detrdistill.engine.run_dir import prepare_run_dir
+    from detrdistill.engine.tasks import task_inputs
 
     out_dir = Path(cfg.train.output_dir)
-    resume = prepare_run_dir(cfg, mode, resume, overwrite, accelerator.is_main_process)
+    resume = prepare_run_dir(cfg, mode, resume, overwrite, accelerator.is_main_process,
+                             inputs=task_inputs(cfg, mode))
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")

@@ -65,6 +65,14 @@ def build_task(cfg: Config, id2label: dict[int, str], mode: str) -> Task:
     return build_distill_task(cfg, student, criterion, id2label)
 
 
+def task_inputs(cfg: Config, mode: str) -> tuple[tuple[str, str], ...]:
+    """(what, local path) of what a ``mode`` run reads besides its data (kept out of its output folder)."""
+    if mode != "distill":
+        return ()
+    from detrdistill.distillation.task import distill_inputs
+    return distill_inputs(cfg)
+
+
 def move_targets(targets: list[dict], device: torch.device) -> list[dict]:
     return [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
             for t in targets]
