@@ -122,13 +122,18 @@ def run_demo(output_dir: str | Path = "runs/demo", preset: str = "auto") -> dict
     return summary
 
 
+# how the runs are named to a reader: the printout, the figures and the README use the same words
+DISPLAY_NAMES = {"teacher": "teacher", "baseline": "student alone", "distilled": "student distilled"}
+
+
 def format_table(summary: dict) -> str:
     runs = summary["runs"]
     base = runs.get("baseline", {}).get("AP")
-    lines = ["| model | params | AP | AP50 | AP75 | AP vs baseline | train seconds |", "|---|---|---|---|---|---|---|"]
+    lines = ["| model | params | AP | AP50 | AP75 | AP vs student alone | train seconds |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in runs.items():
         gain = "" if base is None or name == "baseline" else f"{r['AP'] - base:+.2f}"
-        lines.append(f"| {name} | {r['params'] / 1e6:.2f} M | {r['AP']:.2f} | {r['AP50']:.2f} | {r['AP75']:.2f} | "
+        lines.append(f"| {DISPLAY_NAMES.get(name, name)} | {r['params'] / 1e6:.2f} M | {r['AP']:.2f} | {r['AP50']:.2f} | {r['AP75']:.2f} | "
                      f"{gain} | {r['train_seconds'] or 0:.0f} |")
     return "\n".join(lines)
 
@@ -143,11 +148,13 @@ def _figures(out: Path, cfgs: dict[str, Config]) -> list[str]:
     fig_dir.mkdir(exist_ok=True)
     cfg = cfgs["teacher"]
     _, val = build_datasets(cfg, make_accelerator(cfg), need_train=False)
-    models = {n: get_adapter(load_detector(Path(c.train.output_dir) / "model")) for n, c in cfgs.items()}
+    models = {DISPLAY_NAMES.get(n, n): get_adapter(load_detector(Path(c.train.output_dir) / "model"))
+              for n, c in cfgs.items()}
     idx = list(range(min(4, len(val))))
     paths = [plot_predictions(models, val, idx, fig_dir / "predictions.png"),
-             plot_feature_mask(models["teacher"], val, 0, fig_dir / "feature_mask.png",
+             plot_feature_mask(models[DISPLAY_NAMES["teacher"]], val, 0, fig_dir / "feature_mask.png",
                                source=cfgs["distilled"].distill.feature.source),
-             plot_loss_curves({n: Path(cfgs[n].train.output_dir) / "metrics.jsonl" for n in ("baseline", "distilled")},
+             plot_loss_curves({DISPLAY_NAMES[n]: Path(cfgs[n].train.output_dir) / "metrics.jsonl"
+                               for n in ("baseline", "distilled")},
                               fig_dir / "loss_curves.png")]
     return [str(p) for p in paths]

@@ -60,16 +60,28 @@ def plot_predictions(models: dict, dataset, indices: list[int], path: str | Path
                                                            < max(3, len(t["boxes"])))
                 dets = [(b.cpu(), int(lab), float(s)) for b, lab, s in
                         zip(d["boxes"][keep], d["labels"][keep], d["scores"][keep])]
+            placed: list[tuple[float, float]] = []
             for box, lab, score in dets:
                 x0, y0, x1, y1 = box.tolist()
                 ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.5,
                                            color=COLORS[lab % len(COLORS)]))
                 label = dataset.id2label.get(lab, str(lab)) + ("" if score is None else f" {score:.2f}")
-                ax.text(x0, y0, label, fontsize=6, color="white",
+                tx, ty = label_position(x0, y0, placed, line_h=0.06 * h, width=0.3 * w)
+                ax.text(tx, ty, label, fontsize=6, color="white", va="bottom", clip_on=True,
                         bbox=dict(facecolor=COLORS[lab % len(COLORS)], alpha=0.7, pad=0.5, lw=0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return Path(path)
+
+
+def label_position(x: float, y: float, placed: list[tuple[float, float]], line_h: float,
+                   width: float) -> tuple[float, float]:
+    """Where a box label goes: at the box's top-left corner, moved down a line at a time while it would
+    overlap a label already placed (within ``width`` horizontally and ``line_h`` vertically). Records it."""
+    while any(abs(x - px) < width and abs(y - py) < line_h for px, py in placed):
+        y += line_h
+    placed.append((x, y))
+    return x, y
 
 
 @torch.no_grad()
@@ -92,7 +104,7 @@ def plot_feature_mask(teacher, dataset, index: int, path: str | Path, source: st
     img = _image(batch["pixel_values"][0], h, w)
     ph, pw = batch["pixel_values"].shape[-2:]
     levels = len(masks)
-    fig = Figure(figsize=(3.2 * (levels + 1), 3.4))
+    fig = Figure(figsize=(3.2 * (levels + 1) + 0.8, 3.4), layout="constrained")
     axes = fig.subplots(1, levels + 1)
     axes[0].imshow(img)
     axes[0].set_title("image + GT")
@@ -103,12 +115,13 @@ def plot_feature_mask(teacher, dataset, index: int, path: str | Path, source: st
     for m, mask in enumerate(masks):
         up = F.interpolate(mask[0, 0][None, None].float(), size=(ph, pw), mode="nearest")[0, 0, :h, :w].cpu()
         axes[m + 1].imshow(img)
-        axes[m + 1].imshow(up.numpy(), cmap="inferno", alpha=0.6, vmin=0, vmax=1)
+        shown = axes[m + 1].imshow(up.numpy(), cmap="inferno", alpha=0.6, vmin=0, vmax=1)
         axes[m + 1].set_title(f"mask, level {m} ({tuple(mask.shape[-2:])})")
     for ax in axes:
         ax.set_xticks([]), ax.set_yticks([])
+    if levels:
+        fig.colorbar(shown, ax=list(axes[1:]), shrink=0.85, label="mask weight Ψ (0-1]")
     fig.suptitle("target-aware feature-distillation mask (teacher, last stage)")
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     return Path(path)
 
@@ -116,7 +129,7 @@ def plot_feature_mask(teacher, dataset, index: int, path: str | Path, source: st
 def plot_loss_curves(runs: dict[str, str | Path], path: str | Path):
     """Detection loss (cls + bbox + giou) per run, and each distillation term of the distilled runs."""
     det_keys = ("loss/cls", "loss/bbox", "loss/giou")
-    fig = Figure(figsize=(11, 4))
+    fig = Figure(figsize=(11, 4.8), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
     for name, metrics_file in runs.items():
         recs = [r for r in read_metrics(metrics_file) if "loss" in r]
@@ -126,11 +139,11 @@ def plot_loss_curves(runs: dict[str, str | Path], path: str | Path):
         for k in extra:
             ax2.plot(steps, [r.get(k) for r in recs], label=f"{name}: {k[5:]}")
     ax1.set_title("detection loss (student's own queries)")
-    ax1.set_xlabel("step"), ax1.set_yscale("log"), ax1.legend()
+    ax1.set_xlabel("step"), ax1.set_yscale("log")
+    ax1.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, frameon=False)  # below, off the curves
     ax2.set_title("distillation terms")
     ax2.set_xlabel("step"), ax2.set_yscale("log")
     if ax2.lines:
-        ax2.legend(fontsize=7)
-    fig.tight_layout()
+        ax2.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3, fontsize=7, frameon=False)
     fig.savefig(path, dpi=110)
     return Path(path)
