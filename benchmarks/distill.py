@@ -219,7 +219,8 @@ def main(argv=None) -> int:
                     "student": {**results.get("student", {}), "config": args.student_config}})
     results["dates"] = sorted(set(results.get("dates", [results["date"]]) + [date]))
     done = {(r["method"], r["seed"]) for r in results["runs"]}
-    todo = [(m, s) for m in args.methods for s in args.seeds if (m, s) not in done][:args.max_runs]
+    # seed-major: every method of seed 0 first, so a chunk cut short still holds complete comparisons
+    todo = [(m, s) for s in args.seeds for m in args.methods if (m, s) not in done][:args.max_runs]
 
     def save() -> None:
         tmp = out.with_suffix(".json.tmp")
