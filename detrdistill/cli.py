@@ -174,7 +174,8 @@ def _add_model_tools(sub) -> None:
     sp = sub.add_parser("demo", help="synthetic data -> teacher, student baseline, distilled student, comparison")
     sp.add_argument("--output-dir", default="runs/demo", help="where the demo's runs and figures go")
     sp.add_argument("--preset", choices=["auto", "cpu", "gpu", "smoke"], default="auto",
-                    help="model/schedule sizes: cpu (6.5 min measured on 2 idle cores, 2026-11-26), gpu, smoke (seconds, checks the pipeline)")
+                    help="model/schedule sizes: cpu (6.5 min measured on 2 idle cores, 2026-11-26), gpu, "
+                    "smoke (seconds, checks the pipeline)")
     sp.set_defaults(func=cmd_demo)
 
 

@@ -4,8 +4,8 @@
 4. distil the same student from the teacher (all three DETRDistill parts); 5. evaluate, print a
 comparison table and write figures (predictions, the feature-distillation mask, loss curves).
 
-Presets: ``cpu`` (tiny models; 6 min 33 s measured on 2 idle cores, benchmarks/results/demo-cpu-2026-11-26.md) and ``gpu`` (bigger images, models and
-schedules); ``auto`` picks ``gpu`` when CUDA is available. Finished stages are reused when the
+Presets: ``cpu`` (tiny models; 6 min 33 s measured on 2 idle cores, see
+benchmarks/results/demo-cpu-2026-11-26.md) and ``gpu`` (bigger images, models and schedules); ``auto`` picks ``gpu`` when CUDA is available. Finished stages are reused when the
 command is run again with the same output directory.
 """
 from __future__ import annotations
