@@ -5,8 +5,9 @@
 comparison table and write figures (predictions, the feature-distillation mask, loss curves).
 
 Presets: ``cpu`` (tiny models; 6 min 33 s measured on 2 idle cores, see
-benchmarks/results/demo-cpu-2026-11-26.md) and ``gpu`` (bigger images, models and schedules); ``auto`` picks ``gpu`` when CUDA is available. Finished stages are reused when the
-command is run again with the same output directory.
+benchmarks/results/demo-cpu-2026-11-26.md) and ``gpu`` (bigger images, models and schedules); ``auto``
+picks ``gpu`` when CUDA is available. Finished stages are reused when the command is run again with the
+same output directory.
 """
 from __future__ import annotations
 
