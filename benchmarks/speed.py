@@ -150,17 +150,17 @@ def engine_step(path: str, batch_size: int | None, overrides: list[str], boundar
     from detrdistill.engine.trainer import run_training
 
     cfg = load_config(path, overrides + ([f"train.batch_size={batch_size}"] if batch_size else []))
-    cfg.data = cfg.data.model_copy(update={"min_size": [max(cfg.data.min_size)], "crop": 0.0})
+    # evaluation is off: no val/test split is built (or decoded) at all, neither here nor in the run
+    cfg.data = cfg.data.model_copy(update={"min_size": [max(cfg.data.min_size)], "crop": 0.0, "val": None,
+                                           "test": None})
     with tempfile.TemporaryDirectory() as tmp:
-        probe = cfg.model_copy(deep=True)
         from detrdistill.engine.trainer import build_datasets, make_accelerator
-        n_train = len(build_datasets(probe, make_accelerator(probe))[0])
+        n_train = len(build_datasets(cfg, make_accelerator(cfg))[0])
         per_epoch = n_train // cfg.train.batch_size
         steps = warmup + boundaries * per_epoch + 1
         cfg.train = cfg.train.model_copy(update={"output_dir": tmp, "max_steps": steps, "epochs": None,
                                                  "time_budget_min": None, "eval_every_epochs": 0, "log_every": 1,
                                                  "progress": False})
-        cfg.data = cfg.data.model_copy(update={"val": None, "test": None})
         run_training(cfg, mode="train")
         times = {r["step"]: r["time_s"] for r in read_metrics(f"{tmp}/metrics.jsonl") if "time_s" in r}
     return {"engine_step_s": (times[steps] - times[warmup]) / (steps - warmup), "engine_steps_timed": steps - warmup,
