@@ -89,8 +89,8 @@ def val_curve(metrics_file: Path) -> list[list[float]]:
     """[[step, AP], ...] from the periodic (val split) evaluations of a run."""
     if not metrics_file.is_file():
         return []
-    recs = [json.loads(ln) for ln in metrics_file.read_text().splitlines() if ln.strip()]
-    return [[r["step"], r["eval/AP"]] for r in recs if r.get("eval/AP") is not None]
+    from detrdistill.engine.metrics import read_metrics
+    return [[r["step"], r["eval/AP"]] for r in read_metrics(metrics_file) if r.get("eval/AP") is not None]
 
 
 def train_teacher(args, work: Path) -> Path:
