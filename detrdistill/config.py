@@ -248,6 +248,10 @@ class TeacherMatcherConfig(_Section):
 class DistillConfig(_Section):
     teacher: str | None = Field(None, description="teacher: local model dir or hub id (ours or any transformers one "
                                 "of a supported family; its classes must include the dataset's, mapped by name)")
+    teacher_input: Literal["auto", "processor", "student"] = Field(
+        "auto", description="pixels the teacher is fed, from the student's augmented batch: 'auto' = its processor's "
+        "normalisation, and its resizing when that differs from data.eval_size/max_size; 'processor' = always its "
+        "processor's normalisation and resizing; 'student' = the student's pixels unchanged")
     teacher_dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="teacher forward dtype; unset + train.mixed_precision=bf16 -> bfloat16")
     stage_mapping: Literal["uniform", "last", "final"] = Field(

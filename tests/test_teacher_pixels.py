@@ -10,11 +10,13 @@ from PIL import Image
 from detrdistill.config import DistillConfig
 from detrdistill.data.transforms import IMAGENET_MEAN, IMAGENET_STD, pil_to_tensor
 from detrdistill.distillation import Distiller
-from detrdistill.distillation.teacher_pixels import PixelNorm, build_teacher_pixels
+from detrdistill.distillation.feature import FeatureDistillLoss, sample_on_teacher_grid
+from detrdistill.distillation.teacher_pixels import PixelNorm, ResizeRule, build_teacher_pixels
 
-from .test_distiller import make, model_cfg
+from .test_distiller import criterion, make, model_cfg  # noqa: F401 (criterion: fixture)
 
 STUDENT = PixelNorm(IMAGENET_MEAN, IMAGENET_STD)
+STUDENT_RESIZE = ResizeRule("shortest_longest", 512, 800)  # data.eval_size / data.max_size defaults
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -36,8 +38,9 @@ def test_teacher_gets_what_its_processor_produces(kwargs):
     want = torch.as_tensor(np.asarray(proc(images=img, return_tensors="np")["pixel_values"]))[0]
     tp = build_teacher_pixels(proc.to_dict(), STUDENT)
     assert tp is not None
-    got = tp(student_pixels(img)[None], torch.ones(1, 40, 56, dtype=torch.long))[0]
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    got = tp(student_pixels(img)[None], torch.ones(1, 40, 56, dtype=torch.long))
+    torch.testing.assert_close(got.pixel_values[0], want, atol=1e-5, rtol=1e-5)
+    assert got.affine is None  # no resizing asked for: the same grid as the student's
 
 
 def test_same_normalisation_or_no_processor_changes_nothing():
@@ -53,7 +56,7 @@ def test_padding_stays_zero_and_distiller_feeds_the_teacher_its_view():
     mask = torch.ones(2, 64, 64, dtype=torch.long)
     mask[1, :, 40:] = 0
     x[1, :, :, 40:] = 0
-    y = tp(x, mask)
+    y = tp(x, mask).pixel_values
     assert torch.all(y[1, :, :, 40:] == 0) and not torch.allclose(y[0], x[0])
     teacher, student = make(model_cfg(d_model=64), seed=1), make(model_cfg())
     dist = Distiller(teacher, student, DistillConfig(), teacher_pixels=tp)
@@ -73,3 +76,92 @@ def test_build_distill_task_reads_the_teachers_processor(tmp_path):
     Proc(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5]).save_pretrained(tmp_path / "t")
     tp = _teacher_pixels(str(tmp_path / "t"))
     assert tp is not None and tp.teacher.mean == (0.5, 0.5, 0.5)
+    assert tp.resize == ResizeRule("shortest_longest", 800, 1333)  # the processor's default, not the student's
+
+
+@pytest.mark.parametrize("size", [{"shortest_edge": 30, "longest_edge": 60}, {"shortest_edge": 64, "longest_edge": 70},
+                                  {"height": 32, "width": 48}, {"max_height": 20, "max_width": 100}])
+def test_teacher_is_resized_as_its_processor_resizes(size):
+    """Each image's real region is resized by the processor's rule; pixels within one uint8 step of PIL's."""
+    from transformers import DeformableDetrImageProcessorPil as Proc
+    proc = Proc(size=size, do_pad=False, image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.25, 0.3])
+    imgs = [image(40, 56, seed=0), image(48, 30, seed=1)]
+    x = torch.zeros(2, 3, 48, 56)
+    mask = torch.zeros(2, 48, 56, dtype=torch.long)
+    for i, im in enumerate(imgs):
+        x[i, :, :im.height, :im.width] = student_pixels(im)
+        mask[i, :im.height, :im.width] = 1
+    tp = build_teacher_pixels(proc.to_dict(), STUDENT, student_resize=STUDENT_RESIZE)
+    got = tp(x, mask)
+    for i, im in enumerate(imgs):
+        want = torch.as_tensor(np.asarray(proc(images=im, return_tensors="np")["pixel_values"]))[0]
+        h, w = want.shape[-2:]
+        assert int(got.pixel_mask[i].sum()) == h * w and bool(got.pixel_mask[i, :h, :w].all())
+        gray_level = 1 / 255 / 0.2  # one uint8 step (PIL resizes uint8 images), in the teacher's normalised units
+        assert (got.pixel_values[i, :, :h, :w] - want).abs().max() <= 1.05 * gray_level
+        assert torch.all(got.pixel_values[i, :, h:] == 0) and torch.all(got.pixel_values[i, :, :, w:] == 0)
+
+
+def test_auto_resizes_only_when_the_teachers_rule_differs_and_modes_are_honoured():
+    ours = dict(size={"shortest_edge": 512, "longest_edge": 800}, image_mean=list(IMAGENET_MEAN),
+                image_std=list(IMAGENET_STD))
+    assert build_teacher_pixels(ours, STUDENT, student_resize=STUDENT_RESIZE) is None
+    forced = build_teacher_pixels(ours, STUDENT, student_resize=STUDENT_RESIZE, mode="processor")
+    assert forced is not None and forced.resize == STUDENT_RESIZE and not forced.normalises
+    bigger = dict(ours, size={"shortest_edge": 800, "longest_edge": 1333})
+    assert build_teacher_pixels(bigger, STUDENT, student_resize=STUDENT_RESIZE).resize.a == 800
+    assert build_teacher_pixels(bigger, STUDENT, student_resize=STUDENT_RESIZE, mode="student") is None
+    assert build_teacher_pixels(dict(ours, do_resize=False, image_mean=[0.5] * 3), STUDENT).resize is None
+    with pytest.raises(Exception, match="preprocessor_config.json.*size"):
+        build_teacher_pixels(dict(ours, size={"edge": 3}), STUDENT)
+
+
+def test_sampling_on_the_teacher_grid_aligns_the_two_views():
+    """A student map holding each pixel's position in its image, sampled on the teacher's grid through the view's
+    affine, holds the teacher pixel's position in the same image (the two views are the same image region)."""
+    x = torch.zeros(2, 3, 48, 64)
+    mask = torch.zeros(2, 48, 64, dtype=torch.long)
+    mask[0, :48, :64] = 1
+    mask[1, :32, :40] = 1
+    view = build_teacher_pixels(dict(size={"shortest_edge": 80, "longest_edge": 400}, image_mean=list(IMAGENET_MEAN),
+                                     image_std=list(IMAGENET_STD)), STUDENT, student_resize=STUDENT_RESIZE)(x, mask)
+    assert view.affine is not None and view.pixel_values.shape[-2:] == (80, 106)
+
+    def position_map(real_hw, canvas_hw):  # [B, 2, H, W]: (y, x) / real side at pixel centres, 0 on padding
+        H, W = canvas_hw
+        out = torch.zeros(len(real_hw), 2, H, W)
+        for i, (h, w) in enumerate(real_hw):
+            ys, xs = (torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w
+            out[i, 0, :h, :w], out[i, 1, :h, :w] = ys[:, None].expand(h, w), xs[None, :].expand(h, w)
+        return out
+    student_map = position_map([(48, 64), (32, 40)], (48, 64))
+    t_real = [(int(m.any(1).sum()), int(m.any(0).sum())) for m in view.pixel_mask.bool()]
+    want = position_map(t_real, tuple(view.pixel_values.shape[-2:]))
+    got = sample_on_teacher_grid(student_map, view.affine, tuple(want.shape[-2:]))
+    for i, (h, w) in enumerate(t_real):  # inside (one pixel off the border, where bilinear meets the padding)
+        torch.testing.assert_close(got[i, :, 1:h - 1, 1:w - 1], want[i, :, 1:h - 1, 1:w - 1], atol=1e-4, rtol=0)
+    # identity geometry = a plain bilinear resize, as without a view
+    plain = sample_on_teacher_grid(student_map, torch.ones(2, 2), (24, 32))
+    torch.testing.assert_close(plain, torch.nn.functional.interpolate(student_map, size=(24, 32), mode="bilinear",
+                                                                      align_corners=False), atol=1e-5, rtol=0)
+
+
+def test_distilling_from_a_resized_teacher_view_trains_the_student(criterion):
+    """Every term runs on a teacher fed its own (larger) view; the feature terms get gradients to the student."""
+    tp = build_teacher_pixels(dict(size={"shortest_edge": 96, "longest_edge": 160}, image_mean=[0.5] * 3,
+                                   image_std=[0.5] * 3), STUDENT, student_resize=STUDENT_RESIZE)
+    teacher, student = make(model_cfg(d_model=64), seed=1), make(model_cfg())
+    cfg = DistillConfig()
+    cfg.fitnet.enabled = True
+    dist = Distiller(teacher, student, cfg, teacher_pixels=tp)
+    x, mask = torch.randn(2, 3, 64, 64), torch.ones(2, 64, 64, dtype=torch.long)
+    mask[1, 40:] = 0
+    targets = [dict(class_labels=torch.tensor([0]), boxes=torch.tensor([[0.5, 0.5, 0.3, 0.4]])) for _ in range(2)]
+    out = dist(x, mask, targets, criterion)
+    src = cfg.feature.source
+    assert getattr(out.teacher, src)[0].shape[-1] > getattr(out.student, src)[0].shape[-1]  # teacher saw 96 px, not 64
+    assert {"feature", "fitnet"} <= set(out.loss_dict) and torch.isfinite(out.loss)
+    out.loss.backward()
+    grads = [p.grad for p in dist.student.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+    assert all(p.grad is None for p in dist.teacher.parameters())

@@ -26,8 +26,8 @@ class FitNetLoss(FeatureDistillLoss):
     """``FitNetLoss(student_channels, teacher_channels, weight)(student_feats, teacher_feats, valid_masks)``."""
 
     def forward(self, student_features: Sequence[Tensor], teacher_features: Sequence[Tensor],  # type: ignore[override]
-                valid_masks: Sequence[Tensor] | None = None) -> Tensor:
-        return super().forward(student_features, teacher_features, None, valid_masks)
+                valid_masks: Sequence[Tensor] | None = None, affine: Tensor | None = None) -> Tensor:
+        return super().forward(student_features, teacher_features, None, valid_masks, affine)
 
 
 class LogitKDLoss(nn.Module):

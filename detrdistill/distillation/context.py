@@ -27,13 +27,15 @@ __all__ = ["StepContext"]
 class StepContext:
     """student / teacher: the two forwards (teacher outputs in float32, no grad); targets: B dicts
     (``class_labels`` [T], ``boxes`` [T, 4] normalised cxcywh); stage_map: the teacher stage of each student stage;
-    criterion: the student's set criterion; teacher_matcher: ``(logits, boxes, targets) -> [L_T, B, N_T]``."""
+    criterion: the student's set criterion; teacher_matcher: ``(logits, boxes, targets) -> [L_T, B, N_T]``;
+    teacher_affine: [B, 2] geometry of the teacher's own resized view (:mod:`.teacher_pixels`), None = same grid."""
     student: DetectorOutput
     teacher: DetectorOutput
     targets: list[dict]
     stage_map: list[int]
     criterion: Callable | None = None
     teacher_matcher: Callable | None = None
+    teacher_affine: Tensor | None = None
     cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def cached(self, key: str, compute: Callable[[], Any]) -> Any:

@@ -41,6 +41,7 @@ from .context import StepContext
 from .feature import level_pairs_by_resolution
 from .stage_mapping import map_stages
 from .step_matching import solve_step_matchings, step_needs
+from .teacher_pixels import TeacherInput
 from .terms import TermEnv, build_terms
 
 __all__ = ["Distiller", "DistillOutput", "check_compatible"]
@@ -128,7 +129,8 @@ class Distiller(nn.Module):
             assignment (default: :func:`build_teacher_matcher` from ``cfg.teacher_matcher``).
         probe_size: image side of the one-off probe forward used to pair feature levels by resolution when the
             two models have different level counts.
-        teacher_pixels: maps the student's pixel batch to the teacher's normalisation (:mod:`.teacher_pixels`).
+        teacher_pixels: maps the student's pixel batch to the teacher's own view -- normalisation and resizing of
+            its image processor -- (:mod:`.teacher_pixels`); None = the student's pixels.
 
     The enabled terms' modules (losses, connectors) are registered under their attribute names
     (``feature_loss``, ``query_projection``, ...); ``self.terms`` lists the terms in step order.
@@ -141,7 +143,7 @@ class Distiller(nn.Module):
         cfg = cfg if cfg is not None else DistillConfig()
         # teacher classes -> student classes by name, applied once where the teacher's output is produced
         self.class_map = check_compatible(teacher, student, dataset_id2label)
-        self.teacher_pixels = teacher_pixels  # the teacher's own normalisation (.teacher_pixels), or None
+        self.teacher_pixels = teacher_pixels  # the teacher's own view (.teacher_pixels), or None
         self.cfg = cfg
         self.teacher = teacher
         self.student = student
@@ -222,13 +224,21 @@ class Distiller(nn.Module):
             self.student.train(was_training)
         return level_pairs_by_resolution([tuple(f.shape[-2:]) for f in s], [tuple(f.shape[-2:]) for f in t])
 
+    def teacher_input(self, pixel_values: Tensor, pixel_mask: Tensor | None) -> TeacherInput:
+        """The teacher's view of the student's batch (its processor's normalisation and resizing, if any)."""
+        if self.teacher_pixels is None:
+            return TeacherInput(pixel_values, pixel_mask, None)
+        with torch.no_grad():
+            return self.teacher_pixels(pixel_values, pixel_mask)
+
     def teacher_forward(self, pixel_values: Tensor, pixel_mask: Tensor | None,
-                        targets: list[dict] | None = None) -> DetectorOutput:
-        """Frozen teacher forward (inference mode, eval mode, float32 outputs that are normal tensors); with
-        targets, ``assignments`` holds its own GT matching."""
+                        targets: list[dict] | None = None, view: TeacherInput | None = None) -> DetectorOutput:
+        """Frozen teacher forward (inference mode, eval mode, float32 outputs that are normal tensors) on the
+        student's batch, seen through :meth:`teacher_input` (or the given ``view`` of it); with targets,
+        ``assignments`` holds its own GT matching."""
         self.teacher.eval()
-        if self.teacher_pixels is not None:
-            pixel_values = self.teacher_pixels(pixel_values, pixel_mask)
+        view = view if view is not None else self.teacher_input(pixel_values, pixel_mask)
+        pixel_values, pixel_mask = view.pixel_values, view.pixel_mask
         with torch.inference_mode(), self._teacher_context(pixel_values.device.type):
             out = self.teacher(pixel_values, pixel_mask)
         with torch.no_grad():
@@ -252,10 +262,12 @@ class Distiller(nn.Module):
         if targets is None:
             raise ValueError("Distiller.forward needs the targets (feature quality scores, query prior)")
         with profiling.section("teacher_forward"):
-            t_out = self.teacher_forward(pixel_values, pixel_mask)
+            view = self.teacher_input(pixel_values, pixel_mask)
+            t_out = self.teacher_forward(pixel_values, pixel_mask, view=view)
         with profiling.section("student_forward"):
             s_out = self.student(pixel_values, pixel_mask)
-        ctx = StepContext(s_out, t_out, targets, self._stage_map(s_out, t_out), criterion, self.teacher_matcher)
+        ctx = StepContext(s_out, t_out, targets, self._stage_map(s_out, t_out), criterion, self.teacher_matcher,
+                          teacher_affine=view.affine)
         # every matching of the step in one solver dispatch (exactly the results of solving them one by one)
         student_gt = solve_step_matchings(ctx, criterion, *self.matching_needs) if self.batch_matchings else None
         if criterion is not None:

@@ -33,7 +33,9 @@ Decisions (documented deviations):
   same spatial size (the :class:`~detrdistill.distillation.distiller.Distiller` derives it from a probe forward);
   unpaired levels are not distilled.
 * **Spatial size mismatch** of a pair: the adapted student map is bilinearly resized to the teacher's size
-  (``align_corners=False``); the teacher side and its mask are never resampled.
+  (``align_corners=False``); the teacher side and its mask are never resampled.  When the teacher was fed its own
+  resized view (:mod:`.teacher_pixels`), the student map is instead sampled on the teacher's grid image by image
+  through the view's ``affine`` (``grid_sample``, zeros outside the student's canvas).
 """
 from __future__ import annotations
 
@@ -124,6 +126,20 @@ def level_pairs_by_resolution(student_sizes: Sequence[tuple[int, int]],
     return pairs
 
 
+def sample_on_teacher_grid(x: Tensor, affine: Tensor, size: tuple[int, int]) -> Tensor:
+    """x [B, C, H, W] (student grid), affine [B, 2] (a_y, a_x) -> [B, C, *size] sampled at the teacher grid's points.
+
+    Normalised coordinates (``align_corners=False``): ``u_S = (u_T + 1) * a - 1`` per axis, i.e. both canvases
+    anchored at their top-left corner, the teacher's real region mapped onto the student's.
+    """
+    a = affine.to(x.device, x.dtype)
+    theta = x.new_zeros(x.shape[0], 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2] = a[:, 1], a[:, 1] - 1   # x (width) row
+    theta[:, 1, 1], theta[:, 1, 2] = a[:, 0], a[:, 0] - 1   # y (height) row
+    grid = F.affine_grid(theta, [x.shape[0], x.shape[1], *size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
 class FeatureDistillLoss(nn.Module):
     """Masked feature MSE with 1x1 conv adapters where student and teacher widths differ.
 
@@ -152,8 +168,12 @@ class FeatureDistillLoss(nn.Module):
     def extra_repr(self) -> str:
         return f"level_pairs={self.level_pairs}, weight={self.weight}"
 
-    def adapt(self, student_features: Sequence[Tensor], teacher_features: Sequence[Tensor]) -> list[Tensor]:
-        """Adapted student maps, one per level pair, at the teacher's spatial size (float32)."""
+    def adapt(self, student_features: Sequence[Tensor], teacher_features: Sequence[Tensor],
+              affine: Tensor | None = None) -> list[Tensor]:
+        """Adapted student maps, one per level pair, at the teacher's spatial size (float32).
+
+        affine [B, 2] (a_y, a_x): teacher canvas -> student canvas per image (:class:`~.teacher_pixels.TeacherInput`);
+        None = the two canvases show the same image region (a plain resize when the sizes differ)."""
         out = []
         for (s, t), adapter in zip(self.level_pairs, self.adapters):
             x = student_features[s]
@@ -161,20 +181,24 @@ class FeatureDistillLoss(nn.Module):
                 x = adapter(x.to(adapter.weight.dtype))
             x = x.float()
             size = teacher_features[t].shape[-2:]
-            if x.shape[-2:] != size:
+            if affine is not None:
+                x = sample_on_teacher_grid(x, affine, tuple(size))
+            elif x.shape[-2:] != size:
                 x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
             out.append(x)
         return out
 
     def forward(self, student_features: Sequence[Tensor], teacher_features: Sequence[Tensor],
-                masks: Sequence[Tensor] | None = None, valid_masks: Sequence[Tensor] | None = None) -> Tensor:
+                masks: Sequence[Tensor] | None = None, valid_masks: Sequence[Tensor] | None = None,
+                affine: Tensor | None = None) -> Tensor:
         """Weighted loss, summed over the stage dims of the masks and over the level pairs.
 
         student_features per student level [B, c_S, H, W] (with grad); teacher_features per teacher level
         [B, c_T, H', W']; masks per TEACHER level [..., B, H', W'] (Ψ of one or several stages) or None
-        (unmasked: FitNet); valid_masks per teacher level [B, H', W'] bool (True = real pixel) or None.
+        (unmasked: FitNet); valid_masks per teacher level [B, H', W'] bool (True = real pixel) or None;
+        affine: the teacher view's geometry (see :meth:`adapt`).
         """
-        adapted = self.adapt(student_features, teacher_features)
+        adapted = self.adapt(student_features, teacher_features, affine)
         total = adapted[0].new_zeros(()) if adapted else torch.zeros(())
         for (s, t), x in zip(self.level_pairs, adapted):
             tf = teacher_features[t].detach().float()

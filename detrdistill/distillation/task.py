@@ -68,7 +68,7 @@ def build_distill_task(cfg: Config, student, criterion: nn.Module, id2label: dic
         raise ConfigError("distill.teacher is not set: give the teacher's model directory (--teacher DIR)")
     teacher = get_adapter(load_detector(cfg.distill.teacher, what="distill.teacher"))
     return DistillTask(Distiller(teacher, student, teacher_distill_config(cfg), dataset_id2label=id2label,
-                                 teacher_pixels=_teacher_pixels(cfg.distill.teacher)), criterion)
+                                 teacher_pixels=_teacher_pixels(cfg.distill.teacher, cfg)), criterion)
 
 
 def distill_inputs(cfg: Config) -> tuple[tuple[str, str], ...]:
@@ -86,12 +86,16 @@ def teacher_distill_config(cfg: Config):
     return dcfg
 
 
-def _teacher_pixels(teacher: str):
-    """The teacher's own normalisation when its preprocessor_config.json differs from the data pipeline's."""
+def _teacher_pixels(teacher: str, cfg: Config | None = None):
+    """The teacher's own view (normalisation, resizing) when its preprocessor_config.json asks for one that the
+    data pipeline's does not give (``distill.teacher_input``); None = the student's pixels as they are."""
     from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from ..models.pretrained import resolve_model
-    from .teacher_pixels import PixelNorm, build_teacher_pixels
+    from .teacher_pixels import PixelNorm, ResizeRule, build_teacher_pixels
 
+    cfg = cfg if cfg is not None else Config()
     source = resolve_model(teacher, what="distill.teacher", check_weights=False)
+    student_resize = ResizeRule("shortest_longest", cfg.data.eval_size, cfg.data.max_size)
     return build_teacher_pixels(source.read_json("preprocessor_config.json"), PixelNorm(IMAGENET_MEAN, IMAGENET_STD),
-                                teacher_name=source.name)
+                                teacher_name=source.name, student_resize=student_resize,
+                                mode=cfg.distill.teacher_input)

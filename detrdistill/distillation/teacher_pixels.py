@@ -1,30 +1,51 @@
-"""Feed the teacher pixels normalised the way its own image processor says, from the student's batch.
+"""Feed the teacher pixels the way its own image processor says, from the student's augmented batch.
 
-A teacher directory (or hub id) may carry a ``preprocessor_config.json``. When its normalisation differs from the
-student's (the data pipeline's ImageNet mean/std), :class:`TeacherPixels` turns the student's normalised batch back
-into the same augmented image and normalises it the teacher's way::
+A teacher directory (or hub id) may carry a ``preprocessor_config.json``. Its settings are honoured on the
+student's batch, so both views come from the same augmented image:
 
-    raw   = x_S * std_S + mean_S                          (the augmented, resized image in [0, 1])
-    x_T   = (raw * 255 * rescale_factor_T - mean_T) / std_T  (do_rescale / do_normalize of the processor honoured)
-    x_T   = x_T * pixel_mask                              (padding stays zero, as the processor pads)
+* **Normalisation.** When it differs from the student's (the data pipeline's ImageNet mean/std), the student's
+  normalised batch is turned back into the augmented image and normalised the teacher's way::
 
-Both views come from the same augmented image and have the same size: the teacher's ``size`` settings are not
-applied (resizing is the data pipeline's, identical for both models).
+      raw   = x_S * std_S + mean_S                             (the augmented, resized image in [0, 1])
+      x_T   = (raw * 255 * rescale_factor_T - mean_T) / std_T  (do_rescale / do_normalize honoured)
+
+* **Resizing.** Each image's real region (from ``pixel_mask``) is resized bilinearly (antialiased) by the
+  processor's ``size`` rule -- ``shortest_edge``/``longest_edge``, ``height``/``width`` (stretch),
+  ``max_height``/``max_width``, computed with transformers' own size functions -- and zero-padded bottom/right
+  to the batch's largest side (or the processor's ``pad_size``). The geometry is kept as a per-image affine
+  ``affine [B, 2] = (a_y, a_x)`` from the teacher canvas to the student canvas, in ``grid_sample``'s normalised
+  coordinates ``u_S = (u_T + 1) * a - 1`` with ``a = (student real side / teacher real side) * (teacher canvas /
+  student canvas)``, so feature terms can sample the student's maps on the teacher's grid
+  (:meth:`~.feature.FeatureDistillLoss.adapt`). Boxes are normalised to the real image region in every family,
+  so logits, boxes and queries need no conversion.
+
+Which of the two applies is ``distill.teacher_input``:
+
+* ``auto`` (default): normalisation whenever it differs; resizing only when the teacher's ``size`` rule differs
+  from the student's eval resize (``data.eval_size`` / ``data.max_size``). A teacher trained by this project with
+  the same data settings therefore sees exactly the student's augmented view, scale jitter included.
+* ``processor``: normalisation and resizing always as the processor says (a fixed, eval-like teacher view).
+* ``student``: the student's pixels as they are.
+
+Padding stays zero, as the processor pads.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ModelError
 
 log = logging.getLogger("detrdistill")
 
-__all__ = ["PixelNorm", "TeacherPixels", "build_teacher_pixels"]
+__all__ = ["PixelNorm", "ResizeRule", "TeacherInput", "TeacherPixels", "build_teacher_pixels", "TEACHER_INPUT_MODES"]
+
+TEACHER_INPUT_MODES = ("auto", "processor", "student")
 
 
 @dataclass(frozen=True)
@@ -59,34 +80,150 @@ def _triple(v) -> tuple[float, float, float] | None:
     return None
 
 
-class TeacherPixels(nn.Module):
-    """[B, 3, H, W] student-normalised pixels (+ [B, H, W] mask) -> the teacher's normalisation; no parameters."""
+@dataclass(frozen=True)
+class ResizeRule:
+    """A processor's ``size`` setting: ``kind`` is ``shortest_longest`` (a = shortest edge, b = longest edge cap),
+    ``height_width`` (stretch to a x b) or ``max_height_width`` (fit in a x b, aspect kept)."""
+    kind: str
+    a: int
+    b: int
 
-    def __init__(self, student: PixelNorm, teacher: PixelNorm):
+    @classmethod
+    def from_processor_config(cls, d: dict, where: str = "preprocessor_config.json") -> "ResizeRule | None":
+        """None when the processor does not resize."""
+        if not d.get("do_resize", True) or d.get("size") is None:
+            return None
+        size = d["size"]
+        if isinstance(size, int):  # old configs: an int short side, max_size beside it
+            size = {"shortest_edge": size, "longest_edge": d.get("max_size") or 1333}
+        if not isinstance(size, dict):
+            raise ModelError(f"{where}: 'size' must be a dict such as {{'shortest_edge': 800, 'longest_edge': 1333}}, "
+                             f"got {size!r}")
+        try:
+            if size.get("shortest_edge"):
+                return cls("shortest_longest", int(size["shortest_edge"]),
+                           int(size.get("longest_edge") or size["shortest_edge"]))
+            if size.get("height") and size.get("width"):
+                return cls("height_width", int(size["height"]), int(size["width"]))
+            if size.get("max_height") and size.get("max_width"):
+                return cls("max_height_width", int(size["max_height"]), int(size["max_width"]))
+        except (TypeError, ValueError):
+            pass
+        raise ModelError(f"{where}: unsupported 'size' {size!r}; expected shortest_edge/longest_edge, height/width "
+                         "or max_height/max_width")
+
+    def output_size(self, h: int, w: int) -> tuple[int, int]:
+        """(h', w') of an h x w image, as transformers' DETR-family processors compute it."""
+        if self.kind == "height_width":
+            return self.a, self.b
+        if self.kind == "max_height_width":
+            from transformers.image_utils import get_image_size_for_max_height_width
+            return tuple(get_image_size_for_max_height_width((h, w), self.a, self.b))
+        from transformers.image_transforms import get_size_with_aspect_ratio
+        return tuple(get_size_with_aspect_ratio((h, w), self.a, self.b))
+
+
+class TeacherInput(NamedTuple):
+    """What the teacher is fed: pixel_values [B, 3, H_T, W_T], pixel_mask [B, H_T, W_T] or None, and ``affine``
+    [B, 2] (teacher canvas -> student canvas, see the module docstring) or None when the two grids coincide."""
+    pixel_values: Tensor
+    pixel_mask: Tensor | None
+    affine: Tensor | None = None
+
+
+def _pad_size(d: dict) -> tuple[int, int] | None:
+    p = d.get("pad_size") if d.get("do_pad", True) else None
+    if isinstance(p, dict) and p.get("height") and p.get("width"):
+        return int(p["height"]), int(p["width"])
+    return None
+
+
+class TeacherPixels(nn.Module):
+    """[B, 3, H, W] student-normalised pixels (+ [B, H, W] mask) -> :class:`TeacherInput`; no parameters.
+
+    student / teacher: the two normalisations (``teacher=None``: unchanged); resize: the teacher's size rule
+    (None: the student's grid); pad_size: the processor's fixed canvas (H, W), if any.
+    """
+
+    def __init__(self, student: PixelNorm, teacher: PixelNorm | None = None, resize: ResizeRule | None = None,
+                 pad_size: tuple[int, int] | None = None):
         super().__init__()
-        self.student, self.teacher = student, teacher
+        self.student, self.teacher, self.resize, self.pad_size = student, teacher, resize, pad_size
+        self.normalises = teacher is not None and not teacher.close_to(student)
+        teacher = teacher or student
         # x_T = x_S * a + b, per channel
         a = [ss / st * teacher.scale / student.scale for ss, st in zip(student.std, teacher.std)]
         b = [(ms / student.scale * teacher.scale - mt) / st for ms, mt, st in zip(student.mean, teacher.mean, teacher.std)]
         self.register_buffer("a", torch.tensor(a).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("b", torch.tensor(b).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, pixel_values: Tensor, pixel_mask: Tensor | None = None) -> Tensor:
-        x = pixel_values * self.a.to(pixel_values.dtype) + self.b.to(pixel_values.dtype)
-        if pixel_mask is not None:
-            x = x * pixel_mask[:, None].to(x.dtype)
-        return x
+    def extra_repr(self) -> str:
+        return f"normalises={self.normalises}, resize={self.resize}, pad_size={self.pad_size}"
+
+    def forward(self, pixel_values: Tensor, pixel_mask: Tensor | None = None) -> TeacherInput:
+        x = pixel_values
+        if self.normalises:
+            x = x * self.a.to(x.dtype) + self.b.to(x.dtype)
+            if pixel_mask is not None:
+                x = x * pixel_mask[:, None].to(x.dtype)
+        if self.resize is None:
+            return TeacherInput(x, pixel_mask, None)
+        return self._resized(x, pixel_mask)
+
+    def _resized(self, x: Tensor, pixel_mask: Tensor | None) -> TeacherInput:
+        B, _, H, W = x.shape
+        if pixel_mask is None:
+            real = [(H, W)] * B
+        else:  # padding is bottom/right: the real region is the rows / columns holding a real pixel
+            m = pixel_mask.bool()
+            real = list(zip(m.any(2).sum(1).tolist(), m.any(1).sum(1).tolist()))
+        out_sizes = [self.resize.output_size(h, w) for h, w in real]
+        if out_sizes == real and self.pad_size is None:
+            return TeacherInput(x, pixel_mask, None)
+        Ht = max(h for h, _ in out_sizes)
+        Wt = max(w for _, w in out_sizes)
+        if self.pad_size is not None:
+            Ht, Wt = max(Ht, self.pad_size[0]), max(Wt, self.pad_size[1])
+        y = x.new_zeros(B, x.shape[1], Ht, Wt)
+        mask = torch.zeros(B, Ht, Wt, dtype=pixel_mask.dtype if pixel_mask is not None else torch.long,
+                           device=x.device)
+        affine = torch.empty(B, 2, dtype=torch.float32)
+        for i, ((h, w), (oh, ow)) in enumerate(zip(real, out_sizes)):
+            if h > 0 and w > 0:
+                y[i, :, :oh, :ow] = F.interpolate(x[i:i + 1, :, :h, :w], size=(oh, ow), mode="bilinear",
+                                                  align_corners=False, antialias=True)[0]
+            mask[i, :oh, :ow] = 1
+            affine[i, 0] = (h / max(oh, 1)) * (Ht / H)
+            affine[i, 1] = (w / max(ow, 1)) * (Wt / W)
+        return TeacherInput(y, mask, affine.to(x.device))
 
 
 def build_teacher_pixels(processor_config: dict | None, student: PixelNorm, teacher_name: str = "teacher",
-                         ) -> TeacherPixels | None:
-    """None when the teacher has no processor config or normalises like the student; else a TeacherPixels."""
-    if not processor_config:
+                         student_resize: ResizeRule | None = None, mode: str = "auto") -> TeacherPixels | None:
+    """None when the teacher is fed the student's pixels unchanged; else a :class:`TeacherPixels`.
+
+    processor_config: the teacher's ``preprocessor_config.json`` (None: none saved); student_resize: the student's
+    eval resize rule (``auto`` resizes only when the teacher's differs); mode: ``distill.teacher_input``.
+    """
+    if mode not in TEACHER_INPUT_MODES:
+        raise ValueError(f"teacher_input must be one of {TEACHER_INPUT_MODES}, got {mode!r}")
+    if not processor_config or mode == "student":
         return None
-    teacher = PixelNorm.from_processor_config(processor_config, f"{teacher_name}/preprocessor_config.json")
-    if teacher.close_to(student):
+    where = f"{teacher_name}/preprocessor_config.json"
+    teacher = PixelNorm.from_processor_config(processor_config, where)
+    resize = ResizeRule.from_processor_config(processor_config, where)
+    if mode == "auto" and resize is not None and resize == student_resize:
+        resize = None
+    pad = _pad_size(processor_config) if resize is not None else None
+    normalises = not teacher.close_to(student)
+    if not normalises and resize is None:
         return None
-    log.info("distill.teacher %s: fed pixels normalised its own way (mean %s, std %s%s) from the student's batch",
-             teacher_name, list(teacher.mean), list(teacher.std),
-             "" if teacher.scale == 1.0 else f", scale {teacher.scale:g}")
-    return TeacherPixels(student, teacher)
+    if normalises:
+        log.info("distill.teacher %s: fed pixels normalised its own way (mean %s, std %s%s) from the student's batch",
+                 teacher_name, list(teacher.mean), list(teacher.std),
+                 "" if teacher.scale == 1.0 else f", scale {teacher.scale:g}")
+    if resize is not None:
+        log.info("distill.teacher %s: fed each augmented image resized by its processor (%s %d x %d%s); feature "
+                 "terms sample the student's maps on the teacher's grid", teacher_name, resize.kind, resize.a,
+                 resize.b, f", padded to {pad[0]} x {pad[1]}" if pad else "")
+    return TeacherPixels(student, teacher, resize, pad)

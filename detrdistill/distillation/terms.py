@@ -90,7 +90,7 @@ class FeatureTerm(DistillTerm):
         with profiling.section("feature_mask"):
             scores, idx = quality_scores(t.logits, t.boxes, ctx.targets, self.top_k, t.class_activation)
             masks = target_aware_mask(t.embeddings, t_feats, scores, idx, valid, self.mask_floor)
-        return {"feature": self.loss(getattr(s, self.source), t_feats, masks, valid)}
+        return {"feature": self.loss(getattr(s, self.source), t_feats, masks, valid, ctx.teacher_affine)}
 
 
 class FitNetTerm(DistillTerm):
@@ -103,7 +103,8 @@ class FitNetTerm(DistillTerm):
 
     def __call__(self, ctx: StepContext) -> dict[str, Tensor]:
         s, t = ctx.student, ctx.teacher
-        return {"fitnet": self.loss(getattr(s, self.source), getattr(t, self.source), t.feature_masks or None)}
+        return {"fitnet": self.loss(getattr(s, self.source), getattr(t, self.source), t.feature_masks or None,
+                                    ctx.teacher_affine)}
 
 
 class QueryPriorTerm(DistillTerm):
