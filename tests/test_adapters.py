@@ -301,13 +301,54 @@ def test_query_projection_forms():
         QueryProjection(64, 32, fields=("reference",))
 
 
-@pytest.mark.skipif(not (_registered("dab_detr") and _registered("detr")), reason="needs dab_detr and detr adapters")
-def test_incompatible_query_forms_are_rejected():
-    dab, detr = make_adapter("dab_detr"), make_adapter("detr")
+def test_query_forms_that_cannot_be_derived_are_rejected():
+    from types import SimpleNamespace as NS
+    points = NS(family="t", d_model=32, query_form={"reference": 2})
+    with pytest.raises(IncompatibleQueriesError, match="2-d"):
+        build_query_projection(points, NS(family="s", d_model=32, query_form={"reference": 4}))
     with pytest.raises(IncompatibleQueriesError, match="position"):
-        build_query_projection(dab, detr)  # anchors only -> a decoder that needs position queries
-    p = build_query_projection(make_adapter("deformable_detr", d_model=64), detr)  # content dropped, position kept
-    assert p.fields == ("position",)
+        build_query_projection(NS(family="t", d_model=32, query_form={"content": 32}),
+                               NS(family="s", d_model=32, query_form={"position": 32}))
+    p = build_query_projection(make_adapter("deformable_detr", d_model=64), make_adapter("detr"))
+    assert p.fields == ("position",) and p.derive == {}  # content dropped, position projected
+
+
+# teacher -> student pairs covering every derivation of a missing query field
+CROSS = [("dab_detr", "detr", {"position": "from_reference"}),
+         ("rt_detr", "deformable_detr", {"position": "from_reference"}),
+         ("dab_detr", "deformable_detr", {"content": "zeros", "position": "from_reference"}),
+         ("detr", "rt_detr", {"content": "zeros", "reference": "from_position"}),
+         ("deformable_detr", "adamixer", {"reference": "from_position"}),
+         ("adamixer", "dab_detr", {})]
+
+
+@pytest.mark.parametrize("t_name,s_name,derive", CROSS, ids=[f"{t}-to-{s}" for t, s, _ in CROSS])
+def test_cross_family_query_prior_derives_missing_fields(t_name, s_name, derive):
+    """A teacher's queries in another family's form reach the student's decoder: missing fields are derived by
+    trainable connectors that get gradients; the teacher gets none."""
+    if not (_registered(t_name) and _registered(s_name)):
+        pytest.skip("adapter not registered")
+    teacher = make_adapter(t_name, d_model=64, seed=1).eval()
+    teacher.requires_grad_(False)
+    student = make_adapter(s_name, d_model=32, seed=2).train()
+    pix, mask, _ = batch()
+    proj = build_query_projection(teacher, student)
+    assert proj.derive == derive
+    s_group = proj(own_queries(teacher, teacher(pix, mask)))
+    for f in ("content", "position", "reference"):
+        t = getattr(s_group, f)
+        assert (t is not None) == (f in student.query_form)
+        if t is not None:
+            assert t.shape[-1] == student.query_form[f]
+    if s_group.reference is not None:
+        assert bool(((s_group.reference >= 0) & (s_group.reference <= 1)).all())
+    g = student.decode_group(student(pix, mask), s_group)
+    assert g.logits.shape[:3] == (STAGES, 2, NQ) and torch.isfinite(g.boxes).all()
+    (g.logits.float().pow(2).mean() + g.boxes.mean()).backward()
+    assert nonzero_grad(student.model.model.decoder.parameters()), "decoder got no gradient"
+    for f in proj.derived:
+        assert nonzero_grad(proj.derived[f].parameters()), f"derived {f} connector got no gradient"
+    assert all(p.grad is None for p in teacher.parameters())
 
 
 # ----------------------------------------------------------------------------------------------- criterion
