@@ -80,8 +80,9 @@ class DataConfig(_Section):
 class BackboneConfig(_Section):
     """transformers' own ResNet (``ResNetConfig``): random init, or ``pretrained`` weights (whose architecture then
     replaces embedding_size / hidden_sizes / depths / layer_type)."""
-    pretrained: str | None = Field(None, description="transformers ResNet to start from: local dir or hub id "
-                                   "(e.g. microsoft/resnet-18); timm names are not supported")
+    pretrained: str | None = Field(None, description="ResNet to start from: local dir or hub id of a transformers "
+                                   "ResNet (e.g. microsoft/resnet-18) or a plain timm one (e.g. timm/resnet50.a1_in1k; "
+                                   "timm itself is not needed)")
     embedding_size: int = 64
     hidden_sizes: list[int] = [64, 128, 256, 512]
     depths: list[int] = [2, 2, 2, 2]
