@@ -6,6 +6,9 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if "DETRDISTILL_CACHE_DIR" not in os.environ:  # the decode cache of test runs never lands in the user's ~/.cache
+    import tempfile
+    os.environ["DETRDISTILL_CACHE_DIR"] = tempfile.mkdtemp(prefix="detrdistill-test-cache-")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 

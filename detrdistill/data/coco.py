@@ -56,7 +56,8 @@ class CocoDetection(Dataset):
                   :class:`ToTensorNormalize`; None = no augmentation, just tensor + normalise
     defects:      "repair" | "skip" | "error", see :func:`~detrdistill.data.validate.apply_policy`
     check_images: decode every image file fully while validating (as ``__getitem__`` will), so a file
-                  that cannot be read is dropped or refused here, before the first step
+                  that cannot be read is dropped or refused here, before the first step (files that decoded
+                  cleanly before and are unchanged are not decoded again: :mod:`.decode_cache`)
     progress:     show a progress bar while decoding (default: for 1000 images or more)
 
     Attributes: ``cat_ids`` (sorted COCO category ids), ``label2cat``, ``cat2label``, ``id2label``
@@ -70,7 +71,7 @@ class CocoDetection(Dataset):
         self.ann_file, self.image_dir = str(ann_file), Path(image_dir)
         raw = load_coco_json(ann_file)
         progress = len(raw["images"]) >= 1000 if progress is None else progress
-        self.report = validate_coco_dict(raw, self.ann_file, image_dir, check_images, progress)
+        self.report = validate_coco_dict(raw, self.ann_file, image_dir, check_images, progress, use_cache=True)
         self.coco, self.changes = apply_policy(raw, self.report, defects)
         kept = {im["id"] for im in self.coco["images"]}
         self.truncated_ids = {d.image_id for d in self.report.defects

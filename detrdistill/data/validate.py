@@ -46,6 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from detrdistill.errors import DetrDistillError
 
+from .decode_cache import DecodeCache
 from .images import check_image_file, classify_failure, truncation_tolerated
 
 KINDS = ("missing_image", "empty_file", "truncated_image", "corrupt_image", "size_mismatch", "zero_area_box",
@@ -211,20 +212,36 @@ def _check_categories(data: dict, file: str, add) -> set:
     return cat_ids
 
 
-def decode_all(paths: list[Path], progress: bool = False, workers: int | None = None) -> list[tuple]:
+def decode_all(paths: list[Path], progress: bool = False, workers: int | None = None,
+               cache: DecodeCache | None = None) -> list[tuple]:
     """:func:`~detrdistill.data.images.check_image_file` on every path (threads: PIL decodes without
-    the GIL), then the serial truncation retry of the failures. Returns ``(size, kind, reason)`` per path."""
+    the GIL), then the serial truncation retry of the failures. Returns ``(size, kind, reason)`` per path.
+    ``cache``: files it knows decoded cleanly (unchanged since) are not decoded again; new clean decodes are added."""
     from tqdm.auto import tqdm
 
+    known = [cache.lookup(p) if cache is not None else None for p in paths]
+    todo = [p for p, k in zip(paths, known) if k is None]
     workers = workers or min(8, os.cpu_count() or 1)
     with truncation_tolerated(False):  # decode strictly, as training does, whatever the caller set
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = list(tqdm(pool.map(check_image_file, paths), total=len(paths), disable=None if progress else True,  # None: bar only on a terminal
-                                desc="decoding images", unit="img", leave=False))
-    return [classify_failure(p, r[2]) if r[1] == "undecoded" else r for p, r in zip(paths, results)]
+            results = iter(list(tqdm(pool.map(check_image_file, todo), total=len(todo),
+                                     disable=None if progress else True,  # None: bar only on a terminal
+                                     desc="decoding images", unit="img", leave=False)))
+    out = []
+    for p, k in zip(paths, known):
+        r = (k, None, None) if k is not None else next(results)
+        if r[1] == "undecoded":
+            r = classify_failure(p, r[2])
+        elif k is None and r[1] is None and cache is not None:
+            cache.add(p, r[0])
+        out.append(r)
+    if cache is not None:
+        cache.save()
+    return out
 
 
-def _check_images(data: dict, file: str, image_dir: Path, check_images: bool, progress: bool, rep, add) -> tuple:
+def _check_images(data: dict, file: str, image_dir: Path, check_images: bool, progress: bool, rep, add,
+                  cache: DecodeCache | None = None) -> tuple:
     """Image entries: duplicate ids and (when ``check_images``) every file decoded. Returns
     ``(images by id, (w, h) by id to check boxes against)``."""
     images: dict[Any, dict] = {}
@@ -241,7 +258,7 @@ def _check_images(data: dict, file: str, image_dir: Path, check_images: bool, pr
         todo.append((i, im))
     if not check_images:
         return images, sizes
-    decoded = decode_all([image_dir / im["file_name"] for _, im in todo], progress)
+    decoded = decode_all([image_dir / im["file_name"] for _, im in todo], progress, cache=cache)
     for (i, im), (size, kind, why) in zip(todo, decoded):
         iid, name = im["id"], im["file_name"]
         if size is None:
@@ -302,8 +319,9 @@ def _check_annotations(data: dict, file: str, images: dict, sizes: dict, cat_ids
 
 
 def validate_coco_dict(data: dict, file: str, image_dir: str | Path, check_images: bool = True,
-                       progress: bool = False) -> ValidationReport:
-    """Validate an already-loaded (structure-checked) COCO dict; see :func:`validate_coco`."""
+                       progress: bool = False, use_cache: bool = False) -> ValidationReport:
+    """Validate an already-loaded (structure-checked) COCO dict; see :func:`validate_coco`. ``use_cache``: skip
+    files that decoded cleanly before and have not changed since (:mod:`.decode_cache`; dataset loading)."""
     check_structure(data, file)
     image_dir = Path(image_dir)
     rep = ValidationReport(file=file, image_dir=str(image_dir), num_images=len(data["images"]),
@@ -312,7 +330,8 @@ def validate_coco_dict(data: dict, file: str, image_dir: str | Path, check_image
     if check_images and not image_dir.is_dir():
         raise DatasetError(f"{file}: image folder {image_dir} not found (check data.*.image_dir)")
     cat_ids = _check_categories(data, file, add)
-    images, sizes = _check_images(data, file, image_dir, check_images, progress, rep, add)
+    cache = DecodeCache.for_folder(image_dir) if use_cache and check_images else None
+    images, sizes = _check_images(data, file, image_dir, check_images, progress, rep, add, cache)
     used = _check_annotations(data, file, images, sizes, cat_ids, add)
     for i, im in enumerate(data["images"]):
         if im["id"] not in used and images.get(im["id"]) is im:

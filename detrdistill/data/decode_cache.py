@@ -1,0 +1,116 @@
+"""Remember which image files decoded cleanly, so a dataset is decoded in full once, not at every start.
+
+Dataset loading decodes every image (:func:`detrdistill.data.validate.decode_all`), so a file that cannot be read
+is reported before training instead of failing a loader worker mid-run. On COCO (118k images) that is minutes at
+every start. The cache records, per image folder, each cleanly decoded file with its byte size and modification
+time; a file whose size and mtime are unchanged is not decoded again. Failures are never cached (they are
+re-checked every time), and a changed file is decoded again.
+
+Location: ``$DETRDISTILL_CACHE_DIR/decoded/<hash of the folder>.json``, default ``~/.cache/detrdistill``
+(``$XDG_CACHE_HOME/detrdistill`` when set). ``DETRDISTILL_DECODE_CACHE=0`` turns it off; ``detrdistill data
+validate`` never uses it (an explicit check decodes everything). Writes are atomic (temporary file + rename);
+a cache that cannot be read or written is ignored with a debug line: it only ever saves time.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DecodeCache", "cache_root"]
+
+_VERSION = 1
+
+
+def cache_root() -> Path:
+    """``$DETRDISTILL_CACHE_DIR``, else ``$XDG_CACHE_HOME/detrdistill``, else ``~/.cache/detrdistill``."""
+    if os.environ.get("DETRDISTILL_CACHE_DIR"):
+        return Path(os.environ["DETRDISTILL_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "detrdistill"
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+class DecodeCache:
+    """Clean decodes of the files under one folder: ``lookup(path) -> (w, h) | None``, ``add(path, size)``,
+    ``save()``. ``DecodeCache(None)`` (disabled) remembers nothing."""
+
+    def __init__(self, file: Path | None, folder: Path | None = None):
+        self.file, self.folder = file, folder
+        self.entries: dict[str, list[int]] = {}
+        self.added = 0
+        if file is not None and file.is_file():
+            try:
+                data = json.loads(file.read_text())
+                if data.get("version") == _VERSION and data.get("folder") == str(folder):
+                    self.entries = {k: v for k, v in data.get("files", {}).items()
+                                    if isinstance(v, list) and len(v) == 4}
+            except (OSError, ValueError, AttributeError) as e:
+                log.debug("decode cache %s unreadable (%s); decoding every image", file, e)
+
+    @classmethod
+    def for_folder(cls, folder: str | Path) -> "DecodeCache":
+        """The cache of image folder ``folder`` (disabled by ``DETRDISTILL_DECODE_CACHE=0``)."""
+        folder = Path(folder).expanduser().resolve()
+        if os.environ.get("DETRDISTILL_DECODE_CACHE", "1").strip().lower() in ("0", "false", "no", "off"):
+            return cls(None, folder)
+        digest = hashlib.sha1(str(folder).encode()).hexdigest()[:16]
+        return cls(cache_root() / "decoded" / f"{digest}.json", folder)
+
+    @property
+    def enabled(self) -> bool:
+        return self.file is not None
+
+    def _key(self, path: Path) -> str:
+        try:
+            return str(Path(path).resolve().relative_to(self.folder)) if self.folder else str(Path(path).resolve())
+        except ValueError:
+            return str(Path(path).resolve())
+
+    def lookup(self, path: Path) -> tuple[int, int] | None:
+        """(w, h) when ``path`` decoded cleanly before and its size and mtime are unchanged."""
+        if not self.enabled:
+            return None
+        entry = self.entries.get(self._key(path))
+        if entry is None:
+            return None
+        stamp = _stamp(Path(path))
+        return (entry[2], entry[3]) if stamp is not None and tuple(entry[:2]) == stamp else None
+
+    def add(self, path: Path, size: tuple[int, int]) -> None:
+        if not self.enabled:
+            return
+        stamp = _stamp(Path(path))
+        if stamp is not None:
+            self.entries[self._key(path)] = [stamp[0], stamp[1], int(size[0]), int(size[1])]
+            self.added += 1
+
+    def save(self) -> None:
+        """Write the cache atomically when something was added (errors only logged)."""
+        if not self.enabled or not self.added:
+            return
+        try:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.file.parent, prefix=self.file.name, suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                json.dump({"version": _VERSION, "folder": str(self.folder), "files": self.entries}, f)
+            os.replace(tmp, self.file)
+            self.added = 0
+        except OSError as e:
+            log.debug("decode cache %s not written (%s)", self.file, e)
+            try:
+                os.unlink(tmp)  # noqa: F821 - defined when mkstemp succeeded
+            except (OSError, NameError):
+                pass
