@@ -58,18 +58,23 @@ class ModelSource:
     def load_kwargs(self) -> dict[str, Any]:
         return {"local_files_only": True} if self.path is not None else {}
 
-    def read_json(self, filename: str) -> dict | None:
-        """A JSON file beside ``config.json`` (e.g. ``preprocessor_config.json``), None when the model has none."""
+    def find_file(self, filename: str) -> Path | None:
+        """The local path of a file beside ``config.json`` (hub ids: through the hub cache), None when absent."""
         if self.path is not None:
             f = self.path / filename
-            return _read_json(f) if f.is_file() else None
+            return f if f.is_file() else None
         from transformers.utils import cached_file
         try:
             resolved = cached_file(self.name, filename, _raise_exceptions_for_missing_entries=False,
                                    _raise_exceptions_for_connection_errors=False)
         except (OSError, ValueError):
             return None
-        return _read_json(Path(resolved)) if resolved else None
+        return Path(resolved) if resolved else None
+
+    def read_json(self, filename: str) -> dict | None:
+        """A JSON file beside ``config.json`` (e.g. ``preprocessor_config.json``), None when the model has none."""
+        f = self.find_file(filename)
+        return _read_json(f) if f is not None else None
 
 
 def _read_json(f: Path) -> dict:

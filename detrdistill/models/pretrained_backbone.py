@@ -87,15 +87,10 @@ def _timm_weights(source: ModelSource) -> dict:
     from safetensors.torch import load_file
 
     for filename in ("model.safetensors", "pytorch_model.bin"):
-        if source.path is not None:
-            f = source.path / filename
-            path = str(f) if f.is_file() else None
-        else:
-            from transformers.utils import cached_file
-            path = cached_file(source.name, filename, _raise_exceptions_for_missing_entries=False)
-        if path:
+        path = source.find_file(filename)
+        if path is not None:
             try:
-                return load_file(path) if filename.endswith(".safetensors") else torch.load(
+                return load_file(str(path)) if filename.endswith(".safetensors") else torch.load(
                     path, map_location="cpu", weights_only=True)
             except Exception as e:  # a damaged file: one line, not a stack from safetensors / pickle
                 raise ModelError(f"model.backbone.pretrained: {path}: unreadable weights ({type(e).__name__}); "
