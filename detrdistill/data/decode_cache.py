@@ -101,6 +101,7 @@ class DecodeCache:
         """Write the cache atomically when something was added (errors only logged)."""
         if not self.enabled or not self.added:
             return
+        tmp = None
         try:
             self.file.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.file.parent, prefix=self.file.name, suffix=".tmp")
@@ -110,7 +111,5 @@ class DecodeCache:
             self.added = 0
         except OSError as e:
             log.debug("decode cache %s not written (%s)", self.file, e)
-            try:
-                os.unlink(tmp)  # noqa: F821 - defined when mkstemp succeeded
-            except (OSError, NameError):
-                pass
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
