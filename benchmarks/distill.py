@@ -124,6 +124,7 @@ def train_student(args, work: Path, teacher: Path, method: str, seed: int) -> di
                 str(ev_dir), *sets(args.set)), out / "log.txt", env)
     ev = json.loads((ev_dir / "eval.json").read_text())
     return {"method": method, "seed": seed, **{k: ev[k] for k in STATS}, "split": split,
+            "date": dt.date.today().isoformat(),  # the day this record was written
             "steps": run_info.get("step"), "train_seconds": run_info.get("train_seconds"),
             "wall_seconds_this_invocation": round(time.monotonic() - t0, 1),
             "curve_val": val_curve(out / "metrics.jsonl")}
@@ -186,8 +187,8 @@ def teacher_record(args, work: Path, teacher: Path, split: str) -> dict:
     stats = json.loads((t_eval / "eval.json").read_text())
     rec = {"config": args.teacher_config, **{k: stats[k] for k in STATS}, "params": params_of(teacher),
            "model_dir": str(teacher)}
-    info = teacher.parent / "eval.json"
-    if not args.teacher and info.is_file():
+    info = teacher.parent / "eval.json"  # a teacher trained by this project (here or passed with --teacher)
+    if (teacher.parent / "metrics.jsonl").is_file() and info.is_file():
         run_info = json.loads(info.read_text())
         rec.update(steps=run_info.get("step"), train_seconds=run_info.get("train_seconds"),
                    curve_val=val_curve(teacher.parent / "metrics.jsonl"))

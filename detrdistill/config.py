@@ -75,6 +75,9 @@ class DataConfig(_Section):
     crop: float = Field(0.5, ge=0, le=1, description="probability of a random crop before resizing")
     crop_min: float = Field(0.5, gt=0, le=1, description="smallest crop side as a fraction of the image side")
     num_workers: int = Field(2, ge=0)
+    cache_images: float = Field(
+        0.0, ge=0, description="GiB of decoded training images each loader process keeps in memory (0 = none): "
+        "identical pixels, each file decoded once per process instead of once per epoch; for small sets on few cores")
 
 
 class BackboneConfig(_Section):
@@ -246,10 +249,13 @@ class TeacherMatcherConfig(_Section):
     giou_cost: float = Field(2.0, ge=0)
 
 
+TeacherInputMode = Literal["auto", "processor", "student"]  # distill.teacher_input (see teacher_pixels.py)
+
+
 class DistillConfig(_Section):
     teacher: str | None = Field(None, description="teacher: local model dir or hub id (ours or any transformers one "
                                 "of a supported family; its classes must include the dataset's, mapped by name)")
-    teacher_input: Literal["auto", "processor", "student"] = Field(
+    teacher_input: TeacherInputMode = Field(
         "auto", description="pixels the teacher is fed, from the student's augmented batch: 'auto' = its processor's "
         "normalisation, and its resizing when that differs from data.eval_size/max_size; 'processor' = always its "
         "processor's normalisation and resizing; 'student' = the student's pixels unchanged")

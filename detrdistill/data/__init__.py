@@ -17,12 +17,13 @@ from .validate import (KINDS, WARNING_KINDS, DatasetError, Defect, ValidationRep
 
 def build_dataset(split, data_cfg, train: bool) -> CocoDetection:
     """:class:`CocoDetection` for one :class:`~detrdistill.config.SplitConfig`, with the train or eval
-    transforms of ``data_cfg`` (a :class:`~detrdistill.config.DataConfig`) and its defect policy."""
+    transforms of ``data_cfg`` (a :class:`~detrdistill.config.DataConfig`), its defect policy and, for training,
+    its in-memory image cache (``data.cache_images``; evaluation workers do not live long enough to reuse one)."""
     if split is None:
         raise DatasetError("data split is not configured: set data.train / data.val "
                            "(ann_file and image_dir) or data.synthetic=true")
     return CocoDetection(split.ann_file, split.image_dir, transforms=build_transforms(data_cfg, train),
-                         defects=data_cfg.defects)
+                         defects=data_cfg.defects, cache_gib=data_cfg.cache_images if train else 0.0)
 
 
 __all__ = [

@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .image_cache import ImageCache
 from .images import decode_rgb
 from .transforms import ToTensorNormalize
 from .validate import DatasetError, apply_policy, load_coco_json, validate_coco_dict
@@ -59,6 +60,8 @@ class CocoDetection(Dataset):
                   that cannot be read is dropped or refused here, before the first step (files that decoded
                   cleanly before and are unchanged are not decoded again: :mod:`.decode_cache`)
     progress:     show a progress bar while decoding (default: for 1000 images or more)
+    cache_gib:    GiB of decoded images this process keeps in memory (:mod:`.image_cache`; 0 = none): the same
+                  pixels, decoded once per process instead of once per epoch
 
     Attributes: ``cat_ids`` (sorted COCO category ids), ``label2cat``, ``cat2label``, ``id2label``
     (contiguous label -> name), ``report`` (the validation report), ``changes`` (policy changes),
@@ -67,8 +70,10 @@ class CocoDetection(Dataset):
     """
 
     def __init__(self, ann_file: str | Path, image_dir: str | Path, transforms: Callable | None = None,
-                 defects: str = "repair", check_images: bool = True, progress: bool | None = None):
+                 defects: str = "repair", check_images: bool = True, progress: bool | None = None,
+                 cache_gib: float = 0.0):
         self.ann_file, self.image_dir = str(ann_file), Path(image_dir)
+        self.image_cache = ImageCache.from_gib(cache_gib)
         raw = load_coco_json(ann_file)
         progress = len(raw["images"]) >= 1000 if progress is None else progress
         self.report = validate_coco_dict(raw, self.ann_file, image_dir, check_images, progress, use_cache=True)
@@ -114,6 +119,15 @@ class CocoDetection(Dataset):
     def image_path(self, i: int) -> Path:
         return self.image_dir / self.images[i]["file_name"]
 
+    def decoded(self, i: int) -> Image.Image:
+        """Image ``i`` as 8-bit RGB, from the in-memory cache when there is one (see ``cache_gib``)."""
+        info = self.images[i]
+
+        def load() -> Image.Image:
+            return load_rgb(self.image_path(i), allow_truncated=info["id"] in self.truncated_ids)
+
+        return self.image_cache.get(i, load) if self.image_cache is not None else load()
+
     def raw_target(self, i: int) -> dict:
         """Target before transforms: absolute xyxy ``boxes`` FloatTensor[T, 4], ``class_labels``,
         ``image_id``, ``orig_size`` (h, w from the json, which validation matched to the file)."""
@@ -127,7 +141,7 @@ class CocoDetection(Dataset):
 
     def __getitem__(self, i: int):
         info = self.images[i]
-        img = load_rgb(self.image_path(i), allow_truncated=info["id"] in self.truncated_ids)
+        img = self.decoded(i)
         if img.size != (info["width"], info["height"]):
             raise DatasetError(f"{self.image_path(i)}: file is {img.width}x{img.height} but {self.ann_file} "
                                f"says {info['width']}x{info['height']}; run `detrdistill data validate`")

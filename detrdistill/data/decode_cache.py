@@ -74,10 +74,10 @@ class DecodeCache:
         return self.file is not None
 
     def _key(self, path: Path) -> str:
-        try:
-            return str(Path(path).resolve().relative_to(self.folder)) if self.folder else str(Path(path).resolve())
-        except ValueError:
-            return str(Path(path).resolve())
+        resolved = Path(path).resolve()
+        if self.folder is not None and resolved.is_relative_to(self.folder):
+            return str(resolved.relative_to(self.folder))
+        return str(resolved)
 
     def lookup(self, path: Path) -> tuple[int, int] | None:
         """(w, h) when ``path`` decoded cleanly before and its size and mtime are unchanged."""

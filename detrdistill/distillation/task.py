@@ -89,13 +89,14 @@ def teacher_distill_config(cfg: Config):
 def _teacher_pixels(teacher: str, cfg: Config | None = None):
     """The teacher's own view (normalisation, resizing) when its preprocessor_config.json asks for one that the
     data pipeline's does not give (``distill.teacher_input``); None = the student's pixels as they are."""
-    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from ..export.processor import image_processor_settings
     from ..models.pretrained import resolve_model
     from .teacher_pixels import PixelNorm, ResizeRule, build_teacher_pixels
 
     cfg = cfg if cfg is not None else Config()
     source = resolve_model(teacher, what="distill.teacher", check_weights=False)
-    student_resize = ResizeRule("shortest_longest", cfg.data.eval_size, cfg.data.max_size)
-    return build_teacher_pixels(source.read_json("preprocessor_config.json"), PixelNorm(IMAGENET_MEAN, IMAGENET_STD),
-                                teacher_name=source.name, student_resize=student_resize,
+    # the student's view is what its own exported processor would do (the eval transforms)
+    student = image_processor_settings(cfg.model.family, cfg.data.eval_size, cfg.data.max_size)
+    return build_teacher_pixels(source.read_json("preprocessor_config.json"), PixelNorm.from_processor_config(student),
+                                teacher_name=source.name, student_resize=ResizeRule.from_processor_config(student),
                                 mode=cfg.distill.teacher_input)

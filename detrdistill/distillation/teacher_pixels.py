@@ -33,19 +33,20 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Sequence, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import TeacherInputMode
 from ..errors import ModelError
 
 log = logging.getLogger("detrdistill")
 
 __all__ = ["PixelNorm", "ResizeRule", "TeacherInput", "TeacherPixels", "build_teacher_pixels", "TEACHER_INPUT_MODES"]
 
-TEACHER_INPUT_MODES = ("auto", "processor", "student")
+TEACHER_INPUT_MODES: tuple[str, ...] = get_args(TeacherInputMode)
 
 
 @dataclass(frozen=True)

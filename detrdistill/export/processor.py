@@ -53,8 +53,9 @@ def _processor_class(name: str) -> type:
     return cls
 
 
-def build_image_processor(family: str, eval_size: int, max_size: int):
-    """The processor for ``family`` that resizes/normalises like the eval transforms.
+def image_processor_settings(family: str, eval_size: int, max_size: int) -> dict:
+    """The ``preprocessor_config.json`` settings that resize/normalise like the eval transforms (the keyword
+    arguments of :func:`build_image_processor`; also the student's own view when a teacher's is compared to it).
 
     eval_size: short side (``data.eval_size``); max_size: longest side cap (``data.max_size``).
     """
@@ -65,7 +66,12 @@ def build_image_processor(family: str, eval_size: int, max_size: int):
     if family in ("rt_detr", "rt_detr_v2"):
         side = -(-max(int(eval_size), int(max_size)) // RT_DETR_DIVISOR) * RT_DETR_DIVISOR
         kwargs["pad_size"] = {"height": side, "width": side}
-    return _processor_class(processor_class_name(family))(**kwargs)
+    return kwargs
+
+
+def build_image_processor(family: str, eval_size: int, max_size: int):
+    """The transformers processor for ``family`` with :func:`image_processor_settings`."""
+    return _processor_class(processor_class_name(family))(**image_processor_settings(family, eval_size, max_size))
 
 
 def save_image_processor(model_dir, family: str, eval_size: int, max_size: int) -> None:
