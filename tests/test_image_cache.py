@@ -74,3 +74,13 @@ def test_config_field_and_which_splits_cache(synth_dir):
     assert build_dataset(split, cfg.data, train=False).image_cache is None  # eval workers are short-lived
     with pytest.raises(ValueError, match=">= 0"):
         ImageCache(-1)
+
+
+def test_resume_accepts_a_changed_cache_budget():
+    from detrdistill.engine.run_dir import config_differences
+
+    saved = load_config(None).model_dump(mode="json")
+    cached = load_config(None, ["data.cache_images=2", "data.num_workers=3"]).model_dump(mode="json")
+    assert config_differences(saved, cached) == []  # same pixels, same order: the run may resume
+    other = load_config(None, ["data.cache_images=2", "data.max_size=96"]).model_dump(mode="json")
+    assert config_differences(saved, other) == ["data.max_size"]

@@ -18,8 +18,8 @@ What may change on ``--resume`` (:data:`RESUME_MAY_CHANGE`): the length of train
 (``train.epochs``, ``train.max_steps``, ``train.time_budget_min``) and keys that change nothing the
 model computes (``train.progress``, ``train.log_every``, ``train.eval_every_epochs``,
 ``train.checkpoint_every_steps``, ``train.keep_checkpoints``, ``data.num_workers``: the data order
-does not depend on the number of workers) and ``train.output_dir`` (the same folder, spelled another
-way). Everything else (model, data, loss, optimizer, distillation, seed, batch size) would mix two
+does not depend on the number of workers; ``data.cache_images``: cached images are the decoded files' pixels)
+and ``train.output_dir`` (the same folder, spelled another way). Everything else (model, data, loss, optimizer, distillation, seed, batch size) would mix two
 different runs in one folder. A run's mode (train / distill) is kept in ``run.json``; resuming in
 the other mode is refused too.
 
@@ -46,7 +46,7 @@ RUN_FILES = ("config.yaml", "run.json", "metrics.jsonl", "eval.json", "checkpoin
 RESUME_MAY_CHANGE = frozenset({
     "train.epochs", "train.max_steps", "train.time_budget_min",  # the length of training
     "train.progress", "train.log_every", "train.eval_every_epochs", "train.checkpoint_every_steps",
-    "train.keep_checkpoints", "data.num_workers", "train.output_dir",
+    "train.keep_checkpoints", "data.num_workers", "data.cache_images", "train.output_dir",
 })
 
 
