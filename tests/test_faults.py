@@ -306,3 +306,20 @@ def test_torn_metrics_line_is_repaired_and_a_bad_middle_line_named(tmp_path, cap
     p.write_text('{"step": 1}\nnot json\n{"step": 3}\n')
     with pytest.raises(MetricsError, match=f"{p}: line 2"):
         MetricsLog(p).truncate_after(5)
+
+
+def test_crash_in_final_eval_leaves_a_model_dir_with_its_processor(synth_dir, tmp_path, monkeypatch):
+    """The exported model and its image processor are published together, before the final evaluation."""
+    from detrdistill.engine import trainer
+
+    def broken_eval(self, tag):
+        if tag == "final eval":
+            raise OSError(errno.EIO, "simulated failure during the final evaluation")
+        return None
+    monkeypatch.setattr(trainer.Run, "evaluate", broken_eval)
+    out = tmp_path / "run"
+    assert _run("train", out, synth_dir) != 0
+    model = out / "model"
+    assert (model / "model.safetensors").is_file() and (model / "config.json").is_file()
+    assert json.loads((model / "preprocessor_config.json").read_text())["size"]["shortest_edge"] == 64
+    assert not (model / "README.md").exists() and not (out / "model.tmp").exists()

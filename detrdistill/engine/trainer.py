@@ -34,7 +34,8 @@ from detrdistill.engine.tasks import build_task, move_targets
 from detrdistill.engine.interrupt import TrainingInterrupted
 from detrdistill.engine.run_dir import export_atomically
 from detrdistill.errors import NonFiniteLossError
-from detrdistill.export import finish_model_dir
+from detrdistill.export.model_card import write_model_card
+from detrdistill.export.processor import save_image_processor
 
 log = logging.getLogger("detrdistill")
 
@@ -239,7 +240,11 @@ def finish_run(run: Run) -> dict:
         signal.signal(sig, h)
     run.checkpoint()
     if main:
-        export_atomically(run.task.export, run.out_dir / "model")  # never half written
+        def export(tmp: Path) -> None:  # weights, config and the image processor: published together
+            run.task.export(tmp)
+            save_image_processor(tmp, run.cfg.model.family, run.cfg.data.eval_size, run.cfg.data.max_size)
+
+        export_atomically(export, run.out_dir / "model")  # never half written, never without its processor
     acc.wait_for_everyone()
     final = run.evaluate("final eval")
     if main and final is not None:
@@ -248,7 +253,7 @@ def finish_run(run: Run) -> dict:
                                                            "train_seconds": round(state["elapsed_s"], 2)})
         log.info("final eval: %s", json.dumps({k: round(v, 2) for k, v in final.items()}))
     if main:
-        finish_model_dir(run.out_dir / "model", run.cfg, final, run.mode)  # image processor + README.md
+        write_model_card(run.cfg, run.out_dir / "model", final, run.mode)  # README.md (atomic), with the final stats
     acc.wait_for_everyone()
     run.model = run.optimizer = None
     acc.end_training()
