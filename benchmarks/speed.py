@@ -134,7 +134,9 @@ def bench_config(path: str, device: torch.device, batch_size: int | None, steps:
         opt.zero_grad(set_to_none=True)
 
     full_times: list[float] = []
-    res["full_step_s"] = _time(full_step, device, steps, times=full_times)
+    # with data.cache_images the steady state starts after the first epoch: time from there, as engine_step does
+    warm = len(train_ds) // cfg.train.batch_size + 2 if cfg.data.cache_images else 2
+    res["full_step_s"] = _time(full_step, device, steps, warmup=warm, times=full_times)
     # the engine's seconds per step is a mean (elapsed / steps); its comparison uses the full step's mean too,
     # since loader stalls make the full step's time right-skewed (median < mean)
     res["full_step_mean_s"] = statistics.fmean(full_times)
@@ -147,8 +149,9 @@ def bench_config(path: str, device: torch.device, batch_size: int | None, steps:
 def engine_step(path: str, batch_size: int | None, overrides: list[str], boundaries: int = 3,
                 warmup: int = 10) -> dict:
     """Seconds per step of the real training loop (``run_training``: loader workers, model, criterion,
-    optimizer, logging, checkpoints) between step ``warmup`` and the end of ``boundaries`` more epochs,
-    on the same data settings as the isolated steps (one image size, no crop), evaluation off."""
+    optimizer, logging, checkpoints) between step ``warmup`` (after the first epoch when ``data.cache_images``
+    is on) and the end of ``boundaries`` more epochs, on the same data settings as the isolated steps (one image
+    size, no crop), evaluation off."""
     import tempfile
 
     from detrdistill.engine.metrics import read_metrics
@@ -162,6 +165,8 @@ def engine_step(path: str, batch_size: int | None, overrides: list[str], boundar
         from detrdistill.engine.trainer import build_datasets, make_accelerator
         n_train = len(build_datasets(cfg, make_accelerator(cfg))[0])
         per_epoch = n_train // cfg.train.batch_size
+        if cfg.data.cache_images:  # the first epoch fills the image cache: time the steady state after it
+            warmup = max(warmup, per_epoch + 2)
         steps = warmup + boundaries * per_epoch + 1
         cfg.train = cfg.train.model_copy(update={"output_dir": tmp, "max_steps": steps, "epochs": None,
                                                  "time_budget_min": None, "eval_every_epochs": 0, "log_every": 1,
