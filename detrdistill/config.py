@@ -220,6 +220,11 @@ class FeatureDistillConfig(_Section):
     weight: float = 1.0
     top_k: int = Field(100, ge=1)
     mask_floor: float = Field(0.01, gt=0, le=1)
+    normalize: Literal["auto", "none", "group"] = Field(
+        "auto", description="'group' = parameter-free GroupNorm on both sides before the MSE (feature and fitnet terms); "
+        "'auto' = 'group' when a model's encoder_inputs have no normalisation layer (DETR, Conditional DETR, "
+        "DAB-DETR: their values reach the hundreds and the loss would swamp the detection loss), else 'none' "
+        "(the official code's features are GroupNorm'ed already)")
 
 
 class QueryPriorDistillConfig(_Section):

@@ -32,6 +32,11 @@ Decisions (documented deviations):
   counts the default is level i <-> level i.  :func:`level_pairs_by_resolution` pairs the levels that have the
   same spatial size (the :class:`~detrdistill.distillation.distiller.Distiller` derives it from a probe forward);
   unpaired levels are not distilled.
+* **Unnormalised features** (``normalize=True``; ``distill.feature.normalize``): both the teacher map and the
+  adapted student map go through a parameter-free GroupNorm (:func:`group_normalize`) before the error, so a family
+  whose encoder inputs come from a plain 1x1 projection (DETR, Conditional DETR, DAB-DETR: values in the hundreds)
+  is distilled at the scale of the official code's GroupNorm'ed ChannelMapper features instead of swamping the
+  detection loss.  Off for normalised features, which reproduces the code.
 * **Spatial size mismatch** of a pair: the adapted student map is bilinearly resized to the teacher's size
   (``align_corners=False``); the teacher side and its mask are never resampled.  When the teacher was fed its own
   resized view (:mod:`.teacher_pixels`), the student map is instead sampled on the teacher's grid image by image
@@ -49,6 +54,16 @@ from ..models.outputs import class_probs
 from ..ops.boxes import box_iou, cxcywh_to_xyxy
 from ..ops.matcher import pad_targets
 from .connectors import level_adapters
+
+
+def norm_groups(channels: int, most: int = 32) -> int:
+    """The largest group count <= ``most`` that divides ``channels`` (32 for the usual widths, as GroupNorm(32))."""
+    return next(g for g in range(min(most, channels), 0, -1) if channels % g == 0)
+
+
+def group_normalize(x: Tensor) -> Tensor:
+    """Parameter-free GroupNorm of a map [B, C, H, W] (:func:`norm_groups` groups, eps 1e-5), in float32."""
+    return F.group_norm(x.float(), norm_groups(x.shape[1]))
 
 
 @torch.no_grad()
@@ -144,12 +159,13 @@ class FeatureDistillLoss(nn.Module):
     """Masked feature MSE with 1x1 conv adapters where student and teacher widths differ.
 
     student_channels / teacher_channels: per level.  level_pairs: (student level, teacher level) pairs to distil;
-    default level i <-> level i (requires equal level counts).
+    default level i <-> level i (requires equal level counts).  normalize: :func:`group_normalize` both sides first.
     """
 
     def __init__(self, student_channels: Sequence[int], teacher_channels: Sequence[int], weight: float = 1.0,
-                 level_pairs: Sequence[tuple[int, int]] | None = None):
+                 level_pairs: Sequence[tuple[int, int]] | None = None, normalize: bool = False):
         super().__init__()
+        self.normalize = bool(normalize)
         self.student_channels = [int(c) for c in student_channels]
         self.teacher_channels = [int(c) for c in teacher_channels]
         if level_pairs is None:
@@ -166,7 +182,7 @@ class FeatureDistillLoss(nn.Module):
         self.adapters = level_adapters(self.student_channels, self.teacher_channels, self.level_pairs)
 
     def extra_repr(self) -> str:
-        return f"level_pairs={self.level_pairs}, weight={self.weight}"
+        return f"level_pairs={self.level_pairs}, weight={self.weight}, normalize={self.normalize}"
 
     def adapt(self, student_features: Sequence[Tensor], teacher_features: Sequence[Tensor],
               affine: Tensor | None = None) -> list[Tensor]:
@@ -202,6 +218,8 @@ class FeatureDistillLoss(nn.Module):
         total = adapted[0].new_zeros(()) if adapted else torch.zeros(())
         for (s, t), x in zip(self.level_pairs, adapted):
             tf = teacher_features[t].detach().float()
+            if self.normalize:
+                tf, x = group_normalize(tf), group_normalize(x)
             B, C, H, W = tf.shape
             sq = (tf - x).pow(2).sum(1)                                              # [B, H, W]
             if masks is not None:

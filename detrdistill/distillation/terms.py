@@ -15,6 +15,7 @@ with ``name``, ``modules`` and ``__call__(ctx)``, and its builder in :data:`TERM
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable
 
@@ -30,6 +31,8 @@ from .contrastive import ContrastiveDistillLoss
 from .feature import FeatureDistillLoss, quality_scores, target_aware_mask
 from .logits import HungarianLogitsDistillLoss
 from .query_prior import QueryPriorLoss
+
+log = logging.getLogger("detrdistill")
 
 __all__ = ["DistillTerm", "TermEnv", "TERMS", "build_terms", "LogitsTerm", "FeatureTerm", "FitNetTerm",
            "QueryPriorTerm", "ContrastiveTerm", "LogitKDTerm"]
@@ -164,15 +167,30 @@ def _logits(env: TermEnv) -> DistillTerm:
         neg_weight=lc.neg_weight, pos_threshold=lc.pos_threshold))
 
 
+def normalize_features(env: TermEnv) -> bool:
+    """``distill.feature.normalize`` resolved: 'auto' normalises when either model's ``encoder_inputs`` (the source
+    in use) come from a projection without a normalisation layer (``normalized_encoder_inputs``)."""
+    fc = env.cfg.feature
+    if fc.normalize != "auto":
+        return fc.normalize == "group"
+    plain = [a.family for a in (env.teacher, env.student) if not getattr(a, "normalized_encoder_inputs", True)]
+    if fc.source != "encoder_inputs" or not plain:
+        return False
+    log.info("distill.feature.normalize=auto: %s encoder inputs have no normalisation layer; both sides of the "
+             "feature terms are GroupNorm'ed (parameter-free) before the MSE", " and ".join(sorted(set(plain))))
+    return True
+
+
 def _feature(env: TermEnv) -> DistillTerm:
     fc = env.cfg.feature
-    loss = FeatureDistillLoss(env.student.feature_channels, env.teacher.feature_channels, fc.weight, env.level_pairs)
+    loss = FeatureDistillLoss(env.student.feature_channels, env.teacher.feature_channels, fc.weight, env.level_pairs,
+                              normalize=normalize_features(env))
     return FeatureTerm(loss, fc.source, fc.top_k, fc.mask_floor)
 
 
 def _fitnet(env: TermEnv) -> DistillTerm:
     loss = FitNetLoss(env.student.feature_channels, env.teacher.feature_channels, env.cfg.fitnet.weight,
-                      env.level_pairs)
+                      env.level_pairs, normalize=normalize_features(env))
     return FitNetTerm(loss, env.cfg.feature.source)
 
 

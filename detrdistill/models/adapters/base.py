@@ -209,6 +209,10 @@ class DetectorAdapter(nn.Module):
     family: ClassVar[str] = ""
     model_types: ClassVar[tuple[str, ...]] = ()
     class_activation: ClassVar[str] = "sigmoid"
+    #: ``encoder_inputs`` come out of a normalisation layer (GroupNorm / BatchNorm, as the official code's
+    #: ChannelMapper). False for a plain 1x1 projection (DETR, Conditional DETR, DAB-DETR), whose values can be in the
+    #: hundreds: the feature terms then normalise both sides (``distill.feature.normalize=auto``).
+    normalized_encoder_inputs: ClassVar[bool] = True
     # keyword arguments of the decoder's forward the adapter captures or passes (checked when the adapter is built)
     decoder_kwargs: ClassVar[tuple[str, ...]] = ()
 

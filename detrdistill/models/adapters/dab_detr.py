@@ -48,6 +48,7 @@ class DabDetrAdapter(DetectorAdapter):
     family = "dab_detr"
     model_types = ("dab-detr",)  # transformers' DabDetrConfig.model_type (hyphen, unlike our family name)
     class_activation = "sigmoid"
+    normalized_encoder_inputs = False  # input_projection is a plain 1x1 conv
     decoder_kwargs = ("inputs_embeds", "query_position_embeddings", "object_queries", "encoder_hidden_states",
                       "memory_key_padding_mask", "return_dict")
 

@@ -35,6 +35,7 @@ _MEMORY_KEYS = ("encoder_hidden_states", "encoder_attention_mask", "spatial_posi
 class DetrAdapter(DetectorAdapter):
     family = "detr"
     class_activation = "softmax"
+    normalized_encoder_inputs = False  # input_projection is a plain 1x1 conv (also Conditional DETR's)
     decoder_kwargs = ("inputs_embeds", "attention_mask", "object_queries_position_embeddings", *_MEMORY_KEYS)
 
     @property
