@@ -173,7 +173,7 @@ def normalize_features(env: TermEnv) -> bool:
     fc = env.cfg.feature
     if fc.normalize != "auto":
         return fc.normalize == "group"
-    plain = [a.family for a in (env.teacher, env.student) if not getattr(a, "normalized_encoder_inputs", True)]
+    plain = [a.family for a in (env.teacher, env.student) if not a.normalized_encoder_inputs]
     if fc.source != "encoder_inputs" or not plain:
         return False
     log.info("distill.feature.normalize=auto: %s encoder inputs have no normalisation layer; both sides of the "
