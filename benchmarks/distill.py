@@ -14,7 +14,9 @@ The teacher is trained first with the teacher config unless ``--teacher DIR`` is
 
 Resumable: results are appended to the JSON as runs finish and finished (method, seed) pairs are skipped,
 so the benchmark can run in chunks (Ctrl-C, or ``--max-runs``); an interrupted training resumes from its
-last checkpoint in ``--work-dir``. Writes ``<out>.json`` (+ ``.md`` table, ``.png`` bars and curves).
+last checkpoint in ``--work-dir``. Several invocations may share one ``--out`` and ``--work-dir`` (e.g. one per
+core, or per machine on a shared folder): saves merge under a file lock, and a run another invocation is
+training is skipped (``benchmarks/results_file.py``). Writes ``<out>.json`` (+ ``.md`` table, ``.png`` bars and curves).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import results_file  # noqa: E402
 from benchmarks.distill_report import bar_and_curve_chart, summarize  # noqa: E402
 
 # method -> distill.* overrides (None = plain training, no teacher)
@@ -58,6 +61,10 @@ STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 class BenchmarkError(RuntimeError):
     pass
+
+
+class Skipped(Exception):
+    """The run is trained by another invocation, or already in the results file."""
 
 
 def cli(*args: str) -> list[str]:
@@ -127,13 +134,8 @@ def train_student(args, work: Path, teacher: Path, method: str, seed: int) -> di
             "date": dt.date.today().isoformat(),  # the day this record was written
             "steps": run_info.get("step"), "train_seconds": run_info.get("train_seconds"),
             "wall_seconds_this_invocation": round(time.monotonic() - t0, 1),
+            "threads": args.threads, "parallel_runs": args.parallel,
             "curve_val": val_curve(out / "metrics.jsonl")}
-
-
-def _commands(previous: str | None, this: str) -> str:
-    """Every invocation that added runs to this file, joined by ' && ' (a resumed file keeps its history)."""
-    parts = previous.split(" && ") if previous else []
-    return " && ".join(parts + ([this] if this not in parts else []))
 
 
 def params_of(model_dir: Path) -> int:
@@ -201,7 +203,7 @@ def main(argv=None) -> int:
     work = Path(args.work_dir or ROOT / "runs" / "bench" / args.tag)
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"{args.tag}-{date}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    results = json.loads(out.read_text()) if out.is_file() else {"runs": [], "date": date}
+    results = results_file.read(out) or {"runs": [], "date": date}
     split = REPORT_SPLIT[args.dataset]
 
     # baseline-only chunks need no teacher, so they can run while it trains (a separate invocation)
@@ -209,43 +211,57 @@ def main(argv=None) -> int:
     teacher = Path(args.teacher) if args.teacher else (train_teacher(args, work) if need_teacher
                                                        else work / "teacher" / "model")
     have_teacher = (teacher / "config.json").is_file() and (need_teacher or (teacher.parent / "eval.json").is_file())
-    results.update({"dataset": args.dataset, "device": device_name(), "report_split": split,
-                    "protocol": "equal step schedule for every method (student config), last checkpoint, "
-                                "no selection on the reported split; curves on val",
-                    "threads_per_run": args.threads, "parallel_runs": args.parallel,
-                    "command": _commands(results.get("command"), shlex.join(["python", "benchmarks/distill.py",
-                                                                             *sys.argv[1:]])),
-                    "teacher": teacher_record(args, work, teacher, split) if have_teacher
-                    else results.get("teacher", {}),
-                    "student": {**results.get("student", {}), "config": args.student_config}})
-    results["dates"] = sorted(set(results.get("dates", [results["date"]]) + [date]))
-    done = {(r["method"], r["seed"]) for r in results["runs"]}
+    header = {"date": results.get("date", date), "dataset": args.dataset, "device": device_name(),
+              "report_split": split,
+              "protocol": "equal step schedule for every method (student config), last checkpoint, "
+                          "no selection on the reported split; curves on val",
+              "threads_per_run": args.threads, "parallel_runs": args.parallel,
+              "command": shlex.join(["python", "benchmarks/distill.py", *sys.argv[1:]]),
+              "teacher": teacher_record(args, work, teacher, split) if have_teacher else {},
+              "student": {**results.get("student", {}), "config": args.student_config},
+              "dates": [date]}
+
+    def save(new_runs: list[dict]) -> None:
+        """Merge into the file as it is now (another invocation may have saved since), under its lock."""
+        nonlocal results
+        with results_file.locked(out):
+            results = results_file.merge(results_file.read(out), header, new_runs)
+            if "params" not in results["student"] and new_runs:
+                r = new_runs[0]
+                results["student"]["params"] = params_of(work / f"{r['method']}-s{r['seed']}" / "model")
+            header["student"] = results["student"]
+            results_file.write_atomic(out, results)
+            out.with_suffix(".md").write_text(summarize(results))
+            if results["runs"]:
+                bar_and_curve_chart(results, out.with_suffix(".png"))
+
+    def train_claimed(m: str, s: int) -> dict:
+        """Train (method, seed) unless another invocation trains it now or has saved it since this one started."""
+        with results_file.claim(work / f"{m}-s{s}") as mine:
+            if not mine:
+                raise Skipped(f"{m} seed {s}: trained by another invocation now (lock in {work / f'{m}-s{s}'})")
+            if (m, s) in {results_file.run_key(r) for r in (results_file.read(out) or {}).get("runs", [])}:
+                raise Skipped(f"{m} seed {s}: already in {out}")
+            return train_student(args, work, teacher, m, s)
+
+    save([])
+    done = {results_file.run_key(r) for r in results["runs"]}
     # seed-major: every method of seed 0 first, so a chunk cut short still holds complete comparisons
     todo = [(m, s) for s in args.seeds for m in args.methods if (m, s) not in done][:args.max_runs]
-
-    def save() -> None:
-        tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(results, indent=1))
-        tmp.replace(out)
-        out.with_suffix(".md").write_text(summarize(results))
-        if results["runs"]:
-            bar_and_curve_chart(results, out.with_suffix(".png"))
-
-    save()
     print(f"{len(todo)} runs to do ({len(done)} already in {out})", flush=True)
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-        futures = {pool.submit(train_student, args, work, teacher, m, s): (m, s) for m, s in todo}
+        futures = {pool.submit(train_claimed, m, s): (m, s) for m, s in todo}
         for fut in as_completed(futures):
             m, s = futures[fut]
             try:
                 r = fut.result()
+            except Skipped as e:
+                print(f"skipped {e}", flush=True)
+                continue
             except BenchmarkError as e:
                 print(f"FAILED {m} seed {s}: {e}", flush=True)
                 continue
-            results["runs"].append(r)
-            if "params" not in results["student"]:
-                results["student"]["params"] = params_of(work / f"{m}-s{s}" / "model")
-            save()
+            save([r])
             print(f"done {m} seed {s}: AP {r['AP']:.2f} in {r['steps']} steps, {r['train_seconds']:.0f} s",
                   flush=True)
     print(summarize(results))

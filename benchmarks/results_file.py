@@ -1,0 +1,102 @@
+"""A benchmark results file that several invocations may fill at once (see benchmarks/distill.py).
+
+Two ``distill.py`` processes with the same ``--out`` (two chunks on the cores of one machine, or on machines
+sharing a folder) must not lose each other's runs, and must not train the same (method, seed) in the same run
+folder. Both are done with advisory file locks (``fcntl.flock``; POSIX):
+
+* ``locked(out)``: held while the JSON is read, merged and rewritten, so a save never overwrites a run another
+  invocation saved since this one read the file (``merge``);
+* ``claim(run_dir)``: taken, without waiting, for the whole training of one run; an invocation that finds it
+  held skips that run (another process is training it) and goes on with the next.
+
+Where ``fcntl`` does not exist (Windows) both locks are no-ops: run one invocation per results file there.
+"""
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+
+@contextmanager
+def _flock(lock_file: Path, wait: bool) -> Iterator[bool]:
+    """Yield True while holding an exclusive lock on ``lock_file``; False (nothing held) if ``wait`` is False and
+    another process holds it."""
+    if fcntl is None:  # pragma: no cover - Windows
+        yield True
+        return
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def locked(out: Path):
+    """Exclusive access to the results file ``out`` (waits for another invocation's save to finish)."""
+    return _flock(out.with_name(out.name + ".lock"), wait=True)
+
+
+def claim(run_dir: Path):
+    """Try to take one run's folder for training; yields False at once if another process trains it."""
+    return _flock(run_dir / ".benchmark.lock", wait=False)
+
+
+def read(out: Path) -> dict | None:
+    return json.loads(out.read_text()) if out.is_file() else None
+
+
+def run_key(run: dict) -> tuple[str, int]:
+    return run["method"], run["seed"]
+
+
+def merge(on_disk: dict | None, mine: dict, new_runs: list[dict]) -> dict:
+    """The file's content after this invocation saves.
+
+    ``on_disk``: what the file holds now (None if it does not exist); ``mine``: this invocation's header (dataset,
+    device, teacher, ...; its ``runs`` are ignored); ``new_runs``: runs this invocation finished. The runs on disk
+    are kept in their order and the new ones appended unless the file already has their (method, seed). Header
+    fields come from ``mine``, except that ``dates`` is the union and ``command`` the joined history of both.
+    """
+    disk = on_disk or {}
+    runs = list(disk.get("runs", []))
+    have = {run_key(r) for r in runs}
+    for r in new_runs:
+        if run_key(r) not in have:
+            runs.append(r)
+            have.add(run_key(r))
+    merged = {**disk, **{k: v for k, v in mine.items() if k != "runs"}, "runs": runs}
+    old_dates = disk.get("dates", [disk["date"]] if "date" in disk else [])  # files before "dates" had one "date"
+    merged["dates"] = sorted(set(old_dates) | set(mine.get("dates", [])))
+    merged["student"] = {**disk.get("student", {}), **mine.get("student", {})}
+    merged["command"] = join_commands(disk.get("command"), mine.get("command"))
+    if disk.get("teacher") and not mine.get("teacher"):  # a baseline-only chunk knows no teacher
+        merged["teacher"] = disk["teacher"]
+    return merged
+
+
+def join_commands(previous: str | None, this: str | None) -> str:
+    """Every invocation that added runs to a file, joined by ' && ', each once, in order."""
+    parts = previous.split(" && ") if previous else []
+    for c in (this.split(" && ") if this else []):
+        if c not in parts:
+            parts.append(c)
+    return " && ".join(parts)
+
+
+def write_atomic(out: Path, results: dict) -> None:
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(out)
