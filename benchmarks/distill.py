@@ -103,10 +103,11 @@ def val_curve(metrics_file: Path) -> list[list[float]]:
 def train_teacher(args, work: Path) -> Path:
     out = work / "teacher"
     ev = out / "eval.json"
-    if not (out / "model" / "config.json").is_file() or not ev.is_file() or json.loads(ev.read_text()).get(
-            "stopped_early"):
-        run(cli("train", args.teacher_config, "--resume", "--output-dir", str(out),
-                *sets(args.set + args.teacher_set)), out / "log.txt", child_env(args.threads))
+    with results_file.claim(out, wait=True):  # another invocation may be training it: wait, then it is done
+        if not (out / "model" / "config.json").is_file() or not ev.is_file() or json.loads(ev.read_text()).get(
+                "stopped_early"):
+            run(cli("train", args.teacher_config, "--resume", "--output-dir", str(out),
+                    *sets(args.set + args.teacher_set)), out / "log.txt", child_env(args.threads))
     return out / "model"
 
 

@@ -7,7 +7,8 @@ folder. Both are done with advisory file locks (``fcntl.flock``; POSIX):
 * ``locked(out)``: held while the JSON is read, merged and rewritten, so a save never overwrites a run another
   invocation saved since this one read the file (``merge``);
 * ``claim(run_dir)``: taken, without waiting, for the whole training of one run; an invocation that finds it
-  held skips that run (another process is training it) and goes on with the next.
+  held skips that run (another process is training it) and goes on with the next. The teacher's folder is
+  claimed with ``wait=True``: a second invocation waits for the teacher the first one trains.
 
 Where ``fcntl`` does not exist (Windows) both locks are no-ops: run one invocation per results file there.
 """
@@ -49,9 +50,10 @@ def locked(out: Path):
     return _flock(out.with_name(out.name + ".lock"), wait=True)
 
 
-def claim(run_dir: Path):
-    """Try to take one run's folder for training; yields False at once if another process trains it."""
-    return _flock(run_dir / ".benchmark.lock", wait=False)
+def claim(run_dir: Path, wait: bool = False):
+    """Take one run's folder for training. ``wait=False``: yields False at once if another process trains it;
+    ``wait=True`` (the teacher, which every other run needs): waits until that process is done."""
+    return _flock(run_dir / ".benchmark.lock", wait=wait)
 
 
 def read(out: Path) -> dict | None:

@@ -66,3 +66,26 @@ def test_two_invocations_share_one_file_and_split_the_runs(tmp_path, monkeypatch
     assert sorted(trained) == keys  # each run trained by exactly one invocation
     assert saved["student"]["params"] == 123
     assert out.with_suffix(".md").is_file()
+
+
+def test_a_second_invocation_waits_for_the_teacher_the_first_trains(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(cmd, log_file, env=None):  # "trains" the teacher: slow, then its files exist
+        calls.append(cmd)
+        time.sleep(0.3)
+        (tmp_path / "work" / "teacher" / "model").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "work" / "teacher" / "model" / "config.json").write_text("{}")
+        (tmp_path / "work" / "teacher" / "eval.json").write_text("{}")
+
+    monkeypatch.setattr(distill, "run", fake_run)
+    args = distill.parse_args(["--dataset", "synthetic", "--work-dir", str(tmp_path / "work")])
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(distill.train_teacher(args, tmp_path / "work")))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1  # trained once; the other invocation waited and found it done
+    assert got == [tmp_path / "work" / "teacher" / "model"] * 2
