@@ -2,6 +2,7 @@
 for families whose encoder inputs have no normalisation layer (DETR, Conditional DETR, DAB-DETR)."""
 from __future__ import annotations
 
+import logging
 import pytest
 import torch
 
@@ -65,9 +66,12 @@ def test_auto_normalizes_plain_projections(teacher_family, student_family, mode,
     assert normalize_features(env) is expected
 
 
-def test_distiller_builds_normalized_feature_terms():
+def test_distiller_builds_normalized_feature_terms(caplog):
     teacher, student = _family("conditional_detr"), _family("conditional_detr")
-    dist = Distiller(teacher, student, DistillConfig(fitnet={"enabled": True}))
+    with caplog.at_level(logging.INFO, logger="detrdistill"):
+        dist = Distiller(teacher, student, DistillConfig(fitnet={"enabled": True}))
+    # resolved once for both the feature and the FitNet term
+    assert sum("distill.feature.normalize=auto" in r.getMessage() for r in caplog.records) == 1
     losses = {type(m).__name__: m for m in dist.modules() if isinstance(m, FeatureDistillLoss)}
     assert losses and all(m.normalize for m in losses.values()), losses
     deformable = Distiller(make(model_cfg(d_model=64)), make(model_cfg()), DistillConfig())

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 
 from torch import Tensor, nn
@@ -45,6 +46,12 @@ class TermEnv:
     teacher: nn.Module
     student: nn.Module
     level_pairs: list[tuple[int, int]] | None = None
+
+    @cached_property
+    def group_norm_features(self) -> bool:
+        """``distill.feature.normalize`` resolved once for the feature and FitNet builders (see
+        ``normalize_features``)."""
+        return normalize_features(self)
 
 
 class DistillTerm:
@@ -184,13 +191,13 @@ def normalize_features(env: TermEnv) -> bool:
 def _feature(env: TermEnv) -> DistillTerm:
     fc = env.cfg.feature
     loss = FeatureDistillLoss(env.student.feature_channels, env.teacher.feature_channels, fc.weight, env.level_pairs,
-                              normalize=normalize_features(env))
+                              normalize=env.group_norm_features)
     return FeatureTerm(loss, fc.source, fc.top_k, fc.mask_floor)
 
 
 def _fitnet(env: TermEnv) -> DistillTerm:
     loss = FitNetLoss(env.student.feature_channels, env.teacher.feature_channels, env.cfg.fitnet.weight,
-                      env.level_pairs, normalize=normalize_features(env))
+                      env.level_pairs, normalize=env.group_norm_features)
     return FitNetTerm(loss, env.cfg.feature.source)
 
 
