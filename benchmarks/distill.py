@@ -230,7 +230,6 @@ def main(argv=None) -> int:
             if "params" not in results["student"] and new_runs:
                 r = new_runs[0]
                 results["student"]["params"] = params_of(work / f"{r['method']}-s{r['seed']}" / "model")
-            header["student"] = results["student"]
             results_file.write_atomic(out, results)
             out.with_suffix(".md").write_text(summarize(results))
             if results["runs"]:

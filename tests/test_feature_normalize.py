@@ -3,6 +3,7 @@ for families whose encoder inputs have no normalisation layer (DETR, Conditional
 from __future__ import annotations
 
 import logging
+
 import pytest
 import torch
 

@@ -20,8 +20,8 @@ model computes (``train.progress``, ``train.log_every``, ``train.eval_every_epoc
 ``train.checkpoint_every_steps``, ``train.keep_checkpoints``, ``data.num_workers``: the data order
 does not depend on the number of workers; ``data.cache_images``: cached images are the decoded files' pixels)
 and ``train.output_dir`` (the same folder, spelled another way). Everything else (model, data, loss,
-optimizer, distillation, seed, batch size) would mix two different runs in one folder. A run's mode (train / distill) is kept in ``run.json``; resuming in
-the other mode is refused too.
+optimizer, distillation, seed, batch size) would mix two different runs in one folder. A run's mode
+(train / distill) is kept in ``run.json``; resuming in the other mode is refused too.
 
 It also probes, before training, that the folder, ``checkpoints/`` and ``model/`` can be written
 (:func:`probe_writable`), so a read-only folder fails at start-up, not after training, and refuses
