@@ -231,7 +231,7 @@ def main(argv=None) -> int:
                 r = new_runs[0]
                 results["student"]["params"] = params_of(work / f"{r['method']}-s{r['seed']}" / "model")
             results_file.write_atomic(out, results)
-            out.with_suffix(".md").write_text(summarize(results))
+            results_file.write_atomic(out.with_suffix(".md"), summarize(results))
             if results["runs"]:
                 bar_and_curve_chart(results, out.with_suffix(".png"))
 

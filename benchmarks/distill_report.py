@@ -101,5 +101,7 @@ def bar_and_curve_chart(results: dict, path: Path) -> None:
     cx.set_title("AP vs step (mean ± std over seeds)", fontsize=10)
     cx.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    tmp = path.with_name(path.name + ".tmp")  # then a rename: the chart beside the results is never half-written
+    fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+    tmp.replace(path)

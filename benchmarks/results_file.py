@@ -98,7 +98,9 @@ def join_commands(previous: str | None, this: str | None) -> str:
     return " && ".join(parts)
 
 
-def write_atomic(out: Path, results: dict) -> None:
+def write_atomic(out: Path, content: dict | str) -> None:
+    """Write ``content`` (a dict as JSON, or text) to ``out`` through a temporary file and a rename, so that a
+    reader or a crash never sees it half-written."""
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1))
+    tmp.write_text(json.dumps(content, indent=1) if isinstance(content, dict) else content)
     tmp.replace(out)

@@ -29,6 +29,25 @@ def test_merge_keeps_disk_runs_and_appends_new_ones_once():
     assert results_file.merge(merged, mine, [])["command"] == "a && b"  # each command once
 
 
+def test_write_atomic_never_leaves_a_half_written_file(tmp_path, monkeypatch):
+    out = tmp_path / "r.md"
+    results_file.write_atomic(out, "old\n")
+    real_write_text = type(out).write_text
+
+    def crash_half_way(self, text, *a, **k):  # a crash (disk full, kill) after half the text is written
+        real_write_text(self, text[: len(text) // 2], *a, **k)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(type(out), "write_text", crash_half_way)
+    with pytest.raises(OSError):
+        results_file.write_atomic(out, "new text, longer than the old one\n")
+    monkeypatch.undo()
+    assert out.read_text() == "old\n"
+    results_file.write_atomic(out, {"runs": []})
+    assert json.loads(out.read_text()) == {"runs": []}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.md"]  # the temporary file was renamed, not left
+
+
 def test_claim_is_exclusive_and_released(tmp_path):
     with results_file.claim(tmp_path / "run") as first:
         assert first
