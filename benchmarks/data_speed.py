@@ -24,6 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from benchmarks import results_file  # noqa: E402
+
 
 def bench(path: str, rounds: int) -> dict:
     from detrdistill.config import load_config
@@ -83,8 +85,8 @@ def main(argv=None) -> int:
         print(json.dumps(res["configs"][-1]), flush=True)
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"data-speed-cpu-{date}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
-    out.with_suffix(".md").write_text(markdown(res))
+    results_file.write_atomic(out, res)
+    results_file.write_atomic(out.with_suffix(".md"), markdown(res))
     print(markdown(res))
     return 0
 

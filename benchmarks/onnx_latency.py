@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from benchmarks import results_file  # noqa: E402
 from detrdistill.config import load_config  # noqa: E402
 
 PAIRS = ("synthetic", "raccoon", "bccd")
@@ -118,7 +119,7 @@ def write_markdown(res: dict, out: Path) -> None:
               "the bccd and raccoon configs build the same architectures (only the class count differs), so the "
               "spread between their rows is the noise. Models of a few hundred thousand parameters (synthetic) "
               "are dominated by per-call overhead, not by their size."]
-    out.write_text("\n".join(lines) + "\n")
+    results_file.write_atomic(out, "\n".join(lines) + "\n")
 
 
 def main() -> int:
@@ -147,7 +148,7 @@ def main() -> int:
             print(json.dumps(res["models"][-1]), flush=True)
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"onnx-latency-cpu-{date}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
+    results_file.write_atomic(out, res)
     write_markdown(res, out.with_suffix(".md"))
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0

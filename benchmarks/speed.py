@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from benchmarks import results_file  # noqa: E402
 from detrdistill.config import load_config  # noqa: E402
 
 
@@ -382,8 +383,8 @@ def main() -> int:
     tag = "gpu" if device.type == "cuda" else "cpu"
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"speed-{tag}-{date}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
-    out.with_suffix(".md").write_text(markdown(res) + "\n")
+    results_file.write_atomic(out, res)
+    results_file.write_atomic(out.with_suffix(".md"), markdown(res) + "\n")
     print(markdown(res))
     return 0
 
