@@ -1,8 +1,11 @@
 """Markdown table and figure of a distillation benchmark results file (see benchmarks/distill.py)."""
 from __future__ import annotations
 
+import io
 import statistics
 from pathlib import Path
+
+from benchmarks import results_file
 
 
 def _by_method(results: dict) -> dict[str, list[dict]]:
@@ -101,7 +104,7 @@ def bar_and_curve_chart(results: dict, path: Path) -> None:
     cx.set_title("AP vs step (mean ± std over seeds)", fontsize=10)
     cx.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp")  # then a rename: the chart beside the results is never half-written
-    fig.savefig(tmp, dpi=110, format="png")
+    png = io.BytesIO()
+    fig.savefig(png, dpi=110, format="png")
     plt.close(fig)
-    tmp.replace(path)
+    results_file.write_atomic(path, png.getvalue())

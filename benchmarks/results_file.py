@@ -98,9 +98,12 @@ def join_commands(previous: str | None, this: str | None) -> str:
     return " && ".join(parts)
 
 
-def write_atomic(out: Path, content: dict | str) -> None:
-    """Write ``content`` (a dict as JSON, or text) to ``out`` through a temporary file and a rename, so that a
-    reader or a crash never sees it half-written."""
+def write_atomic(out: Path, content: dict | str | bytes) -> None:
+    """Write ``content`` (a dict as JSON, text, or bytes such as a PNG) to ``out`` through a temporary file and a
+    rename, so that a reader or a crash never sees it half-written."""
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(content, indent=1) if isinstance(content, dict) else content)
+    if isinstance(content, bytes):
+        tmp.write_bytes(content)
+    else:
+        tmp.write_text(json.dumps(content, indent=1) if isinstance(content, dict) else content)
     tmp.replace(out)

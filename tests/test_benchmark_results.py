@@ -45,6 +45,8 @@ def test_write_atomic_never_leaves_a_half_written_file(tmp_path, monkeypatch):
     assert out.read_text() == "old\n"
     results_file.write_atomic(out, {"runs": []})
     assert json.loads(out.read_text()) == {"runs": []}
+    results_file.write_atomic(out, b"\x89PNG\r\n")  # bytes (the chart) are written as they are
+    assert out.read_bytes() == b"\x89PNG\r\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.md"]  # the temporary file was renamed, not left
 
 
