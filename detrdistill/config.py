@@ -133,7 +133,13 @@ class ModelConfig(_Section):
 
 
 class LossConfig(_Section):
-    """Set criterion: Hungarian costs and loss weights (Deformable DETR defaults)."""
+    """How the student is trained: its family's own recipe, or the set criterion (Hungarian costs and loss weights
+    below, Deformable DETR defaults)."""
+    recipe: Literal["family", "set"] = Field(
+        "family", description="'family' = the family's own transformers training loss where it has one (RT-DETR / "
+        "D-FINE / DEIMv2: denoising groups and varifocal / matchability-aware classification; D-FINE's FGL and DDF; "
+        "LW-DETR / RF-DETR: grouped one-to-many queries; its own weights and matcher from the model config), the set "
+        "criterion below for every other family; 'set' = the set criterion for every family")
     class_cost: float = 2.0
     bbox_cost: float = 5.0
     giou_cost: float = 2.0

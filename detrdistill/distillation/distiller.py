@@ -34,6 +34,7 @@ from .. import profiling
 from ..config import DistillConfig, TeacherMatcherConfig
 from ..errors import CheckpointError, IncompatibleModelsError
 from ..models.adapters import DetectorAdapter
+from ..models.family_loss import FamilyLoss
 from ..models.outputs import DetectorOutput
 from ..ops.matcher import HungarianMatcher
 from .class_map import ClassMap, build_class_map
@@ -264,13 +265,16 @@ class Distiller(nn.Module):
         with profiling.section("teacher_forward"):
             view = self.teacher_input(pixel_values, pixel_mask)
             t_out = self.teacher_forward(pixel_values, pixel_mask, view=view)
+        family_loss = isinstance(criterion, FamilyLoss) and self.student.has_family_loss
         with profiling.section("student_forward"):
-            s_out = self.student(pixel_values, pixel_mask)
+            # under the family recipe the student's forward computes its own loss (with its training-only groups)
+            s_out = self.student(pixel_values, pixel_mask, targets, criterion) if family_loss else \
+                self.student(pixel_values, pixel_mask)
         ctx = StepContext(s_out, t_out, targets, self._stage_map(s_out, t_out), criterion, self.teacher_matcher,
                           teacher_affine=view.affine)
         # every matching of the step in one solver dispatch (exactly the results of solving them one by one)
         student_gt = solve_step_matchings(ctx, criterion, *self.matching_needs) if self.batch_matchings else None
-        if criterion is not None:
+        if criterion is not None and not family_loss:
             with profiling.section("student_loss"):
                 self.student.attach_loss(s_out, targets, criterion, student_gt)
         total = s_out.loss if s_out.loss is not None else s_out.logits.new_zeros(())

@@ -12,20 +12,26 @@ from torch import Tensor, nn
 from detrdistill.config import Config
 from detrdistill.engine.task import Task, load_state_strictly
 from detrdistill.errors import ConfigError
+from detrdistill.models.family_loss import FamilyLoss
 from detrdistill.ops.criterion import SetCriterion
 
 MODES = ("train", "distill")
 
 
-def build_criterion(cfg: Config, adapter) -> SetCriterion:
+def build_criterion(cfg: Config, adapter) -> nn.Module:
+    """The student's criterion: the set criterion, wrapped in a :class:`FamilyLoss` under ``loss.recipe: family``
+    when the family has a training recipe of its own (the wrapped set criterion still serves extra query groups)."""
     class_loss = "ce" if adapter.class_activation == "softmax" else "focal"
-    return SetCriterion.from_config(cfg.loss, adapter.num_classes, class_loss)
+    criterion = SetCriterion.from_config(cfg.loss, adapter.num_classes, class_loss)
+    if cfg.loss.recipe == "family" and adapter.has_family_loss:
+        return FamilyLoss(criterion, aux_loss=cfg.loss.aux_loss)
+    return criterion
 
 
 class DetectionTask(nn.Module):
     """Train one detector with its set loss."""
 
-    def __init__(self, adapter, criterion: SetCriterion):
+    def __init__(self, adapter, criterion: nn.Module):
         super().__init__()
         self.adapter, self.criterion = adapter, criterion
 

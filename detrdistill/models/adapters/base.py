@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import ModelError, NoQueryTableError, TransformersAPIError, UnsupportedFamilyError
+from ..family_loss import FamilyLoss
 from ..outputs import DetectorOutput, GroupOutput, QueryGroup
 
 __all__ = [
@@ -319,6 +320,11 @@ class DetectorAdapter(nn.Module):
         elif pixel_mask.shape != (pixel_values.shape[0],) + tuple(pixel_values.shape[2:]):
             raise ValueError(f"pixel_mask shape {tuple(pixel_mask.shape)} does not match pixel_values "
                              f"{tuple(pixel_values.shape)} (expected [B, H, W])")
+        if isinstance(criterion, FamilyLoss) and targets is not None and self.has_family_loss:
+            with criterion.configured(self.model):
+                out = self._forward_family_loss(pixel_values, pixel_mask, targets)
+            out.class_activation = self.class_activation
+            return out
         out = self._forward(pixel_values, pixel_mask)
         out.class_activation = self.class_activation
         if criterion is not None and targets is not None:
@@ -328,6 +334,22 @@ class DetectorAdapter(nn.Module):
     def _forward(self, pixel_values: Tensor, pixel_mask: Tensor) -> DetectorOutput:
         """Family-specific forward without labels (pixel_mask is never None here); the loss is attached after."""
         raise NotImplementedError
+
+    @property
+    def has_family_loss(self) -> bool:
+        """Whether the family trains with its own transformers loss under ``loss.recipe: family`` (it overrides
+        :meth:`_forward_family_loss`); otherwise the set criterion trains it under either recipe."""
+        return type(self)._forward_family_loss is not DetectorAdapter._forward_family_loss
+
+    def _forward_family_loss(self, pixel_values: Tensor, pixel_mask: Tensor, targets: list[dict]) -> DetectorOutput:
+        """The family's own training forward: the model called with ``labels=targets`` (in train mode transformers
+        adds its training-only query groups: denoising, one-to-many ...) and its own loss.
+
+        Returns the DetectorOutput of the model's **matching queries only** (the ``num_queries`` the model keeps at
+        inference; denoising / extra groups split off), exactly as :meth:`_forward` would report them, with
+        ``loss`` = transformers' total loss and ``loss_dict`` = :func:`summarize_family_losses` of its loss dict.
+        """
+        raise NotImplementedError(f"{self.family} has no training recipe of its own")
 
     @staticmethod
     def attach_loss(out: DetectorOutput, targets: list[dict], criterion: Callable,

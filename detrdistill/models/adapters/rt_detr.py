@@ -15,8 +15,11 @@ Layout of one RT-DETR forward, as exposed by :class:`RTDetrAdapter`:
   decoder's own inputs, ``content`` ``[B, N, d]`` (the top-k encoder features, detached by the model) and
   ``reference`` ``[B, N, 4]`` in sigmoid space; :meth:`query_table` raises (``learn_initial_query=True`` is
   refused: transformers' forward fails on it);
-* the model is always called **without labels**, so in train mode it adds no denoising queries: every output has
-  exactly ``num_queries`` queries. The classification / box heads live inside the decoder, so the per-stage
+* the model is called **without labels** (``loss.recipe: set``, inference, the teacher): no denoising queries.
+  Under ``loss.recipe: family`` the training forward passes the labels: transformers adds its contrastive
+  denoising groups in front of the matching queries and computes its varifocal + L1 + GIoU loss over both
+  (``RTDetrLoss``); the adapter reports the matching queries only (``dn_num_split``), so every output has exactly
+  ``num_queries`` queries either way. The classification / box heads live inside the decoder, so the per-stage
   predictions are the decoder's ``intermediate_logits`` / ``intermediate_reference_points``.
 
 Depends on the decoder keyword names of transformers' ``RTDetrDecoder`` / ``RTDetrV2Decoder``, listed in
@@ -33,6 +36,7 @@ from ..outputs import DetectorOutput, GroupOutput, QueryGroup
 from ...errors import ConfigError, ModelError, NoQueryTableError
 from .base import DetectorAdapter, ModuleInputCapture, ModuleOutputCapture, expand_group, reference_logits
 from ..families import FamilySpec
+from ..family_loss import summarize_family_losses
 from ..hf_config import common_kwargs, resnet_config
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -85,27 +89,44 @@ class RTDetrAdapter(DetectorAdapter):
 
     # ------------------------------------------------------------------ forward
     def _forward(self, pixel_values: Tensor, pixel_mask: Tensor) -> DetectorOutput:
+        return self._run(pixel_values, pixel_mask)  # no labels: no denoising queries, no transformers loss
+
+    def _forward_family_loss(self, pixel_values: Tensor, pixel_mask: Tensor, targets: list[dict]) -> DetectorOutput:
+        """With labels (train mode): denoising groups + varifocal loss (``RTDetrLoss``); only the matching queries
+        are reported."""
+        return self._run(pixel_values, pixel_mask, labels=targets)
+
+    def _run(self, pixel_values: Tensor, pixel_mask: Tensor, labels: list[dict] | None = None) -> DetectorOutput:
         inner = self.model.model
         with ModuleInputCapture(inner.decoder) as dec_cap, \
                 ModuleOutputCapture(list(inner.encoder_input_proj)) as in_cap, \
                 ModuleOutputCapture([inner.backbone], transform=lambda o: [m for _, m in o]) as mask_cap:
-            # no labels: no denoising queries, no transformers loss
-            model_out = self.model(pixel_values, pixel_mask=pixel_mask, return_dict=True)
+            model_out = self.model(pixel_values, pixel_mask=pixel_mask, labels=labels, return_dict=True)
         kwargs = dec_cap.require("decoder")
         encoder_inputs = in_cap.first()
         masks = [m.bool() for m in mask_cap.first()[0]]
-
+        # denoising queries come first ([dn | matching]); keep the matching ones
+        dn = _denoising_count(model_out)
+        keep = slice(dn, None)
+        if dn:
+            # decode_group replays the decoder over this memory; the denoising self-attention mask is not its own
+            kwargs = {**kwargs, "inputs_embeds": kwargs["inputs_embeds"][:, keep],
+                      "reference_points": kwargs["reference_points"][:, keep], "encoder_attention_mask": None}
         reference = kwargs["reference_points"]  # [B, N, 4] logits (detached by the model)
-        return DetectorOutput(
-            logits=model_out.intermediate_logits.transpose(0, 1),
-            boxes=model_out.intermediate_reference_points.transpose(0, 1),
-            embeddings=model_out.intermediate_hidden_states.transpose(0, 1),
+        out = DetectorOutput(
+            logits=model_out.intermediate_logits[:, :, keep].transpose(0, 1),
+            boxes=model_out.intermediate_reference_points[:, :, keep].transpose(0, 1),
+            embeddings=model_out.intermediate_hidden_states[:, :, keep].transpose(0, 1),
             encoder_inputs=encoder_inputs,
             encoder_outputs=list(model_out.encoder_last_hidden_state),
             feature_masks=masks,
             queries=QueryGroup(content=kwargs["inputs_embeds"], reference=reference.sigmoid()),
             state={"decoder_kwargs": kwargs},
         )
+        if labels is not None:
+            out.loss = model_out.loss
+            out.loss_dict = summarize_family_losses(model_out.loss_dict)
+        return out
 
     # ------------------------------------------------------------------ extra query groups
     def query_table(self) -> QueryGroup:
@@ -132,6 +153,12 @@ class RTDetrAdapter(DetectorAdapter):
             boxes=dec.intermediate_reference_points.transpose(0, 1),
             embeddings=dec.intermediate_hidden_states.transpose(0, 1),
         )
+
+
+def _denoising_count(model_out) -> int:
+    """Number of denoising queries in front of the matching ones (0 without labels or in eval mode)."""
+    meta = getattr(model_out, "denoising_meta_values", None)
+    return int(meta["dn_num_split"][0]) if meta else 0
 
 
 def rt_detr_config_kwargs(cfg: "ModelConfig") -> dict:
