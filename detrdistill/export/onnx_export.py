@@ -34,7 +34,6 @@ from torch import nn
 
 from detrdistill.errors import DetrDistillError
 
-MASK_FAMILIES = ("detr", "conditional_detr", "dab_detr", "deformable_detr")
 
 
 class OnnxExportError(DetrDistillError):
@@ -107,12 +106,19 @@ def family_of(model: nn.Module) -> str:
     return fam
 
 
+def takes_pixel_mask(model: nn.Module) -> bool:
+    """Whether the model reads a pixel mask (its family's ``pixel_mask`` capability): the graph then takes one."""
+    from detrdistill.models.families import family_spec
+
+    return "pixel_mask" in family_spec(family_of(model)).capabilities
+
+
 def example_inputs(model: nn.Module, batch: int = 1, height: int = 320, width: int = 320,
                    seed: int = 0) -> dict[str, torch.Tensor]:
     """Random normalised pixels (and a full mask for mask-aware families) of the given size."""
     g = torch.Generator().manual_seed(seed)
     inputs = {"pixel_values": torch.randn(batch, 3, height, width, generator=g)}
-    if family_of(model) in MASK_FAMILIES:
+    if takes_pixel_mask(model):
         inputs["pixel_mask"] = torch.ones(batch, height, width, dtype=torch.long)
     return inputs
 

@@ -63,7 +63,9 @@ def image_processor_settings(family: str, eval_size: int, max_size: int) -> dict
                   do_resize=True, resample=2,  # PIL bilinear, as transforms.resize
                   do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
                   image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD), do_pad=True)
-    if family in ("rt_detr", "rt_detr_v2"):
+    from detrdistill.models.families import family_spec
+
+    if "square_padding" in family_spec(family).capabilities:
         side = -(-max(int(eval_size), int(max_size)) // RT_DETR_DIVISOR) * RT_DETR_DIVISOR
         kwargs["pad_size"] = {"height": side, "width": side}
     return kwargs

@@ -34,9 +34,12 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["FamilySpec", "CAPABILITIES", "register_family", "unregister_family", "family_spec", "family_names",
            "family_of", "all_specs"]
 
-# capability vocabulary: "query_table" (a learned query table with the default config), "multi_scale" (several
-# feature levels), "two_stage" / "box_refine" (the config switches of the same name are honoured)
-CAPABILITIES = frozenset({"query_table", "multi_scale", "two_stage", "box_refine"})
+# capability vocabulary, read by the layers above (export, processor, ONNX) instead of family names:
+# "query_table" (a learned query table with the default config), "multi_scale" (several feature levels),
+# "two_stage" / "box_refine" (the config switches of the same name are honoured), "pixel_mask" (the model reads a
+# pixel mask: an ONNX graph takes one as input), "square_padding" (the model ignores padding and needs sides that
+# are multiples of 32: its processor pads every image to one fixed square)
+CAPABILITIES = frozenset({"query_table", "multi_scale", "two_stage", "box_refine", "pixel_mask", "square_padding"})
 
 
 @dataclass(frozen=True)

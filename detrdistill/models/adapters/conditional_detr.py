@@ -38,4 +38,4 @@ FAMILY_SPECS = (FamilySpec(name="conditional_detr", adapter=ConditionalDetrAdapt
                            image_processor="ConditionalDetrImageProcessor",
                            config_class="ConditionalDetrConfig", model_class="ConditionalDetrForObjectDetection",
                            config_kwargs=detr_config_kwargs, load_kwargs={"auxiliary_loss": False},
-                           capabilities=frozenset({"query_table"})),)
+                           capabilities=frozenset({"query_table", "pixel_mask"})),)

@@ -141,4 +141,4 @@ def dab_config_kwargs(cfg: "ModelConfig") -> dict:
 
 FAMILY_SPECS = (FamilySpec(name="dab_detr", adapter=DabDetrAdapter, image_processor="ConditionalDetrImageProcessor", model_types=("dab-detr",),
                            config_class="DabDetrConfig", model_class="DabDetrForObjectDetection",
-                           config_kwargs=dab_config_kwargs, capabilities=frozenset({"query_table"})),)
+                           config_kwargs=dab_config_kwargs, capabilities=frozenset({"query_table", "pixel_mask"})),)

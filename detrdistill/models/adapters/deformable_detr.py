@@ -145,4 +145,4 @@ def deformable_config_kwargs(cfg: "ModelConfig") -> dict:
 FAMILY_SPECS = (FamilySpec(name="deformable_detr", adapter=DeformableDetrAdapter,
                            config_class="DeformableDetrConfig", model_class="DeformableDetrForObjectDetection",
                            config_kwargs=deformable_config_kwargs,
-                           capabilities=frozenset({"query_table", "multi_scale", "two_stage", "box_refine"})),)
+                           capabilities=frozenset({"query_table", "multi_scale", "two_stage", "box_refine", "pixel_mask"})),)

@@ -111,4 +111,4 @@ def detr_config_kwargs(cfg: "ModelConfig") -> dict:
 # the forward; our criterion computes the auxiliary losses from the per-stage outputs, so it is always off
 FAMILY_SPECS = (FamilySpec(name="detr", adapter=DetrAdapter, image_processor="DetrImageProcessor", config_class="DetrConfig",
                            model_class="DetrForObjectDetection", config_kwargs=detr_config_kwargs,
-                           load_kwargs={"auxiliary_loss": False}, capabilities=frozenset({"query_table"})),)
+                           load_kwargs={"auxiliary_loss": False}, capabilities=frozenset({"query_table", "pixel_mask"})),)

@@ -185,5 +185,5 @@ def unit_batch_norms(model: nn.Module) -> None:
 FAMILY_SPECS = tuple(
     FamilySpec(name=name, adapter=RTDetrAdapter, image_processor="RTDetrImageProcessor", config_class=f"{prefix}Config",
                model_class=f"{prefix}ForObjectDetection", config_kwargs=rt_detr_config_kwargs,
-               after_build=unit_batch_norms, capabilities=frozenset({"multi_scale"}))
+               after_build=unit_batch_norms, capabilities=frozenset({"multi_scale", "square_padding"}))
     for name, prefix in (("rt_detr", "RTDetr"), ("rt_detr_v2", "RTDetrV2")))
