@@ -1,32 +1,39 @@
 """Distillation benchmark: the same student trained alone and with each method, over seeds, on one dataset.
 
     python benchmarks/distill.py --dataset bccd --cpu --seeds 0 1 2 --parallel 2 --threads 1 \\
-        --work-dir /work/bench-runs/bccd --out benchmarks/results/bccd-cpu-2026-11-30.json
-    python benchmarks/distill.py --dataset raccoon --methods baseline detrdistill --seeds 0 1 2 --parallel 6
+        --work-dir runs/bench/bccd --out benchmarks/results/bccd-cpu-2026-11-30.json
+    python benchmarks/distill.py --dataset bccd --cpu --methods detrdistill@t600 detrdistill@self \\
+        --teacher-variant t600=snapshot:600 --teacher-variant self=baseline:9 ...
+    python benchmarks/distill.py --verify benchmarks/results/bccd-cpu-2026-11-30.json --method baseline --seed 0
 
 Protocol (equal schedule): every method runs the student config's fixed number of optimizer steps (same
 batch size, same lr schedule); a time budget may size the teacher (``--teacher-set
-train.time_budget_min=...``), never a student, and a student override that sets one is refused. Each
-student's LAST checkpoint is evaluated on the reported split (bccd: test; raccoon: val), with no selection
-on it. Every run records ``steps`` and ``train_seconds`` (so the price of a method sits next to its gain)
-and its AP-vs-step curve on the val split (``train.eval_every_epochs`` of the student config).
-The teacher is trained first with the teacher config unless ``--teacher DIR`` is given.
+train.time_budget_min=...``), never a student, and a student override that sets one is refused. The one
+exception is ``baseline_long``, the equal-cost control: the student alone for as many steps as fit in the mean
+training time of the ``detrdistill`` runs of the same file (``steps * mean(detrdistill s) / mean(baseline s)``,
+fixed at its first run and recorded; its lr schedule stretched to that length). Each student's LAST checkpoint is
+evaluated on the reported split (bccd: test; raccoon: val), with no selection on it. Every run records ``steps``,
+``train_seconds`` (so the price of a method sits next to its gain), its AP-vs-step curve on the val split, the
+teacher it learned from, the environment it ran in (git commit and whether the checkout was dirty, python /
+torch / transformers / accelerate versions, device, threads: ``benchmarks/run_env.py``) and a hash of its
+resolved config. A file holds one environment: a run from another commit or environment is refused unless
+``--allow-mixed`` (the report then shows the mix). Teachers and their variants (``M@NAME``): see
+``benchmarks/teachers.py``.
 
 Resumable: results are appended to the JSON as runs finish and finished (method, seed) pairs are skipped,
 so the benchmark can run in chunks (Ctrl-C, or ``--max-runs``); an interrupted training resumes from its
 last checkpoint in ``--work-dir``. Several invocations may share one ``--out`` and ``--work-dir`` (e.g. one per
 core, or per machine on a shared folder): saves merge under a file lock, and a run another invocation is
-training is skipped (``benchmarks/results_file.py``). Writes ``<out>.json`` (+ ``.md`` table, ``.png`` bars and curves).
+training is skipped (``benchmarks/results_file.py``). Writes ``<out>.json`` (+ ``.md`` table, ``.png`` bars and
+curves). ``--verify FILE --method M --seed N`` reruns one committed run (``benchmarks/verify.py``).
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import shlex
-import subprocess
+import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -35,13 +42,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import results_file  # noqa: E402
+from benchmarks import results_file, run_env, teachers  # noqa: E402
 from benchmarks.distill_report import bar_and_curve_chart, summarize  # noqa: E402
+from benchmarks.runner import (STATS, BenchmarkError, child_env, cli, params_of, relative, resolve, run,  # noqa: E402
+                               sets, val_curve)
 
 # method -> distill.* overrides (None = plain training, no teacher)
 _OFF = ["distill.logits.enabled=false", "distill.feature.enabled=false", "distill.query_prior.enabled=false"]
 METHODS: dict[str, list[str] | None] = {
     "baseline": None,
+    "baseline_long": None,  # the equal-cost control (see the module docstring)
     "detrdistill": [],
     "logits": _OFF + ["distill.logits.enabled=true"],
     "feature": _OFF + ["distill.feature.enabled=true"],
@@ -56,70 +66,35 @@ METHODS: dict[str, list[str] | None] = {
 # the protocol's order: the comparison first, then each DETRDistill term alone on the same seeds
 MAIN_METHODS = ["baseline", "detrdistill", "fitnet", "logit_kd", "logits", "feature", "query_prior"]
 REPORT_SPLIT = {"bccd": "test", "raccoon": "val", "synthetic": "val"}
-STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-
-
-class BenchmarkError(RuntimeError):
-    pass
+LONG_REFERENCE = "detrdistill"  # baseline_long gets the training time of this method
 
 
 class Skipped(Exception):
     """The run is trained by another invocation, or already in the results file."""
 
 
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "detrdistill.cli", *args]
+def split_method(method: str) -> tuple[str, str | None]:
+    """``"detrdistill@t600"`` -> ``("detrdistill", "t600")``; a plain method has no teacher variant."""
+    base, _, variant = method.partition("@")
+    return base, (variant or None)
 
 
-def run(cmd: list[str], log_file: Path, env: dict | None = None) -> None:
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with log_file.open("a") as f:
-        f.write("$ " + shlex.join(cmd) + "\n")
-        f.flush()
-        res = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
-    if res.returncode != 0:
-        raise BenchmarkError(f"command failed (rc {res.returncode}), see {log_file}: {shlex.join(cmd)}")
+def needs_teacher(method: str) -> bool:
+    return METHODS[split_method(method)[0]] is not None
 
 
-def sets(overrides: list[str]) -> list[str]:
-    return sum((["--set", o] for o in overrides), [])
-
-
-def child_env(threads: int | None) -> dict:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if threads:
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-    return env
-
-
-def val_curve(metrics_file: Path) -> list[list[float]]:
-    """[[step, AP], ...] from the periodic (val split) evaluations of a run."""
-    if not metrics_file.is_file():
-        return []
-    from detrdistill.engine.metrics import read_metrics
-    return [[r["step"], r["eval/AP"]] for r in read_metrics(metrics_file) if r.get("eval/AP") is not None]
-
-
-def train_teacher(args, work: Path) -> Path:
-    out = work / "teacher"
-    ev = out / "eval.json"
-    with results_file.claim(out, wait=True):  # another invocation may be training it: wait, then it is done
-        if not (out / "model" / "config.json").is_file() or not ev.is_file() or json.loads(ev.read_text()).get(
-                "stopped_early"):
-            run(cli("train", args.teacher_config, "--resume", "--output-dir", str(out),
-                    *sets(args.set + args.teacher_set)), out / "log.txt", child_env(args.threads))
-    return out / "model"
-
-
-def train_student(args, work: Path, teacher: Path, method: str, seed: int) -> dict:
+def train_student(args, work: Path, teacher: Path | None, method: str, seed: int, steps: int | None = None) -> dict:
+    base, variant = split_method(method)
     out = work / f"{method}-s{seed}"
-    common = ["--output-dir", str(out), "--resume", *sets(args.set + args.student_set + [f"train.seed={seed}"])]
+    extra = [f"train.seed={seed}"] + ([f"train.max_steps={steps}"] if steps else [])
+    common = ["--output-dir", str(out), "--resume", *sets(args.set + args.student_set + extra)]
     env = child_env(args.threads)
+    teachers.check_env(out, args.allow_mixed)
     t0 = time.monotonic()
-    if METHODS[method] is None:
+    if METHODS[base] is None:
         run(cli("train", args.student_config, *common), out / "log.txt", env)
     else:
-        run(cli("distill", args.student_config, "--teacher", str(teacher), *common, *sets(METHODS[method])),
+        run(cli("distill", args.student_config, "--teacher", str(teacher), *common, *sets(METHODS[base])),
             out / "log.txt", env)
     run_info = json.loads((out / "eval.json").read_text())
     if run_info.get("stopped_early"):
@@ -136,30 +111,42 @@ def train_student(args, work: Path, teacher: Path, method: str, seed: int) -> di
             "steps": run_info.get("step"), "train_seconds": run_info.get("train_seconds"),
             "wall_seconds_this_invocation": round(time.monotonic() - t0, 1),
             "threads": args.threads, "parallel_runs": args.parallel,
+            "teacher": None if METHODS[base] is None else (variant or "teacher"),
+            "env": {**(teachers.folder_env(out) or {}), "threads": args.threads},
+            "config_hash": run_env.config_hash(out / "config.yaml"),
             "curve_val": val_curve(out / "metrics.jsonl")}
 
 
-def params_of(model_dir: Path) -> int:
-    from detrdistill.models.build import count_parameters, load_detector
-    return count_parameters(load_detector(model_dir)).total
-
-
-def device_name() -> str:
-    import torch
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+def long_schedule(results: dict, args) -> dict:
+    """Steps of ``baseline_long``: the schedule length that costs what the reference method costs, from the runs of
+    the same file (fixed once, recorded in the file's ``baseline_long``)."""
+    if results.get("baseline_long"):
+        return results["baseline_long"]
+    if args.long_steps:
+        return {"steps": args.long_steps, "cost_ratio": None, "from": "--long-steps"}
+    secs = {m: [r["train_seconds"] for r in results["runs"] if r["method"] == m and r.get("train_seconds")]
+            for m in ("baseline", LONG_REFERENCE)}
+    steps = {r.get("steps") for r in results["runs"] if r["method"] == "baseline"}
+    if not secs["baseline"] or not secs[LONG_REFERENCE] or len(steps) != 1:
+        raise BenchmarkError(f"baseline_long needs finished baseline and {LONG_REFERENCE} runs in the file (their "
+                             "training times set its length); run those first, or give --long-steps N")
+    ratio = statistics.mean(secs[LONG_REFERENCE]) / statistics.mean(secs["baseline"])
+    return {"steps": round(steps.pop() * ratio), "cost_ratio": round(ratio, 3), "from": LONG_REFERENCE,
+            "runs": {m: len(v) for m, v in secs.items()}}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", required=True, choices=sorted(REPORT_SPLIT))
+    p.add_argument("--dataset", choices=sorted(REPORT_SPLIT), help="required unless --verify")
     p.add_argument("--cpu", action="store_true", help="use the CPU-sized configs/cpu/<dataset>_{teacher,student}.yaml")
     p.add_argument("--teacher-config", help="default configs[/cpu]/<dataset>_teacher.yaml")
     p.add_argument("--student-config", help="default configs[/cpu]/<dataset>_student.yaml")
     p.add_argument("--teacher", help="trained teacher model dir (default: train one with --teacher-config)")
-    p.add_argument("--methods", nargs="+", default=MAIN_METHODS, choices=list(METHODS))
+    p.add_argument("--teacher-variant", action="append", default=[], metavar="NAME=KIND:ARG",
+                   help="another teacher for methods written M@NAME: snapshot:STEP, steps:N, baseline:SEED, dir:PATH "
+                        "(see benchmarks/teachers.py)")
+    p.add_argument("--methods", nargs="+", default=MAIN_METHODS, help=f"of {list(METHODS)}, optionally @VARIANT")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--parallel", type=int, default=1, help="student trainings run at once")
     p.add_argument("--threads", type=int, default=None, help="torch threads per training process (OMP_NUM_THREADS)")
@@ -168,13 +155,37 @@ def parse_args(argv=None):
     p.add_argument("--teacher-set", action="append", default=[], help="override for the teacher run only")
     p.add_argument("--student-set", action="append", default=[],
                    help="override for the student runs only (e.g. train.max_steps=400); never a time budget")
-    p.add_argument("--work-dir", default=None, help="default runs/bench/<dataset>[-cpu]")
+    p.add_argument("--long-steps", type=int, default=None,
+                   help="baseline_long: this many steps instead of the measured equal-cost length")
+    p.add_argument("--allow-mixed", action="store_true",
+                   help="add runs made on another commit or environment than the file's (the report shows the mix)")
+    p.add_argument("--work-dir", default=None, help="default runs/bench/<dataset>[-cpu] (relative: to the repository)")
     p.add_argument("--out", default=None, help="default benchmarks/results/<dataset>[-cpu]-<date>.json")
+    p.add_argument("--verify", metavar="FILE", help="rerun one run of a results file (--method, --seed) and compare")
+    p.add_argument("--method", help="--verify: the method of the run to rerun")
+    p.add_argument("--seed", type=int, help="--verify: the seed of the run to rerun")
     args = p.parse_args(argv)
+    if args.verify:
+        if args.method is None or args.seed is None:
+            p.error("--verify needs --method and --seed")
+        return args
+    if not args.dataset:
+        p.error("--dataset is required")
     budgeted = [o for o in args.set + args.student_set if o.replace(" ", "").startswith("train.time_budget_min")]
     if budgeted:
         p.error(f"{budgeted[0]}: students must run one equal step schedule; size it with train.max_steps "
                 "(a time budget may size the teacher: --teacher-set)")
+    unknown = [m for m in args.methods if split_method(m)[0] not in METHODS]
+    if unknown:
+        p.error(f"unknown method {unknown[0]!r}; known: {', '.join(METHODS)} (optionally @VARIANT)")
+    try:
+        args.variants = teachers.parse_variants(args.teacher_variant)
+    except BenchmarkError as e:
+        p.error(str(e))
+    missing = sorted({v for m in args.methods if (v := split_method(m)[1]) and v not in args.variants})
+    if missing:
+        p.error(f"teacher variant {missing[0]!r} is used by a method but not declared (--teacher-variant "
+                f"{missing[0]}=KIND:ARG)")
     cfg_dir = "configs/cpu" if args.cpu else "configs"
     args.teacher_config = args.teacher_config or f"{cfg_dir}/{args.dataset}_teacher.yaml"
     args.student_config = args.student_config or f"{cfg_dir}/{args.dataset}_student.yaml"
@@ -182,51 +193,55 @@ def parse_args(argv=None):
     return args
 
 
-def teacher_record(args, work: Path, teacher: Path, split: str) -> dict:
-    t_eval = work / "teacher-eval"
-    if not (t_eval / "eval.json").is_file():
-        run(cli("eval", args.teacher_config, "--model", str(teacher), "--split", split, "--eval-dir", str(t_eval),
-                *sets(args.set)), work / "teacher-eval.log", child_env(args.threads))
-    stats = json.loads((t_eval / "eval.json").read_text())
-    rec = {"config": args.teacher_config, **{k: stats[k] for k in STATS}, "params": params_of(teacher),
-           "model_dir": str(teacher)}
-    info = teacher.parent / "eval.json"  # a teacher trained by this project (here or passed with --teacher)
-    if (teacher.parent / "metrics.jsonl").is_file() and info.is_file():
-        run_info = json.loads(info.read_text())
-        rec.update(steps=run_info.get("step"), train_seconds=run_info.get("train_seconds"),
-                   curve_val=val_curve(teacher.parent / "metrics.jsonl"))
-    return rec
+def check_one_environment(results: dict, out: Path, allow_mixed: bool) -> None:
+    """Refuse to add runs to a file whose runs were made in another environment (unless ``allow_mixed``)."""
+    here = run_env.environment_key(run_env.environment(None))
+    other = [r for r in results.get("runs", []) if run_env.environment_key(r.get("env")) != here]
+    if other and not allow_mixed:
+        raise BenchmarkError(
+            f"{out} holds {len(other)} run(s) made in another environment (e.g. {other[0]['method']} seed "
+            f"{other[0]['seed']}: {run_env.describe(other[0].get('env'))}); this checkout is "
+            f"{run_env.describe(run_env.environment(None))}. A comparison is made on one commit and environment: "
+            "write to a new --out, or pass --allow-mixed (the report then shows the mix)")
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.verify:
+        from benchmarks.verify import verify
+        return verify(args)
     date = dt.date.today().isoformat()
-    work = Path(args.work_dir or ROOT / "runs" / "bench" / args.tag)
-    out = Path(args.out or ROOT / "benchmarks" / "results" / f"{args.tag}-{date}.json")
+    work = resolve(args.work_dir or Path("runs") / "bench" / args.tag)
+    out = resolve(args.out or Path("benchmarks") / "results" / f"{args.tag}-{date}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     results = results_file.read(out) or {"runs": [], "date": date}
+    check_one_environment(results, out, args.allow_mixed)
     split = REPORT_SPLIT[args.dataset]
 
     # baseline-only chunks need no teacher, so they can run while it trains (a separate invocation)
-    need_teacher = any(METHODS[m] is not None for m in args.methods)
-    teacher = Path(args.teacher) if args.teacher else (train_teacher(args, work) if need_teacher
-                                                       else work / "teacher" / "model")
+    need_teacher = any(needs_teacher(m) and split_method(m)[1] is None for m in args.methods) or any(
+        k == "snapshot" for k, _ in args.variants.values())
+    teacher = teachers.main_teacher(args, work, need_teacher)
     have_teacher = (teacher / "config.json").is_file() and (need_teacher or (teacher.parent / "eval.json").is_file())
-    header = {"date": results.get("date", date), "dataset": args.dataset, "device": device_name(),
+    variants = sorted({v for m in args.methods if (v := split_method(m)[1])})
+    header = {"date": results.get("date", date), "dataset": args.dataset, "device": run_env.device_name(),
               "report_split": split,
-              "protocol": "equal step schedule for every method (student config), last checkpoint, "
-                          "no selection on the reported split; curves on val",
+              "protocol": "equal step schedule for every method (student config; baseline_long: the equal-cost "
+                          "length), last checkpoint, no selection on the reported split; curves on val",
               "threads_per_run": args.threads, "parallel_runs": args.parallel,
-              "command": shlex.join(["python", "benchmarks/distill.py", *sys.argv[1:]]),
-              "teacher": teacher_record(args, work, teacher, split) if have_teacher else {},
+              "command": shlex.join(["python", "benchmarks/distill.py", *run_env.portable_command(sys.argv[1:])]),
+              "overrides": {"set": args.set, "teacher_set": args.teacher_set, "student_set": args.student_set},
+              "teacher": teachers.teacher_record(args, work, teacher, split) if have_teacher else {},
+              "teachers": {**results.get("teachers", {}),
+                           **{v: teachers.variant_record(args, work, teacher, v, split) for v in variants}},
               "student": {**results.get("student", {}), "config": args.student_config},
               "dates": [date]}
 
-    def save(new_runs: list[dict]) -> None:
+    def save(new_runs: list[dict], extra: dict | None = None) -> None:
         """Merge into the file as it is now (another invocation may have saved since), under its lock."""
         nonlocal results
         with results_file.locked(out):
-            results = results_file.merge(results_file.read(out), header, new_runs)
+            results = results_file.merge(results_file.read(out), {**header, **(extra or {})}, new_runs)
             if "params" not in results["student"] and new_runs:
                 r = new_runs[0]
                 results["student"]["params"] = params_of(work / f"{r['method']}-s{r['seed']}" / "model")
@@ -240,15 +255,23 @@ def main(argv=None) -> int:
         with results_file.claim(work / f"{m}-s{s}") as mine:
             if not mine:
                 raise Skipped(f"{m} seed {s}: trained by another invocation now (lock in {work / f'{m}-s{s}'})")
-            if (m, s) in {results_file.run_key(r) for r in (results_file.read(out) or {}).get("runs", [])}:
+            on_disk = results_file.read(out) or {}
+            if (m, s) in {results_file.run_key(r) for r in on_disk.get("runs", [])}:
                 raise Skipped(f"{m} seed {s}: already in {out}")
-            return train_student(args, work, teacher, m, s)
+            variant = split_method(m)[1]
+            t = teachers.variant_dir(args, work, teacher, variant) if variant else teacher
+            steps = None
+            if m == "baseline_long":
+                schedule = long_schedule(on_disk, args)
+                save([], {"baseline_long": schedule})
+                steps = schedule["steps"]
+            return train_student(args, work, t if needs_teacher(m) else None, m, s, steps)
 
     save([])
     done = {results_file.run_key(r) for r in results["runs"]}
     # seed-major: every method of seed 0 first, so a chunk cut short still holds complete comparisons
     todo = [(m, s) for s in args.seeds for m in args.methods if (m, s) not in done][:args.max_runs]
-    print(f"{len(todo)} runs to do ({len(done)} already in {out})", flush=True)
+    print(f"{len(todo)} runs to do ({len(done)} already in {relative(out)})", flush=True)
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
         futures = {pool.submit(train_claimed, m, s): (m, s) for m, s in todo}
         for fut in as_completed(futures):
@@ -269,4 +292,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BenchmarkError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

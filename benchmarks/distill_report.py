@@ -5,7 +5,8 @@ import io
 import statistics
 from pathlib import Path
 
-from benchmarks import results_file
+from benchmarks import results_file, run_env
+from benchmarks.stats import mean_sd, paired_gain
 
 
 def _by_method(results: dict) -> dict[str, list[dict]]:
@@ -15,38 +16,64 @@ def _by_method(results: dict) -> dict[str, list[dict]]:
     return by
 
 
-def _mean_sd(xs: list[float]) -> tuple[float, float]:
-    return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
-
-
 def _fmt_s(x) -> str:
     return "n/a" if x is None else f"{x:.0f}"
+
+
+def environments(results: dict) -> list[str]:
+    """One line per environment the file's runs were made in (one line when the comparison is on one commit)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results["runs"]:
+        groups.setdefault(run_env.environment_key(r.get("env")), []).append(r)
+    if len(groups) <= 1:
+        env = results["runs"][0].get("env") if results["runs"] else None
+        return [f"environment (every run): {run_env.describe(env)}"]
+    lines = [f"**MIXED: the runs come from {len(groups)} environments** (not one comparison on one commit):"]
+    for rs in groups.values():
+        who = ", ".join(f"{r['method']} s{r['seed']}" for r in rs)
+        lines.append(f"- {run_env.describe(rs[0].get('env'))}: {who}")
+    return lines
+
+
+def _teacher_line(name: str, t: dict) -> str:
+    spec = f" ({t['spec']})" if t.get("spec") else ""
+    return (f"- {name}{spec}: AP {t.get('AP', float('nan')):.2f}, {t.get('params', 0) / 1e6:.2f} M params, "
+            f"{t.get('steps', 'n/a')} steps ({t.get('config')}); trained in: {run_env.describe(t.get('env'))}")
 
 
 def summarize(results: dict) -> str:
     by = _by_method(results)
     base = by.get("baseline")
-    base_ap = statistics.mean(r["AP"] for r in base) if base else None
+    base_by_seed = {r["seed"]: r["AP"] for r in base} if base else {}
     base_s = statistics.mean(r["train_seconds"] for r in base) if base and all(
         r.get("train_seconds") for r in base) else None
     t = results["teacher"]
-    steps = sorted({r.get("steps") for r in results["runs"]}, key=lambda s: (s is None, s))
+    steps = sorted({r.get("steps") for r in results["runs"] if r["method"] != "baseline_long"},
+                   key=lambda s: (s is None, s))
     schedule = (f"{steps[0]} steps for every run" if len(steps) == 1
                 else f"UNEQUAL step counts {steps}: not a valid comparison")
+    if "baseline_long" in by:
+        bl = results.get("baseline_long", {})
+        schedule += (f" (baseline_long: {bl.get('steps')} steps, the training time of {bl.get('from')} = "
+                     f"{bl.get('cost_ratio')}x the baseline's)")
     lines = [f"# Distillation benchmark: {results['dataset']}", "",
              f"device: {results['device']}; dates: {', '.join(results.get('dates', [results.get('date', '')]))}; "
              f"split reported: {results.get('report_split')}; schedule: {schedule}; "
              f"{results.get('parallel_runs') or 1} runs in parallel, "
              f"{results.get('threads_per_run') or 'default'} torch thread(s) each", "",
-             f"teacher: AP {t.get('AP', float('nan')):.2f}, {t.get('params', 0) / 1e6:.2f} M params, "
-             f"{t.get('steps', 'n/a')} steps, {_fmt_s(t.get('train_seconds'))} s ({t.get('config')}); "
+             *environments(results), "",
+             "teachers:", _teacher_line("teacher", t),
+             *[_teacher_line(n, v) for n, v in results.get("teachers", {}).items()], "",
              f"student: {results['student'].get('params', 0) / 1e6:.2f} M params ({results['student'].get('config')})",
              "", f"command: `{results['command']}`", "",
-             "| method | seeds | AP (mean ± std) | AP50 | AP75 | gain vs baseline | steps | train s / run | "
+             "gain vs baseline: mean of the per-seed differences with its 95 % t-interval over the seeds both ran "
+             "(benchmarks/stats.py); an interval that excludes 0 is decided by the seeds.", "",
+             "| method | seeds | AP (mean ± std) | AP50 | AP75 | gain vs baseline [95 % CI] | steps | train s / run | "
              "cost vs baseline |", "|---|---|---|---|---|---|---|---|---|"]
     for m, rs in by.items():
-        ap, sd = _mean_sd([r["AP"] for r in rs])
-        gain = "" if base_ap is None or m == "baseline" else f"{ap - base_ap:+.2f}"
+        ap, sd = mean_sd([r["AP"] for r in rs])
+        g = None if m == "baseline" else paired_gain({r["seed"]: r["AP"] for r in rs}, base_by_seed)
+        gain = "" if g is None else str(g)
         secs = [r["train_seconds"] for r in rs if r.get("train_seconds")]
         mean_s = statistics.mean(secs) if secs else None
         cost = f"{mean_s / base_s:.2f}x" if mean_s and base_s else ""
@@ -57,6 +84,9 @@ def summarize(results: dict) -> str:
     lines += ["", f"Time per part (training seconds, summed over seeds): teacher {_fmt_s(t.get('train_seconds'))}; "
               + "; ".join(f"{m} {sum(r.get('train_seconds') or 0 for r in rs):.0f}" for m, rs in by.items())
               + f"; total {total:.0f} s ({total / 3600:.2f} h of single-run time)."]
+    if results.get("superseded_by"):
+        lines[:0] = [f"> **Superseded** by [{results['superseded_by']}]({Path(results['superseded_by']).name}): "
+                     f"{results.get('superseded_why', '')}", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -79,7 +109,7 @@ def bar_and_curve_chart(results: dict, path: Path) -> None:
         return
     by = _by_method(results)
     names = list(by)
-    stats = [_mean_sd([r["AP"] for r in by[n]]) for n in names]
+    stats = [mean_sd([r["AP"] for r in by[n]]) for n in names]
     fig, (ax, cx) = plt.subplots(1, 2, figsize=(1.1 * len(names) + 8, 4.2))
     ax.bar(names, [m for m, _ in stats], yerr=[s for _, s in stats], capsize=4,
            color=["grey" if n == "baseline" else "tab:blue" for n in names])

@@ -190,6 +190,9 @@ class TrainConfig(_Section):
     log_every: int = Field(10, ge=1)
     eval_every_epochs: int = Field(1, ge=0, description="0 evaluates only at the end")
     checkpoint_every_steps: int = Field(0, ge=0, description="0 checkpoints at each epoch end only")
+    snapshot_steps: list[int] = Field(
+        [], description="steps at which the deployable model is also kept, in <output_dir>/snapshots/step-N (e.g. "
+        "teachers of increasing strength from one schedule); a snapshot of a resumed run's earlier steps stays")
     keep_checkpoints: int = Field(2, ge=1)
     device: Literal["auto", "cpu"] = "auto"
     progress: bool = True

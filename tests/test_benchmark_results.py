@@ -6,7 +6,7 @@ import time
 import pytest
 
 pytest.importorskip("fcntl")
-from benchmarks import distill, results_file  # noqa: E402
+from benchmarks import distill, results_file, teachers  # noqa: E402
 
 
 def _run(method, seed, ap=10.0):
@@ -63,7 +63,7 @@ def test_two_invocations_share_one_file_and_split_the_runs(tmp_path, monkeypatch
     trained = []
     lock = threading.Lock()
 
-    def fake_train(args, work, teacher, method, seed):
+    def fake_train(args, work, teacher, method, seed, steps=None):
         with lock:
             trained.append((method, seed))
         time.sleep(0.3)
@@ -99,10 +99,10 @@ def test_a_second_invocation_waits_for_the_teacher_the_first_trains(tmp_path, mo
         (tmp_path / "work" / "teacher" / "model" / "config.json").write_text("{}")
         (tmp_path / "work" / "teacher" / "eval.json").write_text("{}")
 
-    monkeypatch.setattr(distill, "run", fake_run)
+    monkeypatch.setattr(teachers, "run", fake_run)
     args = distill.parse_args(["--dataset", "synthetic", "--work-dir", str(tmp_path / "work")])
     got = []
-    threads = [threading.Thread(target=lambda: got.append(distill.train_teacher(args, tmp_path / "work")))
+    threads = [threading.Thread(target=lambda: got.append(teachers.train_teacher(args, tmp_path / "work")))
                for _ in range(2)]
     for t in threads:
         t.start()

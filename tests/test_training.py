@@ -120,3 +120,25 @@ def test_two_processes_match_one_process_on_the_same_global_batch(synth_dir, tmp
     assert sorted(l2) == [1, 2, 3]
     for step in (1, 2, 3):  # step 1: same loss; steps 2-3: same averaged gradients were applied
         assert l2[step] == pytest.approx(l1[step], rel=1e-4), (step, l1, l2)
+
+
+def test_snapshots_keep_the_model_at_the_asked_steps_without_changing_training(synth_dir, tmp_path):
+    from detrdistill.models.build import load_detector
+
+    def weights(model_dir):
+        return {k: v.clone() for k, v in load_detector(model_dir).state_dict().items()}
+
+    common = ["train.max_steps=6", "train.eval_every_epochs=0"]
+    plain = tmp_path / "plain"
+    assert main(["train", *sum((["--set", o] for o in tiny_overrides(plain, synth_dir, *common)), [])]) == 0
+    snap = tmp_path / "snap"
+    sets = tiny_overrides(snap, synth_dir, *common, "train.snapshot_steps=[2,4,6]")
+    assert main(["train", *sum((["--set", o] for o in sets), [])]) == 0
+    assert sorted(p.name for p in (snap / "snapshots").iterdir()) == ["step-2", "step-4", "step-6"]
+    final, at2, at4, at6 = (weights(d) for d in (snap / "model", snap / "snapshots" / "step-2",
+                                                 snap / "snapshots" / "step-4", snap / "snapshots" / "step-6"))
+    assert all(torch.equal(final[k], at6[k]) for k in final)  # the last snapshot is the final model
+    assert any(not torch.equal(at2[k], at4[k]) for k in at2)  # earlier ones are earlier states
+    assert (snap / "snapshots" / "step-2" / "preprocessor_config.json").is_file()  # deployable as they are
+    reference = weights(plain / "model")  # snapshotting does not perturb training
+    assert all(torch.equal(reference[k], final[k]) for k in final)

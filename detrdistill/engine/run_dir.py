@@ -17,7 +17,7 @@ flags                  folder holds another run
 What may change on ``--resume`` (:data:`RESUME_MAY_CHANGE`): the length of training
 (``train.epochs``, ``train.max_steps``, ``train.time_budget_min``) and keys that change nothing the
 model computes (``train.progress``, ``train.log_every``, ``train.eval_every_epochs``,
-``train.checkpoint_every_steps``, ``train.keep_checkpoints``, ``data.num_workers``: the data order
+``train.checkpoint_every_steps``, ``train.keep_checkpoints``, ``train.snapshot_steps``, ``data.num_workers``: the data order
 does not depend on the number of workers; ``data.cache_images``: cached images are the decoded files' pixels)
 and ``train.output_dir`` (the same folder, spelled another way). Everything else (model, data, loss,
 optimizer, distillation, seed, batch size) would mix two different runs in one folder. A run's mode
@@ -42,11 +42,11 @@ from detrdistill.errors import DetrDistillError
 
 log = logging.getLogger("detrdistill")
 
-RUN_FILES = ("config.yaml", "run.json", "metrics.jsonl", "eval.json", "checkpoints", "model", "model.tmp")
+RUN_FILES = ("config.yaml", "run.json", "metrics.jsonl", "eval.json", "checkpoints", "model", "model.tmp", "snapshots")
 RESUME_MAY_CHANGE = frozenset({
     "train.epochs", "train.max_steps", "train.time_budget_min",  # the length of training
     "train.progress", "train.log_every", "train.eval_every_epochs", "train.checkpoint_every_steps",
-    "train.keep_checkpoints", "data.num_workers", "data.cache_images", "train.output_dir",
+    "train.keep_checkpoints", "train.snapshot_steps", "data.num_workers", "data.cache_images", "train.output_dir",
 })
 
 

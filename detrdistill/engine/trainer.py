@@ -109,6 +109,14 @@ class Run:
                         world_size=self.world, keep=self.cfg.train.keep_checkpoints,
                         barrier=self.accelerator.wait_for_everyone)
 
+    def export(self, path: Path) -> None:
+        """Publish the deployable model (weights, config and image processor together, atomically) at ``path``."""
+        def write(tmp: Path) -> None:
+            self.task.export(tmp)
+            save_image_processor(tmp, self.cfg.model.family, self.cfg.data.eval_size, self.cfg.data.max_size)
+
+        export_atomically(write, path)  # never half written, never without its processor
+
     def evaluate(self, tag: str) -> dict | None:
         if self.val_load is None:
             return None
@@ -215,6 +223,8 @@ def after_step(run: Run, loss: torch.Tensor, loss_dict: dict[str, torch.Tensor])
             run.bar.total = plan["total"]
     if step % cfg.train.log_every == 0 or step == 1 or step == plan["total"]:
         _log_step(run, loss, loss_dict)
+    if step in cfg.train.snapshot_steps and acc.is_main_process:
+        run.export(run.out_dir / "snapshots" / f"step-{step}")
     halt = run.stop["stop"] or state["elapsed_s"] > run.budget_s
     if run.world > 1:  # every process must take the same decision
         halt = acc.reduce(torch.tensor([float(halt)], device=acc.device), "sum").item() > 0
@@ -240,11 +250,7 @@ def finish_run(run: Run) -> dict:
         signal.signal(sig, h)
     run.checkpoint()
     if main:
-        def export(tmp: Path) -> None:  # weights, config and the image processor: published together
-            run.task.export(tmp)
-            save_image_processor(tmp, run.cfg.model.family, run.cfg.data.eval_size, run.cfg.data.max_size)
-
-        export_atomically(export, run.out_dir / "model")  # never half written, never without its processor
+        run.export(run.out_dir / "model")
     acc.wait_for_everyone()
     final = run.evaluate("final eval")
     if main and final is not None:

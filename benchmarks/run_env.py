@@ -1,0 +1,118 @@
+"""What a benchmark run was made with: the code (git commit, dirty or not), the library versions, the machine and
+the thread count, and a hash of the resolved config (see benchmarks/distill.py).
+
+Training here is deterministic for one code version, environment and thread count (a retrained teacher matches
+its record to the last digit on the machine that made it), and not across them. So a comparison is made on one
+:func:`environment_key`, and ``--verify`` calls a rerun "identical" only when that key matches.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("torch", "transformers", "accelerate", "numpy", "scipy", "pycocotools")
+# what must agree for two runs to be "the same environment" (the date, the dirty diff's content do not count)
+ENV_KEYS = ("commit", "dirty", "python", "torch", "transformers", "accelerate", "device")
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> dict:
+    """``{"commit": sha or "unknown", "dirty": bool, "diff_sha": sha of the uncommitted diff or None}``.
+
+    Dirty = a tracked file differs from the commit (untracked files do not count: run folders, results)."""
+    commit = _git("rev-parse", "HEAD") or "unknown"
+    diff = _git("diff", "HEAD", "--", ".", ":(exclude)benchmarks/results")
+    return {"commit": commit, "dirty": bool(diff),
+            "diff_sha": hashlib.sha256(diff.encode()).hexdigest()[:12] if diff else None}
+
+
+def device_name() -> str:
+    """The GPU's name, else the CPU model and core count."""
+    import torch
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"{cpu_model()}, {os.cpu_count()} cores"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@functools.lru_cache(maxsize=1)
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def environment(threads: int | None) -> dict:
+    """The record stored with every run: code version, versions, device, threads."""
+    return {**code_version(), **versions(), "device": device_name(), "threads": threads}
+
+
+def environment_key(env: dict | None) -> tuple:
+    """What must match for a comparison (and for an "identical" rerun): commit, dirty flag, versions, device."""
+    env = env or {}
+    return tuple(env.get(k) for k in ENV_KEYS)
+
+
+def describe(env: dict | None) -> str:
+    """One line: ``commit 1a2b3c4 (dirty), python 3.11.7, torch 2.13.0, ..., <device>, 1 thread(s)``."""
+    if not env:
+        return "not recorded"
+    commit = (env.get("commit") or "unknown")[:7] + (" (dirty)" if env.get("dirty") else "")
+    libs = ", ".join(f"{k} {env[k]}" for k in ("python", "torch", "transformers", "accelerate") if env.get(k))
+    return f"commit {commit}, {libs}, {env.get('device')}, {env.get('threads') or 'default'} thread(s)"
+
+
+def config_hash(config_yaml: Path) -> str | None:
+    """sha256 (12 hex digits) of a run's resolved config (its ``config.yaml``) without the output folder, which
+    differs per run and changes nothing the run computes."""
+    import yaml
+
+    if not config_yaml.is_file():
+        return None
+    cfg = yaml.safe_load(config_yaml.read_text()) or {}
+    cfg.get("train", {}).pop("output_dir", None)
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def portable_command(argv: list[str]) -> list[str]:
+    """``argv`` with paths inside the repository written relative to it (a results file names no folder of the
+    machine that made it); the interpreter is written ``python``."""
+    out = []
+    for a in argv:
+        key, eq, value = a.partition("=") if a.startswith("--") and "=" in a else ("", "", a)
+        p = Path(value)
+        if p.is_absolute():
+            try:
+                value = str(p.resolve().relative_to(ROOT))
+            except ValueError:
+                pass
+        out.append(f"{key}{eq}{value}")
+    return out

@@ -1,0 +1,160 @@
+"""The benchmark protocol: runs pinned to their environment, one environment per file, statistics that decide,
+the equal-cost control, teacher variants, and ``--verify`` on a tiny real run."""
+import json
+import math
+import statistics
+
+import pytest
+import yaml
+
+pytest.importorskip("fcntl")
+from benchmarks import distill, run_env, stats, teachers  # noqa: E402
+from benchmarks.distill_report import summarize  # noqa: E402
+from benchmarks.runner import BenchmarkError  # noqa: E402
+from tests.conftest import TINY  # noqa: E402
+
+
+def _run(method, seed, ap, env=None, secs=1.0, steps=5):
+    return {"method": method, "seed": seed, "AP": ap, "AP50": ap, "AP75": ap, "APs": 0.0, "APm": ap, "APl": ap,
+            "split": "val", "steps": steps, "train_seconds": secs, "curve_val": [[steps, ap]],
+            "env": env if env is not None else run_env.environment(1)}
+
+
+def test_environment_names_commit_versions_device_and_threads():
+    env = run_env.environment(1)
+    assert len(env["commit"]) == 40 and isinstance(env["dirty"], bool)
+    for key in ("python", "torch", "transformers", "accelerate", "device"):
+        assert env[key], key
+    assert env["threads"] == 1
+    described = run_env.describe(env)
+    assert env["commit"][:7] in described and env["torch"] in described and "1 thread" in described
+    other = {**env, "commit": "0" * 40}
+    assert run_env.environment_key(other) != run_env.environment_key(env)
+    assert run_env.environment_key({**env, "threads": 2}) == run_env.environment_key(env)  # threads: checked apart
+
+
+def test_config_hash_ignores_the_output_folder_only(tmp_path):
+    a, b, c = tmp_path / "a.yaml", tmp_path / "b.yaml", tmp_path / "c.yaml"
+    a.write_text(yaml.safe_dump({"train": {"output_dir": "x", "seed": 0}, "model": {"d_model": 32}}))
+    b.write_text(yaml.safe_dump({"train": {"output_dir": "y", "seed": 0}, "model": {"d_model": 32}}))
+    c.write_text(yaml.safe_dump({"train": {"output_dir": "x", "seed": 0}, "model": {"d_model": 64}}))
+    assert run_env.config_hash(a) == run_env.config_hash(b) != run_env.config_hash(c)
+
+
+def test_portable_command_writes_repository_paths_relative():
+    cmd = run_env.portable_command([str(run_env.ROOT / "runs" / "bench"), "--out=" + str(run_env.ROOT / "r.json"),
+                                    "/elsewhere/x", "plain"])
+    assert cmd == ["runs/bench", "--out=r.json", "/elsewhere/x", "plain"]
+
+
+def test_paired_gain_interval_is_the_t_interval_of_per_seed_differences():
+    method = {0: 45.0, 1: 46.7, 2: 45.6, 5: 99.0}   # seed 5 has no baseline: not paired, not used
+    base = {0: 39.8, 1: 42.1, 2: 42.9}
+    g = stats.paired_gain(method, base)
+    diffs = [5.2, 4.6, 2.7]
+    half = 4.302652729911275 * statistics.stdev(diffs) / math.sqrt(3)  # t_{0.975, 2}
+    assert g.n == 3 and g.mean == pytest.approx(statistics.mean(diffs))
+    assert g.low == pytest.approx(g.mean - half) and g.high == pytest.approx(g.mean + half)
+    assert g.decided
+    undecided = stats.paired_gain({0: 1.0, 1: 3.0, 2: 2.0}, {0: 2.0, 1: 2.0, 2: 2.0})
+    assert undecided.low < 0 < undecided.high and not undecided.decided
+    assert stats.paired_gain({0: 1.0}, {0: 0.5}).low is None  # one seed: no interval
+    assert stats.paired_gain({1: 1.0}, {0: 0.5}) is None
+
+
+def test_report_shows_the_environment_and_the_gain_interval():
+    results = {"dataset": "bccd", "device": "cpu", "report_split": "test", "command": "c", "teacher": {"AP": 44.0},
+               "student": {"params": 1e6, "config": "s.yaml"},
+               "runs": [_run("baseline", s, ap) for s, ap in enumerate((39.8, 42.1, 42.9))]
+               + [_run("detrdistill", s, ap) for s, ap in enumerate((45.0, 46.7, 45.6))]}
+    md = summarize(results)
+    assert "environment (every run): commit " in md and "MIXED" not in md
+    assert str(stats.paired_gain({0: 45.0, 1: 46.7, 2: 45.6}, {0: 39.8, 1: 42.1, 2: 42.9})) in md
+    results["runs"].append(_run("fitnet", 0, 43.0, env={**run_env.environment(1), "commit": "f" * 40}))
+    mixed = summarize(results)
+    assert "MIXED: the runs come from 2 environments" in mixed and "fitnet s0" in mixed
+
+
+def test_a_file_of_another_environment_is_refused_unless_mixing_is_asked(tmp_path):
+    out = tmp_path / "r.json"
+    out.write_text(json.dumps({"runs": [_run("baseline", 0, 1.0, env={**run_env.environment(1), "commit": "a" * 40})]}))
+    with pytest.raises(BenchmarkError, match="another environment.*--allow-mixed"):
+        distill.check_one_environment(json.loads(out.read_text()), out, allow_mixed=False)
+    distill.check_one_environment(json.loads(out.read_text()), out, allow_mixed=True)
+    same = {"runs": [_run("baseline", 0, 1.0)]}
+    distill.check_one_environment(same, out, allow_mixed=False)  # one environment: accepted
+    legacy = {"runs": [{k: v for k, v in _run("baseline", 0, 1.0).items() if k != "env"}]}
+    with pytest.raises(BenchmarkError):  # runs that recorded no environment are not this one
+        distill.check_one_environment(legacy, out, allow_mixed=False)
+
+
+def test_a_run_folder_begun_in_another_environment_is_not_continued(tmp_path):
+    folder = tmp_path / "baseline-s0"
+    teachers.check_env(folder, allow_mixed=False)
+    assert run_env.environment_key(teachers.folder_env(folder)) == run_env.environment_key(run_env.environment(None))
+    teachers.check_env(folder, allow_mixed=False)  # same environment: continues
+    (folder / teachers.ENV_FILE).write_text(json.dumps({**run_env.environment(None), "torch": "0.0"}))
+    with pytest.raises(BenchmarkError, match="begun in another environment"):
+        teachers.check_env(folder, allow_mixed=False)
+
+
+def test_baseline_long_gets_the_training_time_of_the_distilled_runs():
+    args = distill.parse_args(["--dataset", "synthetic"])
+    results = {"runs": [_run("baseline", 0, 1.0, secs=100.0, steps=2400), _run("baseline", 1, 1.0, secs=110.0,
+                                                                                 steps=2400),
+                        _run("detrdistill", 0, 2.0, secs=280.0, steps=2400)]}
+    sched = distill.long_schedule(results, args)
+    assert sched["steps"] == round(2400 * 280.0 / 105.0) and sched["cost_ratio"] == pytest.approx(280 / 105, 1e-3)
+    assert distill.long_schedule({**results, "baseline_long": {"steps": 7}}, args) == {"steps": 7}  # fixed once
+    with pytest.raises(BenchmarkError, match="baseline_long needs"):
+        distill.long_schedule({"runs": results["runs"][:2]}, args)
+
+
+def test_teacher_variants_are_declared_and_checked():
+    assert teachers.parse_variants(["t600=snapshot:600", "self=baseline:9", "x=dir:runs/t"]) == {
+        "t600": ("snapshot", "600"), "self": ("baseline", "9"), "x": ("dir", "runs/t")}
+    for bad in ("t600", "t=snap:600", "t=snapshot:six", "=steps:4"):
+        with pytest.raises(BenchmarkError):
+            teachers.parse_variants([bad])
+    with pytest.raises(SystemExit):  # a method naming an undeclared variant is refused before any work
+        distill.parse_args(["--dataset", "synthetic", "--methods", "detrdistill@t600"])
+    args = distill.parse_args(["--dataset", "synthetic", "--methods", "detrdistill@t600", "--teacher-variant",
+                               "t600=snapshot:600"])
+    assert teachers.snapshot_steps(args.variants) == [600]
+
+
+def _tiny_config(tmp_path, name, steps):
+    cfg = {}
+    for item in TINY + [f"data.synth_dir={tmp_path / 'synth'}", f"train.max_steps={steps}",
+                        "train.eval_every_epochs=0"]:
+        key, value = item.split("=", 1)
+        node = cfg
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_verify_reruns_a_committed_run_identically_here_and_judges_the_spread_elsewhere(tmp_path, capsys):
+    student = _tiny_config(tmp_path, "student", 3)
+    out = tmp_path / "res.json"
+    common = ["--dataset", "synthetic", "--student-config", student, "--teacher-config", student, "--threads", "1"]
+    assert distill.main(common + ["--methods", "baseline", "--seeds", "0", "1", "--work-dir", str(tmp_path / "w"),
+                                  "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert all(r["env"]["commit"] == run_env.code_version()["commit"] and r["config_hash"] for r in saved["runs"])
+    capsys.readouterr()
+    verify = ["--verify", str(out), "--method", "baseline", "--seed", "0"]
+    assert distill.main(verify + ["--work-dir", str(tmp_path / "v1")]) == 0
+    assert capsys.readouterr().out.strip().endswith("identical")
+
+    for r in saved["runs"]:  # as if the file had been made on another commit
+        r["env"]["commit"] = "e" * 40
+    out.write_text(json.dumps(saved))
+    code = distill.main(verify + ["--work-dir", str(tmp_path / "v2")])
+    text = capsys.readouterr().out
+    assert "environment differs" in text and "committed spread of baseline" in text
+    assert code == (0 if "lies inside" in text else 1)
