@@ -37,6 +37,7 @@ import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,21 +48,30 @@ from benchmarks.distill_report import bar_and_curve_chart, summarize  # noqa: E4
 from benchmarks.runner import (STATS, BenchmarkError, child_env, cli, params_of, relative, resolve, run,  # noqa: E402
                                sets, val_curve)
 
-# method -> distill.* overrides (None = plain training, no teacher)
-_OFF = ["distill.logits.enabled=false", "distill.feature.enabled=false", "distill.query_prior.enabled=false"]
-METHODS: dict[str, list[str] | None] = {
-    "baseline": None,
-    "baseline_long": None,  # the equal-cost control (see the module docstring)
-    "detrdistill": [],
-    "logits": _OFF + ["distill.logits.enabled=true"],
-    "feature": _OFF + ["distill.feature.enabled=true"],
-    "query_prior": _OFF + ["distill.query_prior.enabled=true"],
-    "fitnet": _OFF + ["distill.fitnet.enabled=true"],
-    "logit_kd": _OFF + ["distill.logit_kd.enabled=true"],
+
+
+@dataclass(frozen=True)
+class Method:
+    """How a benchmark method trains the student: with a teacher (``distill``) or alone (``train``), plus overrides."""
+    teacher: bool
+    overrides: tuple[str, ...] = ()
+
+
+_OFF = ("distill.logits.enabled=false", "distill.feature.enabled=false", "distill.query_prior.enabled=false")
+METHODS: dict[str, Method] = {
+    "baseline": Method(False),
+    "baseline_long": Method(False),  # the equal-cost control (see the module docstring)
+    "baseline_set": Method(False, ("loss.recipe=set",)),  # a family's own recipe vs the set criterion
+    "detrdistill": Method(True),
+    "logits": Method(True, _OFF + ("distill.logits.enabled=true",)),
+    "feature": Method(True, _OFF + ("distill.feature.enabled=true",)),
+    "query_prior": Method(True, _OFF + ("distill.query_prior.enabled=true",)),
+    "fitnet": Method(True, _OFF + ("distill.fitnet.enabled=true",)),
+    "logit_kd": Method(True, _OFF + ("distill.logit_kd.enabled=true",)),
     # paper-vs-code ablations of the full method
-    "detrdistill_pos_neg": ["distill.logits.variant=pos_neg"],
-    "detrdistill_encoder_outputs": ["distill.feature.source=encoder_outputs"],
-    "detrdistill_contrastive": ["distill.contrastive.enabled=true"],
+    "detrdistill_pos_neg": Method(True, ("distill.logits.variant=pos_neg",)),
+    "detrdistill_encoder_outputs": Method(True, ("distill.feature.source=encoder_outputs",)),
+    "detrdistill_contrastive": Method(True, ("distill.contrastive.enabled=true",)),
 }
 # the protocol's order: the comparison first, then each DETRDistill term alone on the same seeds
 MAIN_METHODS = ["baseline", "detrdistill", "fitnet", "logit_kd", "logits", "feature", "query_prior"]
@@ -80,7 +90,7 @@ def split_method(method: str) -> tuple[str, str | None]:
 
 
 def needs_teacher(method: str) -> bool:
-    return METHODS[split_method(method)[0]] is not None
+    return METHODS[split_method(method)[0]].teacher
 
 
 def train_student(args, work: Path, teacher: Path | None, method: str, seed: int, steps: int | None = None) -> dict:
@@ -91,11 +101,12 @@ def train_student(args, work: Path, teacher: Path | None, method: str, seed: int
     env = child_env(args.threads)
     teachers.check_env(out, args.allow_mixed)
     t0 = time.monotonic()
-    if METHODS[base] is None:
-        run(cli("train", args.student_config, *common), out / "log.txt", env)
-    else:
-        run(cli("distill", args.student_config, "--teacher", str(teacher), *common, *sets(METHODS[base])),
+    spec = METHODS[base]
+    if spec.teacher:
+        run(cli("distill", args.student_config, "--teacher", str(teacher), *common, *sets(list(spec.overrides))),
             out / "log.txt", env)
+    else:
+        run(cli("train", args.student_config, *common, *sets(list(spec.overrides))), out / "log.txt", env)
     run_info = json.loads((out / "eval.json").read_text())
     if run_info.get("stopped_early"):
         raise BenchmarkError(f"{out} stopped before its schedule ended (step {run_info.get('step')}); "
@@ -111,7 +122,7 @@ def train_student(args, work: Path, teacher: Path | None, method: str, seed: int
             "steps": run_info.get("step"), "train_seconds": run_info.get("train_seconds"),
             "wall_seconds_this_invocation": round(time.monotonic() - t0, 1),
             "threads": args.threads, "parallel_runs": args.parallel,
-            "teacher": None if METHODS[base] is None else (variant or "teacher"),
+            "teacher": (variant or "teacher") if spec.teacher else None,
             "env": {**(teachers.folder_env(out) or {}), "threads": args.threads},
             "config_hash": run_env.config_hash(out / "config.yaml"),
             "curve_val": val_curve(out / "metrics.jsonl")}
