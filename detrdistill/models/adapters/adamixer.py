@@ -84,4 +84,4 @@ def adamixer_config_kwargs(cfg: "ModelConfig") -> dict:
 
 FAMILY_SPECS = (FamilySpec(name="adamixer", adapter=AdaMixerAdapter, config_class=AdaMixerConfig,
                            model_class=AdaMixerForObjectDetection, config_kwargs=adamixer_config_kwargs,
-                           capabilities=frozenset({"query_table", "multi_scale"})),)
+                           capabilities=frozenset({"query_table", "multi_scale", "pixel_mask"})),)
