@@ -35,8 +35,8 @@ def tiny_family_cfg(family: str):
 
 
 def tiny_family_model(family: str, seed: int = 0):
-    """A tiny random model of ``family`` in eval mode, its constant decoder / head parameters perturbed (as the
-    contract tests do), so queries and classes do not tie."""
+    """A tiny random model of ``family`` in eval mode, its constant decoder / head parameters perturbed as the
+    contract tests do (trained models have neither unit norms nor zero heads)."""
     torch.manual_seed(seed)
     model = build_model(tiny_family_cfg(family), ID2LABEL)
     _break_symmetry(model)

@@ -17,9 +17,9 @@ then builds an all-ones mask inside the graph). The exporter folds the encoder's
 in the encoder), so the first encoder layer's sampling grid is float64 while its value map is float32.
 onnxruntime's CPU GridSample kernel needs input and grid of one element type, so no kernel matches.
 It is neither the rank (4-D) nor the mode (bilinear, zeros padding). With dynamic height/width, or a
-``pixel_mask`` input, the grid stays float32; :func:`float32_reference_points` additionally casts the
-reference points to the valid ratios' dtype during export (a no-op in PyTorch), which fixes the static,
-mask-less case too (tested).
+``pixel_mask`` input, the grid stays float32; :func:`float32_reference_points` additionally computes the
+reference points in the valid ratios' dtype during export (the same values in PyTorch), which fixes the static,
+mask-less case too (tested), and without ``linspace``, whose export divides by zero for a level of side 1.
 
 A second trace problem: transformers builds ``spatial_shapes`` with ``torch.as_tensor(list of sizes)``,
 a constant in the trace, so offsets were normalised by the export size at every other size (logits off
@@ -60,18 +60,38 @@ class DetectorForExport(nn.Module):
         return out.logits, out.pred_boxes
 
 
+def exportable_reference_points(spatial_shapes_list, valid_ratios, device):
+    """transformers' ``DeformableDetrEncoder.get_reference_points`` with the centres built by ``arange`` and the
+    result in the valid ratios' dtype: the same values in PyTorch (tested), but traceable for every level size.
+
+    transformers' ``linspace(0.5, side - 0.5, side)`` exports as ``start + i * (end - start) / (side - 1)``, which
+    is 0 / 0 = NaN for a level of side 1 (e.g. the coarsest of 4 levels of a small input): its tokens came out
+    wrong (measured: encoder output off by 0.5 on those tokens, logits by 1e-3)."""
+    dtype = valid_ratios.dtype
+    points = []
+    for level, (height, width) in enumerate(spatial_shapes_list):
+        ref_y, ref_x = torch.meshgrid(torch.arange(height, dtype=dtype, device=device) + 0.5,
+                                      torch.arange(width, dtype=dtype, device=device) + 0.5, indexing="ij")
+        ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, level, 1] * height)
+        ref_x = ref_x.reshape(-1)[None] / (valid_ratios[:, None, level, 0] * width)
+        points.append(torch.stack((ref_x, ref_y), -1))
+    return (torch.cat(points, 1)[:, :, None] * valid_ratios[:, None]).to(dtype)
+
+
 @contextlib.contextmanager
 def float32_reference_points(model: nn.Module):
-    """While active, Deformable DETR encoders return reference points in the valid ratios' dtype."""
+    """While active, Deformable-DETR-style encoders (a ``get_reference_points(spatial_shapes_list, valid_ratios,
+    device)``) compute their reference points with :func:`exportable_reference_points`."""
+    import inspect
+
     patched = []
     for m in model.modules():
         orig = getattr(type(m), "get_reference_points", None)
         if orig is None or not type(m).__name__.endswith("Encoder"):
             continue
-
-        def cast(spatial_shapes_list, valid_ratios, device, _orig=orig):
-            return _orig(spatial_shapes_list, valid_ratios, device).to(valid_ratios.dtype)
-        m.get_reference_points = cast  # instance attribute shadows the staticmethod
+        if list(inspect.signature(orig).parameters) != ["spatial_shapes_list", "valid_ratios", "device"]:
+            continue
+        m.get_reference_points = exportable_reference_points  # instance attribute shadows the staticmethod
         patched.append(m)
     try:
         yield
