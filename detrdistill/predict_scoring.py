@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
-from detrdistill.errors import DetrDistillError
+from detrdistill.predict import PredictError
 
 __all__ = ["AnnotationIndex", "AnnotationError"]
 
 
-class AnnotationError(DetrDistillError, ValueError):
+class AnnotationError(PredictError, ValueError):
     """An ``--ann`` file that does not describe the predicted images or the model's classes."""
 
 
