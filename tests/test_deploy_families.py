@@ -128,6 +128,34 @@ def test_pipeline_predict_and_onnx_give_the_same_detections(family, tmp_path):
             sorted((r["image_id"], r["category_id"]) for r in records)
 
 
+@pytest.mark.parametrize("family", family_params())
+def test_pipeline_matches_the_project_evaluation_path(family, tmp_path):
+    """``pipeline`` on the exported folder vs the project's eval path (eval transforms -> collate -> adapter ->
+    ``postprocess``). A square-padding family gets an image resized to exactly its square (the eval collate pads
+    to the batch, its processor to the square; the model ignores the mask, so only then are the pixels equal)."""
+    from transformers import pipeline
+
+    from detrdistill.config import DataConfig
+    from detrdistill.models.adapters import get_adapter
+    from tests.test_export import project_detections
+
+    square = "square_padding" in family_spec(family).capabilities
+    data_cfg = DataConfig(eval_size=96, max_size=96) if square else DataConfig(eval_size=64, max_size=128)
+    model = tiny_family_model(family)
+    model.save_pretrained(str(tmp_path))
+    finish_model_dir(tmp_path, Config(data=data_cfg, model=tiny_family_cfg(family)), None, "train")
+    img = random_image(*((150, 150) if square else (100, 150)), seed=1)  # resized 96x96 / 64x96: no padding
+    ours = project_detections(get_adapter(model), img, data_cfg)
+    ours = [{"label": ID2LABEL[int(k)], "score": float(s), "box": b.tolist()}
+            for s, k, b in zip(ours["scores"], ours["labels"], ours["boxes"])]
+    register_auto_classes(family)
+    theirs = pipeline("object-detection", model=str(tmp_path), device="cpu")(img, threshold=0.0)
+    k = top_k_with_gap([d["score"] for d in ours], at_most=len(theirs))
+    theirs = [{"label": d["label"], "score": d["score"], "box": [d["box"][c] for c in ("xmin", "ymin", "xmax", "ymax")]}
+              for d in sorted(theirs, key=lambda d: -d["score"])[:k]]
+    assert_same_detections(sorted(ours, key=lambda d: -d["score"])[:k], theirs, score_tol=1e-5, box_tol=1.02)
+
+
 AUTO_FAMILIES = [pytest.param(s.name, id=s.name) for s in all_specs() if s.auto_classes is not None]
 
 _PIPELINE_SCRIPT = """
