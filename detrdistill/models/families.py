@@ -40,7 +40,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ..config import ModelConfig
 
-__all__ = ["FamilySpec", "Postprocessing", "CAPABILITIES", "DETECTIONS_PER_IMAGE", "register_family", "unregister_family", "family_spec", "family_names",
+__all__ = ["FamilySpec", "Postprocessing", "CAPABILITIES", "DETECTIONS_PER_IMAGE", "register_family",
+           "unregister_family", "family_spec", "family_names",
            "family_of", "all_specs"]
 
 # capability vocabulary, read instead of family names (who reads each one in brackets):
