@@ -3,8 +3,9 @@
 Every subcommand that takes a config accepts ``--set key=value`` (repeatable) overrides, e.g.
 ``detrdistill train configs/bccd_teacher.yaml --set train.epochs=20 --set optim.lr=1e-4``.
 Problems with the config, the data or a checkpoint end with one ``error:`` line (``--debug``, anywhere
-on the command line, shows the traceback). Exit codes: 0 done, 1 ``data validate`` found defects,
-2 error, 130 / 143 stopped by SIGINT / SIGTERM after saving a checkpoint.
+on the command line, shows the traceback). Exit codes: 0 done, 1 ``data validate`` found defects or
+``predict`` skipped unreadable input files (one warning each; the rest was predicted and written), 2 error,
+130 / 143 stopped by SIGINT / SIGTERM after saving a checkpoint.
 """
 from __future__ import annotations
 
@@ -65,9 +66,14 @@ def cmd_eval(args) -> int:
 
 def cmd_predict(args) -> int:
     from detrdistill.predict import predict
-    result = predict(args.model, args.inputs, args.out, threshold=args.threshold)
-    print(f"{len(result.images)} images, {result.num_detections} detections -> {result.predictions_file.parent}")
-    return 0
+    result = predict(args.model, args.inputs, args.out, threshold=args.threshold, ann=args.ann)
+    skipped = f"; {len(result.skipped)} skipped (unreadable, see the warnings)" if result.skipped else ""
+    print(f"{len(result.images)} images, {result.num_detections} detections -> "
+          f"{result.predictions_file.parent}{skipped}")
+    if result.stats is not None:
+        from detrdistill.engine.evaluator import STAT_KEYS
+        print("COCO bbox (" + args.ann + "): " + ", ".join(f"{k} {result.stats[k]:.2f}" for k in STAT_KEYS))
+    return 1 if result.skipped else 0
 
 
 def cmd_export(args) -> int:
@@ -147,7 +153,8 @@ def _add_training_commands(sub) -> None:
 
     sp = sub.add_parser("eval", help="COCO mAP of a model directory; writes <output_dir>/eval.json")
     _with_config(sp)
-    sp.add_argument("--model", help="model directory (default <output_dir>/model)")
+    sp.add_argument("--model", help="model directory (default <output_dir>/model), or an exported .onnx file "
+                    "(run by onnxruntime; its resize is read from the file's metadata)")
     sp.add_argument("--split", default="val", choices=["val", "test"], help="which data split to score")
     sp.add_argument("--eval-dir", help="where eval.json goes (default output_dir)")
     sp.set_defaults(func=cmd_eval)
@@ -155,10 +162,16 @@ def _add_training_commands(sub) -> None:
 
 def _add_model_tools(sub) -> None:
     sp = sub.add_parser("predict", help="draw a model's detections on images; writes PNGs + predictions.json")
-    sp.add_argument("model", help="model directory (a run's model/ folder, or the run folder) or hub id")
-    sp.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="images, or folders of images")
+    sp.add_argument("model", help="model directory (a run's model/ folder, or the run folder), hub id, or an "
+                    "exported .onnx file (run by onnxruntime)")
+    sp.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
+                    help="images, folders of images, quoted glob patterns ('photos/*.jpg'), or .txt files listing "
+                    "one image path per line; unreadable files are skipped with a warning (exit code 1)")
     sp.add_argument("--out", required=True, help="output folder for <image>.png and predictions.json")
     sp.add_argument("--threshold", type=float, default=0.5, help="lowest score drawn and saved")
+    sp.add_argument("--ann", help="COCO json of the images: predictions.json gets the dataset's image_id and "
+                    "category_id, and the COCO stats of the saved predictions are printed (--threshold 0 to score "
+                    "as eval does)")
     sp.set_defaults(func=cmd_predict)
 
     sp = sub.add_parser("export", help="export a model directory (ONNX), checked against PyTorch")

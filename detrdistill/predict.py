@@ -1,19 +1,32 @@
-"""``detrdistill predict MODEL IMAGE_OR_DIR... --out DIR``: detections drawn on images + COCO results.
+"""``detrdistill predict MODEL IMAGES... --out DIR [--ann FILE]``: detections drawn on images + COCO results.
+
+MODEL is a model folder (or a run folder holding ``model/``, or a hub id) run by PyTorch, or an exported
+``.onnx`` file run by onnxruntime (pre- and post-processing read from its metadata: the same as the PyTorch
+path). IMAGES are image files, folders (their images, by suffix, sorted, not recursive), glob patterns
+(``"photos/*.jpg"``, ``"**"`` recursive) and ``.txt`` files listing one image path per line (relative to the
+list's folder; blank lines and ``#`` comments ignored). A file that cannot be read as an image is skipped with
+one warning (the CLI then exits 1, see :mod:`detrdistill.cli`); none readable is an error.
 
 For every image: ``<out>/<stem>.png`` with boxes, class names and scores drawn, and one entry per
-detection in ``<out>/predictions.json`` (COCO results format: ``image_id`` (1-based order of the
-images), ``category_id`` (the model's label index), ``bbox`` [x, y, w, h] in pixels, ``score``; plus
-``file_name`` and ``category_name`` for reading). Pixels are prepared by the model directory's saved
-image processor (the one matching evaluation), or, for older runs without one, by the eval transforms of
-the run's ``config.yaml``; detections come from the same post-processing as evaluation.
+detection in ``<out>/predictions.json`` (COCO results format: ``image_id``, ``category_id``, ``bbox``
+[x, y, w, h] in pixels, ``score``; plus ``file_name`` and ``category_name`` for reading). Ids: with
+``--ann FILE`` (the COCO json of the images) the dataset's ``image_id`` of each file and ``category_id`` of
+each class, and the COCO stats of the written results are printed (:mod:`detrdistill.predict_scoring`);
+without it ``image_id`` is the 1-based position of the file among the inputs and ``category_id`` the dataset's
+id the model folder records (``dataset_category_ids``, :mod:`detrdistill.export.category_ids`), else the
+model's label index. Pixels are prepared by the model directory's saved image processor (the one matching
+evaluation), or, for older runs without one, by the eval transforms of the run's ``config.yaml``; detections
+come from the same post-processing as evaluation.
 """
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -29,10 +42,13 @@ class PredictError(DetrDistillError):
 
 @dataclass
 class PredictResult:
-    """What ``predict`` wrote: the drawn images, the results file and the number of detections."""
+    """What ``predict`` wrote: the drawn images, the results file, the number of detections, the inputs skipped
+    as unreadable (path, reason) and, with ``--ann``, the COCO stats of the results."""
     images: list[Path] = field(default_factory=list)
     predictions_file: Path | None = None
     num_detections: int = 0
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    stats: dict[str, float] | None = None
 
 
 def resolve_model_dir(path: str | Path) -> Path:
@@ -50,20 +66,66 @@ def resolve_model_dir(path: str | Path) -> Path:
 
 
 def collect_images(inputs: list[str | Path]) -> list[Path]:
-    """Files as given, and the images (by suffix, sorted, not recursive) of every folder."""
+    """The files of ``inputs`` in order, duplicates dropped: files as given (a ``.txt`` file: the paths it
+    lists), the images of every folder (by suffix, sorted, not recursive) and of every glob pattern (sorted).
+    A path that does not exist, or a pattern that matches no image, is a :class:`PredictError`."""
     files: list[Path] = []
     for item in inputs:
-        p = Path(item).expanduser()
-        if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise PredictError(f"{p}: no such image or folder")
+        files += _expand_input(item)
     if not files:
         raise PredictError(f"no images found in {', '.join(str(i) for i in inputs)} "
                            f"(looked for {', '.join(IMAGE_SUFFIXES)})")
+    return list(dict.fromkeys(files))
+
+
+def _is_image_name(p: Path) -> bool:
+    return p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+
+
+def _expand_input(item: str | Path, listed_in: Path | None = None) -> list[Path]:
+    p = Path(item).expanduser()
+    if listed_in is not None and not p.is_absolute():
+        p = listed_in.parent / p
+    if p.is_dir():
+        return sorted(f for f in p.iterdir() if _is_image_name(f))
+    if p.is_file():
+        return _read_list_file(p) if p.suffix.lower() == ".txt" and listed_in is None else [p]
+    if glob.has_magic(str(p)):
+        matches = sorted(Path(m) for m in glob.glob(str(p), recursive=True))
+        images = [m for m in matches if _is_image_name(m)]
+        if not images:
+            raise PredictError(f"{item}: no image matches this pattern (looked for {', '.join(IMAGE_SUFFIXES)})")
+        return images
+    where = f" (listed in {listed_in})" if listed_in is not None else ""
+    raise PredictError(f"{p}: no such image or folder{where}")
+
+
+def _read_list_file(path: Path) -> list[Path]:
+    """The images a ``.txt`` file lists (one path per line, relative to its folder; ``#`` comments)."""
+    files: list[Path] = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            files += _expand_input(line, listed_in=path)
     return files
+
+
+def readable_images(files: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(the files whose image header opens, [(file, reason)] of the others); one warning per skipped file."""
+    ok, skipped = [], []
+    for f in files:
+        try:
+            open_rgb(f, header_only=True)
+            ok.append(f)
+        except PredictError as e:
+            skipped.append((f, _skip_warning(f, e)))
+    return ok, skipped
+
+
+def _skip_warning(path: Path, error: Exception) -> str:
+    reason = str(error).removeprefix(f"{path}: ")
+    log.warning("skipped %s: %s", path, reason)
+    return reason
 
 
 def open_rgb(path: Path, header_only: bool = False):
@@ -93,18 +155,64 @@ def load_image_processor(model_dir: Path, family: str):
     return build_image_processor(family, data.eval_size, data.max_size)
 
 
+@dataclass
+class Predictor:
+    """A model as ``predict`` runs it (PyTorch or onnxruntime): ``forward(pixel_values, pixel_mask)`` ->
+    final (logits [B, N, C'], pred_boxes [B, N, 4]), its image processor, post-processing (activation, top_k),
+    class names and the dataset's category id of each label (None when not recorded)."""
+    forward: Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]]
+    processor: Any
+    activation: str
+    top_k: int
+    id2label: dict[int, str]
+    category_ids: dict[int, int] | None
+
+
+def load_predictor(model: str | Path) -> Predictor:
+    """A model folder / run folder / hub id (PyTorch), or an exported ``.onnx`` file (onnxruntime)."""
+    from detrdistill.export.onnx_runtime import is_onnx_file
+
+    return _onnx_predictor(Path(model)) if is_onnx_file(model) else _torch_predictor(model)
+
+
+def _torch_predictor(model: str | Path) -> Predictor:
+    from detrdistill.export.category_ids import category_ids_of
+    from detrdistill.models.build import load_detector
+    from detrdistill.models.families import family_of, family_spec
+
+    model_dir = resolve_model_dir(model)
+    net = load_detector(model_dir).eval()
+    spec = family_spec(family_of(net.config.model_type))
+    processor = load_image_processor(model_dir, spec.name)
+    post = spec.postprocessing
+
+    def forward(pixel_values, pixel_mask):
+        out = net(pixel_values=pixel_values, pixel_mask=pixel_mask)
+        return out.logits, out.pred_boxes
+    return Predictor(forward, processor, post.activation, post.top_k,
+                     {int(k): v for k, v in net.config.id2label.items()}, category_ids_of(net.config))
+
+
+def _onnx_predictor(path: Path) -> Predictor:
+    from detrdistill.export.onnx_runtime import OnnxDetector
+
+    if not path.is_file():
+        raise PredictError(f"{path}: no such ONNX file")
+    detector = OnnxDetector(path)
+    info = detector.info
+    return Predictor(detector, detector.image_processor(), info.activation, info.top_k, info.id2label,
+                     info.category_ids)
+
+
 @torch.no_grad()
-def detect(model, processor, activation: str, image) -> dict[str, torch.Tensor]:
-    """One RGB PIL image -> dict(scores [K], labels [K], boxes [K, 4] xyxy pixels), top-100 by score."""
+def detect(predictor: Predictor, image) -> dict[str, torch.Tensor]:
+    """One RGB PIL image -> dict(scores [K], labels [K], boxes [K, 4] xyxy pixels), top-k by score."""
     from detrdistill.engine.evaluator import postprocess
 
-    batch = processor(images=image, return_tensors="pt")
-    kwargs = {"pixel_values": batch["pixel_values"]}
-    if "pixel_mask" in batch:
-        kwargs["pixel_mask"] = batch["pixel_mask"]
-    out = model(**kwargs)
+    batch = predictor.processor(images=image, return_tensors="pt")
+    logits, boxes = predictor.forward(batch["pixel_values"], batch.get("pixel_mask"))
     sizes = torch.tensor([[image.height, image.width]])
-    return postprocess(out.logits, out.pred_boxes, sizes, activation)[0]
+    return postprocess(logits, boxes, sizes, predictor.activation, predictor.top_k)[0]
 
 
 def class_colour(label: int) -> tuple[int, int, int]:
@@ -150,48 +258,70 @@ def _unique_png(out_dir: Path, stem: str, used: set[str]) -> Path:
     return out_dir / name
 
 
-def predict(model_dir: str | Path, inputs: list[str | Path], out_dir: str | Path, threshold: float = 0.5,
-            progress: bool = True) -> PredictResult:
-    """Detect objects in ``inputs`` (images and folders) and write drawn PNGs + predictions.json to ``out_dir``."""
-    from detrdistill.models.adapters import adapter_class
-    from detrdistill.models.build import family_of_model_type, load_detector
+def predict(model: str | Path, inputs: list[str | Path], out_dir: str | Path, threshold: float = 0.5,
+            progress: bool = True, ann: str | Path | None = None) -> PredictResult:
+    """Detect objects in ``inputs`` (images, folders, glob patterns, ``.txt`` lists) and write drawn PNGs +
+    predictions.json to ``out_dir``; unreadable files are skipped (``result.skipped``). ``model``: a model
+    folder, run folder, hub id or ``.onnx`` file. ``ann``: the COCO json of the images (dataset ids + stats)."""
     from detrdistill.progress import progress_bar
 
     if not 0.0 <= threshold <= 1.0:
         raise PredictError(f"--threshold must be in [0, 1], got {threshold}")
-    model_dir = resolve_model_dir(model_dir)
-    files = collect_images(inputs)
-    for f in files:  # fail on an unreadable file before any work
-        open_rgb(f, header_only=True)
-    model = load_detector(model_dir).eval()
-    family = family_of_model_type(model.config.model_type)
-    activation = adapter_class(family).class_activation
-    processor = load_image_processor(model_dir, family)
-    id2label = {int(k): v for k, v in model.config.id2label.items()}
+    all_files = collect_images(inputs)
+    position = {f: i for i, f in enumerate(all_files, start=1)}
+    files, skipped = readable_images(all_files)  # before any work: the model is not loaded for nothing
+    if not files:
+        first, why = skipped[0]
+        raise PredictError(f"none of the {len(all_files)} input file(s) is a readable image (first: {first}: "
+                           f"{why}); nothing written")
+    predictor = load_predictor(model)
+    image_ids, category_ids, index = _result_ids(predictor, files, position, ann)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    result, records, used = PredictResult(), [], set()
-    for image_id, path in enumerate(progress_bar(files, desc="predict", disable=not progress), start=1):
-        image = open_rgb(path)
-        det = detect(model, processor, activation, image)
+    result, records, used = PredictResult(skipped=skipped), [], set()
+    for path in progress_bar(files, desc="predict", disable=not progress):
+        try:
+            image = open_rgb(path)
+        except PredictError as e:  # the header opened, the pixels do not (e.g. a truncated file)
+            result.skipped.append((path, _skip_warning(path, e)))
+            continue
+        det = detect(predictor, image)
         keep = det["scores"] >= threshold
         det = {k: v[keep] for k, v in det.items()}
         png = _unique_png(out_dir, path.stem, used)
-        draw_detections(image, det, id2label).save(png)
+        draw_detections(image, det, predictor.id2label).save(png)
         result.images.append(png)
-        records += _coco_records(det, image_id, path, id2label)
+        records += _coco_records(det, image_ids[path], path, predictor.id2label, category_ids)
+    if not result.images:
+        raise PredictError(f"none of the {len(all_files)} input file(s) could be decoded; nothing written")
     result.num_detections = len(records)
     result.predictions_file = out_dir / "predictions.json"
     tmp = out_dir / "predictions.json.tmp"
     tmp.write_text(json.dumps(records, indent=1))
     os.replace(tmp, result.predictions_file)
+    if index is not None:
+        done = set(files) - {p for p, _ in result.skipped}
+        result.stats = index.stats(records, sorted({image_ids[p] for p in done}))
     return result
 
 
-def _coco_records(det: dict[str, torch.Tensor], image_id: int, path: Path, id2label: dict[int, str]) -> list[dict]:
+def _result_ids(predictor: Predictor, files: list[Path], position: dict[Path, int], ann: str | Path | None):
+    """({file: image_id}, {label: category_id}, the AnnotationIndex or None): the dataset's ids with ``ann``,
+    else input positions and the model's recorded dataset ids (else its label indices)."""
+    if ann is not None:
+        from detrdistill.predict_scoring import AnnotationIndex
+
+        index = AnnotationIndex(ann, predictor.id2label)
+        return index.image_ids(files), index.category_ids, index
+    cats = predictor.category_ids or {label: label for label in predictor.id2label}
+    return {f: position[f] for f in files}, cats, None
+
+
+def _coco_records(det: dict[str, torch.Tensor], image_id: int, path: Path, id2label: dict[int, str],
+                  category_ids: dict[int, int]) -> list[dict]:
     out = []
     for score, label, (x0, y0, x1, y1) in zip(det["scores"].tolist(), det["labels"].tolist(), det["boxes"].tolist()):
-        out.append({"image_id": image_id, "file_name": str(path), "category_id": int(label),
+        out.append({"image_id": image_id, "file_name": str(path), "category_id": int(category_ids[int(label)]),
                     "category_name": id2label.get(int(label), str(label)),
                     "bbox": [round(v, 2) for v in (x0, y0, x1 - x0, y1 - y0)], "score": round(float(score), 5)})
     return out

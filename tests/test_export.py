@@ -1,7 +1,7 @@
 """Exported model directories work with transformers alone: image processor + model card.
 
-The pipeline test compares ``transformers.pipeline("object-detection")`` on a saved directory with the
-project's own evaluation path (eval transforms -> collate -> adapter -> ``postprocess``) on one image.
+The pipeline of every family against the project's evaluation path and against ``predict``:
+tests/test_deploy_families.py.
 """
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ from detrdistill.data.transforms import build_transforms
 from detrdistill.engine.evaluator import postprocess
 from detrdistill.export import finish_model_dir
 from detrdistill.export.processor import build_image_processor
-from detrdistill.models.families import family_names
-from detrdistill.models.adapters import get_adapter
+from detrdistill.models.families import family_names, family_spec
 from detrdistill.models.build import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -60,42 +59,11 @@ def test_processor_pixels_equal_eval_transforms(family):
     h, w = ours.shape[-2:]
     assert (h, w) == (64, 92)
     torch.testing.assert_close(theirs["pixel_values"][0, :, :h, :w], ours, atol=1e-5, rtol=0)
-    if family.startswith("rt_detr"):  # fixed square padding, a multiple of 32 (its FPN needs it)
+    if "square_padding" in family_spec(family).capabilities:  # one fixed square, a multiple of size_multiple
         assert tuple(theirs["pixel_values"].shape[-2:]) == (128, 128)
         assert float(theirs["pixel_values"][0, :, h:, :].abs().sum()) == 0.0
-
-
-@pytest.mark.parametrize("family,hw,eval_size,max_size", [
-    ("deformable_detr", (100, 150), 64, 128),   # resized 64x96: no padding in either path
-    ("rt_detr", (150, 150), 96, 96),            # resized 96x96 = the processor's square pad
-    ("rt_detr_v2", (150, 150), 96, 96),
-    ("detr", (100, 150), 64, 128),
-])
-def test_pipeline_matches_project_postprocess(family, hw, eval_size, max_size, tmp_path):
-    from transformers import pipeline
-
-    torch.manual_seed(0)
-    model = build_model(tiny_model_cfg(family), ID2LABEL).eval()
-    adapter = get_adapter(model)
-    model.save_pretrained(str(tmp_path))
-    data_cfg = DataConfig(eval_size=eval_size, max_size=max_size)
-    finish_model_dir(tmp_path, Config(data=data_cfg, model=tiny_model_cfg(family)), None, "train")
-    img = random_image(*hw, seed=1)
-
-    ours = project_detections(adapter, img, data_cfg)
-    order = ours["scores"].argsort(descending=True)
-    scores = ours["scores"][order]
-    keep = 8
-    assert scores[keep - 1] > scores[keep]  # a clean cut between the 8th and 9th detection
-    threshold = float(scores[keep - 1] + scores[keep]) / 2
-
-    detector = pipeline("object-detection", model=str(tmp_path), device="cpu")
-    theirs = sorted(detector(img, threshold=threshold), key=lambda d: -d["score"])
-    assert len(theirs) == keep
-    np.testing.assert_allclose([d["score"] for d in theirs], scores[:keep].numpy(), atol=1e-5)
-    assert [d["label"] for d in theirs] == [ID2LABEL[int(i)] for i in ours["labels"][order][:keep]]
-    boxes = np.array([[d["box"][k] for k in ("xmin", "ymin", "xmax", "ymax")] for d in theirs], float)
-    np.testing.assert_allclose(boxes, ours["boxes"][order][:keep].numpy(), atol=1.0)  # pipeline rounds to int px
+    else:  # one image: no padding
+        assert tuple(theirs["pixel_values"].shape[-2:]) == (h, w)
 
 
 def test_model_card_names_data_stats_and_teacher(tmp_path):

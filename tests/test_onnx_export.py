@@ -1,6 +1,10 @@
-"""ONNX export: onnxruntime reproduces PyTorch (logits, boxes within 1e-3) at the traced size and at
-another size and batch (dynamic axes). Skipped when onnx / onnxruntime are not installed."""
+"""ONNX export: every registered family exports, and onnxruntime reproduces PyTorch (logits, boxes within 1e-3)
+at the traced size and at another size and batch (dynamic axes); the file's metadata carries the family's classes,
+pre- and post-processing; a model that cannot be exported fails in one line. Skipped when onnx / onnxruntime are
+not installed."""
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -8,10 +12,15 @@ import torch
 pytest.importorskip("onnx", reason="onnx not installed (pip install 'detrdistill[onnx]')")
 pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'detrdistill[onnx]')")
 
+from detrdistill.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from detrdistill.export.onnx_export import (OnnxExportError, example_inputs, export_model_dir,  # noqa: E402
                                             export_onnx, float32_reference_points, max_abs_difference,
                                             onnx_session, traced_spatial_shapes)
+from detrdistill.export.onnx_metadata import read_metadata  # noqa: E402
+from detrdistill.export.processor import build_image_processor  # noqa: E402
 from detrdistill.models.build import build_model  # noqa: E402
+from detrdistill.models.families import family_spec  # noqa: E402
+from tests.registry_models import DATA, family_params, tiny_family_model  # noqa: E402
 from tests.test_export import ID2LABEL, tiny_model_cfg  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -23,20 +32,46 @@ def tiny(family: str, **update):
     return build_model(tiny_model_cfg(family).model_copy(update=update), ID2LABEL).eval()
 
 
-@pytest.mark.parametrize("family,update", [
-    ("deformable_detr", {"with_box_refine": True, "two_stage": True}),
-    ("rt_detr", {}),
-    ("detr", {}),
-])
-def test_onnxruntime_matches_pytorch_at_two_sizes(family, update, tmp_path):
-    model = tiny(family, **update)
-    session = onnx_session(export_onnx(model, tmp_path / "m.onnx", 64, 96))
+def assert_parity_at_two_sizes(model, path):
+    session = onnx_session(path)
     same = max_abs_difference(model, session, example_inputs(model, 1, 64, 96))
     other_inputs = example_inputs(model, 2, 128, 64, seed=1)
     if "pixel_mask" in other_inputs:
         other_inputs["pixel_mask"][1, 100:, :] = 0  # a padded image in the batch
     other = max_abs_difference(model, session, other_inputs)
     assert max(same.values()) < TOL and max(other.values()) < TOL, (same, other)
+    return session
+
+
+@pytest.mark.parametrize("family", family_params())
+def test_every_family_exports_with_parity_and_metadata(family, tmp_path):
+    """Each registered family: exported (or refused in one line when its spec says why), parity at two sizes,
+    and metadata that says what its registry entry says."""
+    spec = family_spec(family)
+    model = tiny_family_model(family)
+    processor = build_image_processor(family, DATA.eval_size, DATA.max_size)
+    if spec.onnx_unsupported:
+        with pytest.raises(OnnxExportError, match="cannot be exported") as err:
+            export_onnx(model, tmp_path / "m.onnx", 64, 96, processor=processor)
+        assert "\n" not in str(err.value) and not (tmp_path / "m.onnx").exists()
+        return
+    session = assert_parity_at_two_sizes(model, export_onnx(model, tmp_path / "m.onnx", 64, 96, processor=processor))
+    info = read_metadata(session)
+    assert info.family == family and info.id2label == ID2LABEL and info.category_ids is None
+    assert info.inputs == [i.name for i in session.get_inputs()]
+    assert ("pixel_mask" in info.inputs) == ("pixel_mask" in spec.capabilities)
+    assert info.postprocess == {"activation": spec.class_activation, "top_k": 100, "boxes": "cxcywh"}
+    pre = info.preprocessing
+    assert pre["resize"] == {"shortest_edge": DATA.eval_size, "longest_edge": DATA.max_size, "resample": "bilinear"}
+    assert pre["image_mean"] == list(IMAGENET_MEAN) and pre["image_std"] == list(IMAGENET_STD)
+    assert abs(pre["rescale_factor"] - 1 / 255) < 1e-12
+    assert (pre["padding"]["to"] == "fixed") == ("square_padding" in spec.capabilities)
+    assert info.preprocessor_config == json.loads(json.dumps(processor.to_dict()))
+
+
+def test_deformable_two_stage_with_box_refine_exports(tmp_path):
+    model = tiny("deformable_detr", with_box_refine=True, two_stage=True)
+    assert_parity_at_two_sizes(model, export_onnx(model, tmp_path / "m.onnx", 64, 96))
 
 
 def test_export_patches_leave_pytorch_outputs_unchanged():
@@ -91,3 +126,69 @@ def test_float64_grid_is_why_gridsample_had_no_kernel_and_the_cast_fixes_it(tmp_
     fixed = _static_maskless_export(model, tmp_path / "fixed.onnx", float32_reference_points(model))
     pixels = {"pixel_values": torch.randn(1, 3, 64, 64)}
     assert max(max_abs_difference(model, onnx_session(fixed), pixels).values()) < TOL
+
+
+def test_a_family_declared_unexportable_is_one_line(monkeypatch, tmp_path, capsys):
+    """``FamilySpec.onnx_unsupported``: export refuses the family with its reason, before tracing."""
+    import dataclasses
+
+    from detrdistill.cli import main
+    from detrdistill.export import onnx_export
+
+    model = tiny("detr")
+    model.save_pretrained(str(tmp_path / "model"))
+    real = onnx_export.spec_of
+    monkeypatch.setattr(onnx_export, "spec_of",
+                        lambda m: dataclasses.replace(real(m), onnx_unsupported="its decoder loops in Python"))
+    with pytest.raises(OnnxExportError, match="the detr family cannot be exported to ONNX: its decoder loops"):
+        export_onnx(model, tmp_path / "m.onnx", 64, 64)
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "model"), "--out", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "its decoder loops in Python" in err[0]
+    assert not list(tmp_path.glob("m.onnx*"))
+
+
+def test_a_failing_trace_is_one_line_naming_the_family(monkeypatch, tmp_path, capsys):
+    """The exporter's own errors (AdaMixer's was 1,400 lines) become one line with the first line of the cause."""
+    from detrdistill.cli import main
+
+    def exporter_fails(*args, **kwargs):
+        raise RuntimeError("Failed to export a node because it is not constant.\n" + "  %1 : graph line\n" * 1400)
+    model = tiny("detr")
+    model.save_pretrained(str(tmp_path / "model"))
+    monkeypatch.setattr(torch.onnx, "export", exporter_fails)
+    with pytest.raises(OnnxExportError) as err:
+        export_onnx(model, tmp_path / "m.onnx", 64, 64)
+    assert str(err.value) == ("the detr model cannot be exported to ONNX (RuntimeError: Failed to export a node "
+                              "because it is not constant.)")
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "model"), "--out", str(tmp_path / "m.onnx")]) == 2
+    err_lines = capsys.readouterr().err.strip().splitlines()
+    assert len(err_lines) == 1 and "not constant" in err_lines[0]
+    assert not list(tmp_path.glob("m.onnx*"))  # no half-written file
+
+
+def test_an_onnx_file_that_onnxruntime_cannot_load_is_one_line(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a protobuf")
+    with pytest.raises(OnnxExportError, match="onnxruntime cannot load it") as err:
+        onnx_session(bad)
+    assert "\n" not in str(err.value)
+    with pytest.raises(OnnxExportError, match="no such ONNX file"):
+        onnx_session(tmp_path / "missing.onnx")
+
+
+def test_export_model_dir_writes_category_ids_and_processor_metadata(tmp_path):
+    """A finished model folder (processor + dataset category ids) -> the .onnx carries both."""
+    from detrdistill.config import Config
+    from detrdistill.export import finish_model_dir
+
+    model = tiny("deformable_detr")
+    model.save_pretrained(str(tmp_path / "model"))
+    finish_model_dir(tmp_path / "model", Config(data=DATA, model=tiny_model_cfg("deformable_detr")), None, "train",
+                     category_ids=[7, 3, 12])
+    result = export_model_dir(tmp_path / "model", tmp_path / "m.onnx", 64, 64, check=False)
+    info = read_metadata(result["path"])
+    assert info.category_ids == {0: 7, 1: 3, 2: 12}
+    assert info.preprocessing["resize"]["shortest_edge"] == DATA.eval_size

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from detrdistill.engine.per_class import per_class_ap, per_class_from_stats
+from detrdistill.models.families import DETECTIONS_PER_IMAGE
 from detrdistill.models.outputs import class_probs
 from detrdistill.ops.boxes import cxcywh_to_xyxy
 
@@ -19,7 +20,7 @@ STAT_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", 
 
 
 def postprocess(logits: Tensor, boxes: Tensor, orig_sizes: Tensor, activation: str = "sigmoid",
-                top_k: int = 100) -> list[dict[str, Tensor]]:
+                top_k: int = DETECTIONS_PER_IMAGE) -> list[dict[str, Tensor]]:
     """Final-stage outputs -> detections in original-image pixels.
 
     logits [B, N, C'] , boxes [B, N, 4] normalised cxcywh, orig_sizes [B, 2] (h, w).
@@ -57,8 +58,10 @@ def to_coco_results(dets: list[dict[str, Tensor]], image_ids: list[int], label2c
     return out
 
 
-def coco_stats(coco_gt, results: list[dict], backend: str = "pycocotools") -> dict[str, float]:
-    """The 12 COCO bbox statistics in percent (AP 0..100). ``backend``: pycocotools | faster_coco_eval."""
+def coco_stats(coco_gt, results: list[dict], backend: str = "pycocotools",
+               image_ids: list[int] | None = None) -> dict[str, float]:
+    """The 12 COCO bbox statistics in percent (AP 0..100). ``backend``: pycocotools | faster_coco_eval.
+    ``image_ids``: score only these images of ``coco_gt`` (default: all of them)."""
     if not results:
         return {k: 0.0 for k in STAT_KEYS}
     with contextlib.redirect_stdout(io.StringIO()):
@@ -70,6 +73,8 @@ def coco_stats(coco_gt, results: list[dict], backend: str = "pycocotools") -> di
             gt = coco_gt
         dt = gt.loadRes(copy.deepcopy(results))
         ev = COCOeval(gt, dt, "bbox")
+        if image_ids is not None:
+            ev.params.imgIds = sorted(int(i) for i in image_ids)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()

@@ -34,6 +34,7 @@ from detrdistill.engine.tasks import build_task, move_targets
 from detrdistill.engine.interrupt import TrainingInterrupted
 from detrdistill.engine.run_dir import export_atomically
 from detrdistill.errors import NonFiniteLossError
+from detrdistill.export.category_ids import write_category_ids
 from detrdistill.export.model_card import write_model_card
 from detrdistill.export.processor import save_image_processor
 
@@ -97,6 +98,7 @@ class Run:
     old_handlers: dict = field(default_factory=dict)
     clock: tuple[float, float] = (0.0, 0.0)  # (monotonic start, elapsed_s at start)
     plan_t0: float | None = None
+    category_ids: list[int] | None = None  # the dataset's category id of each label, recorded in the exported model
 
     @property
     def world(self) -> int:
@@ -114,6 +116,8 @@ class Run:
         def write(tmp: Path) -> None:
             self.task.export(tmp)
             save_image_processor(tmp, self.cfg.model.family, self.cfg.data.eval_size, self.cfg.data.max_size)
+            if self.category_ids is not None:  # predict / ONNX write the dataset's category ids
+                write_category_ids(tmp, self.category_ids)
 
         export_atomically(write, path)  # never half written, never without its processor
 
@@ -174,7 +178,13 @@ def setup_run(cfg: Config, mode: str = "train", resume: bool = False, overwrite:
                model=model, optimizer=optimizer, scheduler=scheduler,
                batches=iter(loader),  # endless: one iterator (and one set of workers) for the whole run
                val_ds=val_ds, val_load=val_load, metrics=metrics, state=state, plan=plan,
-               steps_per_epoch=steps_per_epoch, budget_s=budget_s)
+               steps_per_epoch=steps_per_epoch, budget_s=budget_s, category_ids=dataset_category_ids(train_ds))
+
+
+def dataset_category_ids(dataset) -> list[int] | None:
+    """The COCO category id of each contiguous label of ``dataset`` (label order), or None when it has none."""
+    label2cat = getattr(dataset, "label2cat", None)
+    return [int(label2cat[i]) for i in range(len(label2cat))] if label2cat else None
 
 
 def train_step(run: Run, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

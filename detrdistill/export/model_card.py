@@ -35,6 +35,18 @@ def _labels(model_dir: Path) -> list[str]:
     return [id2label[k] for k in sorted(id2label, key=int)]
 
 
+def _registration_lines(family: str) -> list[str]:
+    """For a family whose classes are the project's own (``FamilySpec.auto_classes``): the explicit call that
+    registers them with transformers before ``pipeline`` (no remote code)."""
+    from detrdistill.models.families import family_spec
+
+    fn = family_spec(family).auto_classes
+    if fn is None:
+        return []
+    return [f"from {fn.__module__} import {fn.__name__}",
+            f"{fn.__name__}()  # transformers learns the {family} classes from detrdistill (no remote code)"]
+
+
 def _split_line(name: str, split) -> str:
     return f"- {name}: `{split.ann_file}` (images `{split.image_dir}`)" if split is not None else ""
 
@@ -48,7 +60,7 @@ def render_model_card(cfg: Config, model_dir: str | Path, stats: dict | None, mo
     lines = [f"# {model_dir.parent.name or 'detrdistill model'}", "",
              f"A `{m.family}` object detector trained with "
              f"detrdistill ({'distilled from a teacher' if mode == 'distill' else 'trained alone'}).",
-             "", "## Use", "", "```python", "from transformers import pipeline",
+             "", "## Use", "", "```python", "from transformers import pipeline", *_registration_lines(m.family),
              f'detector = pipeline("object-detection", model="{model_dir}")',
              'detector("image.jpg", threshold=0.5)', "```", "",
              "The saved image processor resizes and normalises as the project's evaluation does "

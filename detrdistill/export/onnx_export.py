@@ -1,9 +1,14 @@
 """ONNX export of a saved detector (``detrdistill export MODEL --format onnx --out FILE``).
 
 The graph takes ``pixel_values`` FloatTensor[B, 3, H, W] (normalised as the saved image processor does)
-and, for the mask-aware families (DETR, Conditional, DAB, Deformable), ``pixel_mask`` LongTensor[B, H, W];
-it returns ``logits`` [B, Q, C'] and ``pred_boxes`` [B, Q, 4] (normalised cxcywh), the transformers
-model's final outputs. Exported with the TorchScript exporter (``dynamo=False``).
+and, for the families with the ``pixel_mask`` capability (the registry's
+:class:`~detrdistill.models.families.FamilySpec`), ``pixel_mask`` LongTensor[B, H, W]; it returns ``logits``
+[B, Q, C'] and ``pred_boxes`` [B, Q, 4] (normalised cxcywh), the model's final outputs. Exported with the
+TorchScript exporter (``dynamo=False``). The file's ``metadata_props`` carry its classes, pre- and
+post-processing (:mod:`detrdistill.export.onnx_metadata`; how to use them: ``docs/onnx.md``).
+
+A family that cannot be exported raises :class:`OnnxExportError` in one line: declared
+(``FamilySpec.onnx_unsupported``), or the exporter's / onnxruntime's first line when tracing or loading fails.
 
 Why Deformable DETR failed in onnxruntime (notes section 8, ``Could not find an implementation for
 GridSample(16)``), measured: that export had a static input size and no ``pixel_mask`` input (transformers
@@ -12,20 +17,21 @@ then builds an all-ones mask inside the graph). The exporter folds the encoder's
 in the encoder), so the first encoder layer's sampling grid is float64 while its value map is float32.
 onnxruntime's CPU GridSample kernel needs input and grid of one element type, so no kernel matches.
 It is neither the rank (4-D) nor the mode (bilinear, zeros padding). With dynamic height/width, or a
-``pixel_mask`` input, the grid stays float32; :func:`float32_reference_points` additionally casts the
-reference points to the valid ratios' dtype during export (a no-op in PyTorch), which fixes the static,
-mask-less case too (tested).
+``pixel_mask`` input, the grid stays float32; :func:`float32_reference_points` additionally computes the
+reference points in the valid ratios' dtype during export (the same values in PyTorch), which fixes the static,
+mask-less case too (tested), and without ``linspace``, whose export divides by zero for a level of side 1.
 
 A second trace problem: transformers builds ``spatial_shapes`` with ``torch.as_tensor(list of sizes)``,
 a constant in the trace, so offsets were normalised by the export size at every other size (logits off
 by ~0.03 on a tiny model); :func:`traced_spatial_shapes` rebuilds it from the traced sizes.
 
 Dynamic axes: batch, height and width for every family (parity at a second size and batch is tested).
-Sides must be multiples of 32 (RT-DETR's FPN needs it; the image processors pad accordingly).
+The traced size must be a multiple of the family's ``size_multiple`` (32; RT-DETR's FPN needs it).
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 
@@ -33,7 +39,9 @@ import torch
 from torch import nn
 
 from detrdistill.errors import DetrDistillError
+from detrdistill.export.onnx_metadata import OnnxModelInfo, preprocessing_metadata, write_metadata
 
+log = logging.getLogger("detrdistill")
 
 
 class OnnxExportError(DetrDistillError):
@@ -52,18 +60,38 @@ class DetectorForExport(nn.Module):
         return out.logits, out.pred_boxes
 
 
+def exportable_reference_points(spatial_shapes_list, valid_ratios, device):
+    """transformers' ``DeformableDetrEncoder.get_reference_points`` with the centres built by ``arange`` and the
+    result in the valid ratios' dtype: the same values in PyTorch (tested), but traceable for every level size.
+
+    transformers' ``linspace(0.5, side - 0.5, side)`` exports as ``start + i * (end - start) / (side - 1)``, which
+    is 0 / 0 = NaN for a level of side 1 (e.g. the coarsest of 4 levels of a small input): its tokens came out
+    wrong (measured: encoder output off by 0.5 on those tokens, logits by 1e-3)."""
+    dtype = valid_ratios.dtype
+    points = []
+    for level, (height, width) in enumerate(spatial_shapes_list):
+        ref_y, ref_x = torch.meshgrid(torch.arange(height, dtype=dtype, device=device) + 0.5,
+                                      torch.arange(width, dtype=dtype, device=device) + 0.5, indexing="ij")
+        ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, level, 1] * height)
+        ref_x = ref_x.reshape(-1)[None] / (valid_ratios[:, None, level, 0] * width)
+        points.append(torch.stack((ref_x, ref_y), -1))
+    return (torch.cat(points, 1)[:, :, None] * valid_ratios[:, None]).to(dtype)
+
+
 @contextlib.contextmanager
 def float32_reference_points(model: nn.Module):
-    """While active, Deformable DETR encoders return reference points in the valid ratios' dtype."""
+    """While active, Deformable-DETR-style encoders (a ``get_reference_points(spatial_shapes_list, valid_ratios,
+    device)``) compute their reference points with :func:`exportable_reference_points`."""
+    import inspect
+
     patched = []
     for m in model.modules():
         orig = getattr(type(m), "get_reference_points", None)
         if orig is None or not type(m).__name__.endswith("Encoder"):
             continue
-
-        def cast(spatial_shapes_list, valid_ratios, device, _orig=orig):
-            return _orig(spatial_shapes_list, valid_ratios, device).to(valid_ratios.dtype)
-        m.get_reference_points = cast  # instance attribute shadows the staticmethod
+        if list(inspect.signature(orig).parameters) != ["spatial_shapes_list", "valid_ratios", "device"]:
+            continue
+        m.get_reference_points = exportable_reference_points  # instance attribute shadows the staticmethod
         patched.append(m)
     try:
         yield
@@ -100,17 +128,45 @@ def traced_spatial_shapes(model: nn.Module):
 def family_of(model: nn.Module) -> str:
     from detrdistill.models.build import family_of_model_type
 
-    fam = family_of_model_type(getattr(model.config, "model_type", None))
+    fam = family_of_model_type(getattr(getattr(model, "config", None), "model_type", None))
     if fam is None:
-        raise OnnxExportError(f"model_type {model.config.model_type!r} is not a supported family")
+        raise OnnxExportError(f"model_type {getattr(getattr(model, 'config', None), 'model_type', None)!r} is not "
+                              "a supported family")
     return fam
+
+
+def spec_of(model: nn.Module):
+    """The model's :class:`~detrdistill.models.families.FamilySpec`."""
+    from detrdistill.models.families import family_spec
+
+    return family_spec(family_of(model))
 
 
 def takes_pixel_mask(model: nn.Module) -> bool:
     """Whether the model reads a pixel mask (its family's ``pixel_mask`` capability): the graph then takes one."""
-    from detrdistill.models.families import family_spec
+    return "pixel_mask" in spec_of(model).capabilities
 
-    return "pixel_mask" in family_spec(family_of(model)).capabilities
+
+def _first_line(e: BaseException, limit: int = 300) -> str:
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else ""
+    return f"{type(e).__name__}: {line[:limit]}" if line else type(e).__name__
+
+
+def model_info(model: nn.Module, inputs: list[str], processor=None) -> OnnxModelInfo:
+    """The metadata of ``model``'s graph: classes, dataset category ids (when its config records them), the
+    family's post-processing and (with its image processor) the pre-processing."""
+    from detrdistill.export.category_ids import category_ids_of
+
+    spec = spec_of(model)
+    post = spec.postprocessing
+    pre_cfg = processor.to_dict() if processor is not None else None
+    return OnnxModelInfo(family=spec.name, inputs=list(inputs),
+                         id2label={int(k): str(v) for k, v in model.config.id2label.items()},
+                         postprocess={"activation": post.activation, "top_k": post.top_k, "boxes": "cxcywh"},
+                         category_ids=category_ids_of(model.config),
+                         preprocessing=preprocessing_metadata(pre_cfg) if pre_cfg is not None else None,
+                         preprocessor_config=pre_cfg)
 
 
 def example_inputs(model: nn.Module, batch: int = 1, height: int = 320, width: int = 320,
@@ -124,15 +180,21 @@ def example_inputs(model: nn.Module, batch: int = 1, height: int = 320, width: i
 
 
 def export_onnx(model: nn.Module, out: str | Path, height: int = 320, width: int = 320,
-                opset: int = 17, with_mask: bool | None = None) -> Path:
-    """Write ``model`` (a transformers detector) to ``out`` as ONNX; atomic. Returns the path.
+                opset: int = 17, with_mask: bool | None = None, processor=None) -> Path:
+    """Write ``model`` (a transformers detector) to ``out`` as ONNX with its metadata; atomic. Returns the path.
 
-    height/width: the example input size traced (the graph accepts other sizes, multiples of 32).
-    with_mask: give the graph a ``pixel_mask`` input (default: for the mask-aware families).
+    height/width: the example input size traced (the graph accepts other sizes).
+    with_mask: give the graph a ``pixel_mask`` input (default: for the families with the capability).
+    processor: the model's image processor, whose settings go into the metadata (see
+    :mod:`detrdistill.export.onnx_metadata`; without it the file has no pre-processing entries).
+    Raises :class:`OnnxExportError` (one line) when the family or the trace cannot be exported.
     """
-    family_of(model)  # refuses unsupported models
-    if height % 32 or width % 32:
-        raise OnnxExportError(f"export size {height}x{width}: both sides must be multiples of 32")
+    spec = spec_of(model)  # refuses unsupported models
+    if spec.onnx_unsupported:
+        raise OnnxExportError(f"the {spec.name} family cannot be exported to ONNX: {spec.onnx_unsupported}")
+    m = spec.size_multiple
+    if height % m or width % m:
+        raise OnnxExportError(f"export size {height}x{width}: both sides must be multiples of {m} ({spec.name})")
     model = model.eval()
     inputs = example_inputs(model, 1, height, width)
     if with_mask is False:
@@ -146,27 +208,42 @@ def export_onnx(model: nn.Module, out: str | Path, height: int = 320, width: int
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     import warnings
-    with float32_reference_points(model), traced_spatial_shapes(model), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
-        torch.onnx.export(DetectorForExport(model, "pixel_mask" in inputs), tuple(inputs[n] for n in names),
-                          str(tmp), dynamo=False, opset_version=opset, input_names=names,
-                          output_names=["logits", "pred_boxes"],
-                          dynamic_axes={k: v for k, v in axes.items() if k in names or k in ("logits", "pred_boxes")})
+    try:
+        with float32_reference_points(model), traced_spatial_shapes(model), torch.no_grad(), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
+            torch.onnx.export(DetectorForExport(model, "pixel_mask" in inputs), tuple(inputs[n] for n in names),
+                              str(tmp), dynamo=False, opset_version=opset, input_names=names,
+                              output_names=["logits", "pred_boxes"],
+                              dynamic_axes={k: v for k, v in axes.items()
+                                            if k in names or k in ("logits", "pred_boxes")})
+        write_metadata(tmp, model_info(model, names, processor))
+    except Exception as e:  # the exporter's messages run to thousands of lines: its first one, and why
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OnnxExportError):
+            raise
+        raise OnnxExportError(f"the {spec.name} model cannot be exported to ONNX ({_first_line(e)})") from e
     os.replace(tmp, out)
     return out
 
 
 def onnx_session(path: str | Path, threads: int | None = None):
-    """An onnxruntime CPU session (raises :class:`OnnxExportError` when onnxruntime is missing)."""
+    """An onnxruntime CPU session; :class:`OnnxExportError` (one line) when onnxruntime is missing or cannot
+    load the file."""
     try:
         import onnxruntime as ort
     except ImportError:
         raise OnnxExportError("onnxruntime is not installed; pip install 'detrdistill[onnx]'") from None
+    if not Path(path).is_file():
+        raise OnnxExportError(f"{path}: no such ONNX file")
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime's Fail / InvalidGraph / NotImplemented ...
+        raise OnnxExportError(f"{path}: onnxruntime cannot load it ({_first_line(e)})") from e
 
 
 def max_abs_difference(model: nn.Module, session, inputs: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -178,9 +255,10 @@ def max_abs_difference(model: nn.Module, session, inputs: dict[str, torch.Tensor
 
 
 def export_model_dir(model_dir: str | Path, out: str | Path, height: int = 320, width: int = 320,
-                     opset: int = 17, check: bool = True) -> dict:
-    """``detrdistill export``: load a saved model directory, write ONNX, and (``check``) compare
-    onnxruntime with PyTorch on random input of a size other than the traced one.
+                     opset: int = 17, check: bool = True, processor=None) -> dict:
+    """``detrdistill export``: load a saved model directory, write ONNX (with the metadata of the model folder's
+    image processor, or ``processor``), and (``check``) compare onnxruntime with PyTorch on random input of a
+    size other than the traced one.
 
     Returns dict(path, max_abs_diff (or None when unchecked), inputs).
     """
@@ -194,9 +272,16 @@ def export_model_dir(model_dir: str | Path, out: str | Path, height: int = 320, 
     except ImportError:
         raise OnnxExportError("onnx is not installed; pip install 'detrdistill[onnx]'") from None
     model = load_detector(model_dir).eval()
-    path = export_onnx(model, out, height, width, opset)
+    if processor is None:
+        from detrdistill.predict import PredictError, load_image_processor
+
+        try:  # the model folder's processor (or one rebuilt from its run's config.yaml)
+            processor = load_image_processor(model_dir, family_of(model))
+        except PredictError as e:
+            log.warning("%s; the ONNX metadata will have no pre-processing (predict refuses such a file)", e)
+    path = export_onnx(model, out, height, width, opset, processor=processor)
     diff = None
     if check:
-        inputs = example_inputs(model, 2, height + 32, width, seed=1)
+        inputs = example_inputs(model, 2, height + spec_of(model).size_multiple, width, seed=1)
         diff = max_abs_difference(model, onnx_session(path), inputs)
     return {"path": path, "max_abs_diff": diff, "inputs": list(example_inputs(model, 1, 32, 32))}

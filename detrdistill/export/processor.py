@@ -18,12 +18,15 @@ rt_detr, _v2        ``RTDetrImageProcessor``          sigmoid, top-``num_queries
 adamixer            ``DeformableDetrImageProcessor``  sigmoid, top-100 (as ours)
 ==================  ================================  ====================================================
 
-The class is declared per family in the registry (``FamilySpec.image_processor``).
+Everything family-specific comes from the family registry (:class:`~detrdistill.models.families.FamilySpec`):
+the class (``image_processor``), extra settings (``image_processor_kwargs``) and the padding rule: a family with
+the ``square_padding`` capability (the model ignores the pixel mask; RT-DETR's FPN also needs sides that are
+multiples of 32) gets a processor that pads every image to one fixed square ``pad_size`` (``max_size`` rounded up
+to the family's ``size_multiple``), as a mixed-orientation eval batch is padded; every other family is padded
+bottom/right to the largest image of the batch and reads the pixel mask.
 
 RT-DETR: transformers' default RT-DETR processor stretches to 640x640 and does not normalise; we set
-``size`` to shortest/longest edge and ``do_normalize=True``. RT-DETR's FPN needs sides that are
-multiples of 32 and the model ignores the pixel mask, so its processor pads every image to a fixed
-square ``pad_size`` (``max_size`` rounded up to 32), as a mixed-orientation eval batch is padded.
+``size`` to shortest/longest edge and ``do_normalize=True`` (for every family alike).
 
 Known difference: when ``max_size`` caps the resize, transformers computes the long side from the
 unrounded short side (ours from the rounded one), so it may differ by one pixel.
@@ -39,9 +42,6 @@ def processor_class_name(family: str) -> str:
     from detrdistill.models.families import family_spec
 
     return family_spec(family).image_processor
-
-
-RT_DETR_DIVISOR = 32
 
 
 def _processor_class(name: str) -> type:
@@ -65,15 +65,32 @@ def image_processor_settings(family: str, eval_size: int, max_size: int) -> dict
                   image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD), do_pad=True)
     from detrdistill.models.families import family_spec
 
-    if "square_padding" in family_spec(family).capabilities:
-        side = -(-max(int(eval_size), int(max_size)) // RT_DETR_DIVISOR) * RT_DETR_DIVISOR
+    spec = family_spec(family)
+    if "square_padding" in spec.capabilities:
+        side = square_pad_side(eval_size, max_size, spec.size_multiple)
         kwargs["pad_size"] = {"height": side, "width": side}
-    return kwargs
+    return {**kwargs, **spec.image_processor_kwargs}
+
+
+def square_pad_side(eval_size: int, max_size: int, multiple: int) -> int:
+    """The fixed square side of a ``square_padding`` family: the longest resized side, rounded up to ``multiple``."""
+    return -(-max(int(eval_size), int(max_size)) // multiple) * multiple
 
 
 def build_image_processor(family: str, eval_size: int, max_size: int):
     """The transformers processor for ``family`` with :func:`image_processor_settings`."""
     return _processor_class(processor_class_name(family))(**image_processor_settings(family, eval_size, max_size))
+
+
+def processor_from_dict(config: dict):
+    """A processor from its saved settings (a ``preprocessor_config.json`` dict, ``image_processor_type`` naming
+    the class), e.g. the copy in an ONNX file's metadata."""
+    name = str(config.get("image_processor_type", ""))
+    try:
+        cls = _processor_class(name.removesuffix("Pil"))
+    except ImportError:
+        raise ValueError(f"image_processor_type {name!r} is not a transformers image processor") from None
+    return cls.from_dict({k: v for k, v in config.items() if k != "image_processor_type"})
 
 
 def save_image_processor(model_dir, family: str, eval_size: int, max_size: int) -> None:

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 from typing import NamedTuple
 
@@ -23,7 +24,9 @@ from transformers import PreTrainedModel
 
 from ..config import ModelConfig
 from ..errors import ConfigError, ModelError, PathNotFoundError, UnsupportedFamilyError
-from .families import family_names, family_of, family_spec
+from .families import all_specs, family_names, family_of, family_spec
+
+log = logging.getLogger("detrdistill")
 
 __all__ = ["supported_families", "build_model", "load_detector", "apply_backbone_freeze", "count_parameters",
            "ParamCount", "backbone_module", "hf_config_class", "hf_model_class", "family_of_model_type"]
@@ -83,6 +86,7 @@ def _build_from_scratch(model_cfg: ModelConfig, id2label: dict[int, str]) -> Pre
         bb_cfg, backbone_source = pretrained_backbone_config(model_cfg.backbone)
         model_cfg = model_cfg.model_copy(update={"backbone": bb_cfg})
     spec = family_spec(model_cfg.family)
+    _check_switches(model_cfg, spec.capabilities)
     config_cls, model_cls = spec.resolve_config_class(), spec.resolve_model_class()
     id2label = _normalise_labels(id2label)
     kwargs = spec.config_kwargs(model_cfg)
@@ -99,6 +103,22 @@ def _build_from_scratch(model_cfg: ModelConfig, id2label: dict[int, str]) -> Pre
         from .pretrained_backbone import load_backbone_weights
         load_backbone_weights(backbone_module(model), backbone_source)
     return model
+
+
+# ModelConfig switch -> the family capability that honours it (a family without it ignores the switch)
+SWITCH_CAPABILITIES = {"with_box_refine": "box_refine", "two_stage": "two_stage"}
+
+
+def _check_switches(model_cfg: ModelConfig, capabilities: frozenset[str]) -> None:
+    """Warn about a switch the family ignores (e.g. a Deformable DETR config with ``--set model.family=...``)."""
+    for key, capability in SWITCH_CAPABILITIES.items():
+        if getattr(model_cfg, key) and capability not in capabilities:
+            log.warning("model.%s is ignored: the %s family has no %s mode (families with it: %s)", key,
+                        model_cfg.family, capability, ", ".join(_families_with(capability)))
+
+
+def _families_with(capability: str) -> list[str]:
+    return [s.name for s in all_specs() if capability in s.capabilities] or ["none"]
 
 
 def _normalise_labels(id2label: dict) -> dict[int, str]:

@@ -11,8 +11,17 @@ under :mod:`detrdistill.models.adapters` (every module there is discovered on fi
 * ``config_kwargs``: our :class:`~detrdistill.config.ModelConfig` -> the config class's keyword arguments;
 * ``after_build``: fix-ups applied to a from-scratch model (e.g. RT-DETR's BatchNorm init);
 * ``load_kwargs``: config overrides applied when a checkpoint of the family is loaded;
-* ``capabilities``: what the family offers, for documentation and checks (see :data:`CAPABILITIES`);
-* ``image_processor``: the transformers image processor class written into exported model folders.
+* ``capabilities``: what the family offers (see :data:`CAPABILITIES`; each one is read by the code that
+  depends on it, listed there);
+* ``image_processor`` / ``image_processor_kwargs``: the transformers image processor class written into exported
+  model folders, and settings it needs beside the resize / normalisation every family gets;
+* ``size_multiple``: padded input sides an exported graph is traced at (and the square pad of ``square_padding``
+  families) are multiples of it;
+* ``auto_classes``: for a family whose model classes are the project's own, the function that registers them with
+  transformers' Auto classes and pipelines (the model card names it; the user calls it explicitly);
+* ``onnx_unsupported``: why the family cannot be exported to ONNX (``detrdistill export`` refuses it in one line);
+* :attr:`FamilySpec.postprocessing`: how final logits become detections (from the adapter's
+  ``class_activation``), written into ONNX metadata and used by ``predict`` / ``eval``.
 
 ``model.family`` in a config, :func:`detrdistill.models.build.build_model`, :func:`family_of` and the adapter
 dispatch all read this registry; adding a family is one new adapter module plus its tests.
@@ -22,7 +31,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from ..errors import UnsupportedFamilyError
 
@@ -31,15 +40,35 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ..config import ModelConfig
 
-__all__ = ["FamilySpec", "CAPABILITIES", "register_family", "unregister_family", "family_spec", "family_names",
+__all__ = ["FamilySpec", "Postprocessing", "CAPABILITIES", "DETECTIONS_PER_IMAGE", "register_family",
+           "unregister_family", "family_spec", "family_names",
            "family_of", "all_specs"]
 
-# capability vocabulary, read by the layers above (export, processor, ONNX) instead of family names:
-# "query_table" (a learned query table with the default config), "multi_scale" (several feature levels),
-# "two_stage" / "box_refine" (the config switches of the same name are honoured), "pixel_mask" (the model reads a
-# pixel mask: an ONNX graph takes one as input), "square_padding" (the model ignores padding and needs sides that
-# are multiples of 32: its processor pads every image to one fixed square)
+# capability vocabulary, read instead of family names (who reads each one in brackets):
+# "query_table": a learned query table with the default config (tests/test_capabilities.py checks the adapter);
+# "multi_scale": several feature levels (model.num_feature_levels is honoured; checked the same way);
+# "two_stage" / "box_refine": the config switches model.two_stage / model.with_box_refine are honoured
+#     (build_model warns that a family without the capability ignores them);
+# "pixel_mask": the model reads a pixel mask (export/onnx_export.py: the ONNX graph takes a pixel_mask input);
+# "square_padding": the model ignores padding and needs sides that are multiples of ``size_multiple``
+#     (export/processor.py: its processor pads every image to one fixed square; the ONNX metadata says so)
 CAPABILITIES = frozenset({"query_table", "multi_scale", "two_stage", "box_refine", "pixel_mask", "square_padding"})
+
+# detections kept per image by the post-processing (COCO's maxDets 100); evaluation, predict and ONNX metadata
+DETECTIONS_PER_IMAGE = 100
+
+
+@dataclass(frozen=True)
+class Postprocessing:
+    """How a family's final ``logits`` [B, N, C'] and ``pred_boxes`` [B, N, 4] become detections
+    (:func:`detrdistill.engine.evaluator.postprocess`).
+
+    activation: ``"sigmoid"`` (C independent classes; the ``top_k`` best (query, class) pairs over all queries)
+    or ``"softmax"`` (C + 1 classes, the last = no object; each query's best real class, the ``top_k`` best
+    queries). Boxes are normalised (cx, cy, w, h) relative to the resized, un-padded image.
+    """
+    activation: str
+    top_k: int = DETECTIONS_PER_IMAGE
 
 
 @dataclass(frozen=True)
@@ -55,13 +84,28 @@ class FamilySpec:
     capabilities: frozenset[str] = frozenset()
     # transformers image processor whose post-processing matches ours for this family (see detrdistill.export)
     image_processor: str = "DeformableDetrImageProcessor"
+    image_processor_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    size_multiple: int = 32
+    auto_classes: Callable[[], None] | None = None
+    onnx_unsupported: str | None = None
 
     def __post_init__(self) -> None:
         if not self.model_types:
             object.__setattr__(self, "model_types", (self.name,))
+        if self.size_multiple < 1:
+            raise ValueError(f"family {self.name!r}: size_multiple must be >= 1, got {self.size_multiple}")
         unknown = set(self.capabilities) - CAPABILITIES
         if unknown:
             raise ValueError(f"family {self.name!r}: unknown capabilities {sorted(unknown)}; known {sorted(CAPABILITIES)}")
+
+    @property
+    def class_activation(self) -> str:
+        """``"sigmoid"`` or ``"softmax"``: the adapter's ``class_activation``."""
+        return self.adapter.class_activation
+
+    @property
+    def postprocessing(self) -> Postprocessing:
+        return Postprocessing(activation=self.class_activation)
 
     def resolve_config_class(self) -> type:
         return _resolve(self.config_class)

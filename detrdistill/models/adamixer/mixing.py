@@ -51,7 +51,7 @@ class AdaptiveMixing(nn.Module):
                              f"(G={self.n_groups}, P_in={self.in_points}, C/G={self.group_dim})")
         m, s = self.mixing_weights(query)
         x = sampled @ m                                            # channel mixing   [B, N, G, P_in, C/G]
-        x = F.relu(F.layer_norm(x, x.shape[-2:]))
+        x = F.relu(F.layer_norm(x, (self.in_points, self.group_dim)))  # constant shapes: traceable (ONNX)
         x = s @ x                                                  # spatial mixing   [B, N, G, P_out, C/G]
-        x = F.relu(F.layer_norm(x, x.shape[-2:]))
+        x = F.relu(F.layer_norm(x, (self.out_points, self.group_dim)))
         return query + self.out_proj(x.reshape(B, N, -1))

@@ -132,6 +132,7 @@ class AdaMixerModel(nn.Module):
         while len(strides) < config.num_feature_levels:
             strides.append(strides[-1] * 2)
         self.strides = strides
+        self.d_model = int(config.d_model)
         self.query_table = QueryTable(config.num_queries, config.d_model, bool(config.learn_initial_boxes))
         self.decoder = nn.ModuleList(AdaMixerDecoderStage(config) for _ in range(config.decoder_layers))
 
@@ -148,7 +149,7 @@ class AdaMixerModel(nn.Module):
     def decode(self, features: Sequence[Tensor], content: Tensor, boxes: Tensor,
                image_wh: Tensor) -> AdaMixerDecoderOutput:
         """Run every stage: content [B, N, D] (LayerNorm applied here), boxes [B, N, 4] normalised cxcywh."""
-        content = F.layer_norm(content, content.shape[-1:])
+        content = F.layer_norm(content, (self.d_model,))  # a constant shape: traceable for ONNX export
         xyzr = cxcywh_to_xyzr(boxes, image_wh)
         logits, out_boxes, hidden = [], [], []
         for stage in self.decoder:

@@ -43,7 +43,10 @@ def _sample_level(value: Tensor, xy: Tensor, stride: float, n_groups: int) -> Te
     """value [B, C, H, W]; xy [B, N, G, P, 2] pixels -> [B, N, G, P, C/G] bilinear samples of the group's channels."""
     B, C, H, W = value.shape
     _, N, G, P, _ = xy.shape
-    extent = xy.new_tensor([W * stride, H * stride])
+    # the map's extent in input pixels, built from the sizes as tensors (under ONNX tracing they are traced values,
+    # so the graph stays size-generic; new_tensor([W * stride, ...]) would freeze the traced size)
+    extent = torch.stack([torch.as_tensor(W, device=xy.device), torch.as_tensor(H, device=xy.device)]).to(xy.dtype)
+    extent = extent * stride
     grid = (xy / extent) * 2.0 - 1.0
     grid = grid.permute(0, 2, 1, 3, 4).reshape(B * G, N, P, 2)
     out = F.grid_sample(value.reshape(B * G, C // G, H, W), grid, mode="bilinear", padding_mode="zeros",

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from torch import Tensor
 
 from ...errors import ModelError
-from ..adamixer import AdaMixerConfig, AdaMixerForObjectDetection, register_adamixer
+from ..adamixer import AdaMixerConfig, AdaMixerForObjectDetection, register_auto_classes
 from ..families import FamilySpec
 from ..hf_config import resnet_config
 from ..outputs import DetectorOutput, GroupOutput, QueryGroup
@@ -24,9 +24,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from ...config import ModelConfig
 
 __all__ = ["FAMILY_SPECS", "AdaMixerAdapter"]
-
-register_adamixer()  # transformers' Auto classes learn model_type "adamixer" (pipeline, from_pretrained)
-
 
 class AdaMixerAdapter(DetectorAdapter):
     family = "adamixer"
@@ -84,4 +81,5 @@ def adamixer_config_kwargs(cfg: "ModelConfig") -> dict:
 
 FAMILY_SPECS = (FamilySpec(name="adamixer", adapter=AdaMixerAdapter, config_class=AdaMixerConfig,
                            model_class=AdaMixerForObjectDetection, config_kwargs=adamixer_config_kwargs,
-                           capabilities=frozenset({"query_table", "multi_scale"})),)
+                           capabilities=frozenset({"query_table", "multi_scale", "pixel_mask"}),
+                           auto_classes=register_auto_classes),)

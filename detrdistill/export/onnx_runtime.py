@@ -1,0 +1,88 @@
+"""An exported ``.onnx`` detector run by onnxruntime, as ``predict`` and ``eval`` use it.
+
+:class:`OnnxDetector` runs the graph on torch tensors and knows, from the file's metadata
+(:mod:`detrdistill.export.onnx_metadata`), its classes, the dataset's category ids, its image processor (rebuilt
+from the saved ``preprocessor_config``, so pixels are those of the PyTorch path) and its post-processing.
+:class:`OnnxAdapter` gives it the adapter interface :func:`detrdistill.engine.evaluator.evaluate` reads
+(``adapter(pixel_values, pixel_mask)`` -> ``logits`` / ``boxes`` [L=1, B, N, ...], ``class_activation``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from detrdistill.export.onnx_export import OnnxExportError, onnx_session
+from detrdistill.export.onnx_metadata import OnnxModelInfo, read_metadata
+
+__all__ = ["OnnxDetector", "OnnxAdapter", "is_onnx_file"]
+
+
+def is_onnx_file(path: str | Path) -> bool:
+    """Whether ``path`` names an ONNX model (by its ``.onnx`` suffix)."""
+    return str(path).lower().endswith(".onnx")
+
+
+class OnnxDetector:
+    """``(pixel_values [B, 3, H, W], pixel_mask [B, H, W] | None) -> (logits [B, N, C'], pred_boxes [B, N, 4])``."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        self.path = Path(path)
+        self.session = onnx_session(self.path, threads)
+        self.info: OnnxModelInfo = read_metadata(self.session, str(self.path))
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, pixel_values: Tensor, pixel_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        feed = {"pixel_values": pixel_values.detach().float().cpu().numpy()}
+        if "pixel_mask" in self.input_names:
+            if pixel_mask is None:
+                b, _, h, w = pixel_values.shape
+                pixel_mask = torch.ones(b, h, w, dtype=torch.long)
+            feed["pixel_mask"] = pixel_mask.detach().cpu().numpy().astype(np.int64)
+        logits, boxes = self.session.run(["logits", "pred_boxes"], feed)
+        return torch.from_numpy(logits), torch.from_numpy(boxes)
+
+    def image_processor(self):
+        """The transformers image processor the model was exported with (from the metadata)."""
+        config = self.info.preprocessor_config
+        if not config:
+            raise OnnxExportError(f"{self.path}: its metadata has no pre-processing (exported from a model folder "
+                                  "without preprocessor_config.json); export it again from a run's model/ folder")
+        from detrdistill.export.processor import processor_from_dict
+
+        try:
+            return processor_from_dict(config)
+        except ValueError as e:
+            raise OnnxExportError(f"{self.path}: metadata preprocessor_config: {e}") from None
+
+
+@dataclass
+class _StageOutputs:
+    logits: Tensor        # [1, B, N, C'] (one stage: the final one)
+    boxes: Tensor         # [1, B, N, 4]
+    class_activation: str
+
+
+class OnnxAdapter:
+    """The slice of the adapter interface evaluation uses, over an :class:`OnnxDetector` (CPU, inference only)."""
+
+    def __init__(self, detector: OnnxDetector):
+        self.detector = detector
+        self.training = False
+
+    def __call__(self, pixel_values: Tensor, pixel_mask: Tensor | None = None) -> _StageOutputs:
+        logits, boxes = self.detector(pixel_values, pixel_mask)
+        return _StageOutputs(logits[None].to(pixel_values.device), boxes[None].to(pixel_values.device),
+                             self.detector.info.activation)
+
+    def eval(self) -> "OnnxAdapter":
+        return self
+
+    def train(self, mode: bool = True) -> "OnnxAdapter":
+        return self  # nothing to train: always inference
+
+    def to(self, *args, **kwargs) -> "OnnxAdapter":
+        return self
