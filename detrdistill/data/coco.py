@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 def load_rgb(path: str | Path, allow_truncated: bool = False) -> Image.Image:
-    """Open any image file as 8-bit RGB (grayscale, palette, RGBA, CMYK, 16-bit all work).
+    """Open any image file as 8-bit RGB, EXIF orientation applied (:func:`~detrdistill.data.images.decode_rgb`).
 
     ``allow_truncated`` decodes a truncated file with the missing part filled in (PIL's
     ``LOAD_TRUNCATED_IMAGES``). Raises :class:`DatasetError` naming the file when it cannot be decoded.

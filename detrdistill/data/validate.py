@@ -17,7 +17,10 @@ empty_file         image        the image file is 0 bytes
 truncated_image    image        the file ends early: it decodes only with PIL's truncation tolerance
                                 (``LOAD_TRUNCATED_IMAGES``, the missing part filled in)
 corrupt_image      image        PIL cannot decode the file, even with truncation tolerance
-size_mismatch      image        json width/height differ from the file's
+size_mismatch      image        json width/height differ from the file's displayed size (after its EXIF orientation)
+orientation_mismatch image      json width/height are the file's stored size, but its EXIF orientation displays it
+                                with width and height swapped (as training, evaluation and transformers'
+                                ``load_image`` decode it): its boxes were likely drawn on the stored pixels
 duplicate_id       any          an image / annotation / category id used more than once
 empty_image        image        no annotation refers to the image (warning only)
 unknown_image      annotation   ``image_id`` is not among the images
@@ -29,7 +32,8 @@ empty_dataset      image        the json lists no images (warning only)
 =================  ===========  ==========================================================
 
 Every image file is decoded fully, exactly as training decodes it
-(:func:`detrdistill.data.images.decode_rgb`), so whatever passes here cannot fail in a loader worker.
+(:func:`detrdistill.data.images.decode_rgb`: EXIF orientation applied), so whatever passes here cannot fail
+in a loader worker and sizes are compared with the image as displayed.
 """
 from __future__ import annotations
 
@@ -47,9 +51,11 @@ from concurrent.futures import ThreadPoolExecutor
 from detrdistill.errors import DetrDistillError
 
 from .decode_cache import DecodeCache
-from .images import check_image_file, classify_failure, truncation_tolerated
+from .images import SWAPS_SIDES, check_image_file, classify_failure, exif_orientation, orient_box, \
+    truncation_tolerated
 
-KINDS = ("missing_image", "empty_file", "truncated_image", "corrupt_image", "size_mismatch", "zero_area_box",
+KINDS = ("missing_image", "empty_file", "truncated_image", "corrupt_image", "size_mismatch", "orientation_mismatch",
+         "zero_area_box",
          "out_of_image_box", "invalid_box", "unknown_category", "unknown_image", "empty_image", "duplicate_id",
          "empty_dataset")
 WARNING_KINDS = frozenset({"empty_image", "empty_dataset"})
@@ -101,13 +107,15 @@ class Defect:
 
 @dataclass
 class ValidationReport:
-    """Every defect of one json, plus the image sizes read from the files (``file_sizes``: id -> (w, h))."""
+    """Every defect of one json, plus the image sizes read from the files (``file_sizes``: id -> displayed (w, h))
+    and the EXIF orientation of images with an ``orientation_mismatch`` (``orientations``: id -> 5..8)."""
     file: str
     image_dir: str
     num_images: int = 0
     num_annotations: int = 0
     defects: list[Defect] = field(default_factory=list)
     file_sizes: dict[Any, tuple[int, int]] = field(default_factory=dict)
+    orientations: dict[Any, int] = field(default_factory=dict)
 
     @property
     def errors(self) -> list[Defect]:
@@ -268,8 +276,17 @@ def _check_images(data: dict, file: str, image_dir: Path, check_images: bool, pr
             add(Defect(kind, file, iid, None, why, name, "image", i))
         rep.file_sizes[iid] = size
         if tuple(size) != (im["width"], im["height"]):
+            orientation = exif_orientation(image_dir / name) if (size[1], size[0]) == (im["width"], im["height"]) \
+                else 1
+            if orientation in SWAPS_SIDES:  # boxes stay checked against the stored pixels they were drawn on
+                rep.orientations[iid] = orientation
+                add(Defect("orientation_mismatch", file, iid, None, f"json says {im['width']}x{im['height']}, the "
+                           f"stored pixels' size, but EXIF orientation {orientation} displays the file as "
+                           f"{size[0]}x{size[1]} (as training and transformers' load_image decode it); its boxes "
+                           "were likely drawn on the stored pixels", name, "image", i))
+                continue
             add(Defect("size_mismatch", file, iid, None, f"json says {im['width']}x{im['height']}, "
-                       f"file is {size[0]}x{size[1]}", name, "image", i))
+                       f"file is {size[0]}x{size[1]} as displayed (EXIF orientation applied)", name, "image", i))
             sizes[iid] = size  # boxes are checked against the real pixels
     return images, sizes
 
@@ -358,7 +375,8 @@ def validate_coco(ann_file: str | Path, image_dir: str | Path, check_images: boo
 # repair keeps a truncated image (it is decoded with PIL's truncation tolerance: most of the picture and
 # all its annotations survive, like a clipped box); skip drops it, like every other defective entry.
 _DROP_IMAGE = {"repair": {"missing_image", "empty_file", "corrupt_image"},
-               "skip": {"missing_image", "empty_file", "corrupt_image", "truncated_image", "size_mismatch"}}
+               "skip": {"missing_image", "empty_file", "corrupt_image", "truncated_image", "size_mismatch",
+                        "orientation_mismatch"}}
 _DROP_ANN = {"repair": {"zero_area_box", "invalid_box", "unknown_category", "unknown_image"},
              "skip": {"zero_area_box", "invalid_box", "unknown_category", "unknown_image",
                       "out_of_image_box", "duplicate_id"}}
@@ -394,9 +412,10 @@ def _clean_categories(coco: dict, defects: dict, changes: list[str]) -> list[dic
 
 
 def _clean_images(coco: dict, defects: dict, report: ValidationReport, policy: str,
-                  changes: list[str]) -> tuple[list[dict], set]:
-    """(kept images, ids of dropped images)."""
-    images, dropped_ids = [], set()
+                  changes: list[str]) -> tuple[list[dict], set, dict]:
+    """(kept images, ids of dropped images, {image id: (stored (w, h), orientation)} of images whose boxes are
+    to be mapped onto the displayed image)."""
+    images, dropped_ids, remap = [], set(), {}
     for i, im in enumerate(coco["images"]):
         ds = defects.get(i, [])
         kinds = {d.kind for d in ds}
@@ -415,8 +434,13 @@ def _clean_images(coco: dict, defects: dict, report: ValidationReport, policy: s
         if "size_mismatch" in kinds:
             im["width"], im["height"] = report.file_sizes[im["id"]]
             changes.append(next(d for d in ds if d.kind == "size_mismatch").format() + " -> using the file's size")
+        if "orientation_mismatch" in kinds:  # repair only
+            remap[im["id"]] = ((im["width"], im["height"]), report.orientations[im["id"]])
+            im["width"], im["height"] = report.file_sizes[im["id"]]
+            changes.append(next(d for d in ds if d.kind == "orientation_mismatch").format()
+                           + " -> boxes mapped from the stored pixels onto the displayed image")
         images.append(im)
-    return images, dropped_ids
+    return images, dropped_ids, remap
 
 
 def _clip_box(a: dict, d: Defect, size: tuple, changes: list[str]) -> bool:
@@ -435,7 +459,8 @@ def _clip_box(a: dict, d: Defect, size: tuple, changes: list[str]) -> bool:
 
 
 def _clean_annotations(coco: dict, defects: dict, sizes: dict, dropped_ids: set, policy: str,
-                       changes: list[str]) -> list[dict]:
+                       changes: list[str], remap: dict | None = None) -> list[dict]:
+    remap = remap or {}
     anns: list[dict] = []
     next_id = max((a["id"] for a in coco["annotations"] if isinstance(a["id"], int)), default=0) + 1
     for i, a in enumerate(coco["annotations"]):
@@ -451,10 +476,13 @@ def _clean_annotations(coco: dict, defects: dict, sizes: dict, dropped_ids: set,
         if "duplicate_id" in kinds:  # repair only
             a["id"], next_id = next_id, next_id + 1
             changes.append(next(d for d in ds if d.kind == "duplicate_id").format() + f" -> new id {a['id']}")
+        frame = remap.get(a["image_id"])  # (stored size, orientation): boxes drawn on the stored pixels
         if "out_of_image_box" in kinds:  # repair only
             d = next(d for d in ds if d.kind == "out_of_image_box")
-            if not _clip_box(a, d, sizes[a["image_id"]], changes):
+            if not _clip_box(a, d, frame[0] if frame else sizes[a["image_id"]], changes):
                 continue
+        if frame is not None:
+            a["bbox"] = orient_box(a["bbox"], *frame)
         anns.append(a)
     return anns
 
@@ -466,9 +494,10 @@ def apply_policy(coco: dict, report: ValidationReport, policy: str) -> tuple[dic
             invalid / unknown-category / unknown-image annotations, drop missing, empty (0-byte) or
             undecodable images and their annotations, keep truncated images (decoded with PIL's
             truncation tolerance, counted in the warning), take the file's size on a size mismatch,
+            map the boxes of an orientation mismatch from the stored pixels onto the displayed image,
             give duplicate annotation ids fresh ids, drop later duplicates of image / category ids.
     skip:   drop every annotation with a defect, and images that are missing, empty, truncated,
-            undecodable or whose size disagrees with the file (their boxes cannot be trusted), with
+            undecodable or whose size disagrees with the file or its orientation (their boxes cannot be trusted), with
             their annotations.
     error:  raise :class:`DatasetError` (one line: counts, the first defects, what to do) unless there are none.
     ``changes`` holds one line per change made, in the :meth:`Defect.format` style.
@@ -482,9 +511,9 @@ def apply_policy(coco: dict, report: ValidationReport, policy: str) -> tuple[dic
     by_entry = _by_entry(report)
     changes: list[str] = []
     cats = _clean_categories(coco, by_entry["category"], changes)
-    images, dropped_ids = _clean_images(coco, by_entry["image"], report, policy, changes)
+    images, dropped_ids, remap = _clean_images(coco, by_entry["image"], report, policy, changes)
     sizes = {im["id"]: (im["width"], im["height"]) for im in images}
-    anns = _clean_annotations(coco, by_entry["annotation"], sizes, dropped_ids, policy, changes)
+    anns = _clean_annotations(coco, by_entry["annotation"], sizes, dropped_ids, policy, changes, remap)
     out = {k: copy.deepcopy(v) for k, v in coco.items() if k not in ("images", "annotations", "categories")}
     out.update(images=images, annotations=anns, categories=cats)
     return out, changes

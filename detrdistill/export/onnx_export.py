@@ -26,7 +26,6 @@ Sides must be multiples of 32 (RT-DETR's FPN needs it; the image processors pad 
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
 import torch
@@ -144,16 +143,19 @@ def export_onnx(model: nn.Module, out: str | Path, height: int = 320, width: int
     axes["pixel_mask"].update({1: "height", 2: "width"})
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
+    import io
     import warnings
+
+    from detrdistill.io_atomic import write_atomic
+
+    graph = io.BytesIO()  # traced in memory: only the write below can fail for want of disk
     with float32_reference_points(model), traced_spatial_shapes(model), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
         torch.onnx.export(DetectorForExport(model, "pixel_mask" in inputs), tuple(inputs[n] for n in names),
-                          str(tmp), dynamo=False, opset_version=opset, input_names=names,
+                          graph, dynamo=False, opset_version=opset, input_names=names,
                           output_names=["logits", "pred_boxes"],
                           dynamic_axes={k: v for k, v in axes.items() if k in names or k in ("logits", "pred_boxes")})
-    os.replace(tmp, out)
-    return out
+    return write_atomic(out, graph.getvalue())
 
 
 def onnx_session(path: str | Path, threads: int | None = None):
@@ -193,8 +195,11 @@ def export_model_dir(model_dir: str | Path, out: str | Path, height: int = 320, 
         import onnx  # noqa: F401  (the TorchScript exporter needs it)
     except ImportError:
         raise OnnxExportError("onnx is not installed; pip install 'detrdistill[onnx]'") from None
+    from detrdistill.output_folder import claim_output
+
     model = load_detector(model_dir).eval()
-    path = export_onnx(model, out, height, width, opset)
+    with claim_output(Path(out).parent, [("model", model_dir)], "--out", written=out):
+        path = export_onnx(model, out, height, width, opset)
     diff = None
     if check:
         inputs = example_inputs(model, 2, height + 32, width, seed=1)
