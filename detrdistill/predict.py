@@ -131,13 +131,12 @@ def write_predictions(out_dir: Path, records: list[dict]) -> Path:
     return write_atomic(out_dir / "predictions.json", json.dumps(records, indent=1))
 
 
-def claim_predict_output(model_dir: str | Path, inputs: list[str | Path], out_dir: str | Path):
+def claim_predict_output(model_dir: Path, inputs: list[str | Path], out_dir: str | Path):
     """Lock ``out_dir`` for this command and refuse it when it equals, contains or lies inside the model folder or
     one of the images / image folders given (it would overwrite them); see :mod:`detrdistill.output_folder`."""
     from detrdistill.output_folder import claim_output
 
-    model_path = resolve_model_dir(model_dir)
-    return claim_output(out_dir, [("model", model_path), *(("images", p) for p in inputs)], "--out")
+    return claim_output(out_dir, [("model", model_dir), *(("images", p) for p in inputs)], "--out")
 
 
 @torch.no_grad()
@@ -201,6 +200,7 @@ def predict(model_dir: str | Path, inputs: list[str | Path], out_dir: str | Path
             progress: bool = True) -> PredictResult:
     """Detect objects in ``inputs`` (images and folders) and write drawn PNGs + predictions.json to ``out_dir``
     (claimed first: :func:`claim_predict_output`)."""
+    model_dir = resolve_model_dir(model_dir)
     with claim_predict_output(model_dir, inputs, out_dir):
         return _predict(model_dir, inputs, out_dir, threshold, progress)
 

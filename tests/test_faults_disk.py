@@ -1,6 +1,7 @@
 """Fault suite, full disk (docs/reliability.md "Machine"): every write failure, whatever the library raises
 (torch's zip writer: RuntimeError; safetensors: SafetensorError; plain OSError), is one line naming the folder
 and the space needed, and leaves no partial file; on a real, small file system too."""
+import collections
 import errno
 import os
 import shutil
@@ -21,6 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # the exact messages torch 2.x and safetensors give when the disk fills up mid-write (measured on a full tmpfs)
 TORCH_FULL = "[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"
 SAFETENSORS_FULL = "Error while serializing: I/O error: No space left on device (os error 28)"
+USAGE = collections.namedtuple("usage", "total used free")
 STEPS = ["train.max_steps=3", "train.checkpoint_every_steps=1", "train.keep_checkpoints=2"]
 
 
@@ -50,7 +52,6 @@ def test_write_atomic_is_whole_or_nothing(tmp_path, monkeypatch):
 def test_checkpoint_write_failure_is_one_line_and_leaves_no_partial_files(library, synth_dir, tmp_path, capsys,
                                                                           monkeypatch):
     import detrdistill.engine.checkpoint as ck
-    import detrdistill.io_atomic as io_atomic
 
     calls = {"n": 0}
     real_save, real_save_file = torch.save, ck.save_file
@@ -75,7 +76,7 @@ def test_checkpoint_write_failure_is_one_line_and_leaves_no_partial_files(librar
     else:
         monkeypatch.setattr(ck.torch, "save", failing_torch_save)
     if library == "torch_zip":  # its message names no cause: the file system's free space tells a full disk
-        monkeypatch.setattr(io_atomic, "_free_bytes", lambda folder: 4096)
+        monkeypatch.setattr(shutil, "disk_usage", lambda p: USAGE(10 << 30, 10 << 30, 4096))
     out = tmp_path / "run"
     assert _run("train", out, synth_dir, *STEPS) == 2
     line = _one_line_error(capsys)

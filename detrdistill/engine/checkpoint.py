@@ -125,13 +125,14 @@ def save_checkpoint(output_dir: str | Path, task: torch.nn.Module, optimizer, sc
     root = Path(output_dir) / CKPT_DIR
     final = root / f"step-{state['step']:08d}"
     tmp = root / f"step-{state['step']:08d}.tmp"
-    weights = _state_to_save(task) if rank == 0 else {}
-    opt_state = optimizer.state_dict() if rank == 0 else {}
-    bad = first_non_finite(weights) or first_non_finite(opt_state.get("state", {}), "optimizer")
+    opt_state = optimizer.state_dict()
+    # every process checks (and refuses) alike: the weights and optimizer state are the same on all of them
+    bad = first_non_finite(checkpoint_state(task)) or first_non_finite(opt_state.get("state", {}), "optimizer")
     if bad is not None:
         raise NonFiniteLossError(f"step {state['step']}: {bad} holds NaN or inf (training diverged); checkpoint "
                                  f"not written. Lower optim.lr or raise optim.warmup_steps and start over with "
                                  "--overwrite")
+    weights = _state_to_save(task) if rank == 0 else {}
     need = tensor_bytes(weights) + tensor_bytes(opt_state) + (1 << 16)
     with write_guard(root, f"checkpoint {final.name}", need=need, cleanup=[tmp] if rank == 0 else []):
         if rank == 0:

@@ -44,7 +44,7 @@ import yaml
 
 from detrdistill.errors import DetrDistillError
 from detrdistill.io_atomic import write_atomic
-from detrdistill.output_folder import NO_LOCK, FolderLock, OutputFolderError, claim_output
+from detrdistill.output_folder import NO_LOCK, FolderLock, OutputFolderError, check_inputs_apart, claim_output
 
 log = logging.getLogger("detrdistill")
 
@@ -181,7 +181,11 @@ def claim_run_dir(cfg, mode: str, resume: bool = False, overwrite: bool = False,
     if out.exists() and not out.is_dir():
         raise RunDirError(f"{out}: exists and is not a folder; choose another --output-dir")
     inputs = run_inputs(cfg, mode) if inputs is None else inputs
-    lock = claim_output(out, inputs, "--output-dir") if main else NO_LOCK
+    if main:
+        lock = claim_output(out, inputs, "--output-dir")
+    else:  # every process refuses alike; the main one holds the lock
+        check_inputs_apart(out, inputs, "--output-dir")
+        lock = NO_LOCK
     try:
         existing = out.is_dir() and holds_run(out)
         if existing and not (resume or overwrite):

@@ -56,13 +56,13 @@ def model_identity(name: str) -> str:
     from detrdistill.models.pretrained import resolve_model
 
     source = resolve_model(name, check_weights=False)
-    names = ["config.json", "preprocessor_config.json", "model.safetensors", "pytorch_model.bin"]
-    index = source.read_json("model.safetensors.index.json")
-    if index is not None:
-        names += sorted(set(index.get("weight_map", {}).values()))
+    files = {n: source.find_file(n) for n in ("config.json", "preprocessor_config.json", "model.safetensors")}
+    if files["model.safetensors"] is None:  # sharded safetensors, else the legacy pickle-free .bin
+        index = source.read_json("model.safetensors.index.json")
+        shards = sorted(set(index.get("weight_map", {}).values())) if index else ["pytorch_model.bin"]
+        files.update({n: source.find_file(n) for n in shards})
     h = hashlib.sha256()
-    for fname in names:
-        f = source.find_file(fname)
+    for fname, f in files.items():
         if f is not None:
             h.update(f"{fname};".encode())
             _hash_file(h, f)
