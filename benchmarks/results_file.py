@@ -100,10 +100,7 @@ def join_commands(previous: str | None, this: str | None) -> str:
 
 def write_atomic(out: Path, content: dict | str | bytes) -> None:
     """Write ``content`` (a dict as JSON, text, or bytes such as a PNG) to ``out`` through a temporary file and a
-    rename, so that a reader or a crash never sees it half-written."""
-    tmp = out.with_name(out.name + ".tmp")
-    if isinstance(content, bytes):
-        tmp.write_bytes(content)
-    else:
-        tmp.write_text(json.dumps(content, indent=1) if isinstance(content, dict) else content)
-    tmp.replace(out)
+    rename, so that a reader or a crash never sees it half-written (the package's
+    :func:`detrdistill.io_atomic.write_atomic`)."""
+    from detrdistill.io_atomic import write_atomic as write_file_atomic
+    write_file_atomic(out, json.dumps(content, indent=1) if isinstance(content, dict) else content)

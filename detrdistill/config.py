@@ -308,11 +308,18 @@ def _format_error(err: ValidationError, source: str) -> str:
     return f"{source}: {key}: {msg}{got_s}{more}"
 
 
-def _parse_value(text: str) -> Any:
-    """YAML-parse an override value, except YAML 1.1's yes/no/on/off booleans: ``mixed_precision=no`` means "no"."""
+def _parse_value(text: str, key: str = "") -> Any:
+    """YAML-parse an override value, except YAML 1.1's yes/no/on/off booleans: ``mixed_precision=no`` means "no".
+    Only plain YAML values are read (``safe_load``: a ``!!python/...`` tag is refused); a value that does not
+    parse is a one-line :class:`ConfigError` naming the key."""
     if not text.strip():
         return ""
-    value = yaml.safe_load(text)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        first = (str(e).strip().splitlines() or ["not valid YAML"])[0]
+        raise ConfigError(f"--set {key}={text}: not a valid YAML value ({first}); quote strings, close brackets, "
+                          "no tags") from None
     if isinstance(value, bool) and text.strip().lower() not in ("true", "false"):
         return text.strip()
     return value
@@ -331,7 +338,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             if not isinstance(nxt, dict):
                 raise ConfigError(f"--set {key}: {p!r} is not a section")
             node = nxt
-        node[parts[-1]] = _parse_value(value)
+        node[parts[-1]] = _parse_value(value, key.strip())
     return raw
 
 
@@ -345,7 +352,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise ConfigError(f"{p}: config file not found")
         try:
-            raw = yaml.safe_load(p.read_text()) or {}
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise ConfigError(f"{p}: not a text file; expected a YAML config") from None
+        except OSError as e:
+            raise ConfigError(f"{p}: cannot read the config ({e.strerror or type(e).__name__})") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(raw, dict):
@@ -358,8 +369,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML atomically (tmp + rename: a crash never leaves half a file)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    os.replace(tmp, path)
+    """Write the resolved config as YAML atomically (:func:`~detrdistill.io_atomic.write_atomic`)."""
+    from .io_atomic import write_atomic
+    write_atomic(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

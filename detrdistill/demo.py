@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from detrdistill.config import Config, load_config
+from detrdistill.io_atomic import write_atomic
 
 log = logging.getLogger("detrdistill")
 
@@ -86,13 +87,19 @@ def _done(cfg: Config) -> bool:
 
 
 def run_demo(output_dir: str | Path = "runs/demo", preset: str = "auto") -> dict:
-    from detrdistill.engine.trainer import run_training
-    from detrdistill.models.build import count_parameters, load_detector
+    from detrdistill.output_folder import claim_output
 
     if preset == "auto":
         preset = "gpu" if torch.cuda.is_available() else "cpu"
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with claim_output(out, (), "--output-dir"):  # one demo per folder at a time
+        return _run_demo(out, preset)
+
+
+def _run_demo(out: Path, preset: str) -> dict:
+    from detrdistill.engine.trainer import run_training
+    from detrdistill.models.build import count_parameters, load_detector
+
     cfgs = demo_configs(out, preset)
     modes = {"teacher": "train", "baseline": "train", "distilled": "distill"}
     summary = {"preset": preset, "runs": {}}
@@ -114,8 +121,8 @@ def run_demo(output_dir: str | Path = "runs/demo", preset: str = "auto") -> dict
     summary["figures"] = _figures(out, cfgs)
     summary["total_seconds"] = round(time.monotonic() - t_start, 1)
     table = format_table(summary)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    (out / "summary.md").write_text(table + "\n")
+    write_atomic(out / "summary.json", json.dumps(summary, indent=1))
+    write_atomic(out / "summary.md", table + "\n")
     print("\n" + table)
     print("\nfigures:")
     for f in summary["figures"]:

@@ -21,10 +21,15 @@ _WHAT_TO_DO = {
 }
 
 
-def describe_os_error(e: OSError) -> str:
-    """``<file>: <what happened>; <what to do>`` in one line."""
-    where = e.filename if e.filename is not None else "(unknown file)"
+def os_error_advice(e: OSError) -> str:
+    """``<what happened>; <what to do>`` in one line (no file name)."""
     what = _WHAT_TO_DO.get(e.errno)
     if what is None:
         what = (e.strerror or str(e) or type(e).__name__).splitlines()[0]
-    return f"{where}: {what}"
+    return what
+
+
+def describe_os_error(e: OSError) -> str:
+    """``<file>: <what happened>; <what to do>`` in one line."""
+    where = e.filename if e.filename is not None else "(unknown file)"
+    return f"{where}: {os_error_advice(e)}"

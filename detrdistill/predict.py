@@ -23,7 +23,6 @@ from __future__ import annotations
 import glob
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -129,14 +128,21 @@ def _skip_warning(path: Path, error: Exception) -> str:
 
 
 def open_rgb(path: Path, header_only: bool = False):
-    """The image as RGB (``header_only``: just check that it opens), or a one-line :class:`PredictError`."""
-    from PIL import Image, UnidentifiedImageError
+    """The image as RGB, decoded by the one rule of training and transformers' ``load_image`` (EXIF orientation
+    applied: :func:`detrdistill.data.images.decode_rgb`), or a one-line :class:`PredictError` (a damaged file, a
+    decompression bomb ...). ``header_only``: just check that it opens (returns its stored size)."""
+    from PIL import Image
+
+    from detrdistill.data.images import decode_rgb
 
     try:
-        with Image.open(path) as img:
-            return img.size if header_only else img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise PredictError(f"{path}: cannot read this image ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        if header_only:
+            with Image.open(path) as img:
+                return img.size
+        return decode_rgb(path)
+    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError, ...
+        first = str(e).splitlines()[0] if str(e) else "unreadable"
+        raise PredictError(f"{path}: cannot read this image ({type(e).__name__}: {first})") from None
 
 
 def load_image_processor(model_dir: Path, family: str):
@@ -144,8 +150,7 @@ def load_image_processor(model_dir: Path, family: str):
     from detrdistill.export.processor import build_image_processor
 
     if (model_dir / "preprocessor_config.json").is_file():
-        from transformers import AutoImageProcessor
-        return AutoImageProcessor.from_pretrained(str(model_dir))
+        return load_saved_processor(model_dir)
     run_cfg = model_dir.parent / "config.yaml"
     if not run_cfg.is_file():
         raise PredictError(f"{model_dir}: no preprocessor_config.json and no run config {run_cfg} to rebuild it from")
@@ -202,6 +207,47 @@ def _onnx_predictor(path: Path) -> Predictor:
     info = detector.info
     return Predictor(detector, detector.image_processor(), info.activation, info.top_k, info.id2label,
                      info.category_ids)
+
+
+def load_saved_processor(model_dir: Path):
+    """``preprocessor_config.json`` through ``AutoImageProcessor`` with ``trust_remote_code=False``: a processor
+    that names code shipped in the folder (``auto_map``) is refused in one line, never run."""
+    from transformers import AutoImageProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(str(model_dir), trust_remote_code=False)
+    except ValueError as e:
+        if "trust_remote_code" not in str(e) and "custom code" not in str(e):
+            raise
+        raise PredictError(f"{model_dir / 'preprocessor_config.json'}: names custom code shipped in the model folder "
+                           "(auto_map); detrdistill never runs a model folder's code. Remove auto_map to use the "
+                           "standard image processor") from None
+
+
+def write_png(png: Path, image) -> None:
+    """A drawn image, written atomically (a full disk is one line and leaves no partial file)."""
+    import io
+
+    from detrdistill.io_atomic import write_atomic
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    write_atomic(png, buf.getvalue())
+
+
+def write_predictions(out_dir: Path, records: list[dict]) -> Path:
+    """``predictions.json``, written atomically; returns its path."""
+    from detrdistill.io_atomic import write_atomic
+
+    return write_atomic(out_dir / "predictions.json", json.dumps(records, indent=1))
+
+
+def claim_predict_output(model_dir: Path, inputs: list[str | Path], out_dir: str | Path):
+    """Lock ``out_dir`` for this command and refuse it when it equals, contains or lies inside the model folder or
+    one of the images / image folders given (it would overwrite them); see :mod:`detrdistill.output_folder`."""
+    from detrdistill.output_folder import claim_output
+
+    return claim_output(out_dir, [("model", model_dir), *(("images", p) for p in inputs)], "--out")
 
 
 @torch.no_grad()
@@ -261,8 +307,18 @@ def _unique_png(out_dir: Path, stem: str, used: set[str]) -> Path:
 def predict(model: str | Path, inputs: list[str | Path], out_dir: str | Path, threshold: float = 0.5,
             progress: bool = True, ann: str | Path | None = None) -> PredictResult:
     """Detect objects in ``inputs`` (images, folders, glob patterns, ``.txt`` lists) and write drawn PNGs +
-    predictions.json to ``out_dir``; unreadable files are skipped (``result.skipped``). ``model``: a model
-    folder, run folder, hub id or ``.onnx`` file. ``ann``: the COCO json of the images (dataset ids + stats)."""
+    predictions.json to ``out_dir`` (claimed first: :func:`claim_predict_output`); unreadable files are skipped
+    (``result.skipped``). ``model``: a model folder, run folder, hub id or ``.onnx`` file. ``ann``: the COCO json
+    of the images (dataset ids + stats)."""
+    from detrdistill.export.onnx_runtime import is_onnx_file
+
+    model = Path(model) if is_onnx_file(model) else resolve_model_dir(model)
+    with claim_predict_output(model, inputs, out_dir):
+        return _predict(model, inputs, out_dir, threshold, progress, ann)
+
+
+def _predict(model: str | Path, inputs: list[str | Path], out_dir: str | Path, threshold: float,
+             progress: bool, ann: str | Path | None) -> PredictResult:
     from detrdistill.progress import progress_bar
 
     if not 0.0 <= threshold <= 1.0:
@@ -289,16 +345,13 @@ def predict(model: str | Path, inputs: list[str | Path], out_dir: str | Path, th
         keep = det["scores"] >= threshold
         det = {k: v[keep] for k, v in det.items()}
         png = _unique_png(out_dir, path.stem, used)
-        draw_detections(image, det, predictor.id2label).save(png)
+        write_png(png, draw_detections(image, det, predictor.id2label))
         result.images.append(png)
         records += _coco_records(det, image_ids[path], path, predictor.id2label, category_ids)
     if not result.images:
         raise PredictError(f"none of the {len(all_files)} input file(s) could be decoded; nothing written")
     result.num_detections = len(records)
-    result.predictions_file = out_dir / "predictions.json"
-    tmp = out_dir / "predictions.json.tmp"
-    tmp.write_text(json.dumps(records, indent=1))
-    os.replace(tmp, result.predictions_file)
+    result.predictions_file = write_predictions(out_dir, records)
     if index is not None:
         done = set(files) - {p for p, _ in result.skipped}
         result.stats = index.stats(records, sorted({image_ids[p] for p in done}))

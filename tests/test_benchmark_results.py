@@ -1,5 +1,7 @@
 """The benchmark results file: concurrent invocations merge their runs and never train one run twice."""
+import errno
 import json
+import os
 import threading
 import time
 
@@ -32,13 +34,12 @@ def test_merge_keeps_disk_runs_and_appends_new_ones_once():
 def test_write_atomic_never_leaves_a_half_written_file(tmp_path, monkeypatch):
     out = tmp_path / "r.md"
     results_file.write_atomic(out, "old\n")
-    real_write_text = type(out).write_text
 
-    def crash_half_way(self, text, *a, **k):  # a crash (disk full, kill) after half the text is written
-        real_write_text(self, text[: len(text) // 2], *a, **k)
-        raise OSError("disk full")
+    def crash_half_way(fd):  # the disk fills up after half the text reached the temporary file
+        os.ftruncate(fd, os.fstat(fd).st_size // 2)
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(type(out), "write_text", crash_half_way)
+    monkeypatch.setattr(os, "fsync", crash_half_way)
     with pytest.raises(OSError):
         results_file.write_atomic(out, "new text, longer than the old one\n")
     monkeypatch.undo()

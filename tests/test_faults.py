@@ -220,7 +220,7 @@ def test_train_and_distill_never_share_the_default_folder(monkeypatch):
     assert main(["distill", "--teacher", "t", "--output-dir", "runs/x"]) == 0 and seen["distill"] == "runs/x"
 
 
-# ------------------------------------------------------------------------------------ read-only / full disk
+# ------------------------------------------------------------------------------------ read-only (full disk: test_faults_disk.py)
 def _unwritable(path: Path) -> Path:
     """A folder path nothing can be written into: read-only (chmod) when not root; as root, where chmod
     does not stop writes, a plain file stands where the folder is expected."""
@@ -257,17 +257,6 @@ def test_unwritable_checkpoints_or_model_fails_at_start_up(sub, synth_dir, tmp_p
     assert _run("train", out, synth_dir) == 2
     assert str(out / sub) in _one_line_error(capsys)
     assert not (out / "metrics.jsonl").exists()  # refused before the first step
-
-
-def test_full_disk_is_one_line(synth_dir, tmp_path, capsys, monkeypatch):
-    import detrdistill.engine.checkpoint as ck
-
-    def full(tensors, filename, *a, **k):
-        raise OSError(errno.ENOSPC, "No space left on device", filename)
-    monkeypatch.setattr(ck, "save_file", full)
-    assert _run("train", tmp_path / "run", synth_dir, "train.checkpoint_every_steps=1") == 2
-    line = _one_line_error(capsys)
-    assert "no space left" in line and "weights.safetensors" in line
 
 
 # ------------------------------------------------------------------------------------ signals and CLI

@@ -35,8 +35,36 @@ def reference_run(synth_dir, tmp_path_factory):
     return out
 
 
+def _rehash(ckpt: Path, name: str) -> None:
+    """Record ``name``'s current checksum in state.json (when it lists checksums): only the checks after the
+    checksum can catch the damage."""
+    import hashlib
+
+    state = json.loads((ckpt / "state.json").read_text())
+    if "files" in state:
+        state["files"][name] = hashlib.sha256((ckpt / name).read_bytes()).hexdigest()
+        (ckpt / "state.json").write_text(json.dumps(state))
+
+
 def _damage(ckpt: Path, how: str) -> None:
-    if how == "truncated_weights":
+    if how == "missing_rng":
+        (ckpt / "rng-0.pt").unlink()
+    elif how == "flipped_weights_byte":  # a bit flip in the middle of a tensor: the file still parses
+        f = ckpt / "weights.safetensors"
+        data = bytearray(f.read_bytes())
+        data[len(data) // 2] ^= 0x40
+        f.write_bytes(bytes(data))
+    elif how == "nan_weights":
+        from safetensors.torch import load_file, save_file
+        w = load_file(str(ckpt / "weights.safetensors"))
+        k = next(k for k, v in w.items() if v.is_floating_point())
+        w[k] = torch.full_like(w[k], float("nan"))
+        save_file(w, str(ckpt / "weights.safetensors"))
+        _rehash(ckpt, "weights.safetensors")
+    elif how == "wrong_structure_optimizer":
+        torch.save({"state": {}, "param_groups": [{"params": [0]}]}, ckpt / "optimizer.pt")
+        _rehash(ckpt, "optimizer.pt")
+    elif how == "truncated_weights":
         f = ckpt / "weights.safetensors"
         f.write_bytes(f.read_bytes()[:100])
     elif how == "empty_weights":
@@ -53,7 +81,8 @@ def _damage(ckpt: Path, how: str) -> None:
 
 
 @pytest.mark.parametrize("how", ["truncated_weights", "empty_weights", "missing_optimizer", "bad_state_json",
-                                 "pickled_code"])
+                                 "pickled_code", "missing_rng", "flipped_weights_byte", "nan_weights",
+                                 "wrong_structure_optimizer"])
 def test_damaged_newest_checkpoint_falls_back(how, reference_run, synth_dir, tmp_path, caplog):
     from detrdistill.config import load_config
     from detrdistill.engine.checkpoint import load_latest_intact
@@ -187,19 +216,25 @@ def test_kill_9_then_resume_reaches_the_same_weights(fault, n, resumed_from, ref
 
 def test_run_dir_flags_and_modes(synth_dir, tmp_path, caplog):
     from detrdistill.config import load_config
-    from detrdistill.engine.run_dir import RunDirError, prepare_run_dir
+    from detrdistill.engine.run_dir import RunDirError, claim_run_dir, commit_run_dir
 
     out = tmp_path / "run"
     cfg = load_config(None, tiny_overrides(out, synth_dir))
     with pytest.raises(RunDirError, match="exclude each other"):
-        prepare_run_dir(cfg, "train", resume=True, overwrite=True)
+        claim_run_dir(cfg, "train", resume=True, overwrite=True)
     with caplog.at_level(logging.WARNING, logger="detrdistill"):
-        assert prepare_run_dir(cfg, "train", resume=True) is False  # nothing to resume: a new run, said once
-    assert "no run in" in caplog.text and json.loads((out / "run.json").read_text()) == {"mode": "train"}
+        resume, replace, lock = claim_run_dir(cfg, "train", resume=True)
+    assert (resume, replace) == (False, False)  # nothing to resume: a new run, said once
+    assert "no run in" in caplog.text and not (out / "run.json").exists()  # the checks write nothing
+    commit_run_dir(cfg, "train", replace)
+    lock.release()
+    assert json.loads((out / "run.json").read_text()) == {"mode": "train"}
     (out / "metrics.jsonl").write_text('{"step": 1}\n')  # now it holds a train run
     with pytest.raises(RunDirError, match="holds a `train` run"):
-        prepare_run_dir(cfg, "distill", resume=True)
-    assert prepare_run_dir(cfg, "train", resume=True) is True
+        claim_run_dir(cfg, "distill", resume=True)
+    resume, replace, lock = claim_run_dir(cfg, "train", resume=True)
+    lock.release()
+    assert resume is True and replace is False
 
 
 def test_resume_check_reads_the_saved_config_through_todays_schema(tmp_path):
@@ -221,3 +256,58 @@ def test_resume_check_reads_the_saved_config_through_todays_schema(tmp_path):
                           [f"train.output_dir={tmp_path}", "model.d_model=32"])
     with pytest.raises(RunDirError, match="model.d_model"):
         check_resume(tmp_path, changed, "train")
+
+
+# ------------------------------------------------------------------------------------ inputs changed, NaN
+def test_resume_refuses_a_changed_teacher_or_training_data(teacher_dir, synth_dir, tmp_path, capsys):
+    teacher = tmp_path / "teacher"
+    shutil.copytree(teacher_dir, teacher)
+    data = tmp_path / "data"
+    shutil.copytree(synth_dir, data)
+    sets = [f"data.synth_dir={data}", "train.max_steps=4", "train.checkpoint_every_steps=2"]
+    out = tmp_path / "run"
+    args = ["distill", *_sets(tiny_overrides(out, synth_dir, *QUICK, *sets)), "--teacher", str(teacher)]
+    assert main(args) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    # the teacher folder replaced in place by another model (same path, so the config check passes)
+    other = tmp_path / "other"
+    assert _run("train", other, synth_dir, "model.d_model=64", "model.decoder_layers=3", "model.num_queries=15",
+                "train.seed=7") == 0
+    shutil.rmtree(teacher)
+    shutil.copytree(other / "model", teacher)
+    assert main([*args, "--resume"]) == 2
+    line = _one_line_error(capsys)
+    assert "the teacher (distill.teacher" in line and "changed since this checkpoint was written" in line
+    shutil.rmtree(teacher)
+    shutil.copytree(teacher_dir, teacher)  # back as it was: resumes
+    # the training listing edited in place (one box moved)
+    doc = json.loads((data / "train.json").read_text())
+    doc["annotations"][0]["bbox"][0] += 1
+    (data / "train.json").write_text(json.dumps(doc))
+    assert main([*args, "--resume"]) == 2
+    assert "the training data (data.train" in _one_line_error(capsys)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # refused before any write
+
+
+def test_non_finite_weights_are_never_checkpointed(synth_dir, tmp_path, capsys, monkeypatch):
+    from detrdistill.engine import trainer
+
+    real = trainer.build_optimizer
+
+    def diverging(task, cfg):  # after the second step one weight is NaN, while that step's loss was finite
+        opt, calls = real(task, cfg), {"n": 0}
+
+        def nan_after_second_step(optimizer, args, kwargs):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                with torch.no_grad():
+                    optimizer.param_groups[-1]["params"][0].fill_(float("nan"))
+        opt.register_step_post_hook(nan_after_second_step)
+        return opt
+    monkeypatch.setattr(trainer, "build_optimizer", diverging)
+    out = tmp_path / "run"
+    assert _run("train", out, synth_dir, "train.max_steps=4", "train.checkpoint_every_steps=1") == 2
+    line = _one_line_error(capsys)
+    assert "step 2:" in line and "NaN or inf" in line and "checkpoint not written" in line
+    assert "intact" not in line
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000001"]  # the finite one only

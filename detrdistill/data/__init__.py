@@ -11,7 +11,8 @@ from .synth import make_synthetic_coco
 from .transforms import (IMAGENET_MEAN, IMAGENET_STD, Compose, RandomHorizontalFlip, RandomResize,
                          RandomSizeCrop, ToTensorNormalize,
                          build_transforms, denormalize)
-from .validate import (KINDS, WARNING_KINDS, DatasetError, Defect, ValidationReport, apply_policy,
+from .policy import apply_policy
+from .validate import (KINDS, WARNING_KINDS, DatasetError, Defect, ValidationReport,
                        load_coco_json, validate_coco, validate_coco_dict)
 
 

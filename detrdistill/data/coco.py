@@ -29,13 +29,14 @@ from torch.utils.data import Dataset
 from .image_cache import ImageCache
 from .images import decode_rgb
 from .transforms import ToTensorNormalize
-from .validate import DatasetError, apply_policy, load_coco_json, validate_coco_dict
+from .policy import apply_policy
+from .validate import DatasetError, load_coco_json, validate_coco_dict
 
 log = logging.getLogger(__name__)
 
 
 def load_rgb(path: str | Path, allow_truncated: bool = False) -> Image.Image:
-    """Open any image file as 8-bit RGB (grayscale, palette, RGBA, CMYK, 16-bit all work).
+    """Open any image file as 8-bit RGB, EXIF orientation applied (:func:`~detrdistill.data.images.decode_rgb`).
 
     ``allow_truncated`` decodes a truncated file with the missing part filled in (PIL's
     ``LOAD_TRUNCATED_IMAGES``). Raises :class:`DatasetError` naming the file when it cannot be decoded.
@@ -55,7 +56,7 @@ class CocoDetection(Dataset):
     ann_file / image_dir: the COCO json and the folder its ``file_name`` entries are relative to
     transforms:   callable ``(PIL.Image, target) -> (FloatTensor[3,H,W], target)`` ending with
                   :class:`ToTensorNormalize`; None = no augmentation, just tensor + normalise
-    defects:      "repair" | "skip" | "error", see :func:`~detrdistill.data.validate.apply_policy`
+    defects:      "repair" | "skip" | "error", see :func:`~detrdistill.data.policy.apply_policy`
     check_images: decode every image file fully while validating (as ``__getitem__`` will), so a file
                   that cannot be read is dropped or refused here, before the first step (files that decoded
                   cleanly before and are unchanged are not decoded again: :mod:`.decode_cache`)

@@ -4,7 +4,9 @@ Dataset loading decodes every image (:func:`detrdistill.data.validate.decode_all
 is reported before training instead of failing a loader worker mid-run. On COCO (118k images) that is minutes at
 every start. The cache records, per image folder, each cleanly decoded file with its byte size and modification
 time; a file whose size and mtime are unchanged is not decoded again. Failures are never cached (they are
-re-checked every time), and a changed file is decoded again.
+re-checked every time), and a changed file is decoded again. The cache is keyed on the decoding rule
+(:data:`detrdistill.data.images.DECODE_RULE`, e.g. EXIF orientation applied): sizes recorded under another rule
+are never reused.
 
 Location: ``$DETRDISTILL_CACHE_DIR/decoded/<hash of the folder>.json``, default ``~/.cache/detrdistill``
 (``$XDG_CACHE_HOME/detrdistill`` when set). ``DETRDISTILL_DECODE_CACHE=0`` turns it off; ``detrdistill data
@@ -17,14 +19,18 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DecodeCache", "cache_root"]
 
-_VERSION = 1
+_VERSION = 2
+
+
+def _rule() -> str:
+    from .images import DECODE_RULE
+    return DECODE_RULE
 
 
 def cache_root() -> Path:
@@ -54,7 +60,8 @@ class DecodeCache:
         if file is not None and file.is_file():
             try:
                 data = json.loads(file.read_text())
-                if data.get("version") == _VERSION and data.get("folder") == str(folder):
+                if data.get("version") == _VERSION and data.get("folder") == str(folder) and \
+                        data.get("rule") == _rule():
                     self.entries = {k: v for k, v in data.get("files", {}).items()
                                     if isinstance(v, list) and len(v) == 4}
             except (OSError, ValueError, AttributeError) as e:
@@ -101,15 +108,11 @@ class DecodeCache:
         """Write the cache atomically when something was added (errors only logged)."""
         if not self.enabled or not self.added:
             return
-        tmp = None
+        from detrdistill.io_atomic import write_atomic
         try:
             self.file.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.file.parent, prefix=self.file.name, suffix=".tmp")
-            with os.fdopen(fd, "w") as f:
-                json.dump({"version": _VERSION, "folder": str(self.folder), "files": self.entries}, f)
-            os.replace(tmp, self.file)
+            write_atomic(self.file, json.dumps({"version": _VERSION, "rule": _rule(), "folder": str(self.folder),
+                                                "files": self.entries}))
             self.added = 0
-        except OSError as e:
+        except OSError as e:  # WriteFailedError included: the cache only ever saves time
             log.debug("decode cache %s not written (%s)", self.file, e)
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)

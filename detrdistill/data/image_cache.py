@@ -8,13 +8,17 @@ identical batches (and a resumed run stays bit-exact).
 
 The budget (``data.cache_images`` GiB) is per process holding a dataset: each DataLoader worker fills its own
 cache as it reads images (the training loader's workers live for the whole run). Images that do not fit in the
-budget are decoded from disk every time; nothing is evicted. 0 turns the cache off.
+budget are decoded from disk every time; nothing is evicted. 0 turns the cache off. Entries are keyed on the
+decoding rule (:data:`~detrdistill.data.images.DECODE_RULE`) as well as the caller's key, so pixels decoded by
+another rule are never handed out.
 """
 from __future__ import annotations
 
 from typing import Callable, Hashable
 
 from PIL import Image
+
+from .images import DECODE_RULE
 
 __all__ = ["ImageCache"]
 
@@ -42,6 +46,7 @@ class ImageCache:
         return img.width * img.height * len(img.getbands())
 
     def get(self, key: Hashable, load: Callable[[], Image.Image]) -> Image.Image:
+        key = (DECODE_RULE, key)
         img = self.images.get(key)
         if img is not None:
             self.hits += 1

@@ -1,7 +1,18 @@
 """Decoding image files exactly as training reads them, and classifying the ones that fail.
 
-:func:`decode_rgb` is the one function both training (:func:`detrdistill.data.coco.load_rgb`) and
-``data validate`` (:func:`check_image_file`) use, so validation cannot pass a file training cannot read.
+:func:`decode_rgb` is the one decoding rule (:data:`DECODE_RULE`) of training and evaluation
+(:func:`detrdistill.data.coco.load_rgb`), ``data validate`` (:func:`check_image_file`) and ``predict``, so
+validation cannot pass a file training cannot read, and every command sees the same pixels:
+
+* the EXIF orientation is applied (``PIL.ImageOps.exif_transpose``), as transformers' ``load_image`` (and so
+  the ``pipeline`` a deployed model runs in) and every image viewer do: a phone photo stored sideways with
+  orientation 6 is decoded upright, and its size is the displayed one (width and height swapped);
+* then 8-bit RGB: grayscale, palette, CMYK as PIL converts them; 16-bit and float images scaled to 0..255
+  (``load_image``'s plain ``convert("RGB")`` would clip them); transparent pixels composited on black
+  (``load_image`` keeps the colour stored under them).
+
+:func:`orient_box` maps a box drawn on the stored pixels into the displayed image (``data.defects=repair`` of an
+``orientation_mismatch``, see :mod:`detrdistill.data.validate`).
 
 Truncated files: a JPEG (or PNG) whose last bytes are missing passes PIL's header read and
 ``verify()`` but fails a full decode ("image file is truncated"). With PIL's
@@ -16,9 +27,12 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 
 _TOLERANCE_LOCK = threading.RLock()
+DECODE_RULE = "exif-transpose+rgb/2"  # part of every cache key of decoded images: change it with the rule
+ORIENTATION_TAG = 0x0112
+SWAPS_SIDES = frozenset({5, 6, 7, 8})  # orientations that display the image with width and height swapped
 
 
 @contextlib.contextmanager
@@ -46,13 +60,42 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def _decode_oriented(im: Image.Image) -> Image.Image:
+    """Load ``im`` fully and apply its EXIF orientation in place (what ``load_image`` does)."""
+    im.load()
+    ImageOps.exif_transpose(im, in_place=True)
+    return im
+
+
 def decode_rgb(path: str | Path, allow_truncated: bool = False) -> Image.Image:
-    """Fully decode ``path`` to 8-bit RGB (grayscale, palette, RGBA, CMYK, 16-bit all work). Raises
+    """Fully decode ``path`` by the one rule (module docstring): EXIF orientation applied, then 8-bit RGB. Raises
     whatever PIL raises; ``allow_truncated`` decodes a truncated file with the missing part filled in."""
     ctx = truncation_tolerated(True) if allow_truncated else contextlib.nullcontext()
     with ctx, Image.open(path) as im:
-        im.load()
-        return _to_rgb(im)
+        return _to_rgb(_decode_oriented(im))
+
+
+def exif_orientation(path: str | Path) -> int:
+    """The file's EXIF orientation (1..8; 1 when it has none or it cannot be read), from its header only."""
+    try:
+        with Image.open(path) as im:
+            value = im.getexif().get(ORIENTATION_TAG, 1)
+    except Exception:  # PIL raises many kinds on damaged files; those are reported by the decode itself
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def orient_box(box: list[float], stored_size: tuple[int, int], orientation: int) -> list[float]:
+    """A box ``[x, y, w, h]`` on the stored pixels (``stored_size`` = (W, H)) -> the same box on the image as
+    displayed under EXIF ``orientation`` (what :func:`decode_rgb` returns)."""
+    W, H = stored_size
+    x0, y0, w, h = box
+    x1, y1 = x0 + w, y0 + h
+    point = {1: lambda x, y: (x, y), 2: lambda x, y: (W - x, y), 3: lambda x, y: (W - x, H - y),
+             4: lambda x, y: (x, H - y), 5: lambda x, y: (y, x), 6: lambda x, y: (H - y, x),
+             7: lambda x, y: (H - y, W - x), 8: lambda x, y: (y, W - x)}[orientation]
+    (a, b), (c, d) = point(x0, y0), point(x1, y1)
+    return [min(a, c), min(b, d), abs(c - a), abs(d - b)]
 
 
 def _reason(e: Exception) -> str:
@@ -72,8 +115,7 @@ def check_image_file(path: Path) -> tuple[tuple[int, int] | None, str | None, st
         if path.stat().st_size == 0:
             return None, "empty_file", f"{path} is 0 bytes"
         with Image.open(path) as im:
-            size = im.size
-            im.load()
+            size = _decode_oriented(im).size  # the displayed size, as training decodes it
         return size, None, None
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
         return None, "undecoded", _reason(e)
@@ -84,8 +126,7 @@ def classify_failure(path: Path, reason: str) -> tuple[tuple[int, int] | None, s
     under PIL's truncation tolerance, else ``corrupt_image``."""
     try:
         with truncation_tolerated(True), Image.open(path) as im:
-            size = im.size
-            im.load()
+            size = _decode_oriented(im).size
         return size, "truncated_image", f"{path} is truncated ({reason}); it decodes only with the missing part " \
                                         "filled in"
     except Exception:

@@ -2,7 +2,7 @@
 
     report = validate_coco("bccd/train.json", "bccd/images")
     print(report.format())                      # one line per defect
-    clean, changes = apply_policy(load_coco_json(path), report, "repair")
+    clean, changes = apply_policy(load_coco_json(path), report, "repair")   # detrdistill.data.policy
 
 Structural problems (file missing, not JSON, a required field absent) raise :class:`DatasetError`
 with one line naming the file and the field. Everything else is collected as a :class:`Defect`.
@@ -17,7 +17,10 @@ empty_file         image        the image file is 0 bytes
 truncated_image    image        the file ends early: it decodes only with PIL's truncation tolerance
                                 (``LOAD_TRUNCATED_IMAGES``, the missing part filled in)
 corrupt_image      image        PIL cannot decode the file, even with truncation tolerance
-size_mismatch      image        json width/height differ from the file's
+size_mismatch      image        json width/height differ from the file's displayed size (after its EXIF orientation)
+orientation_mismatch image      json width/height are the file's stored size, but its EXIF orientation displays it
+                                with width and height swapped (as training, evaluation and transformers'
+                                ``load_image`` decode it): its boxes were likely drawn on the stored pixels
 duplicate_id       any          an image / annotation / category id used more than once
 empty_image        image        no annotation refers to the image (warning only)
 unknown_image      annotation   ``image_id`` is not among the images
@@ -29,14 +32,14 @@ empty_dataset      image        the json lists no images (warning only)
 =================  ===========  ==========================================================
 
 Every image file is decoded fully, exactly as training decodes it
-(:func:`detrdistill.data.images.decode_rgb`), so whatever passes here cannot fail in a loader worker.
+(:func:`detrdistill.data.images.decode_rgb`: EXIF orientation applied), so whatever passes here cannot fail
+in a loader worker and sizes are compared with the image as displayed.
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -47,13 +50,13 @@ from concurrent.futures import ThreadPoolExecutor
 from detrdistill.errors import DetrDistillError
 
 from .decode_cache import DecodeCache
-from .images import check_image_file, classify_failure, truncation_tolerated
+from .images import SWAPS_SIDES, check_image_file, classify_failure, exif_orientation, truncation_tolerated
 
-KINDS = ("missing_image", "empty_file", "truncated_image", "corrupt_image", "size_mismatch", "zero_area_box",
+KINDS = ("missing_image", "empty_file", "truncated_image", "corrupt_image", "size_mismatch", "orientation_mismatch",
+         "zero_area_box",
          "out_of_image_box", "invalid_box", "unknown_category", "unknown_image", "empty_image", "duplicate_id",
          "empty_dataset")
 WARNING_KINDS = frozenset({"empty_image", "empty_dataset"})
-POLICIES = ("repair", "skip", "error")
 _REQUIRED = {"images": ("id", "file_name", "width", "height"),
              "annotations": ("id", "image_id", "category_id", "bbox"),
              "categories": ("id", "name")}
@@ -101,13 +104,15 @@ class Defect:
 
 @dataclass
 class ValidationReport:
-    """Every defect of one json, plus the image sizes read from the files (``file_sizes``: id -> (w, h))."""
+    """Every defect of one json, plus the image sizes read from the files (``file_sizes``: id -> displayed (w, h))
+    and the EXIF orientation of images with an ``orientation_mismatch`` (``orientations``: id -> 5..8)."""
     file: str
     image_dir: str
     num_images: int = 0
     num_annotations: int = 0
     defects: list[Defect] = field(default_factory=list)
     file_sizes: dict[Any, tuple[int, int]] = field(default_factory=dict)
+    orientations: dict[Any, int] = field(default_factory=dict)
 
     @property
     def errors(self) -> list[Defect]:
@@ -268,8 +273,17 @@ def _check_images(data: dict, file: str, image_dir: Path, check_images: bool, pr
             add(Defect(kind, file, iid, None, why, name, "image", i))
         rep.file_sizes[iid] = size
         if tuple(size) != (im["width"], im["height"]):
+            orientation = exif_orientation(image_dir / name) if (size[1], size[0]) == (im["width"], im["height"]) \
+                else 1
+            if orientation in SWAPS_SIDES:  # boxes stay checked against the stored pixels they were drawn on
+                rep.orientations[iid] = orientation
+                add(Defect("orientation_mismatch", file, iid, None, f"json says {im['width']}x{im['height']}, the "
+                           f"stored pixels' size, but EXIF orientation {orientation} displays the file as "
+                           f"{size[0]}x{size[1]} (as training and transformers' load_image decode it); its boxes "
+                           "were likely drawn on the stored pixels", name, "image", i))
+                continue
             add(Defect("size_mismatch", file, iid, None, f"json says {im['width']}x{im['height']}, "
-                       f"file is {size[0]}x{size[1]}", name, "image", i))
+                       f"file is {size[0]}x{size[1]} as displayed (EXIF orientation applied)", name, "image", i))
             sizes[iid] = size  # boxes are checked against the real pixels
     return images, sizes
 
@@ -352,139 +366,3 @@ def validate_coco(ann_file: str | Path, image_dir: str | Path, check_images: boo
     Raises :class:`DatasetError` for structural problems.
     """
     return validate_coco_dict(load_coco_json(ann_file), str(ann_file), image_dir, check_images, progress)
-
-
-# -------------------------------------------------------------------------------------- policies
-# repair keeps a truncated image (it is decoded with PIL's truncation tolerance: most of the picture and
-# all its annotations survive, like a clipped box); skip drops it, like every other defective entry.
-_DROP_IMAGE = {"repair": {"missing_image", "empty_file", "corrupt_image"},
-               "skip": {"missing_image", "empty_file", "corrupt_image", "truncated_image", "size_mismatch"}}
-_DROP_ANN = {"repair": {"zero_area_box", "invalid_box", "unknown_category", "unknown_image"},
-             "skip": {"zero_area_box", "invalid_box", "unknown_category", "unknown_image",
-                      "out_of_image_box", "duplicate_id"}}
-
-
-def _error_message(report: ValidationReport, limit: int = 3) -> str:
-    """One line: counts, the first ``limit`` defects, and what to do."""
-    errs = report.errors
-    counts = ", ".join(f"{k}={v}" for k, v in report.counts().items() if k not in WARNING_KINDS)
-    first = "; ".join(d.format().removeprefix(f"{report.file}: ") for d in errs[:limit])
-    more = f"; ... and {len(errs) - limit} more" if len(errs) > limit else ""
-    return (f"{report.file}: {len(errs)} dataset defect(s) ({counts}): {first}{more}. Run `detrdistill data "
-            f"validate {report.file} --images {report.image_dir}` to list them all, fix the data, or set "
-            "data.defects=repair (clip boxes, drop bad annotations and unreadable images) or data.defects=skip "
-            "(drop them).")
-
-
-def _by_entry(report: ValidationReport) -> dict[str, dict[int, list[Defect]]]:
-    by_entry: dict[str, dict[int, list[Defect]]] = defaultdict(lambda: defaultdict(list))
-    for d in report.errors:
-        by_entry[d.entry][d.index].append(d)
-    return by_entry
-
-
-def _clean_categories(coco: dict, defects: dict, changes: list[str]) -> list[dict]:
-    cats = []
-    for i, c in enumerate(coco["categories"]):
-        if defects.get(i):
-            changes.append(defects[i][0].format() + " -> dropped the later entry")
-            continue
-        cats.append(copy.deepcopy(c))
-    return cats
-
-
-def _clean_images(coco: dict, defects: dict, report: ValidationReport, policy: str,
-                  changes: list[str]) -> tuple[list[dict], set]:
-    """(kept images, ids of dropped images)."""
-    images, dropped_ids = [], set()
-    for i, im in enumerate(coco["images"]):
-        ds = defects.get(i, [])
-        kinds = {d.kind for d in ds}
-        if "duplicate_id" in kinds:
-            changes.append(ds[0].format() + " -> dropped the later entry")
-            continue
-        if kinds & _DROP_IMAGE[policy]:
-            dropped_ids.add(im["id"])
-            d = next(d for d in ds if d.kind in _DROP_IMAGE[policy])
-            changes.append(d.format() + " -> dropped the image and its annotations")
-            continue
-        im = copy.deepcopy(im)
-        if "truncated_image" in kinds:  # repair only
-            changes.append(next(d for d in ds if d.kind == "truncated_image").format()
-                           + " -> kept, decoded with truncation tolerance")
-        if "size_mismatch" in kinds:
-            im["width"], im["height"] = report.file_sizes[im["id"]]
-            changes.append(next(d for d in ds if d.kind == "size_mismatch").format() + " -> using the file's size")
-        images.append(im)
-    return images, dropped_ids
-
-
-def _clip_box(a: dict, d: Defect, size: tuple, changes: list[str]) -> bool:
-    """Clip ``a['bbox']`` to the image in place; False when nothing is left inside."""
-    W, H = size
-    x, y, w, h = a["bbox"]
-    x0, y0 = min(max(x, 0), W), min(max(y, 0), H)
-    x1, y1 = min(max(x + w, 0), W), min(max(y + h, 0), H)
-    if x1 <= x0 or y1 <= y0:
-        changes.append(d.format() + " -> dropped (nothing left inside the image)")
-        return False
-    a["bbox"] = [x0, y0, x1 - x0, y1 - y0]
-    a["area"] = (x1 - x0) * (y1 - y0)
-    changes.append(d.format() + f" -> clipped to {a['bbox']}")
-    return True
-
-
-def _clean_annotations(coco: dict, defects: dict, sizes: dict, dropped_ids: set, policy: str,
-                       changes: list[str]) -> list[dict]:
-    anns: list[dict] = []
-    next_id = max((a["id"] for a in coco["annotations"] if isinstance(a["id"], int)), default=0) + 1
-    for i, a in enumerate(coco["annotations"]):
-        ds = defects.get(i, [])
-        kinds = {d.kind for d in ds}
-        if a["image_id"] in dropped_ids:
-            continue  # already reported with the image
-        drop = kinds & _DROP_ANN[policy]
-        if drop:
-            changes.append(next(d for d in ds if d.kind in drop).format() + " -> dropped the annotation")
-            continue
-        a = copy.deepcopy(a)
-        if "duplicate_id" in kinds:  # repair only
-            a["id"], next_id = next_id, next_id + 1
-            changes.append(next(d for d in ds if d.kind == "duplicate_id").format() + f" -> new id {a['id']}")
-        if "out_of_image_box" in kinds:  # repair only
-            d = next(d for d in ds if d.kind == "out_of_image_box")
-            if not _clip_box(a, d, sizes[a["image_id"]], changes):
-                continue
-        anns.append(a)
-    return anns
-
-
-def apply_policy(coco: dict, report: ValidationReport, policy: str) -> tuple[dict, list[str]]:
-    """Clean a COCO dict according to ``policy``; returns ``(new_dict, changes)`` (input untouched).
-
-    repair: clip out-of-image boxes to the image (dropping any that end up empty), drop zero-area /
-            invalid / unknown-category / unknown-image annotations, drop missing, empty (0-byte) or
-            undecodable images and their annotations, keep truncated images (decoded with PIL's
-            truncation tolerance, counted in the warning), take the file's size on a size mismatch,
-            give duplicate annotation ids fresh ids, drop later duplicates of image / category ids.
-    skip:   drop every annotation with a defect, and images that are missing, empty, truncated,
-            undecodable or whose size disagrees with the file (their boxes cannot be trusted), with
-            their annotations.
-    error:  raise :class:`DatasetError` (one line: counts, the first defects, what to do) unless there are none.
-    ``changes`` holds one line per change made, in the :meth:`Defect.format` style.
-    """
-    if policy not in POLICIES:
-        raise DatasetError(f"data.defects: unknown policy {policy!r}; use one of {', '.join(POLICIES)}")
-    if policy == "error":
-        if report.errors:
-            raise DatasetError(_error_message(report))
-        return copy.deepcopy(coco), []
-    by_entry = _by_entry(report)
-    changes: list[str] = []
-    cats = _clean_categories(coco, by_entry["category"], changes)
-    images, dropped_ids = _clean_images(coco, by_entry["image"], report, policy, changes)
-    sizes = {im["id"]: (im["width"], im["height"]) for im in images}
-    anns = _clean_annotations(coco, by_entry["annotation"], sizes, dropped_ids, policy, changes)
-    out = {k: copy.deepcopy(v) for k, v in coco.items() if k not in ("images", "annotations", "categories")}
-    out.update(images=images, annotations=anns, categories=cats)
-    return out, changes

@@ -16,10 +16,15 @@ log = logging.getLogger("detrdistill")
 
 def run_evaluation(cfg: Config, model_dir: str | Path, split: str = "val", output_dir: str | Path | None = None) -> dict:
     """Load ``model_dir`` (a transformers directory, or an exported ``.onnx`` file run by onnxruntime), evaluate on
-    ``cfg.data.<split>``, write eval.json. An ONNX model is evaluated at the resize its metadata records."""
-    from detrdistill.data import build_dataset, collate_fn
-    from detrdistill.engine.setup import build_datasets, make_accelerator
+    ``cfg.data.<split>``, write eval.json. An ONNX model is evaluated at the resize its metadata records.
+
+    The eval folder is claimed first (:func:`detrdistill.output_folder.claim_output`): locked for the whole
+    evaluation, and ``eval.json`` may not equal, contain or lie inside the model or the split's data; a
+    read-only folder fails before evaluating."""
+    from detrdistill.engine.run_dir import data_inputs
+    from detrdistill.engine.setup import make_accelerator
     from detrdistill.export.onnx_runtime import is_onnx_file
+    from detrdistill.output_folder import NO_LOCK, claim_output
 
     onnx = None
     if is_onnx_file(model_dir):
@@ -28,9 +33,18 @@ def run_evaluation(cfg: Config, model_dir: str | Path, split: str = "val", outpu
         cfg = with_onnx_preprocessing(cfg, onnx.info, model_dir)
     accelerator = make_accelerator(cfg)
     out = Path(output_dir or cfg.train.output_dir)
-    if accelerator.is_main_process:  # reliability (issue 10): a read-only --eval-dir fails before evaluating
-        from detrdistill.engine.run_dir import probe_writable
-        probe_writable(out)
+    lock = NO_LOCK
+    if accelerator.is_main_process:
+        lock = claim_output(out, [("model", model_dir), *data_inputs(cfg.data, (split,))], "--eval-dir",
+                            written=out / "eval.json")
+    with lock:
+        return _evaluate_into(cfg, model_dir, onnx, split, out, accelerator)
+
+
+def _evaluate_into(cfg: Config, model_dir: str | Path, onnx, split: str, out: Path, accelerator) -> dict:
+    from detrdistill.data import build_dataset, collate_fn
+    from detrdistill.engine.setup import build_datasets
+
     if split == "val":
         _, ds = build_datasets(cfg, accelerator, need_train=False)
     else:

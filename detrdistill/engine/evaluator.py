@@ -112,8 +112,7 @@ def evaluate(adapter, loader, dataset, accelerator, progress: bool = True, desc:
 
 
 def write_eval_json(path: str | Path, stats: dict[str, float], extra: dict | None = None) -> None:
-    path = Path(path)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({**{k: stats[k] for k in STAT_KEYS}, **per_class_from_stats(stats), **(extra or {})},
-                              indent=1))
-    tmp.replace(path)
+    """``eval.json``: the 12 COCO stats, the per-class APs and ``extra``, written atomically."""
+    from detrdistill.io_atomic import write_atomic
+    write_atomic(path, json.dumps({**{k: stats[k] for k in STAT_KEYS}, **per_class_from_stats(stats), **(extra or {})},
+                                  indent=1))

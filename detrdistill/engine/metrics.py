@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from detrdistill.errors import DetrDistillError
+from detrdistill.io_atomic import write_atomic, write_guard
 
 log = logging.getLogger("detrdistill")
 
@@ -53,17 +54,17 @@ class MetricsLog:
         if not (self.enabled and self.path.is_file()):
             return
         keep = [r for r in _parse_lines(self.path, repair_last=True) if r.get("step", 0) <= step]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-        tmp.replace(self.path)
+        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in keep))
 
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        with self.path.open("a") as f:
-            f.write(json.dumps(clean) + "\n")
-            f.flush()
+        line = json.dumps(clean) + "\n"
+        with write_guard(self.path.parent, self.path.name, need=len(line)):  # a torn line is dropped on --resume
+            with self.path.open("a") as f:
+                f.write(line)
+                f.flush()
         if self.on_write is not None:
             self.on_write(record)
 

@@ -1,7 +1,9 @@
 """Output folders that protect finished work.
 
-A run folder (``train.output_dir``) holds one run. :func:`prepare_run_dir` is called before a run
-writes anything and decides what happens to a folder that already holds one:
+A run folder (``train.output_dir``) holds one run. :func:`claim_run_dir` is called before a run
+writes anything: it takes the folder's lock (:mod:`detrdistill.output_folder`: one process at a time, never
+a folder holding or inside one of the run's inputs, :func:`run_inputs`) and decides what happens to a folder
+that already holds a run:
 
 =====================  ==========================================================================
 flags                  folder holds another run
@@ -24,9 +26,11 @@ optimizer, distillation, seed, batch size) would mix two different runs in one f
 (train / distill) is kept in ``run.json``; resuming in the other mode is refused too.
 
 It also probes, before training, that the folder, ``checkpoints/`` and ``model/`` can be written
-(:func:`probe_writable`), so a read-only folder fails at start-up, not after training, and refuses
-a run whose output folder contains one of its own inputs (``inputs``, e.g. a model it reads: it would
-be overwritten).
+(:func:`probe_writable`), so a read-only folder fails at start-up, not after training.
+
+Nothing is deleted or written by the checks: :func:`commit_run_dir` (``--overwrite``'s deletion, ``run.json``,
+``config.yaml``) runs only once the data, the model and the teacher have loaded and a resumed checkpoint
+has been accepted, so every refusal (data policy, teacher, changed inputs) leaves the folder as it was.
 """
 from __future__ import annotations
 
@@ -39,6 +43,8 @@ from pathlib import Path
 import yaml
 
 from detrdistill.errors import DetrDistillError
+from detrdistill.io_atomic import write_atomic
+from detrdistill.output_folder import NO_LOCK, FolderLock, OutputFolderError, check_inputs_apart, claim_output
 
 log = logging.getLogger("detrdistill")
 
@@ -50,7 +56,7 @@ RESUME_MAY_CHANGE = frozenset({
 })
 
 
-class RunDirError(DetrDistillError):
+class RunDirError(OutputFolderError):
     """The output folder cannot be used as asked (holds another run, config changed, not writable)."""
 
 
@@ -110,14 +116,25 @@ def check_resume(out: Path, cfg, mode: str) -> None:
                               "use another --output-dir")
 
 
-def _check_inputs_outside(out: Path, inputs: tuple[tuple[str, str], ...]) -> None:
-    """``inputs``: (what, local path) pairs the run reads; none may lie inside its output folder."""
-    o = out.resolve()
-    for what, path in inputs:
-        t = Path(path).resolve()
-        if t == o or o in t.parents:
-            raise RunDirError(f"{out}: the {what} {path} lies inside this output folder and would be overwritten "
-                              "by this run; give it another --output-dir")
+def data_inputs(data, splits: tuple[str, ...] = ("train", "val", "test")) -> list[tuple[str, str]]:
+    """(what, path) of the annotation files and image folders of ``data``'s splits (``cfg.data``)."""
+    out = []
+    for name in splits:
+        split = getattr(data, name, None)
+        if split is not None:
+            out += [(f"data.{name}.ann_file", split.ann_file), (f"data.{name}.image_dir", split.image_dir)]
+    return out
+
+
+def run_inputs(cfg, mode: str) -> list[tuple[str, str]]:
+    """(what, path) of everything a ``mode`` run reads: its datasets (a synthetic set it generates itself is
+    not an input), ``model.pretrained``, ``model.backbone.pretrained`` and the teacher."""
+    from detrdistill.engine.tasks import task_inputs
+
+    inputs = data_inputs(cfg.data)
+    inputs += [(k, v) for k, v in (("model.pretrained", cfg.model.pretrained),
+                                   ("model.backbone.pretrained", cfg.model.backbone.pretrained)) if v]
+    return inputs + list(task_inputs(cfg, mode))
 
 
 def probe_writable(folder: Path, create: bool = True) -> None:
@@ -150,47 +167,72 @@ def _remove_run(out: Path) -> list[str]:
     return removed
 
 
-def prepare_run_dir(cfg, mode: str, resume: bool = False, overwrite: bool = False, main: bool = True,
-                    inputs: tuple[tuple[str, str], ...] = ()) -> bool:
-    """Make ``cfg.train.output_dir`` ready for a ``mode`` run ('train' | 'distill'); see the module docstring.
+def claim_run_dir(cfg, mode: str, resume: bool = False, overwrite: bool = False, main: bool = True,
+                  inputs: list[tuple[str, str]] | None = None) -> tuple[bool, bool, FolderLock]:
+    """Every check of ``cfg.train.output_dir`` for a ``mode`` run ('train' | 'distill'), before anything is
+    deleted or written; see the module docstring. Only the main process (``main``) locks the folder.
 
-    ``inputs``: (what, path) of local files/folders the run reads (the task's :func:`task_inputs`).
-    Returns True when an existing run is to be continued. Only the main process writes (``main``)."""
+    ``inputs``: (what, path) the run reads (default :func:`run_inputs`). Returns ``(resume, replace, lock)``:
+    whether an existing run is to be continued, whether one is to be replaced (``--overwrite``; done by
+    :func:`commit_run_dir`), and the folder's lock (release it when the run ends)."""
     out = Path(cfg.train.output_dir)
     if resume and overwrite:
         raise RunDirError("--resume and --overwrite exclude each other: continue the run, or replace it")
     if out.exists() and not out.is_dir():
         raise RunDirError(f"{out}: exists and is not a folder; choose another --output-dir")
-    _check_inputs_outside(out, inputs)
-    existing = out.is_dir() and holds_run(out)
-    if existing and not (resume or overwrite):
-        raise RunDirError(f"{out}: holds another run; pass --resume to continue it, --overwrite to replace it, "
-                          "or choose another --output-dir")
-    if existing and resume:
-        check_resume(out, cfg, mode)
+    inputs = run_inputs(cfg, mode) if inputs is None else inputs
+    if main:
+        lock = claim_output(out, inputs, "--output-dir")
+    else:  # every process refuses alike; the main one holds the lock
+        check_inputs_apart(out, inputs, "--output-dir")
+        lock = NO_LOCK
+    try:
+        existing = out.is_dir() and holds_run(out)
+        if existing and not (resume or overwrite):
+            raise RunDirError(f"{out}: holds another run; pass --resume to continue it, --overwrite to replace it, "
+                              "or choose another --output-dir")
+        if existing and resume:
+            check_resume(out, cfg, mode)
+        if main:
+            probe_writable(out)
+            if not (existing and overwrite):  # --overwrite deletes them first
+                for sub in ("checkpoints", "model"):
+                    probe_writable(out / sub, create=False)
+    except BaseException:
+        lock.release()
+        raise
     if resume and not existing:
         log.warning("--resume: no run in %s yet; starting a new one", out)
-    if main:
-        probe_writable(out)
-        if existing and overwrite:
-            log.warning("--overwrite: replaced the previous run in %s (deleted %s)", out, ", ".join(_remove_run(out)))
+    return existing and resume, existing and overwrite, lock
+
+
+def commit_run_dir(cfg, mode: str, replace: bool = False, main: bool = True) -> None:
+    """The run's first writes, after every check: ``replace`` (``--overwrite`` of an existing run) deletes
+    the previous run's files (said in one warning line), then ``run.json`` (the mode) and ``config.yaml``."""
+    if not main:
+        return
+    from detrdistill.config import save_config
+
+    out = Path(cfg.train.output_dir)
+    if replace:
+        log.warning("--overwrite: replaced the previous run in %s (deleted %s)", out, ", ".join(_remove_run(out)))
         for sub in ("checkpoints", "model"):
             probe_writable(out / sub, create=False)
-        (out / "run.json").write_text(json.dumps({"mode": mode}) + "\n")
-    return existing and resume
+    write_atomic(out / "run.json", json.dumps({"mode": mode}) + "\n")
+    save_config(cfg, out / "config.yaml")
 
 
-def export_atomically(export, path: str | Path) -> None:
+def export_atomically(export, path: str | Path, need: int | None = None) -> None:
     """Call ``export(tmp)`` into ``<path>.tmp``, then swap it in for ``path``: a crash mid-export never
-    leaves a half-written model directory (at worst none, which ``--resume`` exports again)."""
+    leaves a half-written model directory (at worst none, which ``--resume`` exports again). A failed write
+    (whatever the library raised) removes ``<path>.tmp`` and is one line; ``need``: bytes it writes, roughly."""
+    from detrdistill.io_atomic import write_guard
+
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with write_guard(path.parent, f"{path.name}/", need=need, cleanup=[tmp]):
         export(tmp)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     os.replace(tmp, path)

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import torch
 
-from detrdistill.config import Config, SplitConfig, save_config
+from detrdistill.config import Config, SplitConfig
 from detrdistill.errors import ConfigError
 
 log = logging.getLogger("detrdistill")
 
-__all__ = ["make_accelerator", "prepare_output_dir", "build_datasets"]
+__all__ = ["make_accelerator", "claim_output_dir", "commit_output_dir", "build_datasets"]
 
 
 def make_accelerator(cfg: Config):
@@ -29,23 +29,25 @@ def make_accelerator(cfg: Config):
     return Accelerator(cpu=cpu, mixed_precision=mp, kwargs_handlers=[ddp], **tracker_kwargs(cfg))
 
 
-def prepare_output_dir(cfg: Config, accelerator, mode: str = "train", resume: bool = False,
-                       overwrite: bool = False) -> tuple[Path, bool]:
-    """Check, then create ``cfg.train.output_dir`` and write the run's ``config.yaml`` (main process only).
+def claim_output_dir(cfg: Config, accelerator, mode: str = "train", resume: bool = False,
+                     overwrite: bool = False):
+    """Check ``cfg.train.output_dir`` and take its lock (main process), writing nothing yet.
 
-    A folder holding another run needs ``resume`` (its config must match) or ``overwrite``; every refusal
-    happens before anything is written (:func:`detrdistill.engine.run_dir.prepare_run_dir`). Returns the
-    folder and whether there is a run to resume."""
-    from detrdistill.engine.run_dir import prepare_run_dir
-    from detrdistill.engine.tasks import task_inputs
+    A folder holding another run needs ``resume`` (its config must match) or ``overwrite``; a folder another
+    process uses, or that holds or lies inside one of the run's inputs, is refused
+    (:func:`detrdistill.engine.run_dir.claim_run_dir`). Returns ``(folder, resume, replace, lock)``."""
+    from detrdistill.engine.run_dir import claim_run_dir
 
-    out_dir = Path(cfg.train.output_dir)
-    resume = prepare_run_dir(cfg, mode, resume, overwrite, accelerator.is_main_process,
-                             inputs=task_inputs(cfg, mode))
-    if accelerator.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "config.yaml")
-    return out_dir, resume
+    resume, replace, lock = claim_run_dir(cfg, mode, resume, overwrite, accelerator.is_main_process)
+    return Path(cfg.train.output_dir), resume, replace, lock
+
+
+def commit_output_dir(cfg: Config, accelerator, mode: str, replace: bool) -> None:
+    """The run's first writes, once everything has loaded: ``--overwrite``'s deletion, ``run.json``,
+    ``config.yaml`` (main process; :func:`detrdistill.engine.run_dir.commit_run_dir`)."""
+    from detrdistill.engine.run_dir import commit_run_dir
+
+    commit_run_dir(cfg, mode, replace, accelerator.is_main_process)
 
 
 def build_datasets(cfg: Config, accelerator, need_train: bool = True):

@@ -29,7 +29,7 @@ from detrdistill.engine.evaluator import evaluate, write_eval_json
 from detrdistill.engine.loading import eval_loader, train_loader
 from detrdistill.engine.metrics import MetricsLog
 from detrdistill.engine.optim import build_optimizer, build_scheduler
-from detrdistill.engine.setup import build_datasets, make_accelerator, prepare_output_dir  # noqa: F401 (re-exported)
+from detrdistill.engine.setup import build_datasets, claim_output_dir, commit_output_dir, make_accelerator
 from detrdistill.engine.tasks import build_task, move_targets
 from detrdistill.engine.interrupt import TrainingInterrupted
 from detrdistill.engine.run_dir import export_atomically
@@ -99,6 +99,8 @@ class Run:
     clock: tuple[float, float] = (0.0, 0.0)  # (monotonic start, elapsed_s at start)
     plan_t0: float | None = None
     category_ids: list[int] | None = None  # the dataset's category id of each label, recorded in the exported model
+    lock: Any = None       # the output folder's lock (detrdistill.output_folder), released when the run ends
+    identity: dict = field(default_factory=dict)  # what the run trains on (engine/run_identity.py), in checkpoints
 
     @property
     def world(self) -> int:
@@ -109,7 +111,7 @@ class Run:
         save_checkpoint(self.out_dir, self.task, self.optimizer, self.scheduler,
                         {**st, "epoch": st["step"] // self.steps_per_epoch}, rank=self.accelerator.process_index,
                         world_size=self.world, keep=self.cfg.train.keep_checkpoints,
-                        barrier=self.accelerator.wait_for_everyone)
+                        barrier=self.accelerator.wait_for_everyone, identity=self.identity)
 
     def export(self, path: Path) -> None:
         """Publish the deployable model (weights, config and image processor together, atomically) at ``path``."""
@@ -119,7 +121,8 @@ class Run:
             if self.category_ids is not None:  # predict / ONNX write the dataset's category ids
                 write_category_ids(tmp, self.category_ids)
 
-        export_atomically(write, path)  # never half written, never without its processor
+        need = sum(t.numel() * t.element_size() for t in self.task.student.state_dict().values())
+        export_atomically(write, path, need)  # never half written, never without its processor
 
     def evaluate(self, tag: str) -> dict | None:
         if self.val_load is None:
@@ -131,11 +134,11 @@ class Run:
         return stats
 
 
-def _resume_state(run_dir: Path, task, optimizer, scheduler, accelerator, resume: bool) -> dict:
+def _resume_state(run_dir: Path, task, optimizer, scheduler, accelerator, resume: bool, identity: dict) -> dict:
     state = {"step": 0, "elapsed_s": 0.0, "stopped_early": False}
     if resume:
         ckpt, loaded = load_latest_intact(run_dir, task, optimizer, scheduler, rank=accelerator.process_index,
-                                          world_size=accelerator.num_processes)
+                                          world_size=accelerator.num_processes, identity=identity)
         if ckpt is None:
             log.warning("--resume: no checkpoint in %s; starting from scratch", run_dir / "checkpoints")
         else:
@@ -145,13 +148,24 @@ def _resume_state(run_dir: Path, task, optimizer, scheduler, accelerator, resume
 
 
 def setup_run(cfg: Config, mode: str = "train", resume: bool = False, overwrite: bool = False) -> Run:
-    """Output folder (refused before any write when it holds another run and neither ``resume`` nor
-    ``overwrite`` is given), data, task, optimizer and schedule; restores the last checkpoint with ``resume``."""
+    """Output folder (checked and locked first; refused before any write when it holds another run and neither
+    ``resume`` nor ``overwrite`` is given), data, task, optimizer and schedule; restores the last checkpoint
+    with ``resume``; only then the run's first writes (``--overwrite``'s deletion, run.json, config.yaml)."""
+    accelerator = make_accelerator(cfg)
+    out_dir, resume, replace, lock = claim_output_dir(cfg, accelerator, mode, resume, overwrite)
+    try:
+        return _setup_claimed(cfg, mode, accelerator, out_dir, resume, replace, lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _setup_claimed(cfg: Config, mode: str, accelerator, out_dir: Path, resume: bool, replace: bool, lock) -> Run:
     from accelerate.utils import set_seed
 
-    accelerator = make_accelerator(cfg)
+    from detrdistill.engine.run_identity import run_identity
+
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
-    out_dir, resume = prepare_output_dir(cfg, accelerator, mode, resume, overwrite)
     set_seed(cfg.train.seed)
     train_ds, val_ds = build_datasets(cfg, accelerator)
     task = build_task(cfg, train_ds.id2label, mode)
@@ -162,9 +176,11 @@ def setup_run(cfg: Config, mode: str = "train", resume: bool = False, overwrite:
     scheduler = build_scheduler(optimizer, lambda: plan["total"], cfg.optim)
     val_load = eval_loader(val_ds, collate_fn, cfg.train.batch_size, rank, world,
                            cfg.data.num_workers) if val_ds is not None else None
+    identity = run_identity(cfg, mode, train_ds)
+    state = _resume_state(out_dir, task, optimizer, scheduler, accelerator, resume, identity)
+    commit_output_dir(cfg, accelerator, mode, replace)  # every check passed: the run's first writes
     from detrdistill.engine.tracking import start_trackers  # train.report_to, beside metrics.jsonl
     metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=main, on_write=start_trackers(cfg, accelerator, mode))
-    state = _resume_state(out_dir, task, optimizer, scheduler, accelerator, resume)
     if state["step"] > 0:
         plan["total"] = state.get("planned_total", total)
         metrics.truncate_after(state["step"])
@@ -178,7 +194,8 @@ def setup_run(cfg: Config, mode: str = "train", resume: bool = False, overwrite:
                model=model, optimizer=optimizer, scheduler=scheduler,
                batches=iter(loader),  # endless: one iterator (and one set of workers) for the whole run
                val_ds=val_ds, val_load=val_load, metrics=metrics, state=state, plan=plan,
-               steps_per_epoch=steps_per_epoch, budget_s=budget_s, category_ids=dataset_category_ids(train_ds))
+               steps_per_epoch=steps_per_epoch, budget_s=budget_s, category_ids=dataset_category_ids(train_ds),
+               lock=lock, identity=identity)
 
 
 def dataset_category_ids(dataset) -> list[int] | None:
@@ -194,9 +211,9 @@ def train_step(run: Run, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Ten
     pm = batch["pixel_mask"].to(acc.device, non_blocking=True)
     targets = move_targets(batch["labels"], acc.device)
     loss, loss_dict = run.model(pv, pm, targets)
-    if not torch.isfinite(loss):
-        raise NonFiniteLossError(f"step {state['step'] + 1}: loss is {loss.item()}; lower optim.lr or "
-                                 "raise optim.warmup_steps (last checkpoint is intact for --resume)")
+    if not torch.isfinite(loss):  # a --resume would repeat it exactly: a new start with other settings is needed
+        raise NonFiniteLossError(f"step {state['step'] + 1}: loss is {loss.item()} (training diverged); lower "
+                                 "optim.lr or raise optim.warmup_steps and start over with --overwrite")
     acc.backward(loss)
     if cfg.optim.grad_clip > 0:
         acc.clip_grad_norm_(run.model.parameters(), cfg.optim.grad_clip)
@@ -284,9 +301,16 @@ def run_training(cfg: Config, mode: str = "train", resume: bool = False, overwri
 
     A folder holding another run needs ``resume`` or ``overwrite`` (see :mod:`detrdistill.engine.run_dir`);
     a run stopped by SIGINT/SIGTERM saves, then raises :class:`TrainingInterrupted`."""
+    run = setup_run(cfg, mode, resume, overwrite)
+    try:
+        return _train(run, cfg, mode)
+    finally:
+        run.lock.release()  # the output folder is free again (the OS frees it too if this process dies)
+
+
+def _train(run: Run, cfg: Config, mode: str) -> dict:
     from detrdistill.progress import progress_bar
 
-    run = setup_run(cfg, mode, resume, overwrite)
     run.old_handlers = _install_stop_handler(run.stop)
     run.clock = (time.monotonic(), run.state["elapsed_s"])
     run.bar = progress_bar(total=run.plan["total"], initial=run.state["step"], desc=f"{mode} {run.out_dir.name}",

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from detrdistill.config import Config
@@ -94,8 +93,5 @@ def render_model_card(cfg: Config, model_dir: str | Path, stats: dict | None, mo
 
 def write_model_card(cfg: Config, model_dir: str | Path, stats: dict | None, mode: str) -> Path:
     """Write ``<model_dir>/README.md`` atomically; returns its path."""
-    path = Path(model_dir) / "README.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(render_model_card(cfg, model_dir, stats, mode))
-    os.replace(tmp, path)
-    return path
+    from detrdistill.io_atomic import write_atomic
+    return write_atomic(Path(model_dir) / "README.md", render_model_card(cfg, model_dir, stats, mode))

@@ -32,14 +32,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from detrdistill.errors import DetrDistillError
-from detrdistill.export.onnx_metadata import OnnxModelInfo, preprocessing_metadata, write_metadata
+from detrdistill.export.onnx_metadata import OnnxModelInfo, preprocessing_metadata, with_metadata
 
 log = logging.getLogger("detrdistill")
 
@@ -206,25 +205,27 @@ def export_onnx(model: nn.Module, out: str | Path, height: int = 320, width: int
     axes["pixel_mask"].update({1: "height", 2: "width"})
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
+    import io
     import warnings
+
+    from detrdistill.io_atomic import write_atomic
+
+    graph = io.BytesIO()  # traced in memory: only the write below can fail for want of disk
     try:
         with float32_reference_points(model), traced_spatial_shapes(model), torch.no_grad(), \
                 warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
             torch.onnx.export(DetectorForExport(model, "pixel_mask" in inputs), tuple(inputs[n] for n in names),
-                              str(tmp), dynamo=False, opset_version=opset, input_names=names,
+                              graph, dynamo=False, opset_version=opset, input_names=names,
                               output_names=["logits", "pred_boxes"],
                               dynamic_axes={k: v for k, v in axes.items()
                                             if k in names or k in ("logits", "pred_boxes")})
-        write_metadata(tmp, model_info(model, names, processor))
+        content = with_metadata(graph.getvalue(), model_info(model, names, processor))
     except Exception as e:  # the exporter's messages run to thousands of lines: its first one, and why
-        tmp.unlink(missing_ok=True)
         if isinstance(e, OnnxExportError):
             raise
         raise OnnxExportError(f"the {spec.name} model cannot be exported to ONNX ({_first_line(e)})") from e
-    os.replace(tmp, out)
-    return out
+    return write_atomic(out, content)
 
 
 def onnx_session(path: str | Path, threads: int | None = None):
@@ -271,6 +272,8 @@ def export_model_dir(model_dir: str | Path, out: str | Path, height: int = 320, 
         import onnx  # noqa: F401  (the TorchScript exporter needs it)
     except ImportError:
         raise OnnxExportError("onnx is not installed; pip install 'detrdistill[onnx]'") from None
+    from detrdistill.output_folder import claim_output
+
     model = load_detector(model_dir).eval()
     if processor is None:
         from detrdistill.predict import PredictError, load_image_processor
@@ -279,7 +282,8 @@ def export_model_dir(model_dir: str | Path, out: str | Path, height: int = 320, 
             processor = load_image_processor(model_dir, family_of(model))
         except PredictError as e:
             log.warning("%s; the ONNX metadata will have no pre-processing (predict refuses such a file)", e)
-    path = export_onnx(model, out, height, width, opset, processor=processor)
+    with claim_output(Path(out).parent, [("model", model_dir)], "--out", written=out):
+        path = export_onnx(model, out, height, width, opset, processor=processor)
     diff = None
     if check:
         inputs = example_inputs(model, 2, height + spec_of(model).size_multiple, width, seed=1)

@@ -38,7 +38,7 @@ from detrdistill.errors import DetrDistillError
 FORMAT = "detrdistill-detector/1"
 PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
-__all__ = ["FORMAT", "OnnxModelInfo", "OnnxMetadataError", "preprocessing_metadata", "write_metadata",
+__all__ = ["FORMAT", "OnnxModelInfo", "OnnxMetadataError", "preprocessing_metadata", "with_metadata",
            "read_metadata"]
 
 
@@ -112,14 +112,14 @@ def preprocessing_metadata(processor_config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def write_metadata(path: str | Path, info: OnnxModelInfo) -> None:
-    """Replace the ``metadata_props`` of the ONNX file at ``path`` with ``info`` (in place)."""
+def with_metadata(graph: bytes, info: OnnxModelInfo) -> bytes:
+    """The serialised ONNX model ``graph`` with its ``metadata_props`` replaced by ``info``."""
     import onnx
 
-    model = onnx.load(str(path))
+    model = onnx.load_from_string(graph)
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, info.to_props())
-    onnx.save(model, str(path))
+    return model.SerializeToString()
 
 
 def read_metadata(session_or_path, where: str | None = None) -> OnnxModelInfo:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import pickle
 from typing import NamedTuple
 
 from torch import nn
@@ -157,8 +158,9 @@ def _load_pretrained(name: str | os.PathLike, id2label: dict[int, str] | None = 
         raise ModelError(f"{source.name} holds a {family!r} model but model.family is {expect_family!r}; "
                          f"set model.family={family}")
     spec = family_spec(family)
-    try:
-        model = spec.resolve_model_class().from_pretrained(source.load_arg, **source.load_kwargs, **spec.load_kwargs)
+    try:  # never code shipped with the model (auto_map): the family's own transformers class
+        model = spec.resolve_model_class().from_pretrained(source.load_arg, **source.load_kwargs, **spec.load_kwargs,
+                                                           trust_remote_code=False)
     except OSError as e:  # hub weights missing from the cache (offline) or not downloadable
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PathNotFoundError(f"{what}: cannot load the weights of {source.name!r} ({first[:200]})") from None
@@ -167,6 +169,8 @@ def _load_pretrained(name: str | os.PathLike, id2label: dict[int, str] | None = 
         raise ModelError(f"{what}: {source.name!r} needs a package that is not installed ({first[:160]}); "
                          "checkpoints with a timm backbone need timm, or use one with a transformers backbone "
                          "(e.g. PekingU/rtdetr_r50vd)") from None
+    except (RuntimeError, ValueError, TypeError, KeyError, EOFError, pickle.UnpicklingError) as e:
+        raise ModelError(f"{what}: {source.name}: {weights_failure(e)}; copy or export the model again") from None
     if id2label is None:
         return model
     want = _normalise_labels(id2label)
@@ -180,6 +184,18 @@ def _load_pretrained(name: str | os.PathLike, id2label: dict[int, str] | None = 
     details = ", ".join(f"{k}: checkpoint {have.get(k)!r} vs dataset {want.get(k)!r}" for k in diff)
     raise ModelError(f"{source.name}: label map mismatch ({len(have)} classes in the checkpoint, {len(want)} in the "
                      f"dataset; first differences: {details})")
+
+
+def weights_failure(e: BaseException) -> str:
+    """One line for a weights file transformers could not load (shapes that do not fit config.json, a pickled
+    ``pytorch_model.bin`` that ``torch.load(weights_only=True)`` refuses, a damaged file)."""
+    text = str(e)
+    if "mismatched" in text or "size mismatch" in text:
+        return "its weights do not fit its config.json (other tensor shapes)"
+    if isinstance(e, pickle.UnpicklingError) or "weights_only" in text or "Weights only" in text:
+        return "its pytorch_model.bin holds pickled objects other than tensors, which are never loaded (unsafe)"
+    first = (text.strip().splitlines() or [type(e).__name__])[0]
+    return f"its weights cannot be loaded ({type(e).__name__}: {first[:160]})"
 
 
 def load_detector(path: str | os.PathLike, id2label: dict[int, str] | None = None,

@@ -13,6 +13,7 @@ plain timm ResNets are the same network, and their weights are renamed (:mod:`.t
 from __future__ import annotations
 
 import logging
+import pickle
 
 from torch import nn
 
@@ -74,11 +75,14 @@ def load_backbone_weights(backbone: nn.Module, source: ModelSource) -> None:
 def _transformers_resnet(source: ModelSource) -> nn.Module:
     from transformers import ResNetBackbone  # not AutoBackbone: it asks the hub whether the repo exists
 
-    try:
-        return ResNetBackbone.from_pretrained(source.load_arg, **source.load_kwargs)
+    try:  # never code shipped with the model (auto_map)
+        return ResNetBackbone.from_pretrained(source.load_arg, **source.load_kwargs, trust_remote_code=False)
     except OSError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"model.backbone.pretrained: cannot load {source.name!r} ({first[:200]})") from None
+    except (RuntimeError, ValueError, TypeError, KeyError, EOFError, pickle.UnpicklingError) as e:
+        from .build import weights_failure
+        raise ModelError(f"model.backbone.pretrained: {source.name}: {weights_failure(e)}") from None
 
 
 def _timm_weights(source: ModelSource) -> dict:
