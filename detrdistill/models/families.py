@@ -12,7 +12,9 @@ under :mod:`detrdistill.models.adapters` (every module there is discovered on fi
 * ``after_build``: fix-ups applied to a from-scratch model (e.g. RT-DETR's BatchNorm init);
 * ``load_kwargs``: config overrides applied when a checkpoint of the family is loaded;
 * ``capabilities``: what the family offers, for documentation and checks (see :data:`CAPABILITIES`);
-* ``image_processor``: the transformers image processor class written into exported model folders.
+* ``image_processor``: the transformers image processor class written into exported model folders;
+* ``input_sides``: the padded batch sizes a model of the family accepts (:class:`InputSides`, from its transformers
+  config), when that is something else than sides that are multiples of 32 (what the data pipeline pads to).
 
 ``model.family`` in a config, :func:`detrdistill.models.build.build_model`, :func:`family_of` and the adapter
 dispatch all read this registry; adding a family is one new adapter module plus its tests.
@@ -31,7 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ..config import ModelConfig
 
-__all__ = ["FamilySpec", "CAPABILITIES", "register_family", "unregister_family", "family_spec", "family_names",
+__all__ = ["FamilySpec", "InputSides", "CAPABILITIES", "register_family", "unregister_family", "family_spec", "family_names",
            "family_of", "all_specs"]
 
 # capability vocabulary, read by the layers above (export, processor, ONNX) instead of family names:
@@ -40,6 +42,23 @@ __all__ = ["FamilySpec", "CAPABILITIES", "register_family", "unregister_family",
 # pixel mask: an ONNX graph takes one as input), "square_padding" (the model ignores padding and needs sides that
 # are multiples of 32: its processor pads every image to one fixed square)
 CAPABILITIES = frozenset({"query_table", "multi_scale", "two_stage", "box_refine", "pixel_mask", "square_padding"})
+
+
+@dataclass(frozen=True)
+class InputSides:
+    """The padded ``[H, W]`` a model accepts: both sides multiples of ``multiple``, and ``H == W`` when ``square``.
+
+    E.g. a ViT backbone with windowed attention needs ``patch_size * windows per side``; RF-DETR's window partition
+    is only spatially correct on a square token grid (transformers' ``window_partition``).
+    """
+    multiple: int = 32
+    square: bool = False
+
+    def accepts(self, height: int, width: int) -> bool:
+        return height % self.multiple == 0 and width % self.multiple == 0 and (height == width or not self.square)
+
+    def describe(self) -> str:
+        return f"{'square, ' if self.square else ''}sides multiples of {self.multiple}"
 
 
 @dataclass(frozen=True)
@@ -55,6 +74,8 @@ class FamilySpec:
     capabilities: frozenset[str] = frozenset()
     # transformers image processor whose post-processing matches ours for this family (see detrdistill.export)
     image_processor: str = "DeformableDetrImageProcessor"
+    # padded input sizes a model of the family accepts, from its transformers config; None = multiples of 32
+    input_sides: Callable[[Any], InputSides] | None = None
 
     def __post_init__(self) -> None:
         if not self.model_types:
@@ -62,6 +83,10 @@ class FamilySpec:
         unknown = set(self.capabilities) - CAPABILITIES
         if unknown:
             raise ValueError(f"family {self.name!r}: unknown capabilities {sorted(unknown)}; known {sorted(CAPABILITIES)}")
+
+    def sides(self, config: Any) -> InputSides:
+        """The padded input sizes a model of this family with transformers ``config`` accepts."""
+        return self.input_sides(config) if self.input_sides is not None else InputSides()
 
     def resolve_config_class(self) -> type:
         return _resolve(self.config_class)
