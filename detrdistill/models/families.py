@@ -39,8 +39,9 @@ __all__ = ["FamilySpec", "InputSides", "CAPABILITIES", "register_family", "unreg
 # capability vocabulary, read by the layers above (export, processor, ONNX) instead of family names:
 # "query_table" (a learned query table with the default config), "multi_scale" (several feature levels),
 # "two_stage" / "box_refine" (the config switches of the same name are honoured), "pixel_mask" (the model reads a
-# pixel mask: an ONNX graph takes one as input), "square_padding" (the model ignores padding and needs sides that
-# are multiples of 32: its processor pads every image to one fixed square)
+# pixel mask: an ONNX graph takes one as input), "square_padding" (the model needs padded sides that are multiples
+# of 32 -- RT-DETR, which ignores padding -- or of ``input_sides``, e.g. a windowed ViT: its processor pads every
+# image to one fixed square)
 CAPABILITIES = frozenset({"query_table", "multi_scale", "two_stage", "box_refine", "pixel_mask", "square_padding"})
 
 
