@@ -11,7 +11,7 @@ from __future__ import annotations
 
 __all__ = ["DetrDistillError", "ConfigError", "ModelError", "UnsupportedFamilyError", "NoQueryTableError",
            "IncompatibleQueriesError", "IncompatibleModelsError", "UnsupportedSettingError", "PathNotFoundError",
-           "CheckpointError", "TransformersAPIError", "NonFiniteLossError"]
+           "CheckpointError", "TransformersAPIError", "NonFiniteLossError", "InputSizeError"]
 
 
 class DetrDistillError(Exception):
@@ -35,6 +35,10 @@ class NoQueryTableError(ModelError, NotImplementedError):
 
     Use ``DetectorOutput.queries`` of a forward instead. Catchable as NotImplementedError or ValueError.
     """
+
+
+class InputSizeError(ModelError):
+    """A batch whose padded size the model cannot take (e.g. a windowed ViT backbone's side multiple)."""
 
 
 class IncompatibleQueriesError(ModelError):

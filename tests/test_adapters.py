@@ -31,6 +31,11 @@ NQ = 30
 STAGES = 2
 H, W = 96, 64            # padded batch size (multiples of 32: RT-DETR's FPN needs it)
 SMALL = (64, 48)         # real size of image 1 (bottom / right padding)
+# where a case differs: its padded batch (H, W), the stride of a single-level family's one level (32 = C5 otherwise)
+# and where ``backbone.freeze: stem`` applies (a ResNet's ``embedder`` otherwise)
+CANVAS = {"rf_detr": (128, 96)}  # one stride-16 level: 8 x 6 tokens for the 30 top-k queries (96 x 64 gives 24)
+STRIDE = {"rf_detr": 16}
+STEM = {"lw_detr": "embeddings.", "rf_detr": "embeddings."}  # ViT backbones: patch / position embeddings
 
 # name -> (family, extra ModelConfig fields)
 CASES = {
@@ -44,6 +49,8 @@ CASES = {
     "rt_detr": ("rt_detr", {}),
     "rt_detr_v2": ("rt_detr_v2", {}),
     "adamixer": ("adamixer", {"hf_overrides": {"in_points": 4, "out_points": 8, "n_groups": 4}}),
+    "lw_detr": ("lw_detr", {"num_feature_levels": 2, "hf_overrides": {"group_detr": 3}}),
+    "rf_detr": ("rf_detr", {"hf_overrides": {"group_detr": 3}}),
 }
 
 
@@ -88,10 +95,17 @@ def _break_symmetry(model: nn.Module) -> None:
             p.add_(torch.randn_like(p) * 0.2)
 
 
-def batch(seed: int = 0):
+def canvas(name: str | None = None) -> tuple[int, int]:
+    """The padded batch size of case ``name`` (H, W unless it needs another)."""
+    return CANVAS.get(name, (H, W))
+
+
+def batch(seed: int = 0, name: str | None = None):
+    """Two images padded to ``canvas(name)``: image 0 fills it, image 1 is SMALL (padding right and bottom)."""
     g = torch.Generator().manual_seed(seed)
-    pix = torch.randn(2, 3, H, W, generator=g)
-    mask = torch.ones(2, H, W, dtype=torch.long)
+    h, w = canvas(name)
+    pix = torch.randn(2, 3, h, w, generator=g)
+    mask = torch.ones(2, h, w, dtype=torch.long)
     mask[1, SMALL[0]:] = 0
     mask[1, :, SMALL[1]:] = 0
     pix = pix * mask[:, None]
@@ -128,7 +142,7 @@ def test_every_family_has_an_adapter():
 @pytest.mark.parametrize("name", case_params())
 def test_output_shapes(name):
     a = make_adapter(name).eval()
-    pix, mask, _ = batch()
+    pix, mask, _ = batch(name=name)
     with torch.no_grad():
         out = a(pix, mask)
     C = NUM_CLASSES + (1 if a.class_activation == "softmax" else 0)
@@ -153,9 +167,10 @@ def test_output_shapes(name):
             assert fi.shape[2] <= prev, "levels go from fine to coarse"
         prev = fi.shape[2]
     assert not out.feature_masks[0][1].all(), "image 1's padding is visible at the finest level"
-    # the finest level's stride matches the image (stride 32 for single-level families)
+    # the finest level's stride matches the image (stride 32 for single-level families unless STRIDE says)
     if M == 1:
-        assert out.encoder_inputs[0].shape[2:] == (H // 32, W // 32)
+        stride, (h, w) = STRIDE.get(name, 32), canvas(name)
+        assert out.encoder_inputs[0].shape[2:] == (h // stride, w // stride)
     q = out.queries
     assert isinstance(q, QueryGroup) and q.num_queries == NQ
     for t in (q.content, q.position, q.reference):
@@ -169,7 +184,7 @@ def test_output_shapes(name):
 @pytest.mark.parametrize("name", case_params())
 def test_last_stage_equals_model_outputs(name):
     a = make_adapter(name).eval()
-    pix, mask, _ = batch()
+    pix, mask, _ = batch(name=name)
     with torch.no_grad():
         out = a(pix, mask)
         hf = a.model(pixel_values=pix, pixel_mask=mask)
@@ -187,7 +202,7 @@ def test_intermediate_stages_equal_transformers_aux_outputs(name):
     the adapter must follow whatever the model does, including the own-query extra group.
     """
     a = make_adapter(name).eval()
-    pix, mask, targets = batch()
+    pix, mask, targets = batch(name=name)
     if name in ("detr", "conditional_detr"):  # auxiliary_loss=False (as built): stage 0 = layernorm(layer-0 output)
         with torch.no_grad():
             out = a(pix, mask)
@@ -212,7 +227,7 @@ def test_intermediate_stages_equal_transformers_aux_outputs(name):
 @pytest.mark.parametrize("name", case_params())
 def test_own_queries_reproduce_every_stage(name):
     a = make_adapter(name).eval()
-    pix, mask, _ = batch()
+    pix, mask, _ = batch(name=name)
     with torch.no_grad():
         out = a(pix, mask)
         g = a.decode_group(out, own_queries(a, out))
@@ -220,7 +235,7 @@ def test_own_queries_reproduce_every_stage(name):
     torch.testing.assert_close(g.logits, out.logits, atol=1e-5, rtol=0)
     torch.testing.assert_close(g.boxes, out.boxes, atol=1e-5, rtol=0)
     torch.testing.assert_close(g.embeddings, out.embeddings, atol=1e-5, rtol=0)
-    if name == "deformable_detr_two_stage" or name.startswith("rt_detr"):
+    if name == "deformable_detr_two_stage" or name.startswith(("rt_detr", "lw_detr", "rf_detr")):
         assert not a.has_query_table
         with pytest.raises(NotImplementedError):
             a.query_table()
@@ -234,7 +249,7 @@ def test_own_queries_reproduce_every_stage(name):
 def test_small_group_and_broadcast(name):
     """7 queries of a 30-query model; a batch-1 group equals the same queries given per image."""
     a = make_adapter(name).eval()
-    pix, mask, _ = batch()
+    pix, mask, _ = batch(name=name)
     with torch.no_grad():
         out = a(pix, mask)
         q = own_queries(a, out)
@@ -258,7 +273,7 @@ def test_teacher_group_through_projection_gradients(name):
     teacher = make_adapter(name, d_model=64, seed=1).eval()
     teacher.requires_grad_(False)
     student = make_adapter(name, d_model=32, seed=2).train()
-    pix, mask, _ = batch()
+    pix, mask, _ = batch(name=name)
     t_out = teacher(pix, mask)  # no no_grad(): the frozen teacher must not leak gradients by itself
     t_group = own_queries(teacher, t_out)
     proj = build_query_projection(teacher, student)
@@ -275,7 +290,8 @@ def test_teacher_group_through_projection_gradients(name):
     assert nonzero_grad(p for n, p in named.items() if "class" in n), "class head got no gradient"
     assert nonzero_grad(p for n, p in named.items() if "bbox" in n), "box head got no gradient"
     table = [p for n, p in named.items()
-             if any(k in n for k in ("query_position_embeddings", "query_refpoint_embeddings", "query_table"))]
+             if any(k in n for k in ("query_position_embeddings", "query_refpoint_embeddings", "query_table",
+                                     "query_feat", "reference_point_embed"))]
     assert not nonzero_grad(table), "the extra group attended to the student's own queries"
     assert all(p.grad is None for p in teacher.parameters()), "teacher parameters received gradients"
     if any(True for _ in proj.parameters()):
@@ -377,7 +393,7 @@ def test_criterion_assignments_match_transformers(name):
     a = make_adapter(name).train()  # train mode with targets: no extra (e.g. denoising) queries may appear
     softmax = a.class_activation == "softmax"
     crit = SetCriterion(a.num_classes, class_loss="ce" if softmax else "focal")
-    pix, mask, targets = batch()
+    pix, mask, targets = batch(name=name)
     out = a(pix, mask, targets=targets, criterion=crit)
     assert out.logits.shape[2] == NQ
     assert out.loss is not None and out.loss.dim() == 0 and torch.isfinite(out.loss)
@@ -416,7 +432,7 @@ def test_backbone_trainable_and_pretrained_roundtrip(name, tmp_path):
     a = make_adapter(name).eval()
     bb = backbone_module(a.model)
     assert all(p.requires_grad for p in bb.parameters()), "backbone must be trainable after build (freeze=none)"
-    pix, mask, _ = batch()
+    pix, mask, _ = batch(name=name)
     with torch.no_grad():
         ref = a(pix, mask)
     a.save_pretrained(tmp_path)
@@ -426,8 +442,9 @@ def test_backbone_trainable_and_pretrained_roundtrip(name, tmp_path):
                                                                         depths=[1, 1, 1, 1], freeze="stem")})
     loaded = get_adapter(build_model(cfg, ID2LABEL)).eval()
     lbb = backbone_module(loaded.model)
+    stem = STEM.get(name, "embedder.")
     for n, p in lbb.named_parameters():
-        assert p.requires_grad == (not n.startswith("embedder.")), n
+        assert p.requires_grad == (not n.startswith(stem)), n
     assert any(not p.requires_grad for p in lbb.parameters())
     with torch.no_grad():
         out = loaded(pix, mask)

@@ -39,7 +39,7 @@ def _criterion(adapter, recipe: str = "family"):
 def test_family_loss_equals_transformers_own_loss(name):
     adapter = make_adapter(name)
     adapter.train()
-    pix, mask, targets = batch()
+    pix, mask, targets = batch(name=name)
     crit = _criterion(adapter)
     assert isinstance(crit, FamilyLoss)
     torch.manual_seed(123)
@@ -64,7 +64,7 @@ def test_matching_queries_of_the_training_forward_decode_alone(name):
     """The matching queries never attend to the denoising ones, so decoding them alone reproduces them."""
     adapter = make_adapter(name)
     adapter.train()
-    pix, mask, targets = batch()
+    pix, mask, targets = batch(name=name)
     with torch.no_grad():
         out = adapter(pix, mask, targets=targets, criterion=_criterion(adapter))
         g = adapter.decode_group(out, own_queries(adapter, out))
@@ -83,7 +83,7 @@ def test_families_without_a_recipe_keep_the_set_criterion(name):
 def test_set_recipe_trains_the_matching_queries_with_the_set_criterion(name):
     adapter = make_adapter(name)
     adapter.train()
-    pix, mask, targets = batch()
+    pix, mask, targets = batch(name=name)
     crit = _criterion(adapter, "set")
     assert type(crit) is SetCriterion
     loss, parts = DetectionTask(adapter, crit)(pix, mask, targets)

@@ -37,6 +37,7 @@ from detrdistill.errors import NonFiniteLossError
 from detrdistill.export.category_ids import write_category_ids
 from detrdistill.export.model_card import write_model_card
 from detrdistill.export.processor import save_image_processor
+from detrdistill.models.families import family_spec
 
 log = logging.getLogger("detrdistill")
 
@@ -117,7 +118,10 @@ class Run:
         """Publish the deployable model (weights, config and image processor together, atomically) at ``path``."""
         def write(tmp: Path) -> None:
             self.task.export(tmp)
-            save_image_processor(tmp, self.cfg.model.family, self.cfg.data.eval_size, self.cfg.data.max_size)
+            student = self.task.student.model
+            multiple = family_spec(self.cfg.model.family).sides(student.config).multiple
+            save_image_processor(tmp, self.cfg.model.family, self.cfg.data.eval_size, self.cfg.data.max_size,
+                                 multiple)
             if self.category_ids is not None:  # predict / ONNX write the dataset's category ids
                 write_category_ids(tmp, self.category_ids)
 

@@ -191,7 +191,7 @@ def export_onnx(model: nn.Module, out: str | Path, height: int = 320, width: int
     spec = spec_of(model)  # refuses unsupported models
     if spec.onnx_unsupported:
         raise OnnxExportError(f"the {spec.name} family cannot be exported to ONNX: {spec.onnx_unsupported}")
-    m = spec.size_multiple
+    m = spec.sides(model.config).multiple
     if height % m or width % m:
         raise OnnxExportError(f"export size {height}x{width}: both sides must be multiples of {m} ({spec.name})")
     model = model.eval()
@@ -286,6 +286,6 @@ def export_model_dir(model_dir: str | Path, out: str | Path, height: int = 320, 
         path = export_onnx(model, out, height, width, opset, processor=processor)
     diff = None
     if check:
-        inputs = example_inputs(model, 2, height + spec_of(model).size_multiple, width, seed=1)
+        inputs = example_inputs(model, 2, height + spec_of(model).sides(model.config).multiple, width, seed=1)
         diff = max_abs_difference(model, onnx_session(path), inputs)
     return {"path": path, "max_abs_diff": diff, "inputs": list(example_inputs(model, 1, 32, 32))}

@@ -53,11 +53,13 @@ def _processor_class(name: str) -> type:
     return cls
 
 
-def image_processor_settings(family: str, eval_size: int, max_size: int) -> dict:
+def image_processor_settings(family: str, eval_size: int, max_size: int, multiple: int | None = None) -> dict:
     """The ``preprocessor_config.json`` settings that resize/normalise like the eval transforms (the keyword
     arguments of :func:`build_image_processor`; also the student's own view when a teacher's is compared to it).
 
-    eval_size: short side (``data.eval_size``); max_size: longest side cap (``data.max_size``).
+    eval_size: short side (``data.eval_size``); max_size: longest side cap (``data.max_size``); multiple: the padded
+    sides' multiple of the model at hand (``FamilySpec.sides(config).multiple``; default the family's
+    ``size_multiple``).
     """
     kwargs = dict(size={"shortest_edge": int(eval_size), "longest_edge": int(max_size)},
                   do_resize=True, resample=2,  # PIL bilinear, as transforms.resize
@@ -67,7 +69,7 @@ def image_processor_settings(family: str, eval_size: int, max_size: int) -> dict
 
     spec = family_spec(family)
     if "square_padding" in spec.capabilities:
-        side = square_pad_side(eval_size, max_size, spec.size_multiple)
+        side = square_pad_side(eval_size, max_size, multiple or spec.size_multiple)
         kwargs["pad_size"] = {"height": side, "width": side}
     return {**kwargs, **spec.image_processor_kwargs}
 
@@ -77,9 +79,10 @@ def square_pad_side(eval_size: int, max_size: int, multiple: int) -> int:
     return -(-max(int(eval_size), int(max_size)) // multiple) * multiple
 
 
-def build_image_processor(family: str, eval_size: int, max_size: int):
+def build_image_processor(family: str, eval_size: int, max_size: int, multiple: int | None = None):
     """The transformers processor for ``family`` with :func:`image_processor_settings`."""
-    return _processor_class(processor_class_name(family))(**image_processor_settings(family, eval_size, max_size))
+    return _processor_class(processor_class_name(family))(**image_processor_settings(family, eval_size, max_size,
+                                                                                     multiple))
 
 
 def processor_from_dict(config: dict):
@@ -93,6 +96,6 @@ def processor_from_dict(config: dict):
     return cls.from_dict({k: v for k, v in config.items() if k != "image_processor_type"})
 
 
-def save_image_processor(model_dir, family: str, eval_size: int, max_size: int) -> None:
+def save_image_processor(model_dir, family: str, eval_size: int, max_size: int, multiple: int | None = None) -> None:
     """Write ``preprocessor_config.json`` into ``model_dir`` (transformers layout)."""
-    build_image_processor(family, eval_size, max_size).save_pretrained(str(model_dir))
+    build_image_processor(family, eval_size, max_size, multiple).save_pretrained(str(model_dir))

@@ -30,7 +30,8 @@ from .families import all_specs, family_names, family_of, family_spec
 log = logging.getLogger("detrdistill")
 
 __all__ = ["supported_families", "build_model", "load_detector", "apply_backbone_freeze", "count_parameters",
-           "ParamCount", "backbone_module", "hf_config_class", "hf_model_class", "family_of_model_type"]
+           "ParamCount", "backbone_module", "stem_parameters", "hf_config_class", "hf_model_class",
+           "family_of_model_type"]
 
 
 class ParamCount(NamedTuple):
@@ -95,7 +96,7 @@ def _build_from_scratch(model_cfg: ModelConfig, id2label: dict[int, str]) -> Pre
     for key in model_cfg.hf_overrides:
         if key not in valid:
             raise ConfigError(f"model.hf_overrides: unknown key {key!r} for {config_cls.__name__}")
-    kwargs.update(model_cfg.hf_overrides)
+    kwargs.update(_merge_subconfig_overrides(kwargs, model_cfg.hf_overrides))
     kwargs.update(id2label=id2label, label2id={v: k for k, v in id2label.items()})
     model = model_cls(config_cls(**kwargs))
     if spec.after_build is not None:
@@ -120,6 +121,17 @@ def _check_switches(model_cfg: ModelConfig, capabilities: frozenset[str]) -> Non
 
 def _families_with(capability: str) -> list[str]:
     return [s.name for s in all_specs() if capability in s.capabilities] or ["none"]
+
+
+def _merge_subconfig_overrides(kwargs: dict, overrides: dict) -> dict:
+    """``hf_overrides`` where a dict given for a key the family maps to a dict (a sub-config's keyword arguments,
+    e.g. the ViT ``backbone_config`` of LW-DETR / RF-DETR) is merged into it: ``{"backbone_config": {"num_windows":
+    1}}`` changes one key of the derived backbone. Anything else replaces the family's value as is."""
+    merged = dict(overrides)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(kwargs.get(key), dict):
+            merged[key] = {**kwargs[key], **value}
+    return merged
 
 
 def _normalise_labels(id2label: dict) -> dict[int, str]:
@@ -224,8 +236,9 @@ def backbone_module(model: nn.Module) -> nn.Module:
 def apply_backbone_freeze(model: nn.Module, freeze: str) -> None:
     """Unfreeze the whole backbone (undoing transformers' freeze bug), then freeze per policy.
 
-    ``"none"``: everything trainable; ``"stem"``: the ResNet embedder (first conv) fixed; ``"all"``: whole backbone
-    fixed. BatchNorm layers are transformers' FrozenBatchNorm2d in every family (buffers, never trained).
+    ``"none"``: everything trainable; ``"stem"``: the ResNet embedder (first conv) or a ViT's patch / position
+    embeddings fixed (:data:`STEM_PREFIXES`); ``"all"``: whole backbone fixed. The ResNets' BatchNorm layers are
+    transformers' FrozenBatchNorm2d in every family (buffers, never trained); ViT backbones use LayerNorm.
     """
     if freeze not in ("none", "stem", "all"):
         raise ConfigError(f"model.backbone.freeze must be 'none', 'stem' or 'all', got {freeze!r}")
@@ -236,11 +249,26 @@ def apply_backbone_freeze(model: nn.Module, freeze: str) -> None:
         for p in bb.parameters():
             p.requires_grad_(False)
     elif freeze == "stem":
-        stem = [p for n, p in bb.named_parameters() if n.startswith("embedder.")]
+        stem = stem_parameters(bb)
         if not stem:
-            raise ModelError(f"{type(bb).__name__} has no 'embedder' (stem) parameters to freeze")
+            raise ModelError(f"{type(bb).__name__} has no stem ({' / '.join(STEM_PREFIXES)}) parameters to freeze")
         for p in stem:
             p.requires_grad_(False)
+
+
+#: where a backbone's stem lives: a ResNet's ``embedder`` (first conv), a ViT's ``embeddings`` (patch projection,
+#: position embeddings, class / mask tokens); the first prefix the backbone has is its stem
+STEM_PREFIXES = ("embedder.", "embeddings.")
+
+
+def stem_parameters(backbone: nn.Module) -> list[nn.Parameter]:
+    """The parameters ``backbone.freeze: stem`` fixes (see :data:`STEM_PREFIXES`); empty when there is no stem."""
+    named = list(backbone.named_parameters())
+    for prefix in STEM_PREFIXES:
+        stem = [p for n, p in named if n.startswith(prefix)]
+        if stem:
+            return stem
+    return []
 
 
 def count_parameters(model: nn.Module) -> ParamCount:

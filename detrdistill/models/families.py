@@ -22,6 +22,8 @@ under :mod:`detrdistill.models.adapters` (every module there is discovered on fi
 * ``onnx_unsupported``: why the family cannot be exported to ONNX (``detrdistill export`` refuses it in one line);
 * :attr:`FamilySpec.postprocessing`: how final logits become detections (from the adapter's
   ``class_activation``), written into ONNX metadata and used by ``predict`` / ``eval``.
+* ``input_sides``: the padded batch sizes a model of the family accepts (:class:`InputSides`, from its transformers
+  config), when that is something else than sides that are multiples of ``size_multiple``.
 
 ``model.family`` in a config, :func:`detrdistill.models.build.build_model`, :func:`family_of` and the adapter
 dispatch all read this registry; adding a family is one new adapter module plus its tests.
@@ -40,7 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ..config import ModelConfig
 
-__all__ = ["FamilySpec", "Postprocessing", "CAPABILITIES", "DETECTIONS_PER_IMAGE", "register_family",
+__all__ = ["FamilySpec", "Postprocessing", "InputSides", "CAPABILITIES", "DETECTIONS_PER_IMAGE", "register_family",
            "unregister_family", "family_spec", "family_names",
            "family_of", "all_specs"]
 
@@ -51,7 +53,8 @@ __all__ = ["FamilySpec", "Postprocessing", "CAPABILITIES", "DETECTIONS_PER_IMAGE
 #     (build_model warns that a family without the capability ignores them);
 # "pixel_mask": the model reads a pixel mask (export/onnx_export.py: the ONNX graph takes a pixel_mask input);
 # "square_padding": the model ignores padding and needs sides that are multiples of ``size_multiple``
-#     (export/processor.py: its processor pads every image to one fixed square; the ONNX metadata says so)
+#     or of the model's ``input_sides`` (export/processor.py: its processor pads every image to one fixed square;
+#     the ONNX metadata says so)
 CAPABILITIES = frozenset({"query_table", "multi_scale", "two_stage", "box_refine", "pixel_mask", "square_padding"})
 
 # detections kept per image by the post-processing (COCO's maxDets 100); evaluation, predict and ONNX metadata
@@ -72,6 +75,23 @@ class Postprocessing:
 
 
 @dataclass(frozen=True)
+class InputSides:
+    """The padded ``[H, W]`` a model accepts: both sides multiples of ``multiple``, and ``H == W`` when ``square``.
+
+    E.g. a ViT backbone with windowed attention needs ``patch_size * windows per side``; RF-DETR's window partition
+    is only spatially correct on a square token grid (transformers' ``window_partition``).
+    """
+    multiple: int = 32
+    square: bool = False
+
+    def accepts(self, height: int, width: int) -> bool:
+        return height % self.multiple == 0 and width % self.multiple == 0 and (height == width or not self.square)
+
+    def describe(self) -> str:
+        return f"{'square, ' if self.square else ''}sides multiples of {self.multiple}"
+
+
+@dataclass(frozen=True)
 class FamilySpec:
     name: str
     adapter: type
@@ -88,6 +108,8 @@ class FamilySpec:
     size_multiple: int = 32
     auto_classes: Callable[[], None] | None = None
     onnx_unsupported: str | None = None
+    # padded input sizes a model of the family accepts, from its transformers config; None = size_multiple
+    input_sides: Callable[[Any], InputSides] | None = None
 
     def __post_init__(self) -> None:
         if not self.model_types:
@@ -106,6 +128,10 @@ class FamilySpec:
     @property
     def postprocessing(self) -> Postprocessing:
         return Postprocessing(activation=self.class_activation)
+
+    def sides(self, config: Any) -> InputSides:
+        """The padded input sizes a model of this family with transformers ``config`` accepts."""
+        return self.input_sides(config) if self.input_sides is not None else InputSides(self.size_multiple)
 
     def resolve_config_class(self) -> type:
         return _resolve(self.config_class)
