@@ -126,7 +126,8 @@ def focal_gt_cost(z: list[float], label: int, alpha: float = 0.25, gamma: float 
 
 def gt_cost(z: list[float], box: list[float], label: int, gt_box: list[float], act: str,
             costs: tuple[float, float, float]) -> float:
-    """Hungarian cost of a query against one GT: class_cost * (focal | -p[label]) + bbox_cost * L1 - giou_cost * GIoU."""
+    """Hungarian cost of a query against one GT:
+    class_cost * (focal | -p[label]) + bbox_cost * L1 - giou_cost * GIoU."""
     cls = focal_gt_cost(z, label) if act == "sigmoid" else -softmax(z)[label]
     return costs[0] * cls + costs[1] * l1(box, gt_box) - costs[2] * giou(box, gt_box)
 
@@ -141,8 +142,9 @@ def student_teacher_cost(z_s, b_s, z_t, b_t, act_s, act_t, costs=OFFICIAL_MATCH_
 def logits_distill(zs, bs, zt, bt, stage_map, act_s, act_t, weights=OFFICIAL_LOGITS_WEIGHTS,
                    costs=OFFICIAL_MATCH_COSTS):
     """Spec 1.1, variant "all": every student stage l matched to teacher stage ``stage_map[l]`` image by image
-    (brute force), loss per stage = w_cls Σ BCE / M + w_L1 Σ L1 / M + w_GIoU Σ (1 - GIoU) / M over its M pairs, summed
-    over stages.  Inputs are nested lists [L][B][N][.] -> (losses, matching [L_S][B][N_S], smallest optimality gap)."""
+    (brute force), loss per stage = w_cls Σ BCE / M + w_L1 Σ L1 / M + w_GIoU Σ (1 - GIoU) / M over its M pairs,
+    summed over stages.  Inputs are nested lists [L][B][N][.]
+    -> (losses, matching [L_S][B][N_S], smallest gap between the best and second-best assignment)."""
     losses = {"logits_cls": 0.0, "logits_bbox": 0.0, "logits_giou": 0.0}
     matching, gap = [], math.inf
     for l, t in enumerate(stage_map):

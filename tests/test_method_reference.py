@@ -128,7 +128,8 @@ def feature_scene(act: str, seed: int = 0):
     valid = [torch.ones(B, 4, 5, dtype=torch.bool), torch.ones(B, 3, 3, dtype=torch.bool)]
     valid[0][1, :, 4:] = False
     valid[1][1, :, 2:] = False
-    gt = [[box[-1, 0, 0].tolist(), [0.3, 0.6, 0.2, 0.3]], [box[-1, 1, 2].tolist()], []]
+    # image 0's second GT is stage 0 query 3's box clipped: IoU 1 if the box were clipped, 0.5 as it is
+    gt = [[box[-1, 0, 0].tolist(), [0.1, 0.85, 0.2, 0.3]], [box[-1, 1, 2].tolist()], []]
     return logits, box, emb, t_feats, s_feats, valid, gt
 
 
@@ -193,8 +194,8 @@ def test_logits_term_equals_the_reference(act_s, act_t):
     assert gap > 1e-3  # a unique optimum: the matching itself can be compared
 
     term = term_for(only_terms(logits={}))
-    ctx = StepContext(output(zs, bs, torch.zeros(L_S, B, N, 4), act_s), output(zt, bt, torch.zeros(L_T, B, N, 4), act_t),
-                      targets_of([[], []]), stage_map)
+    ctx = StepContext(output(zs, bs, torch.zeros(L_S, B, N, 4), act_s),
+                      output(zt, bt, torch.zeros(L_T, B, N, 4), act_t), targets_of([[], []]), stage_map)
     got = term(ctx)
     assert set(got) == set(expected)
     for k, v in expected.items():
@@ -221,16 +222,20 @@ def test_pos_neg_equals_the_documented_reading_of_eq_3_and_4(act_t):
     zs = torch.randn(L, B, N, C, generator=g) * 2
     zt = torch.randn(L, B, N, C + (act_t == "softmax"), generator=g) * 2
     zt[:, 1] -= 3.0
-    zt[:, 1, :2, 1] += 10.0  # image 1 (no GT): two confident teacher queries, the positives by score
+    zt[:, 1, :2, 1] += 10.0  # image 1 (no GT): two confident teacher queries, positives by score ...
+    zt[:, 1, 2] = -3.0
+    zt[:, 1, 2, :2] = 5.0    # ... and one torn between two classes: positive for a sigmoid, not for a softmax
     bs, bt = boxes(L, B, N, g=g), boxes(L, B, N, g=g)
     assign = torch.full((L, B, N), -1)
-    assign[0, 0, 1], assign[0, 0, 3], assign[1, 0, 0] = 0, 1, 0  # image 0: the teacher's own GT matches
+    assign[0, 0, 1], assign[1, 0, 3] = 0, 1  # image 0: the teacher's own GT matches
     gt = [[[0.4, 0.4, 0.2, 0.2], [0.6, 0.6, 0.3, 0.2]], []]
     threshold, neg_weight = 0.9, 0.5
     expected, matching, positive, gap = ref.pos_neg_distill(
         zs.tolist(), bs.tolist(), zt.tolist(), bt.tolist(), [0, 1], "sigmoid", act_t, assign.tolist(), [True, False],
         threshold, neg_weight)
     assert gap > 1e-3
+    torn = zt[:, 1, 2, :C]
+    assert (torn.sigmoid().amax(-1) >= threshold).all() and (zt[:, 1, 2].softmax(-1).amax(-1) < threshold).all()
     pos_counts = [sum(map(sum, positive[l])) for l in range(L)]
     assert all(0 < n < N * B and 2 * n != N * B for n in pos_counts)  # positive and negative normalisers differ
 
@@ -248,6 +253,7 @@ def test_contrastive_term_equals_the_reference_with_unequal_depths_and_tau():
     g = torch.Generator().manual_seed(4)
     L_S, L_T, B, N_S, N_T, d_s, d_t = 2, 4, 2, 4, 3, 6, 10
     tau = 0.2
+    torch.manual_seed(4)  # the projection heads' initialisation
     term = term_for(only_terms(contrastive={"temperature": tau, "proj_dim": 16}), teacher_width=d_t,
                     student_width=d_s)
     head = term.loss
@@ -280,19 +286,20 @@ def test_contrastive_term_equals_the_reference_with_unequal_depths_and_tau():
 
 
 # ----------------------------------------------------------------------------------------------- softmax teachers
-def test_softmax_teacher_probabilities_in_quality_scores():
-    """Spec 1.2 step 1 on a DETR teacher: scores are the softmax over C + 1 without no-object, never sigmoids."""
-    g = torch.Generator().manual_seed(5)
-    L, B, N, C = 2, 2, 4, 3
-    z = torch.randn(L, B, N, C + 1, generator=g) * 2
-    box = boxes(L, B, N, g=g)
-    gt = [[[0.5, 0.5, 0.3, 0.3]], []]
-    q, idx = quality_scores(z, box, targets_of(gt), top_k=5, activation="softmax")
-    for l in range(L):
-        for b in range(B):
-            expected = ref.quality(z[l, b].tolist(), box[l, b].tolist(), gt[b], 5, "softmax")
+@pytest.mark.parametrize("act,top_k", [("sigmoid", 5), ("sigmoid", 100), ("softmax", 5), ("softmax", 100)])
+def test_quality_scores_equal_the_reference(act, top_k):
+    """Spec 1.2 steps 1-2 per stage and image: top-K (query, class) pairs, score x max IoU of the UNCLIPPED teacher
+    box (stage 0 / image 0 / query 3 lies partly outside and overlaps a GT), the score alone without GT; a DETR
+    teacher's scores are the softmax over C + 1 without no-object, never sigmoids."""
+    logits, box, _, _, _, _, gt = feature_scene(act)
+    q, idx = quality_scores(logits, box, targets_of(gt), top_k=top_k, activation=act)
+    for l in range(logits.shape[0]):
+        for b in range(len(gt)):
+            expected = ref.quality(logits[l, b].tolist(), box[l, b].tolist(), gt[b], top_k, act)
             assert idx[l, b].tolist() == [j for _, j in expected]
-            assert q[l, b].tolist() == pytest.approx([v for v, _ in expected], rel=REL)
+            assert q[l, b].tolist() == pytest.approx([v for v, _ in expected], rel=REL, abs=1e-7)
+    partly_outside = ref.iou(box[0, 0, 3].tolist(), gt[0][1])
+    assert partly_outside == pytest.approx(0.5) and ref.iou(ref.clip(box[0, 0, 3].tolist()), gt[0][1]) > 0.99
 
 
 @pytest.mark.parametrize("act_s,act_t", [("sigmoid", "softmax"), ("softmax", "softmax"), ("softmax", "sigmoid")])
