@@ -133,6 +133,22 @@ def feature_scene(act: str, seed: int = 0):
     return logits, box, emb, t_feats, s_feats, valid, gt
 
 
+@pytest.mark.parametrize("act,top_k", [("sigmoid", 5), ("sigmoid", 100), ("softmax", 5), ("softmax", 100)])
+def test_quality_scores_equal_the_reference(act, top_k):
+    """Spec 1.2 steps 1-2 per stage and image: top-K (query, class) pairs, score x max IoU of the UNCLIPPED teacher
+    box (stage 0 / image 0 / query 3 lies partly outside and overlaps a GT), the score alone without GT; a DETR
+    teacher's scores are the softmax over C + 1 without no-object, never sigmoids."""
+    logits, box, _, _, _, _, gt = feature_scene(act)
+    q, idx = quality_scores(logits, box, targets_of(gt), top_k=top_k, activation=act)
+    for l in range(logits.shape[0]):
+        for b in range(len(gt)):
+            expected = ref.quality(logits[l, b].tolist(), box[l, b].tolist(), gt[b], top_k, act)
+            assert idx[l, b].tolist() == [j for _, j in expected]
+            assert q[l, b].tolist() == pytest.approx([v for v, _ in expected], rel=REL, abs=1e-7)
+    partly_outside = ref.iou(box[0, 0, 3].tolist(), gt[0][1])
+    assert partly_outside == pytest.approx(0.5) and ref.iou(ref.clip(box[0, 0, 3].tolist()), gt[0][1]) > 0.99
+
+
 @pytest.mark.parametrize("act,top_k,floor", [("sigmoid", 100, 0.01), ("sigmoid", 5, 0.05), ("softmax", 5, 0.01),
                                              ("softmax", 100, 0.02)])
 def test_feature_term_equals_the_reference_over_every_teacher_stage(act, top_k, floor):
@@ -285,23 +301,7 @@ def test_contrastive_term_equals_the_reference_with_unequal_depths_and_tau():
     assert term(ctx)["contrastive"].item() == pytest.approx(got.item(), rel=1e-5)
 
 
-# ----------------------------------------------------------------------------------------------- softmax teachers
-@pytest.mark.parametrize("act,top_k", [("sigmoid", 5), ("sigmoid", 100), ("softmax", 5), ("softmax", 100)])
-def test_quality_scores_equal_the_reference(act, top_k):
-    """Spec 1.2 steps 1-2 per stage and image: top-K (query, class) pairs, score x max IoU of the UNCLIPPED teacher
-    box (stage 0 / image 0 / query 3 lies partly outside and overlaps a GT), the score alone without GT; a DETR
-    teacher's scores are the softmax over C + 1 without no-object, never sigmoids."""
-    logits, box, _, _, _, _, gt = feature_scene(act)
-    q, idx = quality_scores(logits, box, targets_of(gt), top_k=top_k, activation=act)
-    for l in range(logits.shape[0]):
-        for b in range(len(gt)):
-            expected = ref.quality(logits[l, b].tolist(), box[l, b].tolist(), gt[b], top_k, act)
-            assert idx[l, b].tolist() == [j for _, j in expected]
-            assert q[l, b].tolist() == pytest.approx([v for v, _ in expected], rel=REL, abs=1e-7)
-    partly_outside = ref.iou(box[0, 0, 3].tolist(), gt[0][1])
-    assert partly_outside == pytest.approx(0.5) and ref.iou(ref.clip(box[0, 0, 3].tolist()), gt[0][1]) > 0.99
-
-
+# ----------------------------------------------------------------------------------------------- logit KD baseline
 @pytest.mark.parametrize("act_s,act_t", [("sigmoid", "softmax"), ("softmax", "softmax"), ("softmax", "sigmoid")])
 def test_logit_kd_baseline_with_softmax_models_equals_the_reference(act_s, act_t):
     g = torch.Generator().manual_seed(6)
