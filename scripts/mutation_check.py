@@ -264,7 +264,7 @@ def git(*args: str) -> str:
 # ----------------------------------------------------------------------------------------------- report
 def _cell(text: str) -> str:
     """Text safe inside a Markdown table cell."""
-    return text.replace("|", "\\|").replace("`", "'").replace("\n", " ")
+    return text.split("\\n")[0].replace("|", "\\|").replace("`", "'").replace("\n", " ")
 
 
 def render(state: dict) -> str:
@@ -305,6 +305,22 @@ def render(state: dict) -> str:
                      f"{cells[0]} | {cells[1]} |")
     lines += ["", "Totals: " + "; ".join(f"`{s}` suite {c['killed']} killed, {c['survived']} survived"
                                          for s, c in counts.items()) + f" (of {len(MUTANTS)} mutants).", ""]
+    new, old = results.get("new", {}), results.get("old", {})
+    survivors = [m for m in MUTANTS if new.get(m.id, {}).get("outcome") == "passed"]
+    lines += ["## Survivors of the `new` suite", ""]
+    lines += [f"- `{m.id}`: " + (f"equivalent -- {m.equivalent}." if m.equivalent else "NOT explained: a test is "
+                                 "missing.") for m in survivors] or ["- none"]
+    review = [m for m in MUTANTS if m.review]
+    old_killed = [m for m in review if old.get(m.id, {}).get("outcome") not in (None, "passed")]
+    lines += ["", "## The review's mutations", "",
+              f"Rows marked (review) are the {len(review)} mutations an outside review found passing the distillation "
+              f"tests, written here as single edits. The `old` column re-runs the tests that existed before the "
+              f"method tests: {len(review) - len(old_killed)} of them survive there."]
+    for m in old_killed:
+        r = old[m.id]
+        lines += ["", f"`{m.id}` is killed there by `{r['detail'].replace('tests/', '')}` "
+                  f"({_cell(r.get('why', ''))}): a crash, not a value check (the failing case is a student deeper "
+                  "than its teacher); the old tests that ran before it, with equal or shallower students, passed."]
     return "\n".join(lines) + "\n"
 
 
@@ -317,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--state", default=str(Path(tempfile.gettempdir()) / "detrdistill-mutation-state.json"))
     ap.add_argument("--out", default="", help="write the Markdown summary of every recorded result here")
     ap.add_argument("--list", action="store_true", help="list the mutants and exit")
+    ap.add_argument("--render-only", action="store_true", help="only write --out from the recorded state")
     args = ap.parse_args(argv)
     if args.list:
         for m in MUTANTS:
@@ -336,6 +353,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown mutant ids: {sorted(unknown)}")
     state_path = Path(args.state)
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    if args.render_only:
+        if not args.out:
+            raise SystemExit("--render-only needs --out")
+        Path(args.out).write_text(render(state))
+        return 0
     tests = SUITES[args.suite]
     t_start = time.monotonic()
     copy = make_copy()
