@@ -173,12 +173,14 @@ def load_detector(path: str | os.PathLike, id2label: dict[int, str] | None = Non
 
 # ----------------------------------------------------------------------------------------------- freezing
 def backbone_module(model: nn.Module) -> nn.Module:
-    """The transformers backbone network (e.g. ``ResNetBackbone``) inside ``model.model.backbone``."""
+    """The transformers backbone network (e.g. ``ResNetBackbone``) inside ``model.model.backbone``, or anywhere in
+    ``model.model`` when it has no ``backbone`` (DEIMv2 keeps it in ``conv_encoder`` with its input projections)."""
     try:
         from transformers.backbone_utils import BackboneMixin
     except ImportError:  # pragma: no cover - older layout
         from transformers.utils.backbone_utils import BackboneMixin
-    container = model.model.backbone
+    container = getattr(model.model, "backbone", None)
+    container = model.model if container is None else container
     for m in container.modules():
         if isinstance(m, BackboneMixin):
             return m
