@@ -71,10 +71,11 @@ class RTDetrAdapter(DetectorAdapter):
     def _check_model(self) -> None:
         decoder = self.model.model.decoder
         if getattr(decoder, "class_embed", None) is None or getattr(decoder, "bbox_embed", None) is None:
-            raise ModelError("RTDetrAdapter needs an RTDetr(V2)ForObjectDetection (decoder class / box heads)")
+            raise ModelError(f"{type(self).__name__} needs the family's *ForObjectDetection model (decoder class / box "
+                             "heads)")
         cfg = self.model.config
         if len(self._input_projections()) != len(cfg.encoder_in_channels):
-            raise ModelError("RTDetrAdapter: backbone outputs and encoder_in_channels disagree")
+            raise ModelError(f"{type(self).__name__}: backbone outputs and encoder_in_channels disagree")
         if getattr(cfg, "learn_initial_query", False):
             # transformers 5.24 RTDetr(V2)Model.forward calls `self.weight_embedding.tile(...)` on an nn.Embedding
             raise ModelError(f"{cfg.model_type}: learn_initial_query=True is not supported (transformers' forward "
