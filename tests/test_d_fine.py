@@ -224,3 +224,16 @@ def test_hgnetv2_backbone_through_hf_overrides(family):
         hf = a.model(pix, pixel_mask=mask)
     torch.testing.assert_close(out.logits[-1], hf.logits, atol=0, rtol=0)
     assert [x.shape[1] for x in out.encoder_inputs] == a.feature_channels == [32] * 3
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_backbone_gets_the_backbone_learning_rate(family):
+    """optim.backbone_lr_mult reaches the transformers backbone wherever the family keeps it (DEIMv2:
+    model.conv_encoder.model, a name without "backbone"), and nothing else of the detector."""
+    from detrdistill.config import OptimConfig
+    from detrdistill.engine.optim import param_groups
+
+    a = make_adapter(family)
+    groups = {g["name"]: g for g in param_groups(a, OptimConfig(lr=1e-3, backbone_lr_mult=0.1))}
+    assert {id(p) for p in groups["backbone"]["params"]} == {id(p) for p in backbone_module(a.model).parameters()}
+    assert groups["backbone"]["lr"] == pytest.approx(1e-4)

@@ -26,7 +26,7 @@ from ..errors import ConfigError, ModelError, PathNotFoundError, UnsupportedFami
 from .families import family_names, family_of, family_spec
 
 __all__ = ["supported_families", "build_model", "load_detector", "apply_backbone_freeze", "count_parameters",
-           "ParamCount", "backbone_module", "hf_config_class", "hf_model_class", "family_of_model_type"]
+           "ParamCount", "backbone_module", "backbone_parameter_ids", "hf_config_class", "hf_model_class", "family_of_model_type"]
 
 
 class ParamCount(NamedTuple):
@@ -185,6 +185,16 @@ def backbone_module(model: nn.Module) -> nn.Module:
         if isinstance(m, BackboneMixin):
             return m
     raise ModelError(f"no transformers backbone found in {type(container).__name__}")
+
+
+def backbone_parameter_ids(module: nn.Module) -> set[int]:
+    """``id()`` of every parameter of every transformers backbone network anywhere inside ``module`` (a detector,
+    a task, a distiller), whatever the attribute it lives under."""
+    try:
+        from transformers.backbone_utils import BackboneMixin
+    except ImportError:  # pragma: no cover - older layout
+        from transformers.utils.backbone_utils import BackboneMixin
+    return {id(p) for m in module.modules() if isinstance(m, BackboneMixin) for p in m.parameters()}
 
 
 def apply_backbone_freeze(model: nn.Module, freeze: str) -> None:
