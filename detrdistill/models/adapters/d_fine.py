@@ -84,6 +84,9 @@ class DFineAdapter(RTDetrAdapter):
                 dec_out.intermediate_hidden_states[:, :, keep])
 
 
+# no after_build: unlike RT-DETR's, transformers initialises D-FINE's (and DEIMv2's) BatchNorm weights to 1, and a
+# from-scratch model's train-mode encoder memory has unit scale (measured); the model ignores the pixel mask, so no
+# "pixel_mask" capability, and its processor pads to one square ("square_padding")
 FAMILY_SPECS = (
     FamilySpec(name="d_fine", adapter=DFineAdapter, image_processor="RTDetrImageProcessor", config_class="DFineConfig",
                model_class="DFineForObjectDetection", config_kwargs=rt_detr_config_kwargs,
