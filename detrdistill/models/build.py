@@ -26,7 +26,8 @@ from ..errors import ConfigError, ModelError, PathNotFoundError, UnsupportedFami
 from .families import family_names, family_of, family_spec
 
 __all__ = ["supported_families", "build_model", "load_detector", "apply_backbone_freeze", "count_parameters",
-           "ParamCount", "backbone_module", "backbone_parameter_ids", "hf_config_class", "hf_model_class", "family_of_model_type"]
+           "ParamCount", "backbone_module", "backbone_parameter_ids", "hf_config_class", "hf_model_class",
+           "family_of_model_type"]
 
 
 class ParamCount(NamedTuple):
@@ -172,13 +173,19 @@ def load_detector(path: str | os.PathLike, id2label: dict[int, str] | None = Non
 
 
 # ----------------------------------------------------------------------------------------------- freezing
-def backbone_module(model: nn.Module) -> nn.Module:
-    """The transformers backbone network (e.g. ``ResNetBackbone``) inside ``model.model.backbone``, or anywhere in
-    ``model.model`` when it has no ``backbone`` (DEIMv2 keeps it in ``conv_encoder`` with its input projections)."""
+def _backbone_mixin() -> type:
+    """transformers' base class of every backbone network (ResNet, HGNetV2, ...)."""
     try:
         from transformers.backbone_utils import BackboneMixin
     except ImportError:  # pragma: no cover - older layout
         from transformers.utils.backbone_utils import BackboneMixin
+    return BackboneMixin
+
+
+def backbone_module(model: nn.Module) -> nn.Module:
+    """The transformers backbone network (e.g. ``ResNetBackbone``) inside ``model.model.backbone``, or anywhere in
+    ``model.model`` when it has no ``backbone`` (DEIMv2 keeps it in ``conv_encoder`` with its input projections)."""
+    BackboneMixin = _backbone_mixin()
     container = getattr(model.model, "backbone", None)
     container = model.model if container is None else container
     for m in container.modules():
@@ -190,10 +197,7 @@ def backbone_module(model: nn.Module) -> nn.Module:
 def backbone_parameter_ids(module: nn.Module) -> set[int]:
     """``id()`` of every parameter of every transformers backbone network anywhere inside ``module`` (a detector,
     a task, a distiller), whatever the attribute it lives under."""
-    try:
-        from transformers.backbone_utils import BackboneMixin
-    except ImportError:  # pragma: no cover - older layout
-        from transformers.utils.backbone_utils import BackboneMixin
+    BackboneMixin = _backbone_mixin()
     return {id(p) for m in module.modules() if isinstance(m, BackboneMixin) for p in m.parameters()}
 
 
