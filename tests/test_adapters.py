@@ -22,6 +22,7 @@ from detrdistill.models import (QueryGroup, QueryProjection, build_model, build_
 from detrdistill.models.adapters import UnsupportedFamilyError, adapter_class  # noqa: E402
 from detrdistill.models.adapters.base import expand_group  # noqa: E402
 from detrdistill.models.build import SUPPORTED_FAMILIES, backbone_module, load_detector  # noqa: E402
+from detrdistill.models.families import family_spec  # noqa: E402
 from detrdistill.models.outputs import DetectorOutput, GroupOutput  # noqa: E402
 from detrdistill.models.query_projection import IncompatibleQueriesError  # noqa: E402
 
@@ -48,11 +49,17 @@ CASES = {
     "dab_detr": ("dab_detr", {}),
     "rt_detr": ("rt_detr", {}),
     "rt_detr_v2": ("rt_detr_v2", {}),
+    "d_fine": ("d_fine", {}),
+    "deimv2": ("deimv2", {}),
     "adamixer": ("adamixer", {"hf_overrides": {"in_points": 4, "out_points": 8, "n_groups": 4}}),
     "lw_detr": ("lw_detr", {"num_feature_levels": 2, "hf_overrides": {"group_detr": 3}}),
     "rf_detr": ("rf_detr", {"hf_overrides": {"group_detr": 3}}),
 }
 
+# cases whose transformers model reports no per-stage auxiliary outputs to compare with: D-FINE / DEIMv2 give only the
+# encoder's top-k proposals in eval mode, and in train mode the pre-bbox head followed by layers 0..L-3 (shifted
+# by one); tests/test_d_fine.py checks their stages against the decoder's own per-layer outputs instead
+NO_AUX_STAGES = {"d_fine", "deimv2"}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -201,6 +208,8 @@ def test_intermediate_stages_equal_transformers_aux_outputs(name):
     For DETR / Conditional DETR auxiliary_loss=True changes the forward (normed state fed to the next layer);
     the adapter must follow whatever the model does, including the own-query extra group.
     """
+    if name in NO_AUX_STAGES:
+        pytest.skip(f"{name}: transformers' auxiliary outputs are not per-stage predictions (see NO_AUX_STAGES)")
     a = make_adapter(name).eval()
     pix, mask, targets = batch(name=name)
     if name in ("detr", "conditional_detr"):  # auxiliary_loss=False (as built): stage 0 = layernorm(layer-0 output)
@@ -235,7 +244,7 @@ def test_own_queries_reproduce_every_stage(name):
     torch.testing.assert_close(g.logits, out.logits, atol=1e-5, rtol=0)
     torch.testing.assert_close(g.boxes, out.boxes, atol=1e-5, rtol=0)
     torch.testing.assert_close(g.embeddings, out.embeddings, atol=1e-5, rtol=0)
-    if name == "deformable_detr_two_stage" or name.startswith(("rt_detr", "lw_detr", "rf_detr")):
+    if name == "deformable_detr_two_stage" or "query_table" not in family_spec(CASES[name][0]).capabilities:
         assert not a.has_query_table
         with pytest.raises(NotImplementedError):
             a.query_table()

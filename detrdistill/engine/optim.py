@@ -10,6 +10,7 @@ from torch import nn
 from detrdistill.config import OptimConfig
 from detrdistill.engine.task import trainable_named_parameters
 from detrdistill.errors import ConfigError
+from detrdistill.models.build import backbone_parameter_ids
 
 # parameter-name fragments of the parts trained with a lower lr (Deformable DETR convention)
 BACKBONE_KEYS = ("backbone",)
@@ -22,8 +23,9 @@ def param_groups(task: nn.Module, cfg: OptimConfig) -> list[dict]:
     Each group carries ``lr_mult`` so the scheduler scales all groups alike. Empty groups are dropped.
     """
     groups = {"backbone": [], "linear_proj": [], "rest": []}
+    backbone_ids = backbone_parameter_ids(task)  # the transformers backbone wherever a family keeps it
     for name, p in trainable_named_parameters(task):
-        if any(k in name for k in BACKBONE_KEYS) and "query" not in name:
+        if id(p) in backbone_ids or (any(k in name for k in BACKBONE_KEYS) and "query" not in name):
             groups["backbone"].append(p)
         elif any(k in name for k in LINEAR_PROJ_KEYS):
             groups["linear_proj"].append(p)

@@ -30,7 +30,8 @@ from .families import all_specs, family_names, family_of, family_spec
 log = logging.getLogger("detrdistill")
 
 __all__ = ["supported_families", "build_model", "load_detector", "apply_backbone_freeze", "count_parameters",
-           "ParamCount", "backbone_module", "stem_parameters", "hf_config_class", "hf_model_class",
+           "ParamCount", "backbone_module", "backbone_parameter_ids", "stem_parameters", "hf_config_class",
+           "hf_model_class",
            "family_of_model_type"]
 
 
@@ -220,17 +221,32 @@ def load_detector(path: str | os.PathLike, id2label: dict[int, str] | None = Non
 
 
 # ----------------------------------------------------------------------------------------------- freezing
-def backbone_module(model: nn.Module) -> nn.Module:
-    """The transformers backbone network (e.g. ``ResNetBackbone``) inside ``model.model.backbone``."""
+def _backbone_mixin() -> type:
+    """transformers' base class of every backbone network (ResNet, HGNetV2, ...)."""
     try:
         from transformers.backbone_utils import BackboneMixin
     except ImportError:  # pragma: no cover - older layout
         from transformers.utils.backbone_utils import BackboneMixin
-    container = model.model.backbone
+    return BackboneMixin
+
+
+def backbone_module(model: nn.Module) -> nn.Module:
+    """The transformers backbone network (e.g. ``ResNetBackbone``) inside ``model.model.backbone``, or anywhere in
+    ``model.model`` when it has no ``backbone`` (DEIMv2 keeps it in ``conv_encoder`` with its input projections)."""
+    BackboneMixin = _backbone_mixin()
+    container = getattr(model.model, "backbone", None)
+    container = model.model if container is None else container
     for m in container.modules():
         if isinstance(m, BackboneMixin):
             return m
     raise ModelError(f"no transformers backbone found in {type(container).__name__}")
+
+
+def backbone_parameter_ids(module: nn.Module) -> set[int]:
+    """``id()`` of every parameter of every transformers backbone network anywhere inside ``module`` (a detector,
+    a task, a distiller), whatever the attribute it lives under."""
+    BackboneMixin = _backbone_mixin()
+    return {id(p) for m in module.modules() if isinstance(m, BackboneMixin) for p in m.parameters()}
 
 
 def apply_backbone_freeze(model: nn.Module, freeze: str) -> None:

@@ -47,6 +47,7 @@ __all__ = [
     "split_levels",
     "split_mask",
     "default_pixel_mask",
+    "downsample_mask",
 ]
 
 
@@ -126,6 +127,12 @@ def default_pixel_mask(pixel_values: Tensor) -> Tensor:
     """All-ones ``[B, H, W]`` long mask (what transformers uses when no mask is given)."""
     b, _, h, w = pixel_values.shape
     return torch.ones((b, h, w), dtype=torch.long, device=pixel_values.device)
+
+
+def downsample_mask(pixel_mask: Tensor, size: Sequence[int]) -> Tensor:
+    """Pixel mask ``[B, H, W]`` -> bool ``[B, h, w]`` at a feature level's size: nearest interpolation, the formula
+    transformers' convolutional backbones use for the masks they return (for models that never compute one)."""
+    return nn.functional.interpolate(pixel_mask[None].float(), size=tuple(int(s) for s in size)).bool()[0]
 
 
 class ModuleInputCapture:

@@ -9,8 +9,9 @@ Layout of one RT-DETR forward, as exposed by :class:`RTDetrAdapter`:
   equals ``d_model`` in the usual configs but need not. The decoder memory (``decoder_input_proj``'ed and
   flattened, including any extra levels when ``num_feature_levels`` exceeds the encoder levels) stays in
   ``state["decoder_kwargs"]["encoder_hidden_states"]``;
-* ``feature_masks`` are the backbone's downsampled pixel masks. RT-DETR itself ignores padding (neither the
-  encoder nor the decoder takes a mask), the masks are only reported for the distiller;
+* ``feature_masks`` are the pixel mask downsampled to each level as the backbone downsamples it. RT-DETR itself
+  ignores padding (neither the encoder nor the decoder takes a mask), the masks are only reported for the
+  distiller;
 * the queries are **dynamic**: the top-k encoder tokens of each image. ``DetectorOutput.queries`` holds the
   decoder's own inputs, ``content`` ``[B, N, d]`` (the top-k encoder features, detached by the model) and
   ``reference`` ``[B, N, 4]`` in sigmoid space; :meth:`query_table` raises (``learn_initial_query=True`` is
@@ -22,11 +23,15 @@ Layout of one RT-DETR forward, as exposed by :class:`RTDetrAdapter`:
   ``num_queries`` queries either way. The classification / box heads live inside the decoder, so the per-stage
   predictions are the decoder's ``intermediate_logits`` / ``intermediate_reference_points``.
 
+D-FINE and DEIMv2 derive from RT-DETR (:mod:`.d_fine`, :mod:`.deimv2`): they override
+:meth:`RTDetrAdapter._input_projections`, :meth:`RTDetrAdapter._every_stage` and :meth:`RTDetrAdapter._stages`.
+
 Depends on the decoder keyword names of transformers' ``RTDetrDecoder`` / ``RTDetrV2Decoder``, listed in
 ``RTDetrAdapter.decoder_kwargs`` and checked when the adapter is built (``reference_points`` are logits).
 """
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING
 
 import torch
@@ -34,7 +39,8 @@ from torch import Tensor, nn
 
 from ..outputs import DetectorOutput, GroupOutput, QueryGroup
 from ...errors import ConfigError, ModelError, NoQueryTableError
-from .base import DetectorAdapter, ModuleInputCapture, ModuleOutputCapture, expand_group, reference_logits
+from .base import (DetectorAdapter, ModuleInputCapture, ModuleOutputCapture, downsample_mask, expand_group,
+                   reference_logits)
 from ..families import FamilySpec
 from ..family_loss import summarize_family_losses
 from ..hf_config import common_kwargs, resnet_config
@@ -65,10 +71,11 @@ class RTDetrAdapter(DetectorAdapter):
     def _check_model(self) -> None:
         decoder = self.model.model.decoder
         if getattr(decoder, "class_embed", None) is None or getattr(decoder, "bbox_embed", None) is None:
-            raise ModelError("RTDetrAdapter needs an RTDetr(V2)ForObjectDetection (decoder class / box heads)")
+            raise ModelError(f"{type(self).__name__} needs the family's *ForObjectDetection model (decoder class / box "
+                             "heads)")
         cfg = self.model.config
-        if len(self.model.model.encoder_input_proj) != len(cfg.encoder_in_channels):
-            raise ModelError("RTDetrAdapter: backbone outputs and encoder_in_channels disagree")
+        if len(self._input_projections()) != len(cfg.encoder_in_channels):
+            raise ModelError(f"{type(self).__name__}: backbone outputs and encoder_in_channels disagree")
         if getattr(cfg, "learn_initial_query", False):
             # transformers 5.24 RTDetr(V2)Model.forward calls `self.weight_embedding.tile(...)` on an nn.Embedding
             raise ModelError(f"{cfg.model_type}: learn_initial_query=True is not supported (transformers' forward "
@@ -97,14 +104,13 @@ class RTDetrAdapter(DetectorAdapter):
         return self._run(pixel_values, pixel_mask, labels=targets)
 
     def _run(self, pixel_values: Tensor, pixel_mask: Tensor, labels: list[dict] | None = None) -> DetectorOutput:
-        inner = self.model.model
-        with ModuleInputCapture(inner.decoder) as dec_cap, \
-                ModuleOutputCapture(list(inner.encoder_input_proj)) as in_cap, \
-                ModuleOutputCapture([inner.backbone], transform=lambda o: [m for _, m in o]) as mask_cap:
+        with ModuleInputCapture(self._decoder()) as dec_cap, \
+                ModuleOutputCapture(self._input_projections()) as in_cap, self._every_stage():
             model_out = self.model(pixel_values, pixel_mask=pixel_mask, labels=labels, return_dict=True)
         kwargs = dec_cap.require("decoder")
         encoder_inputs = in_cap.first()
-        masks = [m.bool() for m in mask_cap.first()[0]]
+        # the backbone's own masks: the pixel mask downsampled (nearest) to each level, as transformers does
+        masks = [downsample_mask(pixel_mask, x.shape[-2:]) for x in encoder_inputs]
         # denoising queries come first ([dn | matching]); keep the matching ones
         dn = _denoising_count(model_out)
         keep = slice(dn, None)
@@ -113,10 +119,9 @@ class RTDetrAdapter(DetectorAdapter):
             kwargs = {**kwargs, "inputs_embeds": kwargs["inputs_embeds"][:, keep],
                       "reference_points": kwargs["reference_points"][:, keep], "encoder_attention_mask": None}
         reference = kwargs["reference_points"]  # [B, N, 4] logits (detached by the model)
+        logits, boxes, embeddings = self._stages(model_out, keep)
         out = DetectorOutput(
-            logits=model_out.intermediate_logits[:, :, keep].transpose(0, 1),
-            boxes=model_out.intermediate_reference_points[:, :, keep].transpose(0, 1),
-            embeddings=model_out.intermediate_hidden_states[:, :, keep].transpose(0, 1),
+            logits=logits, boxes=boxes, embeddings=embeddings,
             encoder_inputs=encoder_inputs,
             encoder_outputs=list(model_out.encoder_last_hidden_state),
             feature_masks=masks,
@@ -127,6 +132,22 @@ class RTDetrAdapter(DetectorAdapter):
             out.loss = model_out.loss
             out.loss_dict = summarize_family_losses(model_out.loss_dict)
         return out
+
+    # ------------------------------------------------------------------ what a derived family changes
+    def _input_projections(self) -> list[nn.Module]:
+        """The per-level projections in front of the hybrid encoder (their outputs are ``encoder_inputs``)."""
+        return list(self.model.model.encoder_input_proj)
+
+    def _every_stage(self) -> AbstractContextManager:
+        """Context in which the decoder reports every stage (RT-DETR always does)."""
+        return nullcontext()
+
+    def _stages(self, dec_out, keep: slice) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-stage (logits, boxes, embeddings) ``[L, B, N, ...]`` of the queries ``keep`` from a decoder (or model)
+        output: RT-DETR's are batch-first ``[B, L, Q, ...]``."""
+        return (dec_out.intermediate_logits[:, :, keep].transpose(0, 1),
+                dec_out.intermediate_reference_points[:, :, keep].transpose(0, 1),
+                dec_out.intermediate_hidden_states[:, :, keep].transpose(0, 1))
 
     # ------------------------------------------------------------------ extra query groups
     def query_table(self) -> QueryGroup:
@@ -139,20 +160,18 @@ class RTDetrAdapter(DetectorAdapter):
         kwargs = out.state["decoder_kwargs"]
         memory = kwargs["encoder_hidden_states"]
         g = expand_group(group, memory.shape[0], memory.device, memory.dtype)
-        dec = self.model.model.decoder(
-            inputs_embeds=g.content,
-            encoder_hidden_states=memory,
-            encoder_attention_mask=None,  # the decoder's self-attention mask (denoising groups): none here
-            reference_points=reference_logits(g.reference),
-            spatial_shapes=kwargs["spatial_shapes"],
-            spatial_shapes_list=kwargs["spatial_shapes_list"],
-            level_start_index=kwargs["level_start_index"],
-        )
-        return GroupOutput(
-            logits=dec.intermediate_logits.transpose(0, 1),
-            boxes=dec.intermediate_reference_points.transpose(0, 1),
-            embeddings=dec.intermediate_hidden_states.transpose(0, 1),
-        )
+        with self._every_stage():
+            dec = self._decoder()(
+                inputs_embeds=g.content,
+                encoder_hidden_states=memory,
+                encoder_attention_mask=None,  # the decoder's self-attention mask (denoising groups): none here
+                reference_points=reference_logits(g.reference),
+                spatial_shapes=kwargs["spatial_shapes"],
+                spatial_shapes_list=kwargs["spatial_shapes_list"],
+                level_start_index=kwargs["level_start_index"],
+            )
+        logits, boxes, embeddings = self._stages(dec, slice(None))
+        return GroupOutput(logits=logits, boxes=boxes, embeddings=embeddings)
 
 
 def _denoising_count(model_out) -> int:
