@@ -123,8 +123,9 @@ def variant_dir(args, work: Path, teacher: Path, name: str) -> Path:
 
 def teacher_record(args, work: Path, teacher: Path, split: str, name: str = "teacher", config: str | None = None,
                    step: int | None = None) -> dict:
-    """AP of a teacher on the reported split (evaluated once, cached in ``work/<name>-eval``), its parameters,
-    steps, training time, val curve and the environment it was trained in."""
+    """AP of a teacher on the reported split (evaluated once, cached in ``work/<name>-eval``, with the data section of
+    ``config``), its parameters, steps, training time, val curve, the environment it was trained in and, when its run
+    folder is here, the resolved config it was trained with (``trained_config``)."""
     config = config or args.teacher_config
     t_eval = work / f"{name}-eval"
     if not (t_eval / "eval.json").is_file():
@@ -141,6 +142,8 @@ def teacher_record(args, work: Path, teacher: Path, split: str, name: str = "tea
                    train_seconds=None if step is not None else run_info.get("train_seconds"),
                    curve_val=val_curve(folder / "metrics.jsonl"))
     rec["env"] = folder_env(folder)
+    if (folder / "config.yaml").is_file():  # the resolved config it was trained with ("config" evaluated it)
+        rec["trained_config"] = relative(folder / "config.yaml")
     return rec
 
 
