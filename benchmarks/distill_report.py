@@ -62,7 +62,8 @@ def summarize(results: dict) -> str:
              f"{results.get('parallel_runs') or 1} runs in parallel, "
              f"{results.get('threads_per_run') or 'default'} torch thread(s) each", "",
              *environments(results), "",
-             "teachers:", _teacher_line("teacher", t),
+             "teachers:" if t or results.get("teachers") else "teachers: none (no method here distils)",
+             *([_teacher_line("teacher", t)] if t else []),
              *[_teacher_line(n, v) for n, v in results.get("teachers", {}).items()], "",
              f"student: {results['student'].get('params', 0) / 1e6:.2f} M params ({results['student'].get('config')})",
              "", f"command: `{results['command']}`", "",
