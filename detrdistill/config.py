@@ -286,6 +286,14 @@ class DistillConfig(_Section):
     fitnet: BaselineDistillConfig = BaselineDistillConfig()
     logit_kd: BaselineDistillConfig = BaselineDistillConfig()
 
+    def for_mixed_precision(self, mixed_precision: str) -> "DistillConfig":
+        """This config, with the teacher in bf16 when training in bf16 mixed precision (``"bf16"``) and
+        ``teacher_dtype`` was not set explicitly (a float32 teacher under a bf16 student would be the slowest part of
+        the step); ``"no"`` / ``"fp16"`` leave it as it is."""
+        if mixed_precision == "bf16" and "teacher_dtype" not in self.model_fields_set:
+            return self.model_copy(update={"teacher_dtype": "bfloat16"})
+        return self
+
 
 class Config(_Section):
     data: DataConfig = DataConfig()
