@@ -267,6 +267,9 @@ TeacherInputMode = Literal["auto", "processor", "student"]  # distill.teacher_in
 
 
 class DistillConfig(_Section):
+    """The ``distill`` section: the teacher, how it is fed and run, and each DETRDistill term with its switch and
+    weights (defaults: the official setting: logits, feature and query-prior terms on). Python:
+    ``DistillConfig(feature={"weight": 2.0}, query_prior={"enabled": False})``."""
     teacher: str | None = Field(None, description="teacher: local model dir or hub id (ours or any transformers one "
                                 "of a supported family; its classes must include the dataset's, mapped by name)")
     teacher_input: TeacherInputMode = Field(
