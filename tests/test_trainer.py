@@ -17,6 +17,17 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """The Trainer's accelerator settings (bf16, accumulation) live in accelerate's process-wide state: reset it
+    after each test (as accelerate's own test cases do), so later runs may choose other settings."""
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+
+
 def _recipe():
     """The example's dataset and collator (the transformers guide's)."""
     spec = importlib.util.spec_from_file_location("trainer_recipe", REPO / "examples" / "trainer_recipe.py")
