@@ -125,7 +125,8 @@ def _label_of(category_id: Any, cat2label: dict[int, int] | None, num_classes: i
     return cid
 
 
-def _check_target(t: Mapping, i: int, num_classes: int | None) -> dict[str, Any]:
+def _as_target(t: Mapping, i: int) -> dict[str, Any]:
+    """One transformers target with ``boxes`` float [T, 4] and ``class_labels`` long [T] (shapes checked)."""
     out = dict(t)
     try:
         boxes = torch.as_tensor(t["boxes"], dtype=torch.float32)
@@ -136,16 +137,34 @@ def _check_target(t: Mapping, i: int, num_classes: int | None) -> dict[str, Any]
     if boxes.dim() != 2 or boxes.shape[-1] != 4 or classes.reshape(-1).shape[0] != boxes.shape[0]:
         raise LabelsError(f"labels[{i}]: 'boxes' must be [T, 4] with one 'class_labels' entry per box, got "
                           f"{tuple(boxes.shape)} and {tuple(classes.shape)}")
-    if boxes.numel() and (boxes.min() < -BOX_TOLERANCE or boxes.max() > 1 + BOX_TOLERANCE):
-        raise LabelsError(f"labels[{i}]: 'boxes' hold values outside [0, 1] (max {boxes.max().item():.1f}); the "
+    out["boxes"], out["class_labels"] = boxes, classes.reshape(-1)
+    return out
+
+
+def _out_of_range(t: Mapping, num_classes: int | None) -> bool:
+    b, c = t["boxes"], t["class_labels"]
+    bad_box = bool(b.numel()) and bool((b < -BOX_TOLERANCE).any() or (b > 1 + BOX_TOLERANCE).any())
+    return bad_box or (num_classes is not None and bool(c.numel()) and bool(((c < 0) | (c >= num_classes)).any()))
+
+
+def _check_ranges(targets: list[dict[str, Any]], num_classes: int | None) -> None:
+    """Boxes in [0, 1] and labels below ``num_classes``, for the whole batch in one device synchronisation; the
+    image at fault is looked for only when something is wrong."""
+    boxes = torch.cat([t["boxes"].reshape(-1) for t in targets]) if targets else torch.zeros(0)
+    classes = torch.cat([t["class_labels"] for t in targets]) if targets else torch.zeros(0, dtype=torch.long)
+    if not boxes.numel():
+        return
+    lo, hi, cmin, cmax = torch.stack([boxes.min(), boxes.max(), classes.min().float(), classes.max().float()]).tolist()
+    if lo >= -BOX_TOLERANCE and hi <= 1 + BOX_TOLERANCE and (num_classes is None or (cmin >= 0 and cmax < num_classes)):
+        return
+    i = next(i for i, t in enumerate(targets) if _out_of_range(t, num_classes))
+    b, c = targets[i]["boxes"], targets[i]["class_labels"]
+    if b.numel() and (b.min() < -BOX_TOLERANCE or b.max() > 1 + BOX_TOLERANCE):
+        raise LabelsError(f"labels[{i}]: 'boxes' hold values outside [0, 1] (max {b.max().item():.1f}); the "
                           "transformers format is (cx, cy, w, h) divided by the image size: give pixel boxes in COCO "
                           "format with image_sizes instead")
-    classes = classes.reshape(-1)
-    if num_classes is not None and classes.numel() and (classes.min() < 0 or classes.max() >= num_classes):
-        raise LabelsError(f"labels[{i}]: class_labels must be label indices 0..{num_classes - 1}, got "
-                          f"{sorted(set(classes.tolist()))[:8]}")
-    out["boxes"], out["class_labels"] = boxes, classes
-    return out
+    raise LabelsError(f"labels[{i}]: class_labels must be label indices 0..{num_classes - 1}, got "
+                      f"{sorted(set(c.tolist()))[:8]}")
 
 
 def to_targets(labels: Sequence, image_sizes: Any = None, category_ids: Sequence[int] | None = None,
@@ -162,6 +181,7 @@ def to_targets(labels: Sequence, image_sizes: Any = None, category_ids: Sequence
     if is_coco_format(labels):
         targets = coco_to_labels(labels, image_sizes, category_ids, num_classes)
     else:
-        targets = [_check_target(t, i, num_classes) for i, t in enumerate(labels)]
+        targets = [_as_target(t, i) for i, t in enumerate(labels)]
+        _check_ranges(targets, num_classes)
     return [{k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) and device is not None else v)
              for k, v in t.items()} for t in targets]
