@@ -267,6 +267,9 @@ TeacherInputMode = Literal["auto", "processor", "student"]  # distill.teacher_in
 
 
 class DistillConfig(_Section):
+    """The ``distill`` section: the teacher, how it is fed and run, and each DETRDistill term with its switch and
+    weights (defaults: the official setting: logits, feature and query-prior terms on). Python:
+    ``DistillConfig(feature={"weight": 2.0}, query_prior={"enabled": False})``."""
     teacher: str | None = Field(None, description="teacher: local model dir or hub id (ours or any transformers one "
                                 "of a supported family; its classes must include the dataset's, mapped by name)")
     teacher_input: TeacherInputMode = Field(
@@ -285,6 +288,14 @@ class DistillConfig(_Section):
     contrastive: ContrastiveDistillConfig = ContrastiveDistillConfig()
     fitnet: BaselineDistillConfig = BaselineDistillConfig()
     logit_kd: BaselineDistillConfig = BaselineDistillConfig()
+
+    def for_mixed_precision(self, mixed_precision: str) -> "DistillConfig":
+        """This config, with the teacher in bf16 when training in bf16 mixed precision (``"bf16"``) and
+        ``teacher_dtype`` was not set explicitly (a float32 teacher under a bf16 student would be the slowest part of
+        the step); ``"no"`` / ``"fp16"`` leave it as it is."""
+        if mixed_precision == "bf16" and "teacher_dtype" not in self.model_fields_set:
+            return self.model_copy(update={"teacher_dtype": "bfloat16"})
+        return self
 
 
 class Config(_Section):

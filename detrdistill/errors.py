@@ -11,7 +11,7 @@ from __future__ import annotations
 
 __all__ = ["DetrDistillError", "ConfigError", "ModelError", "UnsupportedFamilyError", "NoQueryTableError",
            "IncompatibleQueriesError", "IncompatibleModelsError", "UnsupportedSettingError", "PathNotFoundError",
-           "CheckpointError", "TransformersAPIError", "NonFiniteLossError", "InputSizeError"]
+           "CheckpointError", "TransformersAPIError", "NonFiniteLossError", "InputSizeError", "LabelsError"]
 
 
 class DetrDistillError(Exception):
@@ -67,3 +67,7 @@ class TransformersAPIError(DetrDistillError, RuntimeError):
 
 class NonFiniteLossError(DetrDistillError, FloatingPointError):
     """Training diverged: the loss is nan or inf (the message says which knob to turn)."""
+
+
+class LabelsError(DetrDistillError, ValueError):
+    """Training labels given to the Python API that cannot be read (format, missing image sizes, unknown category)."""

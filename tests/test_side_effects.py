@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_importing_the_package_sets_no_env_and_no_plot_backend():
     code = ("import os, sys; import detrdistill.cli, detrdistill.models.build, detrdistill.viz, detrdistill.demo; "
+            "from detrdistill import DETRDistiller, DistillConfig, DistillationTrainer; "
             "print(os.environ.get('HF_HUB_OFFLINE'), os.environ.get('TOKENIZERS_PARALLELISM'), "
             "'matplotlib.pyplot' in sys.modules)")
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")}

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from detrdistill.config import DistillConfig, OptimConfig
-from detrdistill.distillation import Distiller
+from detrdistill.config import DistillConfig, LossConfig, OptimConfig
+from detrdistill.distillation.detr_distiller import DETRDistiller
 from detrdistill.distillation.task import DistillTask
 from detrdistill.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from detrdistill.engine.optim import build_optimizer, build_scheduler
@@ -27,7 +27,7 @@ def _task(pair, seed=3):
     teacher, _ = pair
     torch.manual_seed(seed)
     student = make(model_cfg(queries=10, levels=2), seed=seed)
-    return DistillTask(Distiller(teacher, student, DistillConfig()), SetCriterion(len(ID2LABEL)))
+    return DistillTask(DETRDistiller(teacher, student, DistillConfig(), loss=LossConfig(recipe="set")))
 
 
 def test_both_tasks_implement_the_interface(pair):

@@ -66,17 +66,25 @@ def test_padding_stays_zero_and_distiller_feeds_the_teacher_its_view():
     assert not any(k.startswith("teacher_pixels") for k in dist.checkpoint_state_dict())
 
 
-def test_build_distill_task_reads_the_teachers_processor(tmp_path):
+def test_a_teacher_folder_brings_its_processor(tmp_path):
+    """A teacher named by its folder is fed pixels its saved processor's way (as ``distill --teacher DIR``); the
+    same teacher given as a model object sees the student's pixels unless its processor is passed."""
     from transformers import DeformableDetrImageProcessorPil as Proc
 
-    from detrdistill.distillation.task import _teacher_pixels
+    from detrdistill.distillation.detr_distiller import DETRDistiller
     teacher = make(model_cfg(d_model=64), seed=1)
     teacher.model.save_pretrained(tmp_path / "t")
-    assert _teacher_pixels(str(tmp_path / "t")) is None  # no preprocessor_config.json
-    Proc(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5]).save_pretrained(tmp_path / "t")
-    tp = _teacher_pixels(str(tmp_path / "t"))
-    assert tp is not None and tp.teacher.mean == (0.5, 0.5, 0.5)
-    assert tp.resize == ResizeRule("shortest_longest", 800, 1333)  # the processor's default, not the student's
+
+    def view(t, **kw):
+        return DETRDistiller(t, make(model_cfg()), DistillConfig(), **kw).distiller.teacher_pixels
+
+    assert view(str(tmp_path / "t")) is None  # no preprocessor_config.json
+    proc = Proc(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    proc.save_pretrained(tmp_path / "t")
+    for tp in (view(str(tmp_path / "t")), view(teacher.model, teacher_processor=proc)):
+        assert tp is not None and tp.teacher.mean == (0.5, 0.5, 0.5)
+        assert tp.resize == ResizeRule("shortest_longest", 800, 1333)  # the processor's default, not the student's
+    assert view(teacher.model) is None
 
 
 @pytest.mark.parametrize("size", [{"shortest_edge": 30, "longest_edge": 60}, {"shortest_edge": 64, "longest_edge": 70},

@@ -10,7 +10,9 @@
 * :mod:`.context`        -- :class:`StepContext` (one step's outputs, lazily shared matchings / assignments)
 * :mod:`.terms`          -- the term contract and the declared wiring (:data:`TERMS`)
 * :mod:`.distiller`      -- :class:`Distiller`, :class:`DistillOutput`, :func:`check_compatible`
-* :mod:`.task`           -- :class:`DistillTask`, the distiller behind the engine's task interface
+* :mod:`.detr_distiller` -- :class:`DETRDistiller`, the public API (transformers models, folders or hub ids; labels
+  in transformers or COCO format), exported as ``detrdistill.DETRDistiller``
+* :mod:`.task`           -- :class:`DistillTask`, the DETRDistiller behind the engine's task interface
 """
 from .baselines import FitNetLoss, LogitKDLoss
 from .context import StepContext

@@ -12,20 +12,15 @@ from torch import Tensor, nn
 from detrdistill.config import Config
 from detrdistill.engine.task import Task, load_state_strictly
 from detrdistill.errors import ConfigError
-from detrdistill.models.family_loss import FamilyLoss
-from detrdistill.ops.criterion import SetCriterion
+from detrdistill.ops.criterion import student_criterion
 
 MODES = ("train", "distill")
 
 
 def build_criterion(cfg: Config, adapter) -> nn.Module:
-    """The student's criterion: the set criterion, wrapped in a :class:`FamilyLoss` under ``loss.recipe: family``
-    when the family has a training recipe of its own (the wrapped set criterion still serves extra query groups)."""
-    class_loss = "ce" if adapter.class_activation == "softmax" else "focal"
-    criterion = SetCriterion.from_config(cfg.loss, adapter.num_classes, class_loss)
-    if cfg.loss.recipe == "family" and adapter.has_family_loss:
-        return FamilyLoss(criterion, aux_loss=cfg.loss.aux_loss)
-    return criterion
+    """The student's criterion under ``cfg.loss`` (:func:`~detrdistill.ops.criterion.student_criterion`): the set
+    criterion, or the family's own recipe wrapped in a :class:`~detrdistill.models.family_loss.FamilyLoss`."""
+    return student_criterion(cfg.loss, adapter)
 
 
 class DetectionTask(nn.Module):
@@ -64,11 +59,10 @@ def build_task(cfg: Config, id2label: dict[int, str], mode: str) -> Task:
     if mode not in MODES:
         raise ConfigError(f"unknown task mode {mode!r}; expected one of {MODES}")
     student = get_adapter(build_model(cfg.model, id2label))
-    criterion = build_criterion(cfg, student)
     if mode == "train":
-        return DetectionTask(student, criterion)
-    from detrdistill.distillation.task import build_distill_task
-    return build_distill_task(cfg, student, criterion, id2label)
+        return DetectionTask(student, build_criterion(cfg, student))
+    from detrdistill.distillation.task import build_distill_task  # the Python API's DETRDistiller, from the config
+    return build_distill_task(cfg, student, id2label)
 
 
 def task_inputs(cfg: Config, mode: str) -> tuple[tuple[str, str], ...]:

@@ -95,3 +95,25 @@ def write_model_card(cfg: Config, model_dir: str | Path, stats: dict | None, mod
     """Write ``<model_dir>/README.md`` atomically; returns its path."""
     from detrdistill.io_atomic import write_atomic
     return write_atomic(Path(model_dir) / "README.md", render_model_card(cfg, model_dir, stats, mode))
+
+
+def write_distilled_card(model_dir: str | Path, family: str, teacher: str, terms: list[str], recipe: str) -> Path:
+    """``<model_dir>/README.md`` (atomic) for a student saved by the Python API
+    (:meth:`detrdistill.DETRDistiller.save_student`): its use, classes, teacher and distillation terms."""
+    model_dir = Path(model_dir)
+    labels = _labels(model_dir)
+    params = count_saved_parameters(model_dir)
+    has_processor = (model_dir / "preprocessor_config.json").is_file()
+    lines = [f"# {model_dir.name or 'detrdistill student'}", "",
+             f"A `{family}` object detector distilled with detrdistill (DETRDistill) from the teacher `{teacher}`.",
+             "", "## Use", "", "```python", "from transformers import pipeline", *_registration_lines(family),
+             f'detector = pipeline("object-detection", model="{model_dir}")', 'detector("image.jpg", threshold=0.5)',
+             "```", "",
+             "The saved image processor prepares pixels as in training." if has_processor else
+             "No image processor was saved with this model: give `pipeline` the one used in training.",
+             "", "## Training", "",
+             f"- classes ({len(labels)}): {', '.join(labels)}",
+             f"- student loss: `loss.recipe={recipe}`; distillation terms: {', '.join(terms) or 'none'}",
+             f"- weights: {params:,} values in `model.safetensors`" if params is not None else ""]
+    from detrdistill.io_atomic import write_atomic
+    return write_atomic(model_dir / "README.md", "\n".join(x for x in lines if x is not None) + "\n")

@@ -18,7 +18,7 @@ import inspect
 import logging
 import os
 import pickle
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from torch import nn
 from transformers import PreTrainedModel
@@ -26,6 +26,9 @@ from transformers import PreTrainedModel
 from ..config import ModelConfig
 from ..errors import ConfigError, ModelError, PathNotFoundError, UnsupportedFamilyError
 from .families import all_specs, family_names, family_of, family_spec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .pretrained import ModelSource
 
 log = logging.getLogger("detrdistill")
 
@@ -157,15 +160,16 @@ def _family_of_config(config: dict, where: str) -> str:
     return family
 
 
-def _load_pretrained(name: str | os.PathLike, id2label: dict[int, str] | None = None,
+def _load_pretrained(name: "str | os.PathLike | ModelSource", id2label: dict[int, str] | None = None,
                      expect_family: str | None = None, what: str = "model.pretrained",
                      relabel: bool = False) -> PreTrainedModel:
-    """Load a local directory or hub id (:func:`detrdistill.models.pretrained.resolve_model`). With ``id2label``:
-    ``relabel`` re-heads a checkpoint of other classes by name (:func:`~detrdistill.models.label_map.relabel_model`),
-    otherwise a different label map is refused."""
-    from .pretrained import resolve_model
+    """Load a local directory or hub id (:func:`detrdistill.models.pretrained.resolve_model`; an already resolved
+    :class:`~detrdistill.models.pretrained.ModelSource` is used as it is). With ``id2label``: ``relabel`` re-heads a
+    checkpoint of other classes by name (:func:`~detrdistill.models.label_map.relabel_model`), otherwise a different
+    label map is refused."""
+    from .pretrained import ModelSource, resolve_model
 
-    source = resolve_model(name, what=what)
+    source = name if isinstance(name, ModelSource) else resolve_model(name, what=what)
     family = _family_of_config(source.config, source.name)
     if expect_family is not None and family != expect_family:
         raise ModelError(f"{source.name} holds a {family!r} model but model.family is {expect_family!r}; "
@@ -211,9 +215,10 @@ def weights_failure(e: BaseException) -> str:
     return f"its weights cannot be loaded ({type(e).__name__}: {first[:160]})"
 
 
-def load_detector(path: str | os.PathLike, id2label: dict[int, str] | None = None,
+def load_detector(path: "str | os.PathLike | ModelSource", id2label: dict[int, str] | None = None,
                   freeze: str = "none", what: str = "model") -> PreTrainedModel:
-    """Load a local directory or hub id of any supported family (e.g. a teacher); the freeze policy is applied
+    """Load a local directory or hub id of any supported family (e.g. a teacher), or the
+    :class:`~detrdistill.models.pretrained.ModelSource` it was already resolved to; the freeze policy is applied
     after. ``what`` names the setting in errors (e.g. ``"distill.teacher"``)."""
     model = _load_pretrained(path, id2label=id2label, what=what)
     apply_backbone_freeze(model, freeze)
