@@ -90,7 +90,7 @@ def cmd_export(args) -> int:
 
 def cmd_demo(args) -> int:
     from detrdistill.demo import run_demo
-    run_demo(output_dir=args.output_dir, preset=args.preset)
+    run_demo(output_dir=args.output_dir, preset=args.preset, seed=args.seed, threads=args.threads)
     return 0
 
 
@@ -189,6 +189,8 @@ def _add_model_tools(sub) -> None:
     sp.add_argument("--preset", choices=["auto", "cpu", "gpu", "smoke"], default="auto",
                     help="model/schedule sizes: cpu (6.5 min measured on 2 idle cores, 2026-11-26), gpu, "
                     "smoke (seconds, checks the pipeline)")
+    sp.add_argument("--seed", type=int, default=0, help="train.seed of the three runs (the data set stays the same)")
+    sp.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core)")
     sp.set_defaults(func=cmd_demo)
 
 

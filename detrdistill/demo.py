@@ -68,11 +68,12 @@ PRESETS = {
 }
 
 
-def demo_configs(output_dir: str | Path, preset: str) -> dict[str, Config]:
-    """The three run configs (teacher, baseline, distilled) of a preset."""
+def demo_configs(output_dir: str | Path, preset: str, seed: int = 0) -> dict[str, Config]:
+    """The three run configs (teacher, baseline, distilled) of a preset; ``seed`` is every run's ``train.seed``
+    (the synthetic data set stays the same, so seeds differ only in training randomness)."""
     out = Path(output_dir)
     p = PRESETS[preset]
-    common = p["common"] + [f"data.synth_dir={out / 'data'}"]
+    common = p["common"] + [f"data.synth_dir={out / 'data'}", f"train.seed={seed}"]
     teacher = load_config(None, common + p["teacher"] + [f"train.output_dir={out / 'teacher'}"])
     baseline = load_config(None, common + p["student"] + [f"train.output_dir={out / 'baseline'}"])
     distilled = load_config(None, common + p["student"] + [f"train.output_dir={out / 'distilled'}",
@@ -81,28 +82,39 @@ def demo_configs(output_dir: str | Path, preset: str) -> dict[str, Config]:
 
 
 def _done(cfg: Config) -> bool:
+    """The stage finished with exactly this config (another seed or preset in the same folder is not reused)."""
+    import yaml
+
     out = Path(cfg.train.output_dir)
-    return (out / "eval.json").is_file() and (out / "model" / "config.json").is_file() and \
-        not json.loads((out / "eval.json").read_text()).get("stopped_early", False)
+    if not ((out / "eval.json").is_file() and (out / "model" / "config.json").is_file() and (out / "config.yaml").is_file()):
+        return False
+    if json.loads((out / "eval.json").read_text()).get("stopped_early", False):
+        return False
+    return yaml.safe_load((out / "config.yaml").read_text()) == cfg.model_dump(mode="json")
 
 
-def run_demo(output_dir: str | Path = "runs/demo", preset: str = "auto") -> dict:
+def run_demo(output_dir: str | Path = "runs/demo", preset: str = "auto", seed: int = 0,
+             threads: int | None = None) -> dict:
+    """Run (or reuse) the three stages of ``preset`` with ``train.seed=seed``; ``threads`` fixes torch's CPU thread
+    count (None: torch's default). Returns the summary also written to ``<output_dir>/summary.json``."""
     from detrdistill.output_folder import claim_output
 
     if preset == "auto":
         preset = "gpu" if torch.cuda.is_available() else "cpu"
+    if threads is not None:
+        torch.set_num_threads(threads)
     out = Path(output_dir)
     with claim_output(out, (), "--output-dir"):  # one demo per folder at a time
-        return _run_demo(out, preset)
+        return _run_demo(out, preset, seed)
 
 
-def _run_demo(out: Path, preset: str) -> dict:
+def _run_demo(out: Path, preset: str, seed: int = 0) -> dict:
     from detrdistill.engine.trainer import run_training
     from detrdistill.models.build import count_parameters, load_detector
 
-    cfgs = demo_configs(out, preset)
+    cfgs = demo_configs(out, preset, seed)
     modes = {"teacher": "train", "baseline": "train", "distilled": "distill"}
-    summary = {"preset": preset, "runs": {}}
+    summary = {"preset": preset, "seed": seed, "threads": torch.get_num_threads(), "runs": {}}
     t_start = time.monotonic()
     for i, (name, cfg) in enumerate(cfgs.items(), 1):
         print(f"[{i}/3] {name}: {modes[name]} -> {cfg.train.output_dir}", flush=True)
