@@ -23,14 +23,34 @@ def embedded_config(name: str) -> Path:
 
 
 def _load(args) -> "Config":  # noqa: F821
-    from detrdistill.config import load_config
+    """The validated config of a command (read once; ``main`` reads it before torch is imported)."""
+    if getattr(args, "_cfg", None) is None:
+        args._cfg, args._origins = _load_with_origins(args)
+    return args._cfg
+
+
+def _load_with_origins(args):
+    from detrdistill.config import load_config_with_origins
 
     overrides = list(args.set or [])
+    labels = [f"--set {s}" for s in overrides]
     if getattr(args, "output_dir", None):
         overrides.append(f"train.output_dir={args.output_dir}")
+        labels.append(f"--output-dir {args.output_dir}")
     if getattr(args, "teacher", None):
         overrides.append(f"distill.teacher={args.teacher}")
-    return load_config(args.config or embedded_config("synthetic"), overrides)
+        labels.append(f"--teacher {args.teacher}")
+    if args.config:
+        return load_config_with_origins(args.config, overrides, labels)
+    return load_config_with_origins(embedded_config("synthetic"), overrides, labels,
+                                    name="embedded detrdistill/configs/synthetic.yaml")
+
+
+def cmd_config_show(args) -> int:
+    from detrdistill.config_show import render_config
+    _load(args)
+    sys.stdout.write(render_config(args._cfg, args._origins))
+    return 0
 
 
 def cmd_train(args) -> int:
@@ -127,8 +147,10 @@ class _Parser(argparse.ArgumentParser):
 
 def _with_config(sp, default_note="the embedded synthetic config"):
     sp.add_argument("config", nargs="?", help=f"YAML config (default: {default_note})")
-    sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a config key (repeatable; `detrdistill config show` lists every key)")
     sp.add_argument("--output-dir", help="shortcut for --set train.output_dir=...")
+    sp.set_defaults(takes_config=True)  # validated before torch is imported
 
 
 def _run_flags(sp):
@@ -194,6 +216,15 @@ def _add_model_tools(sub) -> None:
     sp.set_defaults(func=cmd_demo)
 
 
+def _add_config_commands(sub) -> None:
+    config = sub.add_parser("config", help="inspect configs").add_subparsers(dest="config_command", required=True,
+                                                                            parser_class=_Parser)
+    sp = config.add_parser("show", help="print the resolved config as YAML, every key with its meaning, default and "
+                           "where its value came from (file:line or --set)")
+    _with_config(sp)
+    sp.set_defaults(func=cmd_config_show, light=True)
+
+
 def _add_data_commands(sub) -> None:
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True,
                                                                        parser_class=_Parser)
@@ -223,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_commands(sub)
     _add_model_tools(sub)
     _add_data_commands(sub)
+    _add_config_commands(sub)
     return p
 
 
@@ -242,15 +274,13 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("accelerate", "transformers", "PIL", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:  # transformers' own "Loading weights" / "Writing model shards" bars
-        from transformers.utils import logging as hf_logging
-        hf_logging.disable_progress_bar()
-    except Exception:  # pragma: no cover
-        pass
-    from detrdistill.engine.interrupt import TrainingInterrupted
     from detrdistill.errors import ConfigError, DetrDistillError
 
     try:
+        if getattr(args, "takes_config", False):
+            _load(args)  # a config mistake is reported before torch / transformers are imported (well under a second)
+        if not getattr(args, "light", False):
+            _quiet_transformers()
         return args.func(args)
     except KeyboardInterrupt:  # a second Ctrl-C (the first one stops cleanly with a checkpoint)
         if args.debug:
@@ -265,9 +295,20 @@ def main(argv: list[str] | None = None) -> int:
         else:  # full disk, permissions, ...
             from detrdistill.os_errors import describe_os_error
             msg = describe_os_error(e)
-        hint = "" if isinstance(e, (ConfigError, TrainingInterrupted)) else "  (--debug shows the traceback)"
+        from detrdistill.engine.interrupt import TrainingInterrupted  # light: signal and errors only
+        interrupted = isinstance(e, TrainingInterrupted)
+        hint = "" if isinstance(e, ConfigError) or interrupted else "  (--debug shows the traceback)"
         print(f"error: {msg}{hint}", file=sys.stderr)
-        return e.exit_code if isinstance(e, TrainingInterrupted) else 2
+        return e.exit_code if interrupted else 2
+
+
+def _quiet_transformers() -> None:
+    """transformers' own "Loading weights" / "Writing model shards" bars off (imports transformers)."""
+    try:
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
+    except Exception:  # pragma: no cover
+        pass
 
 
 if __name__ == "__main__":
