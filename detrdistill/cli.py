@@ -46,6 +46,19 @@ def _load_with_origins(args):
                                     name="embedded detrdistill/configs/synthetic.yaml")
 
 
+def _check_named_models(args) -> None:
+    """A model the run names by a local-looking path that does not exist: one line now, before data or torch."""
+    from detrdistill.models.pretrained import check_local_model
+
+    cfg = args._cfg
+    named = {"model.pretrained": cfg.model.pretrained, "model.backbone.pretrained": cfg.model.backbone.pretrained}
+    if args.command == "distill":
+        named["distill.teacher"] = cfg.distill.teacher
+    for what, name in named.items():
+        if name:
+            check_local_model(name, what)
+
+
 def cmd_config_show(args) -> int:
     from detrdistill.config_show import render_config
     _load(args)
@@ -163,7 +176,7 @@ def _add_training_commands(sub) -> None:
     sp = sub.add_parser("train", help="train a detector (teacher or student baseline)")
     _with_config(sp)
     _run_flags(sp)
-    sp.set_defaults(func=cmd_train)
+    sp.set_defaults(func=cmd_train, trains=True)
 
     sp = sub.add_parser("distill", help="train a student under a frozen teacher (DETRDistill); without a config "
                         "file or --output-dir it writes to runs/synthetic_distill")
@@ -171,7 +184,7 @@ def _add_training_commands(sub) -> None:
     sp.add_argument("--teacher", help="teacher: a model directory or a Hugging Face hub id (org/name) "
                     "(shortcut for --set distill.teacher=...; honours HF_HUB_OFFLINE)")
     _run_flags(sp)
-    sp.set_defaults(func=cmd_distill)
+    sp.set_defaults(func=cmd_distill, trains=True)
 
     sp = sub.add_parser("eval", help="COCO mAP of a model directory; writes <output_dir>/eval.json")
     _with_config(sp)
@@ -279,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "takes_config", False):
             _load(args)  # a config mistake is reported before torch / transformers are imported (well under a second)
+        if getattr(args, "trains", False):
+            _check_named_models(args)  # so is a model path that does not exist (no hub lookup for it)
         if not getattr(args, "light", False):
             _quiet_transformers()
         return args.func(args)

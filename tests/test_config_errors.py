@@ -1,28 +1,10 @@
 """Config mistakes: reported before torch is imported, naming where the key came from and the key meant;
 ``detrdistill config show`` lists every key with its meaning, default and origin."""
-import json
-import subprocess
-import sys
-
 import pytest
 import yaml
 
 from detrdistill.config import ConfigError, load_config
-
-
-def _cli_in_fresh_process(*argv: str, cwd=None) -> dict:
-    """Run ``detrdistill.cli.main(argv)`` in a new interpreter; its exit code, stdout, stderr and which heavy modules
-    it imported."""
-    code = ("import io, json, sys, contextlib\n"
-            "from detrdistill.cli import main\n"
-            "out, err = io.StringIO(), io.StringIO()\n"
-            "with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):\n"
-            f"    rc = main({list(argv)!r})\n"
-            "print(json.dumps({'rc': rc, 'out': out.getvalue(), 'err': err.getvalue(),\n"
-            "                  'imported': [m for m in ('torch', 'transformers', 'accelerate') if m in sys.modules]}))\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+from tests.cli_process import cli_in_fresh_process as _cli_in_fresh_process
 
 
 def test_a_misspelt_set_key_is_named_with_the_nearest_key_before_torch_is_imported():
