@@ -288,8 +288,9 @@ class DistillConfig(_Section):
                                 "of a supported family; its classes must include the dataset's, mapped by name)")
     teacher_input: TeacherInputMode = Field(
         "auto", description="pixels the teacher is fed, from the student's augmented batch: 'auto' = its processor's "
-        "normalisation, and its resizing when that differs from data.eval_size/max_size; 'processor' = always its "
-        "processor's normalisation and resizing; 'student' = the student's pixels unchanged")
+        "normalisation, and its resizing when that differs from data.eval_size/max_size, never enlarging an image "
+        "(smaller ones keep the student's size); 'processor' = always its processor's normalisation and resizing, "
+        "enlarging included (a hub teacher's 800 x 1333: slow on a CPU); 'student' = the student's pixels unchanged")
     teacher_dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="teacher forward dtype; unset + train.mixed_precision=bf16 -> bfloat16")
     stage_mapping: Literal["uniform", "last", "final"] = Field(

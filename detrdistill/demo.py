@@ -132,10 +132,15 @@ def _run_demo(out: Path, preset: str, seed: int = 0) -> dict:
                                  "wall_seconds": round(time.monotonic() - t0, 1)}
     summary["figures"] = _figures(out, cfgs)
     summary["total_seconds"] = round(time.monotonic() - t_start, 1)
-    table = format_table(summary)
+    from detrdistill.demo_reference import load_reference
+    reference = load_reference()
+    table = format_table(summary, reference)
     write_atomic(out / "summary.json", json.dumps(summary, indent=1))
     write_atomic(out / "summary.md", table + "\n")
     print("\n" + table)
+    note = reference_note(summary, reference)
+    if note:
+        print("\n" + note)
     print("\nfigures:")
     for f in summary["figures"]:
         print(f"  {f}")
@@ -146,16 +151,53 @@ def _run_demo(out: Path, preset: str, seed: int = 0) -> dict:
 DISPLAY_NAMES = {"teacher": "teacher", "baseline": "student alone", "distilled": "student distilled"}
 
 
-def format_table(summary: dict) -> str:
+def format_table(summary: dict, reference: dict | None = None) -> str:
+    """This run's table; with a ``reference`` of the same preset (:mod:`detrdistill.demo_reference`), a last column
+    with the README's reference AP (mean ± std over its seeds, and its value for this run's seed)."""
+    from detrdistill.demo_reference import reference_cells
+
     runs = summary["runs"]
     base = runs.get("baseline", {}).get("AP")
-    lines = ["| model | params | AP | AP50 | AP75 | AP vs student alone | train seconds |",
-             "|---|---|---|---|---|---|---|"]
+    cells = reference_cells(reference, summary.get("seed")) if _comparable(summary, reference) else None
+    head = "| model | params | AP | AP50 | AP75 | AP vs student alone | train seconds |"
+    rule = "|---|---|---|---|---|---|---|"
+    if cells:
+        n = len(reference["seeds"])
+        head, rule = head + f" README reference AP ({n} seeds) |", rule + "---|"
+    lines = [head, rule]
     for name, r in runs.items():
         gain = "" if base is None or name == "baseline" else f"{r['AP'] - base:+.2f}"
         lines.append(f"| {DISPLAY_NAMES.get(name, name)} | {r['params'] / 1e6:.2f} M | {r['AP']:.2f} | {r['AP50']:.2f} | {r['AP75']:.2f} | "
-                     f"{gain} | {r['train_seconds'] or 0:.0f} |")
+                     f"{gain} | {r['train_seconds'] or 0:.0f} |" + (f" {cells.get(name, '')} |" if cells else ""))
     return "\n".join(lines)
+
+
+def _comparable(summary: dict, reference: dict | None) -> bool:
+    return reference is not None and reference.get("preset") == summary.get("preset")
+
+
+def reference_note(summary: dict, reference: dict | None) -> str:
+    """What the reference column is, how it was measured, and this run's time and threads beside it."""
+    if reference is None:
+        return ""
+    from detrdistill.demo_reference import pm, reference_stats
+
+    if not _comparable(summary, reference):
+        return (f"README reference figures are for --preset {reference['preset']}; this run used --preset "
+                f"{summary.get('preset')}, not comparable")
+    wall = pm(reference_stats(reference)["wall_min"], ".1f")
+    here = summary.get("total_seconds")
+    threads = summary.get("threads")
+    same = "" if threads == reference["threads"] else " (another thread count gives slightly other numbers)"
+    return (f"README reference: `{reference['command']}`, seeds {', '.join(sorted(reference['seeds'], key=int))}, "
+            f"{reference['threads']} thread{'s' if reference['threads'] != 1 else ''}, {reference['date']}; "
+            f"{wall} min per seed on {reference['device']} under load ({reference['load']}). "
+            f"This run: {here / 60:.1f} min{' (stages reused)' if _reused(summary) else ''}, {threads} thread"
+            f"{'s' if threads != 1 else ''}{same}.")
+
+
+def _reused(summary: dict) -> bool:
+    return any((r.get("wall_seconds") or 0) < 0.5 * (r.get("train_seconds") or 0) for r in summary["runs"].values())
 
 
 def _figures(out: Path, cfgs: dict[str, Config]) -> list[str]:
