@@ -222,7 +222,7 @@ def _add_model_tools(sub) -> None:
     sp = sub.add_parser("demo", help="synthetic data -> teacher, student baseline, distilled student, comparison")
     sp.add_argument("--output-dir", default="runs/demo", help="where the demo's runs and figures go")
     sp.add_argument("--preset", choices=["auto", "cpu", "gpu", "smoke"], default="auto",
-                    help="model/schedule sizes: cpu (6.5 min measured on 2 idle cores, 2026-11-26), gpu, "
+                    help="model/schedule sizes: cpu (its time and figures: the README's demo table), gpu, "
                     "smoke (seconds, checks the pipeline)")
     sp.add_argument("--seed", type=int, default=0, help="train.seed of the three runs (the data set stays the same)")
     sp.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core)")

@@ -4,10 +4,11 @@
 4. distil the same student from the teacher (all three DETRDistill parts); 5. evaluate, print a
 comparison table and write figures (predictions, the feature-distillation mask, loss curves).
 
-Presets: ``cpu`` (tiny models; 6 min 33 s measured on 2 idle cores, see
-benchmarks/results/demo-cpu-2026-11-26.md) and ``gpu`` (bigger images, models and schedules); ``auto``
-picks ``gpu`` when CUDA is available. Finished stages are reused when the command is run again with the
-same output directory.
+Presets: ``cpu`` (tiny models; its reference figures and time: ``detrdistill/demo_reference.json``, the README's
+demo table) and ``gpu`` (bigger images, models and schedules); ``auto`` picks ``gpu`` when CUDA is available.
+Finished stages are reused when the command is run again with the same output directory and config (seed included);
+an unfinished one is resumed. The printed table has the reference's AP beside this run's
+(:mod:`detrdistill.demo_reference`).
 """
 from __future__ import annotations
 
@@ -181,6 +182,7 @@ def reference_note(summary: dict, reference: dict | None) -> str:
     if reference is None:
         return ""
     from detrdistill.demo_reference import pm, reference_stats
+    from detrdistill.engine.run_summary import duration
 
     if not _comparable(summary, reference):
         return (f"README reference figures are for --preset {reference['preset']}; this run used --preset "
@@ -192,7 +194,7 @@ def reference_note(summary: dict, reference: dict | None) -> str:
     return (f"README reference: `{reference['command']}`, seeds {', '.join(sorted(reference['seeds'], key=int))}, "
             f"{reference['threads']} thread{'s' if reference['threads'] != 1 else ''}, {reference['date']}; "
             f"{wall} min per seed on {reference['device']} under load ({reference['load']}). "
-            f"This run: {here / 60:.1f} min{' (stages reused)' if _reused(summary) else ''}, {threads} thread"
+            f"This run: {duration(here)}{' (stages reused)' if _reused(summary) else ''}, {threads} thread"
             f"{'s' if threads != 1 else ''}{same}.")
 
 

@@ -284,7 +284,7 @@ def after_step(run: Run, loss: torch.Tensor, loss_dict: dict[str, torch.Tensor])
 def _time_first_steps(run: Run) -> None:
     """After the 2nd step: the estimated time, completing the start-up block (main process)."""
     run.first_steps_s.append(run.state["elapsed_s"])
-    if len(run.first_steps_s) == 2 and run.accelerator.is_main_process:
+    if len(run.first_steps_s) == 2 and run.accelerator.is_main_process and run.plan["total"] > run.state["step"]:
         from detrdistill.engine.run_summary import estimate_line
         first = run.first_steps_s[0] - run.clock[1]
         log.info("%s", estimate_line(first, run.first_steps_s[1] - run.first_steps_s[0],
