@@ -23,14 +23,47 @@ def embedded_config(name: str) -> Path:
 
 
 def _load(args) -> "Config":  # noqa: F821
-    from detrdistill.config import load_config
+    """The validated config of a command (read once; ``main`` reads it before torch is imported)."""
+    if getattr(args, "_cfg", None) is None:
+        args._cfg, args._origins = _load_with_origins(args)
+    return args._cfg
+
+
+def _load_with_origins(args):
+    from detrdistill.config import load_config_with_origins
 
     overrides = list(args.set or [])
+    labels = [f"--set {s}" for s in overrides]
     if getattr(args, "output_dir", None):
         overrides.append(f"train.output_dir={args.output_dir}")
+        labels.append(f"--output-dir {args.output_dir}")
     if getattr(args, "teacher", None):
         overrides.append(f"distill.teacher={args.teacher}")
-    return load_config(args.config or embedded_config("synthetic"), overrides)
+        labels.append(f"--teacher {args.teacher}")
+    if args.config:
+        return load_config_with_origins(args.config, overrides, labels)
+    return load_config_with_origins(embedded_config("synthetic"), overrides, labels,
+                                    name="embedded detrdistill/configs/synthetic.yaml")
+
+
+def _check_named_models(args) -> None:
+    """A model the run names by a local-looking path that does not exist: one line now, before data or torch."""
+    from detrdistill.models.pretrained import check_local_model
+
+    cfg = args._cfg
+    named = {"model.pretrained": cfg.model.pretrained, "model.backbone.pretrained": cfg.model.backbone.pretrained}
+    if args.command == "distill":
+        named["distill.teacher"] = cfg.distill.teacher
+    for what, name in named.items():
+        if name:
+            check_local_model(name, what)
+
+
+def cmd_config_show(args) -> int:
+    from detrdistill.config_show import render_config
+    _load(args)
+    sys.stdout.write(render_config(args._cfg, args._origins))
+    return 0
 
 
 def cmd_train(args) -> int:
@@ -90,7 +123,7 @@ def cmd_export(args) -> int:
 
 def cmd_demo(args) -> int:
     from detrdistill.demo import run_demo
-    run_demo(output_dir=args.output_dir, preset=args.preset)
+    run_demo(output_dir=args.output_dir, preset=args.preset, seed=args.seed, threads=args.threads)
     return 0
 
 
@@ -127,8 +160,10 @@ class _Parser(argparse.ArgumentParser):
 
 def _with_config(sp, default_note="the embedded synthetic config"):
     sp.add_argument("config", nargs="?", help=f"YAML config (default: {default_note})")
-    sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a config key (repeatable; `detrdistill config show` lists every key)")
     sp.add_argument("--output-dir", help="shortcut for --set train.output_dir=...")
+    sp.set_defaults(takes_config=True)  # validated before torch is imported
 
 
 def _run_flags(sp):
@@ -141,7 +176,7 @@ def _add_training_commands(sub) -> None:
     sp = sub.add_parser("train", help="train a detector (teacher or student baseline)")
     _with_config(sp)
     _run_flags(sp)
-    sp.set_defaults(func=cmd_train)
+    sp.set_defaults(func=cmd_train, trains=True)
 
     sp = sub.add_parser("distill", help="train a student under a frozen teacher (DETRDistill); without a config "
                         "file or --output-dir it writes to runs/synthetic_distill")
@@ -149,7 +184,7 @@ def _add_training_commands(sub) -> None:
     sp.add_argument("--teacher", help="teacher: a model directory or a Hugging Face hub id (org/name) "
                     "(shortcut for --set distill.teacher=...; honours HF_HUB_OFFLINE)")
     _run_flags(sp)
-    sp.set_defaults(func=cmd_distill)
+    sp.set_defaults(func=cmd_distill, trains=True)
 
     sp = sub.add_parser("eval", help="COCO mAP of a model directory; writes <output_dir>/eval.json")
     _with_config(sp)
@@ -187,9 +222,20 @@ def _add_model_tools(sub) -> None:
     sp = sub.add_parser("demo", help="synthetic data -> teacher, student baseline, distilled student, comparison")
     sp.add_argument("--output-dir", default="runs/demo", help="where the demo's runs and figures go")
     sp.add_argument("--preset", choices=["auto", "cpu", "gpu", "smoke"], default="auto",
-                    help="model/schedule sizes: cpu (6.5 min measured on 2 idle cores, 2026-11-26), gpu, "
+                    help="model/schedule sizes: cpu (its time and figures: the README's demo table), gpu, "
                     "smoke (seconds, checks the pipeline)")
+    sp.add_argument("--seed", type=int, default=0, help="train.seed of the three runs (the data set stays the same)")
+    sp.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core)")
     sp.set_defaults(func=cmd_demo)
+
+
+def _add_config_commands(sub) -> None:
+    config = sub.add_parser("config", help="inspect configs").add_subparsers(dest="config_command", required=True,
+                                                                            parser_class=_Parser)
+    sp = config.add_parser("show", help="print the resolved config as YAML, every key with its meaning, default and "
+                           "where its value came from (file:line or --set)")
+    _with_config(sp)
+    sp.set_defaults(func=cmd_config_show, light=True)
 
 
 def _add_data_commands(sub) -> None:
@@ -221,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_commands(sub)
     _add_model_tools(sub)
     _add_data_commands(sub)
+    _add_config_commands(sub)
     return p
 
 
@@ -240,15 +287,15 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("accelerate", "transformers", "PIL", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:  # transformers' own "Loading weights" / "Writing model shards" bars
-        from transformers.utils import logging as hf_logging
-        hf_logging.disable_progress_bar()
-    except Exception:  # pragma: no cover
-        pass
-    from detrdistill.engine.interrupt import TrainingInterrupted
     from detrdistill.errors import ConfigError, DetrDistillError
 
     try:
+        if getattr(args, "takes_config", False):
+            _load(args)  # a config mistake is reported before torch / transformers are imported (well under a second)
+        if getattr(args, "trains", False):
+            _check_named_models(args)  # so is a model path that does not exist (no hub lookup for it)
+        if not getattr(args, "light", False):
+            _quiet_transformers()
         return args.func(args)
     except KeyboardInterrupt:  # a second Ctrl-C (the first one stops cleanly with a checkpoint)
         if args.debug:
@@ -263,9 +310,20 @@ def main(argv: list[str] | None = None) -> int:
         else:  # full disk, permissions, ...
             from detrdistill.os_errors import describe_os_error
             msg = describe_os_error(e)
-        hint = "" if isinstance(e, (ConfigError, TrainingInterrupted)) else "  (--debug shows the traceback)"
+        from detrdistill.engine.interrupt import TrainingInterrupted  # light: signal and errors only
+        interrupted = isinstance(e, TrainingInterrupted)
+        hint = "" if isinstance(e, ConfigError) or interrupted else "  (--debug shows the traceback)"
         print(f"error: {msg}{hint}", file=sys.stderr)
-        return e.exit_code if isinstance(e, TrainingInterrupted) else 2
+        return e.exit_code if interrupted else 2
+
+
+def _quiet_transformers() -> None:
+    """transformers' own "Loading weights" / "Writing model shards" bars off (imports transformers)."""
+    try:
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
+    except Exception:  # pragma: no cover
+        pass
 
 
 if __name__ == "__main__":

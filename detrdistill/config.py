@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .config_origins import Origins, format_validation_error, yaml_key_lines
 from .errors import ConfigError
 
 
@@ -25,8 +26,9 @@ def __getattr__(name: str):  # FAMILIES: the registered model families (detrdist
 
 
 def _family_names() -> tuple[str, ...]:
-    from .models.families import family_names  # the registry imports its adapters: only when a family is checked
-    return family_names()
+    # the registry imports transformers: until it is loaded, the light list of the families the adapters declare
+    from .models.family_index import known_families
+    return known_families()
 
 
 class _Section(BaseModel):
@@ -56,13 +58,14 @@ class SplitConfig(_Section):
 
 
 class DataConfig(_Section):
-    train: SplitConfig | None = None
-    val: SplitConfig | None = None
-    test: SplitConfig | None = None
+    """COCO splits (or the synthetic set), augmentation and loading."""
+    train: SplitConfig | None = Field(None, description="training split {ann_file, image_dir}")
+    val: SplitConfig | None = Field(None, description="validation split (periodic and final evaluation)")
+    test: SplitConfig | None = Field(None, description="test split (`detrdistill eval --split test`)")
     synthetic: bool = Field(False, description="generate the synthetic set into <output_dir>/data if train/val are unset")
     synth_images: int = Field(160, ge=4, description="train images for the synthetic set (val gets a quarter)")
     synth_size: int = Field(256, ge=64, description="side of the synthetic images")
-    synth_seed: int = 0
+    synth_seed: int = Field(0, description="seed of the synthetic set")
     synth_dir: str | None = Field(None, description="where the synthetic set is written (default <output_dir>/data)")
     defects: Literal["repair", "skip", "error"] = Field(
         "repair",
@@ -71,10 +74,10 @@ class DataConfig(_Section):
     min_size: list[int] = Field([480, 512, 544, 576, 608], description="training short-side scales (one is drawn per image)")
     max_size: int = Field(800, ge=32, description="longest side after resizing")
     eval_size: int = Field(512, ge=32, description="evaluation short side")
-    hflip: float = Field(0.5, ge=0, le=1)
+    hflip: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
     crop: float = Field(0.5, ge=0, le=1, description="probability of a random crop before resizing")
     crop_min: float = Field(0.5, gt=0, le=1, description="smallest crop side as a fraction of the image side")
-    num_workers: int = Field(2, ge=0)
+    num_workers: int = Field(2, ge=0, description="data loader processes (0 = in the training process)")
     cache_images: float = Field(
         0.0, ge=0, description="GiB of decoded training images each loader process keeps in memory (0 = none): "
         "identical pixels, each file decoded once per process instead of once per epoch; for small sets on few cores")
@@ -86,28 +89,30 @@ class BackboneConfig(_Section):
     pretrained: str | None = Field(None, description="ResNet to start from: local dir or hub id of a transformers "
                                    "ResNet (e.g. microsoft/resnet-18) or a plain timm one (e.g. timm/resnet50.a1_in1k; "
                                    "timm itself is not needed)")
-    embedding_size: int = 64
-    hidden_sizes: list[int] = [64, 128, 256, 512]
-    depths: list[int] = [2, 2, 2, 2]
-    layer_type: Literal["basic", "bottleneck"] = "basic"
+    embedding_size: int = Field(64, description="channels of the ResNet stem")
+    hidden_sizes: list[int] = Field([64, 128, 256, 512], description="channels of each ResNet stage")
+    depths: list[int] = Field([2, 2, 2, 2], description="blocks per ResNet stage")
+    layer_type: Literal["basic", "bottleneck"] = Field(
+        "basic", description="'basic' blocks (ResNet-18/34) or 'bottleneck' blocks (ResNet-50 and deeper)")
     freeze: Literal["none", "stem", "all"] = Field("none", description="which backbone parameters stay fixed")
 
 
 class ModelConfig(_Section):
+    """The detector: family, sizes, backbone, starting weights."""
     family: str = Field("deformable_detr", description="a registered model family (detrdistill.models.families)")
     pretrained: str | None = Field(None, description="checkpoint to start from: local dir or hub id (e.g. "
                                    "SenseTime/deformable-detr); other classes than the dataset's are re-headed by name")
-    num_queries: int = Field(100, ge=1)
-    d_model: int = Field(256, ge=8)
-    encoder_layers: int = Field(3, ge=0)
-    decoder_layers: int = Field(6, ge=1)
-    ffn_dim: int = Field(1024, ge=8)
-    num_heads: int = Field(8, ge=1)
-    num_feature_levels: int = Field(4, ge=1)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    with_box_refine: bool = False
-    two_stage: bool = False
-    backbone: BackboneConfig = BackboneConfig()
+    num_queries: int = Field(100, ge=1, description="object queries (detection slots per image)")
+    d_model: int = Field(256, ge=8, description="transformer width")
+    encoder_layers: int = Field(3, ge=0, description="transformer encoder layers")
+    decoder_layers: int = Field(6, ge=1, description="transformer decoder layers (distillation stages)")
+    ffn_dim: int = Field(1024, ge=8, description="feed-forward width of every transformer layer")
+    num_heads: int = Field(8, ge=1, description="attention heads (must divide d_model)")
+    num_feature_levels: int = Field(4, ge=1, description="feature maps the transformer reads (multi-scale families)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="transformer dropout")
+    with_box_refine: bool = Field(False, description="iterative box refinement (families with it, e.g. Deformable DETR)")
+    two_stage: bool = Field(False, description="encoder proposals as queries (families with it, e.g. Deformable DETR)")
+    backbone: BackboneConfig = Field(BackboneConfig(), description="the ResNet backbone (transformers' own)")
     hf_overrides: dict[str, Any] = Field({}, description="extra keys passed to the transformers config")
 
     @field_validator("family")
@@ -115,7 +120,10 @@ class ModelConfig(_Section):
     def _registered_family(cls, v: str) -> str:
         names = _family_names()
         if v not in names:
-            raise ValueError(f"unknown model family; supported: {', '.join(names)}")
+            import difflib
+            near = difflib.get_close_matches(v, names, n=1, cutoff=0.6)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            raise ValueError(f"unknown model family {v!r}; {hint}supported: {', '.join(names)}")
         return v
 
     @model_validator(mode="after")
@@ -140,15 +148,15 @@ class LossConfig(_Section):
         "D-FINE / DEIMv2: denoising groups and varifocal / matchability-aware classification; D-FINE's FGL and DDF; "
         "LW-DETR / RF-DETR: grouped one-to-many queries; its own weights and matcher from the model config), the set "
         "criterion below for every other family; 'set' = the set criterion for every family")
-    class_cost: float = 2.0
-    bbox_cost: float = 5.0
-    giou_cost: float = 2.0
-    class_weight: float = 2.0
-    bbox_weight: float = 5.0
-    giou_weight: float = 2.0
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-    aux_loss: bool = True
+    class_cost: float = Field(2.0, description="Hungarian matching cost of the class score")
+    bbox_cost: float = Field(5.0, description="Hungarian matching cost of the L1 box distance")
+    giou_cost: float = Field(2.0, description="Hungarian matching cost of the generalised IoU")
+    class_weight: float = Field(2.0, description="weight of the classification loss (focal, or DETR's cross-entropy)")
+    bbox_weight: float = Field(5.0, description="weight of the L1 box loss")
+    giou_weight: float = Field(2.0, description="weight of the generalised-IoU loss")
+    focal_alpha: float = Field(0.25, description="focal loss alpha")
+    focal_gamma: float = Field(2.0, description="focal loss gamma")
+    aux_loss: bool = Field(True, description="supervise every decoder stage, not only the last")
 
     @model_validator(mode="before")
     @classmethod
@@ -162,40 +170,43 @@ class LossConfig(_Section):
 
 
 class OptimConfig(_Section):
-    lr: float = Field(2e-4, gt=0)
-    backbone_lr_mult: float = Field(0.1, ge=0)
+    """AdamW and the learning-rate schedule."""
+    lr: float = Field(2e-4, gt=0, description="AdamW learning rate")
+    backbone_lr_mult: float = Field(0.1, ge=0, description="lr multiplier for the backbone")
     linear_proj_lr_mult: float = Field(0.1, ge=0, description="lr multiplier for sampling offsets / reference points")
-    weight_decay: float = Field(1e-4, ge=0)
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
     grad_clip: float = Field(0.1, ge=0, description="max grad norm; 0 disables")
-    warmup_steps: int = Field(50, ge=0)
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_steps: int = Field(50, ge=0, description="steps of linear lr warm-up")
+    schedule: Literal["cosine", "step", "constant"] = Field("cosine", description="lr schedule after the warm-up")
     step_at: float = Field(0.8, gt=0, lt=1, description="step schedule: fraction of training where lr drops")
-    step_gamma: float = Field(0.1, gt=0)
+    step_gamma: float = Field(0.1, gt=0, description="step schedule: lr factor at the drop")
     min_lr_ratio: float = Field(0.01, ge=0, le=1, description="cosine floor as a fraction of lr")
 
 
 class TrainConfig(_Section):
-    output_dir: str = "runs/default"
-    seed: int = 0
-    epochs: int | None = Field(10, ge=1)
+    """How long to train, the run folder, logging, checkpoints, device."""
+    output_dir: str = Field("runs/default", description="run folder: config.yaml, metrics.jsonl, checkpoints/, "
+                            "model/, eval.json")
+    seed: int = Field(0, description="random seed (initialisation, data order, augmentation)")
+    epochs: int | None = Field(10, ge=1, description="passes over the training set")
     max_steps: int | None = Field(None, ge=1, description="overrides epochs when set")
     time_budget_min: float | None = Field(None, gt=0, description="stop (and checkpoint) after this many minutes")
     batch_size: int = Field(4, ge=1, description="images per process")
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast dtype on GPUs ('no' = float32)")
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
     def _yaml_no(cls, v: Any) -> Any:  # `mixed_precision: no` in a YAML file parses as False
         return "no" if v is False else v
-    log_every: int = Field(10, ge=1)
+    log_every: int = Field(10, ge=1, description="steps between metrics.jsonl lines")
     eval_every_epochs: int = Field(1, ge=0, description="0 evaluates only at the end")
     checkpoint_every_steps: int = Field(0, ge=0, description="0 checkpoints at each epoch end only")
     snapshot_steps: list[int] = Field(
         [], description="steps at which the deployable model is also kept, in <output_dir>/snapshots/step-N (e.g. "
         "teachers of increasing strength from one schedule); a snapshot of a resumed run's earlier steps stays")
-    keep_checkpoints: int = Field(2, ge=1)
-    device: Literal["auto", "cpu"] = "auto"
-    progress: bool = True
+    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept")
+    device: Literal["auto", "cpu"] = Field("auto", description="'auto' = what accelerate finds (a GPU if any), 'cpu'")
+    progress: bool = Field(True, description="progress bar on stderr (a plain line every 30 s when not a terminal)")
     report_to: list[Literal["tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "trackio",
                             "swanlab", "all"]] = Field(
         [], description="experiment trackers beside metrics.jsonl, through accelerate (e.g. [tensorboard]; "
@@ -212,23 +223,25 @@ class TrainConfig(_Section):
 
 
 class LogitsDistillConfig(_Section):
-    enabled: bool = True
+    """The Hungarian-matching logits term: student predictions matched to the teacher's, class + box losses."""
+    enabled: bool = Field(True, description="use the logits term")
     variant: Literal["all", "pos_neg"] = Field("all", description="'all' = official code, 'pos_neg' = paper")
-    class_weight: float = 1.0
-    bbox_weight: float = 5.0
-    giou_weight: float = 2.0
+    class_weight: float = Field(1.0, description="weight of the class-score distillation")
+    bbox_weight: float = Field(5.0, description="weight of the L1 box distillation")
+    giou_weight: float = Field(2.0, description="weight of the generalised-IoU box distillation")
     neg_weight: float = Field(1.0, ge=0, description="pos_neg: weight of the background term on teacher negatives")
     pos_threshold: float = Field(0.5, ge=0, le=1, description="pos_neg on images without GT: teacher max class "
                                  "probability >= this makes a positive")
 
 
 class FeatureDistillConfig(_Section):
-    enabled: bool = True
+    """The target-aware feature term: MSE of the feature maps under a mask built from the teacher's queries."""
+    enabled: bool = Field(True, description="use the feature term")
     source: Literal["encoder_inputs", "encoder_outputs"] = Field(
         "encoder_inputs", description="'encoder_inputs' = official code, 'encoder_outputs' = paper")
-    weight: float = 1.0
-    top_k: int = Field(100, ge=1)
-    mask_floor: float = Field(0.01, gt=0, le=1)
+    weight: float = Field(1.0, description="weight of the feature term")
+    top_k: int = Field(100, ge=1, description="teacher queries (by quality score) that build the mask")
+    mask_floor: float = Field(0.01, gt=0, le=1, description="smallest mask weight (background still counts a little)")
     normalize: Literal["auto", "none", "group"] = Field(
         "auto", description="'group' = parameter-free GroupNorm on both sides before the MSE (feature and fitnet terms); "
         "'auto' = 'group' when a model's encoder_inputs have no normalisation layer (DETR, Conditional DETR, "
@@ -237,30 +250,33 @@ class FeatureDistillConfig(_Section):
 
 
 class QueryPriorDistillConfig(_Section):
-    enabled: bool = True
-    weight: float = 1.0
+    """The query-prior term: the teacher's queries, projected, decoded by the student with the teacher's assignment."""
+    enabled: bool = Field(True, description="use the query-prior term")
+    weight: float = Field(1.0, description="weight of the query-prior term")
     reuse_memory: bool = Field(True, description="decode over the student's memory instead of a second encoder pass")
 
 
 class ContrastiveDistillConfig(_Section):
-    enabled: bool = False
-    weight: float = 0.2
-    temperature: float = Field(0.07, gt=0)
-    proj_dim: int = Field(512, ge=8)
+    """The paper's optional contrastive query term (off in the official code)."""
+    enabled: bool = Field(False, description="use the contrastive term")
+    weight: float = Field(0.2, description="weight of the contrastive term")
+    temperature: float = Field(0.07, gt=0, description="softmax temperature")
+    proj_dim: int = Field(512, ge=8, description="width of the projection heads")
 
 
 class BaselineDistillConfig(_Section):
-    enabled: bool = False
-    weight: float = 1.0
+    """A baseline method for comparison (``fitnet``: feature MSE; ``logit_kd``: KL of matched class scores)."""
+    enabled: bool = Field(False, description="use this baseline term")
+    weight: float = Field(1.0, description="weight of the term")
     temperature: float = Field(1.0, gt=0, description="logit_kd only")
 
 
 class TeacherMatcherConfig(_Section):
     """Costs of the teacher's own Hungarian matching to the GT (used by the query prior and ``logits.variant=pos_neg``).
     ``class_cost`` unset = by the teacher's class activation: 2 (focal, sigmoid teachers) or 1 (DETR's softmax)."""
-    class_cost: float | None = Field(None, ge=0)
-    bbox_cost: float = Field(5.0, ge=0)
-    giou_cost: float = Field(2.0, ge=0)
+    class_cost: float | None = Field(None, ge=0, description="class cost; unset = 2 (sigmoid teachers) or 1 (softmax)")
+    bbox_cost: float = Field(5.0, ge=0, description="L1 box cost")
+    giou_cost: float = Field(2.0, ge=0, description="generalised-IoU cost")
 
 
 TeacherInputMode = Literal["auto", "processor", "student"]  # distill.teacher_input (see teacher_pixels.py)
@@ -274,8 +290,9 @@ class DistillConfig(_Section):
                                 "of a supported family; its classes must include the dataset's, mapped by name)")
     teacher_input: TeacherInputMode = Field(
         "auto", description="pixels the teacher is fed, from the student's augmented batch: 'auto' = its processor's "
-        "normalisation, and its resizing when that differs from data.eval_size/max_size; 'processor' = always its "
-        "processor's normalisation and resizing; 'student' = the student's pixels unchanged")
+        "normalisation, and its resizing when that differs from data.eval_size/max_size, never enlarging an image "
+        "(smaller ones keep the student's size); 'processor' = always its processor's normalisation and resizing, "
+        "enlarging included (a hub teacher's 800 x 1333: slow on a CPU); 'student' = the student's pixels unchanged")
     teacher_dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="teacher forward dtype; unset + train.mixed_precision=bf16 -> bfloat16")
     stage_mapping: Literal["uniform", "last", "final"] = Field(
@@ -299,24 +316,13 @@ class DistillConfig(_Section):
 
 
 class Config(_Section):
+    """A whole run: sections data, model, loss, optim, train, distill."""
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     distill: DistillConfig = DistillConfig()
-
-
-def _format_error(err: ValidationError, source: str) -> str:
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "<root>"
-    msg = first["msg"]
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key"
-    got = first.get("input")
-    got_s = "" if first["type"] == "extra_forbidden" or isinstance(got, dict) else f" (got {got!r})"
-    more = f" [+{len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
-    return f"{source}: {key}: {msg}{got_s}{more}"
 
 
 def _parse_value(text: str, key: str = "") -> Any:
@@ -336,47 +342,76 @@ def _parse_value(text: str, key: str = "") -> Any:
     return value
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply ``a.b.c=value`` strings (value parsed as YAML) to a nested dict, in place."""
-    for item in overrides:
+def apply_overrides(raw: dict, overrides: list[str], origins: Origins | None = None,
+                    labels: list[str] | None = None) -> dict:
+    """Apply ``a.b.c=value`` strings (value parsed as YAML) to a nested dict, in place; each key set is recorded in
+    ``origins`` under its label (default ``--set a.b.c=value``)."""
+    for i, item in enumerate(overrides):
+        label = labels[i] if labels and i < len(labels) and labels[i] else f"--set {item}"
         if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected key=value")
+            raise ConfigError(f"{label}: expected key=value")
         key, value = item.split("=", 1)
-        parts = key.strip().split(".")
+        key = key.strip()
+        parts = key.split(".")
         node = raw
         for p in parts[:-1]:
             nxt = node.setdefault(p, {})
             if not isinstance(nxt, dict):
-                raise ConfigError(f"--set {key}: {p!r} is not a section")
+                raise ConfigError(f"{label}: {p!r} is not a section")
             node = nxt
-        node[parts[-1]] = _parse_value(value, key.strip())
+        node[parts[-1]] = _parse_value(value, key)
+        if origins is not None:
+            origins.add_override(key, label)
     return raw
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (or the defaults when ``path`` is None), apply overrides and validate."""
+def read_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                labels: list[str] | None = None, name: str | None = None) -> tuple[dict, Origins]:
+    """The raw (unvalidated) config of YAML file ``path`` + ``overrides``, and where each key came from
+    (:class:`~detrdistill.config_origins.Origins`; ``labels`` name the overrides, default ``--set KEY=VALUE``;
+    ``name``: how messages call the file, default its path)."""
     raw: dict = {}
-    source = "defaults"
+    origins = Origins()
     if path is not None:
-        source = str(path)
         p = Path(path)
+        origins.file = name or str(path)
         if not p.is_file():
             raise ConfigError(f"{p}: config file not found")
         try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            text = p.read_text(encoding="utf-8")
+            raw = yaml.safe_load(text) or {}
         except UnicodeDecodeError:
             raise ConfigError(f"{p}: not a text file; expected a YAML config") from None
         except OSError as e:
             raise ConfigError(f"{p}: cannot read the config ({e.strerror or type(e).__name__})") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+            mark = getattr(e, "problem_mark", None)
+            where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"{where}: not valid YAML ({problem})") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: top level must be a mapping of sections")
-    apply_overrides(raw, overrides or [])
+        origins.file_lines = yaml_key_lines(text)
+    apply_overrides(raw, overrides or [], origins, labels)
+    return raw, origins
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                labels: list[str] | None = None, name: str | None = None) -> Config:
+    """Read a YAML config (or the defaults when ``path`` is None), apply overrides and validate. A problem is one
+    :class:`ConfigError` line naming where the key came from (``file:line`` or ``--set ...``) and, for an unknown key,
+    the nearest valid one."""
+    return load_config_with_origins(path, overrides, labels, name)[0]
+
+
+def load_config_with_origins(path: str | Path | None = None, overrides: list[str] | None = None,
+                             labels: list[str] | None = None, name: str | None = None) -> tuple[Config, Origins]:
+    """:func:`load_config`, and where each key was set."""
+    raw, origins = read_config(path, overrides, labels, name)
     try:
-        return Config.model_validate(raw)
+        return Config.model_validate(raw), origins
     except ValidationError as e:
-        raise ConfigError(_format_error(e, source)) from None
+        raise ConfigError(format_validation_error(e, Config, origins)) from None
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -4,10 +4,11 @@
 4. distil the same student from the teacher (all three DETRDistill parts); 5. evaluate, print a
 comparison table and write figures (predictions, the feature-distillation mask, loss curves).
 
-Presets: ``cpu`` (tiny models; 6 min 33 s measured on 2 idle cores, see
-benchmarks/results/demo-cpu-2026-11-26.md) and ``gpu`` (bigger images, models and schedules); ``auto``
-picks ``gpu`` when CUDA is available. Finished stages are reused when the command is run again with the
-same output directory.
+Presets: ``cpu`` (tiny models; its reference figures and time: ``detrdistill/demo_reference.json``, the README's
+demo table) and ``gpu`` (bigger images, models and schedules); ``auto`` picks ``gpu`` when CUDA is available.
+Finished stages are reused when the command is run again with the same output directory and config (seed included);
+an unfinished one is resumed. The printed table has the reference's AP beside this run's
+(:mod:`detrdistill.demo_reference`).
 """
 from __future__ import annotations
 
@@ -68,11 +69,12 @@ PRESETS = {
 }
 
 
-def demo_configs(output_dir: str | Path, preset: str) -> dict[str, Config]:
-    """The three run configs (teacher, baseline, distilled) of a preset."""
+def demo_configs(output_dir: str | Path, preset: str, seed: int = 0) -> dict[str, Config]:
+    """The three run configs (teacher, baseline, distilled) of a preset; ``seed`` is every run's ``train.seed``
+    (the synthetic data set stays the same, so seeds differ only in training randomness)."""
     out = Path(output_dir)
     p = PRESETS[preset]
-    common = p["common"] + [f"data.synth_dir={out / 'data'}"]
+    common = p["common"] + [f"data.synth_dir={out / 'data'}", f"train.seed={seed}"]
     teacher = load_config(None, common + p["teacher"] + [f"train.output_dir={out / 'teacher'}"])
     baseline = load_config(None, common + p["student"] + [f"train.output_dir={out / 'baseline'}"])
     distilled = load_config(None, common + p["student"] + [f"train.output_dir={out / 'distilled'}",
@@ -81,28 +83,39 @@ def demo_configs(output_dir: str | Path, preset: str) -> dict[str, Config]:
 
 
 def _done(cfg: Config) -> bool:
+    """The stage finished with exactly this config (another seed or preset in the same folder is not reused)."""
+    import yaml
+
     out = Path(cfg.train.output_dir)
-    return (out / "eval.json").is_file() and (out / "model" / "config.json").is_file() and \
-        not json.loads((out / "eval.json").read_text()).get("stopped_early", False)
+    if not ((out / "eval.json").is_file() and (out / "model" / "config.json").is_file() and (out / "config.yaml").is_file()):
+        return False
+    if json.loads((out / "eval.json").read_text()).get("stopped_early", False):
+        return False
+    return yaml.safe_load((out / "config.yaml").read_text()) == cfg.model_dump(mode="json")
 
 
-def run_demo(output_dir: str | Path = "runs/demo", preset: str = "auto") -> dict:
+def run_demo(output_dir: str | Path = "runs/demo", preset: str = "auto", seed: int = 0,
+             threads: int | None = None) -> dict:
+    """Run (or reuse) the three stages of ``preset`` with ``train.seed=seed``; ``threads`` fixes torch's CPU thread
+    count (None: torch's default). Returns the summary also written to ``<output_dir>/summary.json``."""
     from detrdistill.output_folder import claim_output
 
     if preset == "auto":
         preset = "gpu" if torch.cuda.is_available() else "cpu"
+    if threads is not None:
+        torch.set_num_threads(threads)
     out = Path(output_dir)
     with claim_output(out, (), "--output-dir"):  # one demo per folder at a time
-        return _run_demo(out, preset)
+        return _run_demo(out, preset, seed)
 
 
-def _run_demo(out: Path, preset: str) -> dict:
+def _run_demo(out: Path, preset: str, seed: int = 0) -> dict:
     from detrdistill.engine.trainer import run_training
     from detrdistill.models.build import count_parameters, load_detector
 
-    cfgs = demo_configs(out, preset)
+    cfgs = demo_configs(out, preset, seed)
     modes = {"teacher": "train", "baseline": "train", "distilled": "distill"}
-    summary = {"preset": preset, "runs": {}}
+    summary = {"preset": preset, "seed": seed, "threads": torch.get_num_threads(), "runs": {}}
     t_start = time.monotonic()
     for i, (name, cfg) in enumerate(cfgs.items(), 1):
         print(f"[{i}/3] {name}: {modes[name]} -> {cfg.train.output_dir}", flush=True)
@@ -120,10 +133,15 @@ def _run_demo(out: Path, preset: str) -> dict:
                                  "wall_seconds": round(time.monotonic() - t0, 1)}
     summary["figures"] = _figures(out, cfgs)
     summary["total_seconds"] = round(time.monotonic() - t_start, 1)
-    table = format_table(summary)
+    from detrdistill.demo_reference import load_reference
+    reference = load_reference()
+    table = format_table(summary, reference)
     write_atomic(out / "summary.json", json.dumps(summary, indent=1))
     write_atomic(out / "summary.md", table + "\n")
     print("\n" + table)
+    note = reference_note(summary, reference)
+    if note:
+        print("\n" + note)
     print("\nfigures:")
     for f in summary["figures"]:
         print(f"  {f}")
@@ -134,16 +152,54 @@ def _run_demo(out: Path, preset: str) -> dict:
 DISPLAY_NAMES = {"teacher": "teacher", "baseline": "student alone", "distilled": "student distilled"}
 
 
-def format_table(summary: dict) -> str:
+def format_table(summary: dict, reference: dict | None = None) -> str:
+    """This run's table; with a ``reference`` of the same preset (:mod:`detrdistill.demo_reference`), a last column
+    with the README's reference AP (mean ± std over its seeds, and its value for this run's seed)."""
+    from detrdistill.demo_reference import reference_cells
+
     runs = summary["runs"]
     base = runs.get("baseline", {}).get("AP")
-    lines = ["| model | params | AP | AP50 | AP75 | AP vs student alone | train seconds |",
-             "|---|---|---|---|---|---|---|"]
+    cells = reference_cells(reference, summary.get("seed")) if _comparable(summary, reference) else None
+    head = "| model | params | AP | AP50 | AP75 | AP vs student alone | train seconds |"
+    rule = "|---|---|---|---|---|---|---|"
+    if cells:
+        n = len(reference["seeds"])
+        head, rule = head + f" README reference AP ({n} seeds) |", rule + "---|"
+    lines = [head, rule]
     for name, r in runs.items():
         gain = "" if base is None or name == "baseline" else f"{r['AP'] - base:+.2f}"
         lines.append(f"| {DISPLAY_NAMES.get(name, name)} | {r['params'] / 1e6:.2f} M | {r['AP']:.2f} | {r['AP50']:.2f} | {r['AP75']:.2f} | "
-                     f"{gain} | {r['train_seconds'] or 0:.0f} |")
+                     f"{gain} | {r['train_seconds'] or 0:.0f} |" + (f" {cells.get(name, '')} |" if cells else ""))
     return "\n".join(lines)
+
+
+def _comparable(summary: dict, reference: dict | None) -> bool:
+    return reference is not None and reference.get("preset") == summary.get("preset")
+
+
+def reference_note(summary: dict, reference: dict | None) -> str:
+    """What the reference column is, how it was measured, and this run's time and threads beside it."""
+    if reference is None:
+        return ""
+    from detrdistill.demo_reference import pm, reference_stats
+    from detrdistill.engine.run_summary import duration
+
+    if not _comparable(summary, reference):
+        return (f"README reference figures are for --preset {reference['preset']}; this run used --preset "
+                f"{summary.get('preset')}, not comparable")
+    wall = pm(reference_stats(reference)["wall_min"], ".1f")
+    here = summary.get("total_seconds")
+    threads = summary.get("threads")
+    same = "" if threads == reference["threads"] else " (another thread count gives slightly other numbers)"
+    return (f"README reference: `{reference['command']}`, seeds {', '.join(sorted(reference['seeds'], key=int))}, "
+            f"{reference['threads']} thread{'s' if reference['threads'] != 1 else ''}, {reference['date']}; "
+            f"{wall} min per seed on {reference['device']} under load ({reference['load']}). "
+            f"This run: {duration(here)}{' (stages reused)' if _reused(summary) else ''}, {threads} thread"
+            f"{'s' if threads != 1 else ''}{same}.")
+
+
+def _reused(summary: dict) -> bool:
+    return any((r.get("wall_seconds") or 0) < 0.5 * (r.get("train_seconds") or 0) for r in summary["runs"].values())
 
 
 def _figures(out: Path, cfgs: dict[str, Config]) -> list[str]:

@@ -57,8 +57,8 @@ def resolve_model_dir(path: str | Path) -> Path:
     for cand in (p, p / "model"):
         if (cand / "config.json").is_file():
             return cand
-    from detrdistill.models.pretrained import hub_snapshot_dir, looks_like_hub_id
-    if not p.exists() and looks_like_hub_id(str(path)):
+    from detrdistill.models.pretrained import hub_snapshot_dir, reads_as_local_path
+    if not p.exists() and reads_as_local_path(path) is None:
         return hub_snapshot_dir(str(path), what="MODEL")
     raise PredictError(f"{p}: no model here (no config.json in it or in {p / 'model'}); "
                        "give a run's model/ folder")

@@ -2,7 +2,8 @@
 
 Matplotlib's object-oriented API (``matplotlib.figure.Figure``, no pyplot): no backend is chosen and no global
 state is touched, on import or when drawing, and no screen is needed. Every function writes one PNG and returns its
-path.
+path; the PNG's ``Title`` / ``Description`` text chunks hold its title and every panel's title and axis labels (what
+a reader of the file, a screen reader or a test, can read without looking at the pixels).
 """
 from __future__ import annotations
 
@@ -20,6 +21,23 @@ from detrdistill.engine.metrics import read_metrics
 from detrdistill.ops.boxes import cxcywh_to_xyxy
 
 COLORS = matplotlib.colormaps["tab10"].colors
+
+
+def figure_text(fig: Figure) -> str:
+    """Every panel's title and axis labels, one panel per line: ``title | x: label | y: label``."""
+    lines = []
+    for ax in fig.axes:
+        parts = [t for t in [ax.get_title()] if t] + [f"{a}: {t}" for a, t in (("x", ax.get_xlabel()),
+                                                                                ("y", ax.get_ylabel())) if t]
+        if parts:
+            lines.append(" | ".join(parts))
+    return "\n".join(lines)
+
+
+def save_figure(fig: Figure, path: str | Path, title: str, dpi: int = 110) -> Path:
+    """Write ``fig`` as a PNG whose text chunks hold ``title`` and :func:`figure_text`."""
+    fig.savefig(path, dpi=dpi, metadata={"Title": title, "Description": figure_text(fig)})
+    return Path(path)
 
 
 def _image(pixel_values: torch.Tensor, h: int, w: int):
@@ -70,8 +88,7 @@ def plot_predictions(models: dict, dataset, indices: list[int], path: str | Path
                 ax.text(tx, ty, label, fontsize=6, color="white", va="bottom", clip_on=True,
                         bbox=dict(facecolor=COLORS[lab % len(COLORS)], alpha=0.7, pad=0.5, lw=0))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return Path(path)
+    return save_figure(fig, path, "predictions: ground truth, then each model's best detections")
 
 
 def label_position(x: float, y: float, placed: list[tuple[float, float]], line_h: float,
@@ -116,14 +133,15 @@ def plot_feature_mask(teacher, dataset, index: int, path: str | Path, source: st
         up = F.interpolate(mask[0, 0][None, None].float(), size=(ph, pw), mode="nearest")[0, 0, :h, :w].cpu()
         axes[m + 1].imshow(img)
         shown = axes[m + 1].imshow(up.numpy(), cmap="inferno", alpha=0.6, vmin=0, vmax=1)
-        axes[m + 1].set_title(f"mask, level {m} ({tuple(mask.shape[-2:])})")
+        mh, mw = mask.shape[-2:]
+        axes[m + 1].set_title(f"mask, level {m} ({mh} x {mw} cells)")
     for ax in axes:
         ax.set_xticks([]), ax.set_yticks([])
     if levels:
         fig.colorbar(shown, ax=list(axes[1:]), shrink=0.85, label="mask weight Ψ (0-1]")
-    fig.suptitle("target-aware feature-distillation mask (teacher, last stage)")
-    fig.savefig(path, dpi=110)
-    return Path(path)
+    title = "target-aware feature-distillation mask (teacher, last stage)"
+    fig.suptitle(title)
+    return save_figure(fig, path, title)
 
 
 def plot_loss_curves(runs: dict[str, str | Path], path: str | Path):
@@ -140,10 +158,11 @@ def plot_loss_curves(runs: dict[str, str | Path], path: str | Path):
             ax2.plot(steps, [r.get(k) for r in recs], label=f"{name}: {k[5:]}")
     ax1.set_title("detection loss (student's own queries)")
     ax1.set_xlabel("step"), ax1.set_yscale("log")
+    ax1.set_ylabel("loss (cls + bbox + giou, weighted, all stages; log)")
     ax1.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, frameon=False)  # below, off the curves
     ax2.set_title("distillation terms")
     ax2.set_xlabel("step"), ax2.set_yscale("log")
+    ax2.set_ylabel("loss (each term, weighted; log)")
     if ax2.lines:
         ax2.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3, fontsize=7, frameon=False)
-    fig.savefig(path, dpi=110)
-    return Path(path)
+    return save_figure(fig, path, "loss curves: student alone vs distilled")

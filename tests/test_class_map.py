@@ -75,3 +75,16 @@ def test_every_term_sees_mapped_teacher_scores():
 def test_class_map_is_not_checkpointed():
     cmap = ClassMap([1, 0], 3, softmax=False)
     assert dict(cmap.state_dict()) == {}
+
+
+def test_the_mapping_is_logged_in_one_line(caplog):
+    import logging
+    with caplog.at_level(logging.INFO, logger="detrdistill"):
+        build_class_map(COCO_LIKE, DATASET, "softmax")
+        build_class_map(COCO_LIKE, COCO_LIKE, "sigmoid")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("distill.teacher classes")]
+    assert len(lines) == 2 and all("\n" not in m for m in lines)
+    mapped, same = lines
+    assert "by name: kept 3 ['cat' 4->0, 'person' 0->1, 'car' 2->2]" in mapped
+    assert "dropped 2 teacher classes ('bicycle', 'dog')" in mapped and "no-object" in mapped
+    assert same.startswith("distill.teacher classes: the dataset's 5, same ids")

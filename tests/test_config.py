@@ -28,7 +28,7 @@ def test_overrides_are_typed(tmp_path):
     (["model.d_model=abc"], "model.d_model"),
     (["train.batch_size=0"], "train.batch_size"),
     (["optim.schedule=linear"], "optim.schedule"),
-    (["nosection.x=1"], "nosection: unknown key"),
+    (["nosection.x=1"], "nosection: unknown section"),
     (["model.d_model=30", "model.num_heads=8"], "divisible"),
 ])
 def test_bad_values_give_one_line_error_naming_the_key(override, needle):

@@ -1,5 +1,6 @@
 """`detrdistill demo` pipeline (smoke preset: seconds): three runs, comparison table, figures, reuse."""
 import json
+from pathlib import Path
 
 from detrdistill.cli import main
 
@@ -16,6 +17,16 @@ def test_demo_smoke_writes_table_and_figures(tmp_path, capsys):
         data = open(f, "rb").read()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, f
     assert "| student distilled |" in printed and "| student alone |" in printed and "figures:" in printed
+    # the README's reference is named, and not compared with another preset
+    assert "README reference figures are for --preset cpu; this run used --preset smoke" in printed
+    # figures: what a reader of the files gets (PNG text chunks: every panel's title and axis labels)
+    from PIL import Image
+    text = {Path(f).name: Image.open(f).text for f in summary["figures"]}
+    curves = text["loss_curves.png"]["Description"].splitlines()
+    assert len(curves) == 2 and all("| x: step | y: loss (" in ln for ln in curves), curves
+    mask = text["feature_mask.png"]["Description"]
+    assert "mask, level 0 (" in mask and " cells)" in mask and "((" not in mask, mask
+    assert text["predictions.png"]["Title"].startswith("predictions")
     # a second call reuses the finished runs instead of training again
     mtime = (out / "teacher" / "model" / "config.json").stat().st_mtime
     assert main(["demo", "--preset", "smoke", "--output-dir", str(out)]) == 0
@@ -33,3 +44,30 @@ def test_box_labels_never_overlap():
         for px, py in spots[:i]:
             assert not (abs(x - px) < 40 and abs(y - py) < 8), spots
     assert spots[3] == (200, 10)  # far from the others: stays at its box's corner
+
+
+def test_the_demo_prints_the_readme_reference_beside_its_own_figures():
+    """For the reference's preset: a column with the reference AP (mean ± std over its seeds, and this seed's own
+    value), and a note with the reference's command, threads and time."""
+    from detrdistill.demo import format_table, reference_note
+    from detrdistill.demo_reference import load_reference, mean_sd
+
+    ref = load_reference()
+    assert ref is not None and ref["preset"] == "cpu" and len(ref["seeds"]) >= 3
+    runs = {r: {"AP": 1.0 + i, "AP50": 2.0, "AP75": 0.5, "params": 1000, "train_seconds": 60.0, "wall_seconds": 61.0}
+            for i, r in enumerate(("teacher", "baseline", "distilled"))}
+    summary = {"preset": "cpu", "seed": 1, "threads": 2, "runs": runs, "total_seconds": 200.0}
+    table = format_table(summary, ref)
+    teacher_aps = [s["runs"]["teacher"]["AP"] for s in ref["seeds"].values()]
+    m, sd = mean_sd(teacher_aps)
+    row = [ln for ln in table.splitlines() if ln.startswith("| teacher |")][0]
+    assert f"{m:.2f} ± {sd:.2f} (seed 1: {ref['seeds']['1']['runs']['teacher']['AP']:.2f})" in row
+    assert "README reference AP" in table.splitlines()[0]
+    note = reference_note(summary, ref)
+    assert ref["command"] in note and "This run: 3.3 min, 2 threads" in note and "another thread count" in note
+
+
+def test_the_readme_demo_table_is_rendered_from_the_reference():
+    """README.md and the details file are exactly what benchmarks/demo_table.py renders from the committed JSON."""
+    from benchmarks.demo_table import main as demo_table
+    assert demo_table(["--check"]) == 0

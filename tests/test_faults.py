@@ -209,9 +209,11 @@ def test_no_resume_warning_unless_asked(synth_dir, tmp_path, caplog):
     assert "--resume" not in caplog.text
 
 
-def test_train_and_distill_never_share_the_default_folder(monkeypatch):
+def test_train_and_distill_never_share_the_default_folder(monkeypatch, tmp_path):
     import detrdistill.engine.trainer as trainer
 
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "synthetic" / "model").mkdir(parents=True)  # the teacher folder named must exist
     seen = {}
     monkeypatch.setattr(trainer, "run_training", lambda cfg, mode, **kw: seen.setdefault(mode, cfg.train.output_dir))
     assert main(["train"]) == 0 and main(["distill", "--teacher", "runs/synthetic/model"]) == 0

@@ -177,3 +177,54 @@ def test_hub_style_rt_detr_is_reheaded_and_distils_into_dataset_classes(tmp_path
     raw = teacher(x, mask).logits
     torch.testing.assert_close(out.teacher.logits, raw[..., [4, 0]])
     assert torch.isfinite(out.loss) and "logits_cls" in out.loss_dict
+
+
+def _no_network(*args, **kwargs):
+    raise AssertionError("the hub was asked")
+
+
+def test_a_missing_relative_folder_is_one_line_at_once_without_a_hub_lookup(tmp_path, monkeypatch):
+    """`--teacher runs/nope` beside a runs/ folder is a path, not the hub id runs/nope: no hub call, one line that
+    says what runs/ holds."""
+    import transformers.utils
+    from detrdistill.models.pretrained import ModelNotFoundError
+    (tmp_path / "runs" / "teacher").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(transformers.utils, "cached_file", _no_network)
+    for name in ("runs/nope", "runs/techer", "./teacher", "runs/teacher/modle"):
+        with pytest.raises(ModelNotFoundError) as e:
+            resolve_model(name, what="distill.teacher")
+        msg = str(e.value)
+        assert "\n" not in msg and msg.startswith(f"distill.teacher: directory {name!r} does not exist"), msg
+    assert "runs/ holds teacher" in msg or "runs/teacher/ holds" in msg
+
+
+def test_hub_ids_still_reach_the_hub_and_a_cached_id_wins_over_a_same_named_folder(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+    import transformers.utils
+    asked = []
+
+    def fake_cached_file(name, filename, **kw):
+        asked.append(name)
+        f = tmp_path / "fake" / "config.json"
+        f.parent.mkdir(exist_ok=True)
+        f.write_text('{"model_type": "deformable_detr"}')
+        return str(f)
+
+    (tmp_path / "work" / "runs").mkdir(parents=True)
+    (tmp_path / "work" / "acme").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.setattr(transformers.utils, "cached_file", fake_cached_file)
+    assert resolve_model("SenseTime/deformable-detr").path is None and asked == ["SenseTime/deformable-detr"]
+    hub_cache_with(build_model(tiny_cfg(), LABELS), tmp_path / "hub", "acme/tiny-detr")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert resolve_model("acme/tiny-detr").path is None and asked[-1] == "acme/tiny-detr"  # cached: the hub id
+
+
+def test_cli_refuses_a_missing_teacher_folder_before_loading_anything(tmp_path):
+    from tests.cli_process import cli_in_fresh_process
+    (tmp_path / "runs" / "teacher").mkdir(parents=True)
+    r = cli_in_fresh_process("distill", "--teacher", "runs/nope", cwd=tmp_path)
+    lines = r["err"].strip().splitlines()
+    assert r["rc"] == 2 and len(lines) == 1 and "distill.teacher: directory 'runs/nope' does not exist" in lines[0]
+    assert "runs/ holds teacher" in lines[0] and r["imported"] == []

@@ -99,7 +99,7 @@ def test_teacher_is_resized_as_its_processor_resizes(size):
     for i, im in enumerate(imgs):
         x[i, :, :im.height, :im.width] = student_pixels(im)
         mask[i, :im.height, :im.width] = 1
-    tp = build_teacher_pixels(proc.to_dict(), STUDENT, student_resize=STUDENT_RESIZE)
+    tp = build_teacher_pixels(proc.to_dict(), STUDENT, student_resize=STUDENT_RESIZE, mode="processor")
     got = tp(x, mask)
     for i, im in enumerate(imgs):
         want = torch.as_tensor(np.asarray(proc(images=im, return_tensors="np")["pixel_values"]))[0]
@@ -132,7 +132,8 @@ def test_sampling_on_the_teacher_grid_aligns_the_two_views():
     mask[0, :48, :64] = 1
     mask[1, :32, :40] = 1
     view = build_teacher_pixels(dict(size={"shortest_edge": 80, "longest_edge": 400}, image_mean=list(IMAGENET_MEAN),
-                                     image_std=list(IMAGENET_STD)), STUDENT, student_resize=STUDENT_RESIZE)(x, mask)
+                                     image_std=list(IMAGENET_STD)), STUDENT, student_resize=STUDENT_RESIZE,
+                                mode="processor")(x, mask)
     assert view.affine is not None and view.pixel_values.shape[-2:] == (80, 106)
 
     def position_map(real_hw, canvas_hw):  # [B, 2, H, W]: (y, x) / real side at pixel centres, 0 on padding
@@ -157,7 +158,7 @@ def test_sampling_on_the_teacher_grid_aligns_the_two_views():
 def test_distilling_from_a_resized_teacher_view_trains_the_student(criterion):
     """Every term runs on a teacher fed its own (larger) view; the feature terms get gradients to the student."""
     tp = build_teacher_pixels(dict(size={"shortest_edge": 96, "longest_edge": 160}, image_mean=[0.5] * 3,
-                                   image_std=[0.5] * 3), STUDENT, student_resize=STUDENT_RESIZE)
+                                   image_std=[0.5] * 3), STUDENT, student_resize=STUDENT_RESIZE, mode="processor")
     teacher, student = make(model_cfg(d_model=64), seed=1), make(model_cfg())
     cfg = DistillConfig()
     cfg.fitnet.enabled = True
@@ -173,3 +174,51 @@ def test_distilling_from_a_resized_teacher_view_trains_the_student(criterion):
     grads = [p.grad for p in dist.student.parameters() if p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads)
     assert all(p.grad is None for p in dist.teacher.parameters())
+
+
+def test_auto_never_enlarges_small_images_but_shrinks_large_ones():
+    """A hub teacher's processor (shortest edge 800, longest 1333) on 64 px images: the default feeds them at the
+    student's size, normalised its way; only `processor` enlarges them. A rule smaller than the image shrinks it."""
+    hub = dict(size={"shortest_edge": 800, "longest_edge": 1333}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    x, mask = torch.randn(2, 3, 64, 64), torch.ones(2, 64, 64, dtype=torch.long)
+    mask[1, :, 48:] = 0
+    auto = build_teacher_pixels(hub, STUDENT, student_resize=STUDENT_RESIZE)
+    view = auto(x, mask)
+    assert view.pixel_values.shape == (2, 3, 64, 64) and view.affine is None and torch.equal(view.pixel_mask, mask)
+    norm_only = build_teacher_pixels(dict(hub, do_resize=False), STUDENT)(x, mask)
+    torch.testing.assert_close(view.pixel_values, norm_only.pixel_values)  # still normalised the teacher's way
+    enlarged = build_teacher_pixels(hub, STUDENT, student_resize=STUDENT_RESIZE, mode="processor")(x, mask)
+    assert enlarged.pixel_values.shape[-2:] == ResizeRule("shortest_longest", 800, 1333).output_size(64, 48)
+    small_rule = dict(hub, size={"shortest_edge": 32, "longest_edge": 40})
+    shrunk = build_teacher_pixels(small_rule, STUDENT, student_resize=STUDENT_RESIZE)(x, mask)
+    assert shrunk.affine is not None and shrunk.pixel_values.shape[-2:] == (40, 32)
+    real = [(int(m.any(1).sum()), int(m.any(0).sum())) for m in shrunk.pixel_mask.bool()]
+    assert real == [(32, 32), ResizeRule("shortest_longest", 32, 40).output_size(64, 48)]
+
+
+def test_the_first_batch_logs_both_input_sizes_and_the_measured_step_cost(criterion, caplog):
+    """One line on the first forward only: teacher and student input sizes, forward times, seconds per step, and the
+    distill.teacher_input hint when the teacher's view is much larger."""
+    import logging
+    enlarge = build_teacher_pixels(dict(size={"shortest_edge": 160, "longest_edge": 160}, image_mean=[0.5] * 3,
+                                        image_std=[0.5] * 3), STUDENT, student_resize=STUDENT_RESIZE, mode="processor")
+    teacher, student = make(model_cfg(d_model=64), seed=1), make(model_cfg())
+    x, mask = torch.randn(2, 3, 64, 64), torch.ones(2, 64, 64, dtype=torch.long)
+    targets = [dict(class_labels=torch.tensor([0]), boxes=torch.tensor([[0.5, 0.5, 0.3, 0.4]])) for _ in range(2)]
+    cfg = DistillConfig(teacher_input="processor")
+    dist = Distiller(teacher, student, cfg, teacher_pixels=enlarge)
+    with caplog.at_level(logging.INFO, logger="detrdistill"):
+        dist(x, mask, targets, criterion)
+        dist(x, mask, targets, criterion)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("distill.teacher input")]
+    assert len(lines) == 1, lines
+    line = lines[0]
+    assert "distill.teacher input 2 x 3 x 160 x 160" in line and "student input 2 x 3 x 64 x 64" in line
+    assert "teacher forward" in line and "student forward" in line and "s per step" in line
+    assert "6x the student's pixels: distill.teacher_input=auto" in line  # 160^2 / 64^2 = 6.25
+    caplog.clear()
+    same = Distiller(teacher, student, DistillConfig())  # the student's pixels: no hint
+    with caplog.at_level(logging.INFO, logger="detrdistill"):
+        same(x, mask, targets, criterion)
+    line = [r.getMessage() for r in caplog.records if r.getMessage().startswith("distill.teacher input")][0]
+    assert "distill.teacher input 2 x 3 x 64 x 64 (the student's pixels" in line and "makes it cheaper" not in line

@@ -18,12 +18,16 @@ teacher's and the no-object column stays last.
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import Tensor, nn
 
 from ..errors import IncompatibleModelsError
 
 __all__ = ["ClassMap", "build_class_map"]
+
+log = logging.getLogger("detrdistill")
 
 
 class ClassMap(nn.Module):
@@ -55,6 +59,7 @@ def build_class_map(teacher_id2label: dict, student_id2label: dict, teacher_acti
     else :class:`IncompatibleModelsError` (one line naming the missing classes)."""
     t_map, s_map = _names(teacher_id2label), _names(student_id2label)
     if t_map == s_map:
+        log.info("distill.teacher classes: the dataset's %d, same ids %s", len(s_map), _shown(list(s_map.values())))
         return None
     by_name: dict[str, int] = {}
     for i, name in sorted(t_map.items()):
@@ -69,7 +74,14 @@ def build_class_map(teacher_id2label: dict, student_id2label: dict, teacher_acti
             f"the teacher lacks {len(missing)} of the dataset's {len(s_map)} classes ({_shown(missing)}); a teacher "
             "must know every dataset class by name (fine-tune it on this dataset first, or drop those classes)")
     index = [by_name[s_map[j]] for j in range(len(s_map))]
-    return ClassMap(index, len(t_map), softmax=teacher_activation == "softmax")
+    softmax = teacher_activation == "softmax"
+    dropped = [t_map[i] for i in sorted(set(t_map) - set(index))]
+    pairs = [f"{s_map[j]!r} {index[j]}->{j}" for j in range(len(s_map))]
+    log.info("distill.teacher classes -> dataset classes by name: kept %d [%s%s], dropped %d teacher classes%s%s",
+             len(pairs), ", ".join(pairs[:8]), ", ..." if len(pairs) > 8 else "", len(dropped),
+             f" ({_shown(dropped)})" if dropped else "",
+             "; a softmax teacher's dropped classes count as no-object" if softmax and dropped else "")
+    return ClassMap(index, len(t_map), softmax=softmax)
 
 
 def _shown(names: list[str], limit: int = 6) -> str:

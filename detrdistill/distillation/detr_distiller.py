@@ -25,7 +25,8 @@ from typing import Any, Iterator, Mapping, Sequence, Union
 from pydantic import BaseModel, ValidationError
 from torch import Tensor, nn
 
-from ..config import DistillConfig, LossConfig, _format_error
+from ..config import DistillConfig, LossConfig
+from ..config_origins import Origins, format_validation_error
 from ..errors import CheckpointError, ConfigError, ModelError
 from ..models.adapters import DetectorAdapter, get_adapter
 from ..models.outputs import DetectorOutput
@@ -84,7 +85,7 @@ def _section(cls: type[BaseModel], value: Any, where: str) -> BaseModel:
         try:
             return cls.model_validate(dict(value))
         except ValidationError as e:
-            raise ConfigError(_format_error(e, where)) from None
+            raise ConfigError(format_validation_error(e, cls, Origins(file=where))) from None
     raise ConfigError(f"{where}: expected a {cls.__name__} or a dict of its keys, got {type(value).__name__}")
 
 

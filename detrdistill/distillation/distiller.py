@@ -23,6 +23,7 @@ asks for them.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -42,7 +43,7 @@ from .context import StepContext
 from .feature import level_pairs_by_resolution
 from .stage_mapping import map_stages
 from .step_matching import solve_step_matchings, step_needs
-from .teacher_pixels import TeacherInput
+from .teacher_pixels import TeacherInput, log_first_step_cost
 from .terms import TermEnv, build_terms
 
 __all__ = ["Distiller", "DistillOutput", "check_compatible"]
@@ -67,6 +68,13 @@ def check_compatible(teacher: DetectorAdapter, student: DetectorAdapter,
             raise IncompatibleModelsError(f"the student's label map differs from the dataset's ({shown}); build the "
                                           "student for the dataset's classes")
     return build_class_map(teacher.config.id2label, s_map, teacher.class_activation)
+
+
+def _now(x: Tensor) -> float:
+    """Wall-clock seconds, after the device has finished the work queued so far (timing of the first step)."""
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+    return time.perf_counter()
 
 
 # ----------------------------------------------------------------------------------------------- output
@@ -159,6 +167,7 @@ class Distiller(nn.Module):
             level_pairs = self._probe_level_pairs(cfg.feature.source, probe_size)
         self.terms = build_terms(TermEnv(cfg, teacher, student, level_pairs))
         self.batch_matchings = True  # False: each matching solved where it is used (same results, for comparison)
+        self.cost_logged = False  # the first forward logs both input sizes and forward times (teacher_pixels.py)
         self.matching_needs = step_needs(self.terms)
         for term in self.terms:
             for attr, module in term.modules.items():
@@ -262,14 +271,21 @@ class Distiller(nn.Module):
         (``class_labels`` [T], ``boxes`` [T, 4] normalised cxcywh), criterion: the student's set criterion."""
         if targets is None:
             raise ValueError("Distiller.forward needs the targets (feature quality scores, query prior)")
+        clock = [_now(pixel_values)] if not self.cost_logged else None
         with profiling.section("teacher_forward"):
             view = self.teacher_input(pixel_values, pixel_mask)
             t_out = self.teacher_forward(pixel_values, pixel_mask, view=view)
+        if clock:
+            clock.append(_now(pixel_values))
         family_loss = isinstance(criterion, FamilyLoss) and self.student.has_family_loss
         with profiling.section("student_forward"):
             # under the family recipe the student's forward computes its own loss (with its training-only groups)
             s_out = self.student(pixel_values, pixel_mask, targets, criterion) if family_loss else \
                 self.student(pixel_values, pixel_mask)
+        if clock:
+            self.cost_logged = True
+            log_first_step_cost(tuple(pixel_values.shape), tuple(view.pixel_values.shape), clock[1] - clock[0],
+                                _now(pixel_values) - clock[1], self.cfg.teacher_input, self.teacher_pixels)
         ctx = StepContext(s_out, t_out, targets, self._stage_map(s_out, t_out), criterion, self.teacher_matcher,
                           teacher_affine=view.affine)
         # every matching of the step in one solver dispatch (exactly the results of solving them one by one)

@@ -22,12 +22,18 @@ student's batch, so both views come from the same augmented image:
 Which of the two applies is ``distill.teacher_input``:
 
 * ``auto`` (default): normalisation whenever it differs; resizing only when the teacher's ``size`` rule differs
-  from the student's eval resize (``data.eval_size`` / ``data.max_size``). A teacher trained by this project with
-  the same data settings therefore sees exactly the student's augmented view, scale jitter included.
-* ``processor``: normalisation and resizing always as the processor says (a fixed, eval-like teacher view).
+  from the student's eval resize (``data.eval_size`` / ``data.max_size``), and then **never enlarging**: an image
+  the rule would make larger (a hub teacher's 800 x 1333 for 128 px images: 65x the pixels, about 100 s a step on
+  a CPU) is fed at the student's size, a larger one is shrunk by the rule; no fixed ``pad_size`` canvas either. A
+  teacher trained by this project with the same data settings therefore sees exactly the student's augmented view,
+  scale jitter included.
+* ``processor``: normalisation and resizing always as the processor says, enlarging included (a fixed, eval-like
+  teacher view, at the teacher's cost).
 * ``student``: the student's pixels as they are.
 
-Padding stays zero, as the processor pads.
+Padding stays zero, as the processor pads. :func:`log_first_step_cost` logs, on the first batch, both input sizes and
+the measured forward times (one line, with a hint naming ``distill.teacher_input`` when the teacher's view is much
+larger than the student's).
 """
 from __future__ import annotations
 
@@ -44,7 +50,11 @@ from ..errors import ModelError
 
 log = logging.getLogger("detrdistill")
 
-__all__ = ["PixelNorm", "ResizeRule", "TeacherInput", "TeacherPixels", "build_teacher_pixels", "TEACHER_INPUT_MODES"]
+__all__ = ["PixelNorm", "ResizeRule", "TeacherInput", "TeacherPixels", "build_teacher_pixels", "TEACHER_INPUT_MODES",
+           "log_first_step_cost", "LARGE_VIEW_RATIO"]
+
+#: a teacher view with at least this many times the student's pixels gets the distill.teacher_input hint
+LARGE_VIEW_RATIO = 4.0
 
 TEACHER_INPUT_MODES: tuple[str, ...] = get_args(TeacherInputMode)
 
@@ -143,13 +153,15 @@ class TeacherPixels(nn.Module):
     """[B, 3, H, W] student-normalised pixels (+ [B, H, W] mask) -> :class:`TeacherInput`; no parameters.
 
     student / teacher: the two normalisations (``teacher=None``: unchanged); resize: the teacher's size rule
-    (None: the student's grid); pad_size: the processor's fixed canvas (H, W), if any.
+    (None: the student's grid); pad_size: the processor's fixed canvas (H, W), if any; enlarge: False keeps an image
+    the rule would make larger at its own size (``distill.teacher_input=auto``).
     """
 
     def __init__(self, student: PixelNorm, teacher: PixelNorm | None = None, resize: ResizeRule | None = None,
-                 pad_size: tuple[int, int] | None = None):
+                 pad_size: tuple[int, int] | None = None, enlarge: bool = True):
         super().__init__()
         self.student, self.teacher, self.resize, self.pad_size = student, teacher, resize, pad_size
+        self.enlarge = enlarge
         self.normalises = teacher is not None and not teacher.close_to(student)
         teacher = teacher or student
         # x_T = x_S * a + b, per channel
@@ -159,7 +171,7 @@ class TeacherPixels(nn.Module):
         self.register_buffer("b", torch.tensor(b).view(1, 3, 1, 1), persistent=False)
 
     def extra_repr(self) -> str:
-        return f"normalises={self.normalises}, resize={self.resize}, pad_size={self.pad_size}"
+        return f"normalises={self.normalises}, resize={self.resize}, pad_size={self.pad_size}, enlarge={self.enlarge}"
 
     def forward(self, pixel_values: Tensor, pixel_mask: Tensor | None = None) -> TeacherInput:
         x = pixel_values
@@ -179,6 +191,8 @@ class TeacherPixels(nn.Module):
             m = pixel_mask.bool()
             real = list(zip(m.any(2).sum(1).tolist(), m.any(1).sum(1).tolist()))
         out_sizes = [self.resize.output_size(h, w) for h, w in real]
+        if not self.enlarge:  # auto: an image the rule would make larger keeps its own size
+            out_sizes = [(oh, ow) if oh * ow <= h * w else (h, w) for (h, w), (oh, ow) in zip(real, out_sizes)]
         if out_sizes == real and self.pad_size is None:
             return TeacherInput(x, pixel_mask, None)
         Ht = max(h for h, _ in out_sizes)
@@ -215,7 +229,8 @@ def build_teacher_pixels(processor_config: dict | None, student: PixelNorm, teac
     resize = ResizeRule.from_processor_config(processor_config, where)
     if mode == "auto" and resize is not None and resize == student_resize:
         resize = None
-    pad = _pad_size(processor_config) if resize is not None else None
+    enlarge = mode == "processor"
+    pad = _pad_size(processor_config) if resize is not None and enlarge else None
     normalises = not teacher.close_to(student)
     if not normalises and resize is None:
         return None
@@ -223,8 +238,39 @@ def build_teacher_pixels(processor_config: dict | None, student: PixelNorm, teac
         log.info("distill.teacher %s: fed pixels normalised its own way (mean %s, std %s%s) from the student's batch",
                  teacher_name, list(teacher.mean), list(teacher.std),
                  "" if teacher.scale == 1.0 else f", scale {teacher.scale:g}")
-    if resize is not None:
-        log.info("distill.teacher %s: fed each augmented image resized by its processor (%s %d x %d%s); feature "
-                 "terms sample the student's maps on the teacher's grid", teacher_name, resize.kind, resize.a,
-                 resize.b, f", padded to {pad[0]} x {pad[1]}" if pad else "")
-    return TeacherPixels(student, teacher, resize, pad)
+    if resize is not None and enlarge:
+        log.info("distill.teacher %s: fed each augmented image resized by its processor (%s %d x %d%s, "
+                 "distill.teacher_input=processor); feature terms sample the student's maps on the teacher's grid",
+                 teacher_name, resize.kind, resize.a, resize.b, f", padded to {pad[0]} x {pad[1]}" if pad else "")
+    elif resize is not None:
+        log.info("distill.teacher %s: its processor resizes to %s %d x %d; distill.teacher_input=auto shrinks larger "
+                 "images by that rule and feeds smaller ones at the student's size, never enlarged "
+                 "(distill.teacher_input=processor enlarges them, at the teacher's cost)", teacher_name, resize.kind,
+                 resize.a, resize.b)
+    return TeacherPixels(student, teacher, resize, pad, enlarge=enlarge)
+
+
+def _pixels(shape) -> int:
+    return int(shape[-1]) * int(shape[-2])
+
+
+def log_first_step_cost(student_shape, teacher_shape, teacher_s: float, student_s: float, mode: str,
+                        teacher_pixels: "TeacherPixels | None") -> str:
+    """Log (and return) the one line of what the teacher costs, from the first batch: both padded input sizes
+    ([B, 3, H, W]), the teacher's and the student's measured forward times, the estimated seconds per step
+    (teacher forward + 3x the student's: its forward and backward), and when the teacher's view has
+    :data:`LARGE_VIEW_RATIO` times the student's pixels or more, a hint naming ``distill.teacher_input``."""
+    ratio = _pixels(teacher_shape) / max(1, _pixels(student_shape))
+    if teacher_pixels is None or teacher_pixels.resize is None:
+        how = "the student's pixels" if teacher_pixels is None else "the student's pixels, normalised its way"
+    else:
+        how = "resized by its processor" + ("" if teacher_pixels.enlarge else ", never enlarged")
+    size = lambda s: " x ".join(str(int(v)) for v in s)  # noqa: E731
+    line = (f"distill.teacher input {size(teacher_shape)} ({how}; distill.teacher_input={mode}), student input "
+            f"{size(student_shape)}; first batch: teacher forward {teacher_s:.2f} s, student forward {student_s:.2f} s "
+            f"-> about {teacher_s + 3 * student_s:.2f} s per step (measured: teacher + 3x student forward)")
+    if ratio >= LARGE_VIEW_RATIO:
+        line += (f"; the teacher's view has {ratio:.0f}x the student's pixels: distill.teacher_input=auto (never "
+                 "enlarges) or student (the student's pixels) makes it cheaper")
+    log.info("%s", line)
+    return line

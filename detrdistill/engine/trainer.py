@@ -102,6 +102,9 @@ class Run:
     category_ids: list[int] | None = None  # the dataset's category id of each label, recorded in the exported model
     lock: Any = None       # the output folder's lock (detrdistill.output_folder), released when the run ends
     identity: dict = field(default_factory=dict)  # what the run trains on (engine/run_identity.py), in checkpoints
+    summary: list[str] = field(default_factory=list)  # the start-up block (engine/run_summary.py)
+    start_step: int = 0    # the step this process started from (> 0 after --resume)
+    first_steps_s: list[float] = field(default_factory=list)  # elapsed_s after each of the first two steps
 
     @property
     def world(self) -> int:
@@ -194,12 +197,15 @@ def _setup_claimed(cfg: Config, mode: str, accelerator, out_dir: Path, resume: b
                              cfg.data.num_workers, start_step=state["step"])
     model, optimizer = accelerator.prepare(task, optimizer)
     budget_s = cfg.train.time_budget_min * 60 if cfg.train.time_budget_min else math.inf
+    from detrdistill.engine.run_summary import summary_lines
+    summary = summary_lines(cfg, mode, out_dir, len(train_ds), len(val_ds) if val_ds is not None else None,
+                            steps_per_epoch, state["step"], plan["total"], task, accelerator)
     return Run(cfg=cfg, mode=mode, accelerator=accelerator, out_dir=out_dir, task=accelerator.unwrap_model(model),
                model=model, optimizer=optimizer, scheduler=scheduler,
                batches=iter(loader),  # endless: one iterator (and one set of workers) for the whole run
                val_ds=val_ds, val_load=val_load, metrics=metrics, state=state, plan=plan,
                steps_per_epoch=steps_per_epoch, budget_s=budget_s, category_ids=dataset_category_ids(train_ds),
-               lock=lock, identity=identity)
+               lock=lock, identity=identity, summary=summary, start_step=state["step"])
 
 
 def dataset_category_ids(dataset) -> list[int] | None:
@@ -246,6 +252,8 @@ def after_step(run: Run, loss: torch.Tensor, loss_dict: dict[str, torch.Tensor])
     """Plan (time budget), log, decide to stop, checkpoint and evaluate; True when the run must end now."""
     state, plan, cfg, acc = run.state, run.plan, run.cfg, run.accelerator
     step = state["step"]
+    if step - run.start_step <= 2:
+        _time_first_steps(run)
     if run.budget_s < math.inf and "planned_total" not in state:
         if step == PLAN_WARMUP:
             run.plan_t0 = state["elapsed_s"]
@@ -271,6 +279,16 @@ def after_step(run: Run, loss: torch.Tensor, loss_dict: dict[str, torch.Tensor])
             run.evaluate(f"eval epoch {ep}")
             run.model.train()
     return False
+
+
+def _time_first_steps(run: Run) -> None:
+    """After the 2nd step: the estimated time, completing the start-up block (main process)."""
+    run.first_steps_s.append(run.state["elapsed_s"])
+    if len(run.first_steps_s) == 2 and run.accelerator.is_main_process and run.plan["total"] > run.state["step"]:
+        from detrdistill.engine.run_summary import estimate_line
+        first = run.first_steps_s[0] - run.clock[1]
+        log.info("%s", estimate_line(first, run.first_steps_s[1] - run.first_steps_s[0],
+                                     run.plan["total"] - run.state["step"]))
 
 
 def finish_run(run: Run) -> dict:
@@ -316,6 +334,9 @@ def _train(run: Run, cfg: Config, mode: str) -> dict:
     from detrdistill.progress import progress_bar
 
     run.old_handlers = _install_stop_handler(run.stop)
+    if run.accelerator.is_main_process:
+        for line in run.summary:
+            log.info("%s", line)
     run.clock = (time.monotonic(), run.state["elapsed_s"])
     run.bar = progress_bar(total=run.plan["total"], initial=run.state["step"], desc=f"{mode} {run.out_dir.name}",
                    disable=not (run.accelerator.is_main_process and cfg.train.progress), dynamic_ncols=True)

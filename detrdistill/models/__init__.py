@@ -1,18 +1,33 @@
-"""Model layer: build transformers DETR-family detectors and view them through typed adapters."""
-from .adapters import DetectorAdapter, UnsupportedFamilyError, get_adapter, registered_families
-from .build import build_model, count_parameters, load_detector, supported_families
-from .outputs import DetectorOutput, GroupOutput, QueryGroup, class_probs
-from .query_projection import QueryProjection, build_query_projection
+"""Model layer: build transformers DETR-family detectors and view them through typed adapters.
 
-__all__ = [
-    "DetectorAdapter", "UnsupportedFamilyError", "get_adapter", "registered_families",
-    "SUPPORTED_FAMILIES", "supported_families", "build_model", "count_parameters", "load_detector",
-    "DetectorOutput", "GroupOutput", "QueryGroup", "class_probs",
-    "QueryProjection", "build_query_projection",
-]
+The names below are imported on first use (PEP 562): importing a light submodule (``detrdistill.models.family_index``,
+read by config validation) must not import torch or transformers.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "DetectorAdapter": ".adapters", "UnsupportedFamilyError": ".adapters", "get_adapter": ".adapters",
+    "registered_families": ".adapters",
+    "build_model": ".build", "count_parameters": ".build", "load_detector": ".build", "supported_families": ".build",
+    "DetectorOutput": ".outputs", "GroupOutput": ".outputs", "QueryGroup": ".outputs", "class_probs": ".outputs",
+    "QueryProjection": ".query_projection", "build_query_projection": ".query_projection",
+}
+
+__all__ = [*_EXPORTS, "SUPPORTED_FAMILIES"]
 
 
-def __getattr__(name: str):  # SUPPORTED_FAMILIES: read from the family registry when asked for
-    if name == "SUPPORTED_FAMILIES":
+def __getattr__(name: str):
+    if name == "SUPPORTED_FAMILIES":  # read from the family registry when asked for
+        from .build import supported_families
         return supported_families()
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -175,17 +175,25 @@ def _load_pretrained(name: "str | os.PathLike | ModelSource", id2label: dict[int
         raise ModelError(f"{source.name} holds a {family!r} model but model.family is {expect_family!r}; "
                          f"set model.family={family}")
     spec = family_spec(family)
+    from .timm_detector import load_timm_resnet_detector, resnet_detector_config
+    # a timm ResNet backbone (facebook/detr-resnet-50, SenseTime/deformable-detr): transformers' own ResNet, no timm
+    resnet_config = resnet_detector_config(spec.resolve_config_class(), source.config, f"{what} {source.name}",
+                                           spec.load_kwargs)
     try:  # never code shipped with the model (auto_map): the family's own transformers class
-        model = spec.resolve_model_class().from_pretrained(source.load_arg, **source.load_kwargs, **spec.load_kwargs,
-                                                           trust_remote_code=False)
+        if resnet_config is not None:
+            model = load_timm_resnet_detector(spec.resolve_model_class(), source, resnet_config, f"{what} {source.name}")
+        else:
+            model = spec.resolve_model_class().from_pretrained(source.load_arg, **source.load_kwargs,
+                                                               **spec.load_kwargs, trust_remote_code=False)
+    except ModelError:  # already one line naming the checkpoint
+        raise
     except OSError as e:  # hub weights missing from the cache (offline) or not downloadable
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PathNotFoundError(f"{what}: cannot load the weights of {source.name!r} ({first[:200]})") from None
-    except ImportError as e:  # e.g. a timm backbone (SenseTime/deformable-detr, facebook/detr-resnet-50)
+    except ImportError as e:  # e.g. a timm backbone other than a plain ResNet
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"{what}: {source.name!r} needs a package that is not installed ({first[:160]}); "
-                         "checkpoints with a timm backbone need timm, or use one with a transformers backbone "
-                         "(e.g. PekingU/rtdetr_r50vd)") from None
+                         "use one with a ResNet or transformers backbone (e.g. PekingU/rtdetr_r50vd)") from None
     except (RuntimeError, ValueError, TypeError, KeyError, EOFError, pickle.UnpicklingError) as e:
         raise ModelError(f"{what}: {source.name}: {weights_failure(e)}; copy or export the model again") from None
     if id2label is None:

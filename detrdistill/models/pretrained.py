@@ -8,8 +8,11 @@ Every place a model is named (``--teacher`` / ``distill.teacher``, ``model.pretr
 * anything else that looks like a hub id (``org/name`` or ``name``) is looked up with transformers'
   ``cached_file``: the user's ``HF_HUB_OFFLINE``, ``HF_HOME`` / ``HF_HUB_CACHE`` and token are honoured, files come
   from the local cache when there, downloads happen only when the hub is reachable and allowed;
-* a path that does not exist (``runs/x/model``) or an id that cannot be found is one line
-  (:class:`ModelNotFoundError`), saying what was looked for and what to do.
+* a path that does not exist is one line at once, with no network attempt (:class:`ModelNotFoundError`, naming
+  what the nearest existing folder holds), when it reads as a local path (:func:`reads_as_local_path`): not
+  hub-id shaped (``runs/x/model``, ``./m``, ``~/m``, ``/m``), or ``org/name``-shaped with ``org`` a folder here
+  (``runs/nope`` beside ``runs/``) and the id not in the hub cache;
+* an id that the hub cannot provide is one line too, saying what was looked for and what to do.
 
 Nothing here switches the hub on or off.
 """
@@ -23,7 +26,8 @@ from typing import Any
 
 from ..errors import ModelError, PathNotFoundError
 
-__all__ = ["ModelSource", "ModelNotFoundError", "resolve_model", "looks_like_hub_id", "hub_snapshot_dir"]
+__all__ = ["ModelSource", "ModelNotFoundError", "resolve_model", "looks_like_hub_id", "reads_as_local_path",
+           "check_local_model", "hub_snapshot_dir"]
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 
@@ -35,6 +39,66 @@ class ModelNotFoundError(PathNotFoundError):
 def looks_like_hub_id(name: str) -> bool:
     """``org/name`` or ``name`` (no leading ``.``, ``/`` or ``~``, at most one ``/``, no ``..``)."""
     return bool(_HUB_ID.fullmatch(name)) and ".." not in name and not name.endswith((".json", ".safetensors"))
+
+
+def reads_as_local_path(name: str | Path) -> str | None:
+    """Why ``name``, which does not exist, is read as a local path rather than a hub id (None: it may be a hub id).
+
+    Not hub-id shaped (a leading ``.``, ``/`` or ``~``, more than one ``/``, a file suffix ...), or ``org/name``
+    whose ``org`` is a folder in the working directory (``runs/nope``) and which is not in the hub cache. Looks only
+    at the local disk (the hub cache included), never at the network."""
+    text = str(name)
+    if not looks_like_hub_id(text):
+        return "not a hub id"
+    org = text.split("/", 1)[0] if "/" in text else None
+    if org is not None and Path(org).is_dir() and not _in_hub_cache(text):
+        return f"{org}/ is a folder here"
+    return None
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # pragma: no cover - an unusual cache layout: not cached
+        return False
+
+
+def _nearest_folder(text: str) -> str:
+    """What the deepest existing folder on the way to ``text`` holds (names close to the missing part first)."""
+    import difflib
+
+    path = Path(text).expanduser()
+    parent = path.parent
+    while not parent.is_dir() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return ""
+    try:
+        entries = sorted(p.name for p in parent.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return ""
+    missing = path.relative_to(parent).parts[0] if path.is_relative_to(parent) else path.name
+    close = difflib.get_close_matches(missing, entries, n=3, cutoff=0.5)
+    shown = close + [e for e in entries if e not in close][:max(0, 6 - len(close))]
+    where = "." if str(parent) == "." else str(parent)
+    if not shown:
+        return f"; {where}/ holds no folders"
+    return f"; {where}/ holds {', '.join(shown)}{', ...' if len(entries) > len(shown) else ''}"
+
+
+def check_local_model(name: str | Path, what: str = "model") -> None:
+    """:class:`ModelNotFoundError` (one line, at once, no network) when ``name`` does not exist and reads as a local
+    path (:func:`reads_as_local_path`); nothing otherwise."""
+    text = str(name)
+    if Path(text).expanduser().exists():
+        return
+    reason = reads_as_local_path(text)
+    if reason is None:
+        return
+    shape = " (read as a path: " + reason + ")" if reason != "not a hub id" else ""
+    raise ModelNotFoundError(f"{what}: directory {text!r} does not exist{shape}{_nearest_folder(text)}; give a model "
+                             "directory or a Hugging Face hub id such as SenseTime/deformable-detr")
 
 
 @dataclass(frozen=True)
@@ -116,9 +180,7 @@ def resolve_model(name: str | Path, what: str = "model", check_weights: bool = T
             if not (local / "config.json").is_file():
                 raise ModelDirMissing(f"{local / 'config.json'}: not found; {local} is not a saved model directory")
         return ModelSource(text, local, _read_json(local / "config.json"))
-    if not looks_like_hub_id(text):
-        raise ModelNotFoundError(f"{what}: directory {text!r} does not exist (give a model directory or a Hugging "
-                                 "Face hub id such as SenseTime/deformable-detr)")
+    check_local_model(text, what)  # a missing local-looking path: one line, no network attempt
     return ModelSource(text, None, _read_json(Path(_hub_config_file(text, what))))
 
 
