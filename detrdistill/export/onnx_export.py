@@ -242,7 +242,7 @@ def traced_size(model: nn.Module, height: int | None = None, width: int | None =
     if pad is None:
         return (height or DEFAULT_SIDE, width or DEFAULT_SIDE)
     if (height or pad[0], width or pad[1]) != pad:
-        raise OnnxExportError(f"export size {height}x{width}: a {spec.name} graph has a static input size, its image "
+        raise OnnxExportError(f"export size {height or pad[0]}x{width or pad[1]}: a {spec.name} graph has a static input size, its image "
                               f"processor's square pad {pad[0]}x{pad[1]} (FamilySpec.onnx_static_size); leave "
                               "--height / --width out")
     return pad
@@ -297,10 +297,13 @@ def export_onnx(model: nn.Module, out: str | Path, height: int | None = None, wi
     graph = io.BytesIO()  # traced in memory: only the write below can fail for want of disk
     try:
         fixed = constant_position_embeddings(model, inputs) if static else contextlib.nullcontext()
+        # in eval mode: the exporter restores the wrapper's mode afterwards, recursively, and a new module is in
+        # train mode (the model was left training: Group-DETR models then return all query groups)
+        wrapper = DetectorForExport(model, "pixel_mask" in inputs).eval()
         with float32_reference_points(model), traced_spatial_shapes(model), fixed, torch.no_grad(), \
                 warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
-            torch.onnx.export(DetectorForExport(model, "pixel_mask" in inputs), tuple(inputs[n] for n in names),
+            torch.onnx.export(wrapper, tuple(inputs[n] for n in names),
                               graph, dynamo=False, opset_version=opset, input_names=names,
                               output_names=["logits", "pred_boxes"],
                               dynamic_axes={k: v for k, v in axes.items()

@@ -65,9 +65,18 @@ class OnnxDetector:
         from detrdistill.export.processor import processor_from_dict
 
         try:
-            return processor_from_dict(config)
+            processor = processor_from_dict(config)
         except ValueError as e:
             raise OnnxExportError(f"{self.path}: metadata preprocessor_config: {e}") from None
+        from detrdistill.export.onnx_export import processor_pad_size
+
+        size, pad = self.info.input_size, processor_pad_size(processor)
+        if size is not None and pad != size:
+            padded = f"{pad[0]}x{pad[1]}" if pad else "the batch's largest image"
+            raise OnnxExportError(f"{self.path}: the graph takes only {size[0]}x{size[1]} inputs (metadata "
+                                  f"input_size) but its preprocessor_config pads to {padded}; export the model again "
+                                  "from its model folder")
+        return processor
 
 
 def pad_to(pixel_values: Tensor, pixel_mask: Tensor | None, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
