@@ -58,7 +58,7 @@ __all__ = ["FamilySpec", "Postprocessing", "InputSides", "CAPABILITIES", "DETECT
 # "pixel_mask": the model reads a pixel mask (export/onnx_export.py: the ONNX graph takes a pixel_mask input);
 # "square_padding": the model ignores padding and needs sides that are multiples of ``size_multiple``
 #     or of the model's ``input_sides`` (export/processor.py: its processor pads every image to one fixed square;
-#     the ONNX metadata says so)
+#     the ONNX metadata says so; export/onnx_export.py: a family with ``onnx_static_size`` is traced at that square)
 CAPABILITIES = frozenset({"query_table", "multi_scale", "two_stage", "box_refine", "pixel_mask", "square_padding"})
 
 # detections kept per image by the post-processing (COCO's maxDets 100); evaluation, predict and ONNX metadata
