@@ -242,9 +242,9 @@ def traced_size(model: nn.Module, height: int | None = None, width: int | None =
     if pad is None:
         return (height or DEFAULT_SIDE, width or DEFAULT_SIDE)
     if (height or pad[0], width or pad[1]) != pad:
-        raise OnnxExportError(f"export size {height or pad[0]}x{width or pad[1]}: a {spec.name} graph has a static input size, its image "
-                              f"processor's square pad {pad[0]}x{pad[1]} (FamilySpec.onnx_static_size); leave "
-                              "--height / --width out")
+        raise OnnxExportError(f"export size {height or pad[0]}x{width or pad[1]}: a {spec.name} graph has a static "
+                              f"input size, its image processor's square pad {pad[0]}x{pad[1]} "
+                              "(FamilySpec.onnx_static_size); leave --height / --width out")
     return pad
 
 
