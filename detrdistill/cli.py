@@ -117,7 +117,9 @@ def cmd_export(args) -> int:
     diff = result["max_abs_diff"]
     checked = "" if diff is None else " (onnxruntime vs PyTorch: max |diff| " + \
         ", ".join(f"{k} {v:.1e}" for k, v in diff.items()) + ")"
-    print(f"wrote {result['path']}; inputs {', '.join(result['inputs'])}{checked}")
+    size = result["input_size"]
+    fixed = "" if size is None else f" (static size {size[0]}x{size[1]})"
+    print(f"wrote {result['path']}; inputs {', '.join(result['inputs'])}{fixed}{checked}")
     return 0
 
 
@@ -213,8 +215,9 @@ def _add_model_tools(sub) -> None:
     sp.add_argument("model", help="model directory (a run's model/ folder, or the run folder) or hub id")
     sp.add_argument("--format", choices=["onnx"], default="onnx", help="export format")
     sp.add_argument("--out", required=True, help="file to write, e.g. model.onnx")
-    sp.add_argument("--height", type=int, default=320, help="traced input height (the graph takes any multiple of 32)")
-    sp.add_argument("--width", type=int, default=320, help="traced input width (the graph takes any multiple of 32)")
+    sp.add_argument("--height", type=int, help="traced input height (default 320; the graph takes any multiple of "
+                    "32, except a static-size family's: only its processor's square pad, the default there)")
+    sp.add_argument("--width", type=int, help="traced input width (default 320; as --height)")
     sp.add_argument("--opset", type=int, default=17, help="ONNX opset")
     sp.add_argument("--no-check", action="store_true", help="skip the onnxruntime-vs-PyTorch check")
     sp.set_defaults(func=cmd_export)

@@ -13,7 +13,7 @@ from tests.test_adapters import CASES, _break_symmetry, model_cfg
 from tests.test_export import ID2LABEL
 
 __all__ = ["family_params", "family_case", "tiny_family_cfg", "tiny_family_model", "representative_families",
-           "DATA", "ID2LABEL"]
+           "export_size", "DATA", "ID2LABEL"]
 
 DATA = DataConfig(eval_size=64, max_size=96)  # small images: resized sides 64..96, square pad 96
 
@@ -43,12 +43,19 @@ def tiny_family_model(family: str, seed: int = 0):
     return model.eval()
 
 
+def export_size(family: str) -> tuple[int | None, int | None]:
+    """The (height, width) the tests export ``family`` at: 64 x 96 (small, rectangular), or (None, None) for a
+    family with ``onnx_static_size`` (its graph is traced at its processor's square pad, 96 x 96 with ``DATA``)."""
+    return (None, None) if family_spec(family).onnx_static_size else (64, 96)
+
+
 def representative_families() -> list:
-    """One family per distinct (activation, padding rule, pixel-mask input) in the registry: the variants a
-    consumer of the exported files must handle."""
+    """One family per distinct (activation, padding rule, pixel-mask input, static ONNX size) in the registry: the
+    variants a consumer of the exported files must handle."""
     seen, out = set(), []
     for spec in all_specs():
-        key = (spec.class_activation, "square_padding" in spec.capabilities, "pixel_mask" in spec.capabilities)
+        key = (spec.class_activation, "square_padding" in spec.capabilities, "pixel_mask" in spec.capabilities,
+               spec.onnx_static_size is not None)
         if key not in seen:
             seen.add(key)
             out.append(pytest.param(spec.name, id=spec.name))

@@ -15,8 +15,8 @@ from detrdistill.config import Config
 from detrdistill.export import finish_model_dir
 from detrdistill.models.families import all_specs, family_spec
 from detrdistill.predict import predict
-from tests.registry_models import (DATA, ID2LABEL, family_params, register_auto_classes, tiny_family_cfg,
-                                   tiny_family_model)
+from tests.registry_models import (DATA, ID2LABEL, export_size, family_params, register_auto_classes,
+                                   tiny_family_cfg, tiny_family_model)
 from tests.test_export import random_image
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -109,7 +109,7 @@ def test_pipeline_predict_and_onnx_give_the_same_detections(family, tmp_path):
 
     onnx_records = None
     if not family_spec(family).onnx_unsupported:
-        export_model_dir(model_dir, tmp_path / "m.onnx", 64, 96, check=False)
+        export_model_dir(model_dir, tmp_path / "m.onnx", *export_size(family), check=False)
         onnx_run = predict(tmp_path / "m.onnx", files, tmp_path / "ox", threshold=0.0, progress=False)
         onnx_records = json.loads(onnx_run.predictions_file.read_text())
     for image_id, path in enumerate(files, start=1):

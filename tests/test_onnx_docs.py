@@ -1,5 +1,6 @@
 """docs/onnx.md's code (onnxruntime + numpy + PIL, no detrdistill) finds the detections ``detrdistill predict``
-finds, for one family of each kind the registry holds (activation x padding rule x pixel-mask input)."""
+finds, for one family of each kind the registry holds (activation x padding rule x pixel-mask input x static
+ONNX size)."""
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ import pytest
 
 pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'detrdistill[onnx]')")
 
-from tests.registry_models import representative_families  # noqa: E402
+from tests.registry_models import export_size, representative_families  # noqa: E402
 from tests.test_deploy_families import (assert_same_detections, from_records, image_files,  # noqa: E402
                                         saved_model_dir)
 
@@ -41,7 +42,7 @@ def test_the_docs_code_finds_what_predict_finds(family, tmp_path):
     from detrdistill.predict import predict
 
     model_dir = saved_model_dir(family, tmp_path)
-    onnx_file = export_model_dir(model_dir, tmp_path / "m.onnx", 64, 96, check=False)["path"]
+    onnx_file = export_model_dir(model_dir, tmp_path / "m.onnx", *export_size(family), check=False)["path"]
     files = image_files(tmp_path)
     records = json.loads(predict(model_dir, files, tmp_path / "pred", threshold=0.0,
                                  progress=False).predictions_file.read_text())

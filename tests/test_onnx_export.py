@@ -1,7 +1,8 @@
 """ONNX export: every registered family exports, and onnxruntime reproduces PyTorch (logits, boxes within 1e-3)
-at the traced size and at another size and batch (dynamic axes); the file's metadata carries the family's classes,
-pre- and post-processing; a model that cannot be exported fails in one line. Skipped when onnx / onnxruntime are
-not installed."""
+at the traced size and at another size and batch (dynamic axes; a static-size family, ``FamilySpec.onnx_static_size``:
+another batch at its processor's square pad, the only size its graph takes); the file's metadata carries the
+family's classes, pre- and post-processing (and the static size); a model that cannot be exported fails in one line.
+Skipped when onnx / onnxruntime are not installed."""
 from __future__ import annotations
 
 import json
@@ -13,14 +14,15 @@ pytest.importorskip("onnx", reason="onnx not installed (pip install 'detrdistill
 pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'detrdistill[onnx]')")
 
 from detrdistill.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from detrdistill.export.onnx_export import (OnnxExportError, example_inputs, export_model_dir,  # noqa: E402
-                                            export_onnx, float32_reference_points, max_abs_difference,
-                                            onnx_session, traced_spatial_shapes)
+from detrdistill.export.onnx_export import (OnnxExportError, constant_position_embeddings,  # noqa: E402
+                                            example_inputs, export_model_dir, export_onnx,
+                                            float32_reference_points, max_abs_difference, onnx_session,
+                                            traced_spatial_shapes)
 from detrdistill.export.onnx_metadata import read_metadata  # noqa: E402
 from detrdistill.export.processor import build_image_processor  # noqa: E402
 from detrdistill.models.build import build_model  # noqa: E402
 from detrdistill.models.families import family_spec  # noqa: E402
-from tests.registry_models import DATA, family_params, tiny_family_model  # noqa: E402
+from tests.registry_models import DATA, export_size, family_params, tiny_family_model  # noqa: E402
 from tests.test_export import ID2LABEL, tiny_model_cfg  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -32,12 +34,14 @@ def tiny(family: str, **update):
     return build_model(tiny_model_cfg(family).model_copy(update=update), ID2LABEL).eval()
 
 
-def assert_parity_at_two_sizes(model, path):
+def assert_parity_at_two_sizes(model, path, static_size: tuple[int, int] | None = None):
+    """Parity at 64 x 96 and at 128 x 64 with batch 2; a static-size graph: at ``static_size``, batch 1 and 2."""
     session = onnx_session(path)
-    same = max_abs_difference(model, session, example_inputs(model, 1, 64, 96))
-    other_inputs = example_inputs(model, 2, 128, 64, seed=1)
+    height, width = static_size or (64, 96)
+    same = max_abs_difference(model, session, example_inputs(model, 1, height, width))
+    other_inputs = example_inputs(model, 2, *(static_size or (128, 64)), seed=1)
     if "pixel_mask" in other_inputs:
-        other_inputs["pixel_mask"][1, 100:, :] = 0  # a padded image in the batch
+        other_inputs["pixel_mask"][1, other_inputs["pixel_mask"].shape[1] * 3 // 4:, :] = 0  # a padded image
     other = max_abs_difference(model, session, other_inputs)
     assert max(same.values()) < TOL and max(other.values()) < TOL, (same, other)
     return session
@@ -52,11 +56,18 @@ def test_every_family_exports_with_parity_and_metadata(family, tmp_path):
     processor = build_image_processor(family, DATA.eval_size, DATA.max_size)
     if spec.onnx_unsupported:
         with pytest.raises(OnnxExportError, match="cannot be exported") as err:
-            export_onnx(model, tmp_path / "m.onnx", 64, 96, processor=processor)
+            export_onnx(model, tmp_path / "m.onnx", *export_size(family), processor=processor)
         assert "\n" not in str(err.value) and not (tmp_path / "m.onnx").exists()
         return
-    session = assert_parity_at_two_sizes(model, export_onnx(model, tmp_path / "m.onnx", 64, 96, processor=processor))
+    pad = processor.to_dict().get("pad_size")
+    static = (pad["height"], pad["width"]) if spec.onnx_static_size else None
+    path = export_onnx(model, tmp_path / "m.onnx", *export_size(family), processor=processor)
+    assert not any(m.training for m in model.modules())  # the export leaves the model in eval mode
+    session = assert_parity_at_two_sizes(model, path, static)
     info = read_metadata(session)
+    assert info.input_size == static
+    dims = session.get_inputs()[0].shape[2:]  # static: the square pad's ints; dynamic: named axes
+    assert (tuple(dims) == static) if static else all(isinstance(d, str) for d in dims)
     assert info.family == family and info.id2label == ID2LABEL and info.category_ids is None
     assert info.inputs == [i.name for i in session.get_inputs()]
     assert ("pixel_mask" in info.inputs) == ("pixel_mask" in spec.capabilities)

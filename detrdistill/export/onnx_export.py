@@ -25,8 +25,15 @@ A second trace problem: transformers builds ``spatial_shapes`` with ``torch.as_t
 a constant in the trace, so offsets were normalised by the export size at every other size (logits off
 by ~0.03 on a tiny model); :func:`traced_spatial_shapes` rebuilds it from the traced sizes.
 
-Dynamic axes: batch, height and width for every family (parity at a second size and batch is tested).
-The traced size must be a multiple of the family's ``size_multiple`` (32; RT-DETR's FPN needs it).
+Dynamic axes: batch, height and width (parity at a second size and batch is tested), except for a family with
+``FamilySpec.onnx_static_size`` (RF-DETR): its graph is traced at exactly its image processor's square pad, the one
+size every image is padded to, and only the batch is dynamic. What cannot be traced size-generically is then
+computed in PyTorch for that size: :func:`constant_position_embeddings` (a ViT's ``interpolate_pos_encoding``,
+RF-DETR's antialiased bicubic resize, ``aten::_upsample_bicubic2d_aa``, which the TorchScript exporter refuses at
+opsets 17-20) makes the resized position embeddings a constant, the values PyTorch computes (exact parity). The
+metadata records the size (``input_size``); :class:`~detrdistill.export.onnx_runtime.OnnxDetector` refuses another.
+The traced size must be one the model accepts (``FamilySpec.sides(config)``: multiples of 32 for most families;
+RT-DETR's FPN needs it).
 """
 from __future__ import annotations
 
@@ -41,10 +48,11 @@ from detrdistill.errors import DetrDistillError
 from detrdistill.export.onnx_metadata import OnnxModelInfo, preprocessing_metadata, with_metadata
 
 log = logging.getLogger("detrdistill")
+DEFAULT_SIDE = 320  # traced height / width when none is given (and the family does not fix it)
 
 
 class OnnxExportError(DetrDistillError):
-    """The model cannot be exported, or onnx/onnxruntime is missing."""
+    """The model cannot be exported, onnx/onnxruntime is missing, or an exported graph cannot run the input."""
 
 
 class DetectorForExport(nn.Module):
@@ -124,6 +132,53 @@ def traced_spatial_shapes(model: nn.Module):
             h.remove()
 
 
+@contextlib.contextmanager
+def constant_position_embeddings(model: nn.Module, inputs: dict[str, torch.Tensor]):
+    """While active, every module with an ``interpolate_pos_encoding(embeddings, height, width)`` (a ViT's
+    embeddings, e.g. RF-DETR's DINOv2 backbone) returns the tensor it computes in PyTorch at the size of ``inputs``:
+    a constant in a graph traced at that size, which must then have static height / width.
+
+    The values are recorded in one forward of ``model`` on ``inputs`` on entry (so they are what the unpatched
+    method returns, exactly; tested); a call at another size while active raises :class:`OnnxExportError`.
+    The patch is an instance attribute, removed on exit.
+    """
+    modules = [m for m in model.modules() if callable(getattr(type(m), "interpolate_pos_encoding", None))]
+    values: dict[nn.Module, tuple[tuple[int, int], torch.Tensor]] = {}
+
+    def recording(m: nn.Module):
+        original = m.interpolate_pos_encoding
+
+        def record(embeddings, height, width):
+            out = original(embeddings, height, width)
+            values[m] = ((int(height), int(width)), out.detach())
+            return out
+        return record
+
+    def constant(m: nn.Module, size: tuple[int, int], value: torch.Tensor):
+        def fixed(embeddings, height, width):
+            if (int(height), int(width)) != size:
+                raise OnnxExportError(f"{type(m).__name__}: position embeddings fixed for {size[0]}x{size[1]}, "
+                                      f"called at {int(height)}x{int(width)}")
+            return value
+        return fixed
+
+    try:
+        if modules:
+            for m in modules:
+                m.interpolate_pos_encoding = recording(m)
+            with torch.no_grad():
+                model(**inputs)
+            for m in modules:
+                if m in values:
+                    m.interpolate_pos_encoding = constant(m, *values[m])
+                else:  # not on the forward path: nothing to fix
+                    del m.interpolate_pos_encoding
+        yield
+    finally:
+        for m in modules:
+            vars(m).pop("interpolate_pos_encoding", None)
+
+
 def family_of(model: nn.Module) -> str:
     from detrdistill.models.build import family_of_model_type
 
@@ -168,6 +223,31 @@ def model_info(model: nn.Module, inputs: list[str], processor=None) -> OnnxModel
                          preprocessor_config=pre_cfg)
 
 
+def processor_pad_size(processor) -> tuple[int, int] | None:
+    """(height, width) every image is padded to by ``processor`` (a ``pad_size``: ``square_padding`` families), or
+    None (padded to the batch's largest image, or no processor)."""
+    if processor is None:
+        return None
+    padding = preprocessing_metadata(processor.to_dict())["padding"]
+    return (padding["height"], padding["width"]) if padding["to"] == "fixed" else None
+
+
+def traced_size(model: nn.Module, height: int | None = None, width: int | None = None,
+                processor=None) -> tuple[int, int]:
+    """The (height, width) :func:`export_onnx` traces: the given sides (default 320 each), except for a family
+    with ``FamilySpec.onnx_static_size`` exported with its processor: that processor's square pad, the only size
+    its graph takes (a different size given raises :class:`OnnxExportError`)."""
+    spec = spec_of(model)
+    pad = processor_pad_size(processor) if spec.onnx_static_size else None
+    if pad is None:
+        return (height or DEFAULT_SIDE, width or DEFAULT_SIDE)
+    if (height or pad[0], width or pad[1]) != pad:
+        raise OnnxExportError(f"export size {height or pad[0]}x{width or pad[1]}: a {spec.name} graph has a static "
+                              f"input size, its image processor's square pad {pad[0]}x{pad[1]} "
+                              "(FamilySpec.onnx_static_size); leave --height / --width out")
+    return pad
+
+
 def example_inputs(model: nn.Module, batch: int = 1, height: int = 320, width: int = 320,
                    seed: int = 0) -> dict[str, torch.Tensor]:
     """Random normalised pixels (and a full mask for mask-aware families) of the given size."""
@@ -178,11 +258,13 @@ def example_inputs(model: nn.Module, batch: int = 1, height: int = 320, width: i
     return inputs
 
 
-def export_onnx(model: nn.Module, out: str | Path, height: int = 320, width: int = 320,
+def export_onnx(model: nn.Module, out: str | Path, height: int | None = None, width: int | None = None,
                 opset: int = 17, with_mask: bool | None = None, processor=None) -> Path:
     """Write ``model`` (a transformers detector) to ``out`` as ONNX with its metadata; atomic. Returns the path.
 
-    height/width: the example input size traced (the graph accepts other sizes).
+    height/width: the example input size traced (default 320; the graph accepts other sizes), see
+    :func:`traced_size`: a family with ``FamilySpec.onnx_static_size`` is traced at its processor's square pad and
+    its graph takes only that size (static height / width, recorded in the metadata's ``input_size``).
     with_mask: give the graph a ``pixel_mask`` input (default: for the families with the capability).
     processor: the model's image processor, whose settings go into the metadata (see
     :mod:`detrdistill.export.onnx_metadata`; without it the file has no pre-processing entries).
@@ -191,9 +273,10 @@ def export_onnx(model: nn.Module, out: str | Path, height: int = 320, width: int
     spec = spec_of(model)  # refuses unsupported models
     if spec.onnx_unsupported:
         raise OnnxExportError(f"the {spec.name} family cannot be exported to ONNX: {spec.onnx_unsupported}")
-    m = spec.sides(model.config).multiple
-    if height % m or width % m:
-        raise OnnxExportError(f"export size {height}x{width}: both sides must be multiples of {m} ({spec.name})")
+    height, width = traced_size(model, height, width, processor)
+    sides, static = spec.sides(model.config), spec.onnx_static_size is not None
+    if not sides.accepts(height, width):
+        raise OnnxExportError(f"export size {height}x{width}: {spec.name} needs {sides.describe()}")
     model = model.eval()
     inputs = example_inputs(model, 1, height, width)
     if with_mask is False:
@@ -201,8 +284,9 @@ def export_onnx(model: nn.Module, out: str | Path, height: int = 320, width: int
     names = list(inputs)
     axes = {"pixel_values": {0: "batch"}, "pixel_mask": {0: "batch"}, "logits": {0: "batch"},
             "pred_boxes": {0: "batch"}}
-    axes["pixel_values"].update({2: "height", 3: "width"})
-    axes["pixel_mask"].update({1: "height", 2: "width"})
+    if not static:
+        axes["pixel_values"].update({2: "height", 3: "width"})
+        axes["pixel_mask"].update({1: "height", 2: "width"})
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     import io
@@ -212,15 +296,21 @@ def export_onnx(model: nn.Module, out: str | Path, height: int = 320, width: int
 
     graph = io.BytesIO()  # traced in memory: only the write below can fail for want of disk
     try:
-        with float32_reference_points(model), traced_spatial_shapes(model), torch.no_grad(), \
+        fixed = constant_position_embeddings(model, inputs) if static else contextlib.nullcontext()
+        # in eval mode: the exporter restores the wrapper's mode afterwards, recursively, and a new module is in
+        # train mode (the model was left training: Group-DETR models then return all query groups)
+        wrapper = DetectorForExport(model, "pixel_mask" in inputs).eval()
+        with float32_reference_points(model), traced_spatial_shapes(model), fixed, torch.no_grad(), \
                 warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
-            torch.onnx.export(DetectorForExport(model, "pixel_mask" in inputs), tuple(inputs[n] for n in names),
+            torch.onnx.export(wrapper, tuple(inputs[n] for n in names),
                               graph, dynamo=False, opset_version=opset, input_names=names,
                               output_names=["logits", "pred_boxes"],
                               dynamic_axes={k: v for k, v in axes.items()
                                             if k in names or k in ("logits", "pred_boxes")})
-        content = with_metadata(graph.getvalue(), model_info(model, names, processor))
+        info = model_info(model, names, processor)
+        info.input_size = (height, width) if static else None
+        content = with_metadata(graph.getvalue(), info)
     except Exception as e:  # the exporter's messages run to thousands of lines: its first one, and why
         if isinstance(e, OnnxExportError):
             raise
@@ -255,13 +345,14 @@ def max_abs_difference(model: nn.Module, session, inputs: dict[str, torch.Tensor
     return {name: float((torch.from_numpy(g) - r).abs().max()) for name, g, r in zip(("logits", "pred_boxes"), got, ref)}
 
 
-def export_model_dir(model_dir: str | Path, out: str | Path, height: int = 320, width: int = 320,
+def export_model_dir(model_dir: str | Path, out: str | Path, height: int | None = None, width: int | None = None,
                      opset: int = 17, check: bool = True, processor=None) -> dict:
     """``detrdistill export``: load a saved model directory, write ONNX (with the metadata of the model folder's
     image processor, or ``processor``), and (``check``) compare onnxruntime with PyTorch on random input of a
-    size other than the traced one.
+    batch of two at a size other than the traced one (a static-size graph: at the traced size).
 
-    Returns dict(path, max_abs_diff (or None when unchecked), inputs).
+    Returns dict(path, max_abs_diff (or None when unchecked), inputs, input_size: (H, W) of a static-size graph,
+    else None).
     """
     from detrdistill.models.build import load_detector
 
@@ -284,8 +375,11 @@ def export_model_dir(model_dir: str | Path, out: str | Path, height: int = 320, 
             log.warning("%s; the ONNX metadata will have no pre-processing (predict refuses such a file)", e)
     with claim_output(Path(out).parent, [("model", model_dir)], "--out", written=out):
         path = export_onnx(model, out, height, width, opset, processor=processor)
+    height, width = traced_size(model, height, width, processor)
+    static = spec_of(model).onnx_static_size is not None
     diff = None
     if check:
-        inputs = example_inputs(model, 2, height + spec_of(model).sides(model.config).multiple, width, seed=1)
-        diff = max_abs_difference(model, onnx_session(path), inputs)
-    return {"path": path, "max_abs_diff": diff, "inputs": list(example_inputs(model, 1, 32, 32))}
+        other = height if static else height + spec_of(model).sides(model.config).multiple
+        diff = max_abs_difference(model, onnx_session(path), example_inputs(model, 2, other, width, seed=1))
+    return {"path": path, "max_abs_diff": diff, "inputs": list(example_inputs(model, 1, 32, 32)),
+            "input_size": (height, width) if static else None}

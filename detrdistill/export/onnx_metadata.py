@@ -24,6 +24,9 @@ postprocess         ``{"activation": "sigmoid" | "softmax", "top_k": 100, "boxes
                     :class:`~detrdistill.models.families.Postprocessing`; boxes are normalised to the resized,
                     un-padded image, so multiplying by the original (width, height) gives original pixels
 preprocessor_config the transformers image processor's full settings (its ``preprocessor_config.json``)
+input_size          ``{"height": H, "width": W}``: the graph's only input size (a family with
+                    ``FamilySpec.onnx_static_size``: traced at its processor's square pad, the ``padding`` size);
+                    absent when height and width are dynamic
 ==================  ==========================================================================================
 """
 from __future__ import annotations
@@ -56,6 +59,7 @@ class OnnxModelInfo:
     category_ids: dict[int, int] | None = None
     preprocessing: dict[str, Any] | None = None   # resize, rescale_factor, image_mean, image_std, padding
     preprocessor_config: dict[str, Any] | None = None
+    input_size: tuple[int, int] | None = None     # (H, W) of a static-size graph; None: dynamic
 
     @property
     def activation(self) -> str:
@@ -73,6 +77,8 @@ class OnnxModelInfo:
         props.update(self.preprocessing or {})
         if self.preprocessor_config is not None:
             props["preprocessor_config"] = self.preprocessor_config
+        if self.input_size is not None:
+            props["input_size"] = {"height": int(self.input_size[0]), "width": int(self.input_size[1])}
         return {k: v if isinstance(v, str) else json.dumps(v) for k, v in props.items()}
 
     @classmethod
@@ -84,10 +90,12 @@ class OnnxModelInfo:
             get = {k: (v if k in ("format", "family") else json.loads(v)) for k, v in props.items()}
             pre = {k: get[k] for k in ("resize", "rescale_factor", "image_mean", "image_std", "padding") if k in get}
             cats = get.get("category_ids")
+            size = get.get("input_size")
             return cls(family=get["family"], inputs=list(get["inputs"]),
                        id2label={int(k): v for k, v in get["id2label"].items()}, postprocess=dict(get["postprocess"]),
                        category_ids=None if cats is None else {int(k): int(v) for k, v in cats.items()},
-                       preprocessing=pre or None, preprocessor_config=get.get("preprocessor_config"))
+                       preprocessing=pre or None, preprocessor_config=get.get("preprocessor_config"),
+                       input_size=None if size is None else (int(size["height"]), int(size["width"])))
         except (KeyError, ValueError, TypeError, AttributeError) as e:
             raise OnnxMetadataError(f"{where}: unreadable detrdistill metadata ({type(e).__name__}: {e}); export "
                                     "it again") from None

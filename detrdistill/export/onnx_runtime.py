@@ -5,6 +5,11 @@
 from the saved ``preprocessor_config``, so pixels are those of the PyTorch path) and its post-processing.
 :class:`OnnxAdapter` gives it the adapter interface :func:`detrdistill.engine.evaluator.evaluate` reads
 (``adapter(pixel_values, pixel_mask)`` -> ``logits`` / ``boxes`` [L=1, B, N, ...], ``class_activation``).
+
+A static-size graph (metadata ``input_size``, ``FamilySpec.onnx_static_size``) takes only that size: the detector
+refuses another in one line (not onnxruntime's message); the adapter first pads a smaller eval batch to it
+bottom/right (zeros, mask 0), the padding its processor applies (``padding`` ``"to": "fixed"``), so ``eval`` scores
+it as ``predict`` feeds it.
 """
 from __future__ import annotations
 
@@ -36,6 +41,12 @@ class OnnxDetector:
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def __call__(self, pixel_values: Tensor, pixel_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        size = self.info.input_size
+        if size is not None and tuple(pixel_values.shape[-2:]) != size:
+            raise OnnxExportError(f"{self.path}: the graph takes only {size[0]}x{size[1]} inputs (a static-size "
+                                  f"export, metadata input_size), got {pixel_values.shape[-2]}x"
+                                  f"{pixel_values.shape[-1]}; pad images to {size[0]}x{size[1]} as its preprocessing "
+                                  "says (or export the model again from a folder whose processor pads to this size)")
         feed = {"pixel_values": pixel_values.detach().float().cpu().numpy()}
         if "pixel_mask" in self.input_names:
             if pixel_mask is None:
@@ -54,9 +65,31 @@ class OnnxDetector:
         from detrdistill.export.processor import processor_from_dict
 
         try:
-            return processor_from_dict(config)
+            processor = processor_from_dict(config)
         except ValueError as e:
             raise OnnxExportError(f"{self.path}: metadata preprocessor_config: {e}") from None
+        from detrdistill.export.onnx_export import processor_pad_size
+
+        size, pad = self.info.input_size, processor_pad_size(processor)
+        if size is not None and pad != size:
+            padded = f"{pad[0]}x{pad[1]}" if pad else "the batch's largest image"
+            raise OnnxExportError(f"{self.path}: the graph takes only {size[0]}x{size[1]} inputs (metadata "
+                                  f"input_size) but its preprocessor_config pads to {padded}; export the model again "
+                                  "from its model folder")
+        return processor
+
+
+def pad_to(pixel_values: Tensor, pixel_mask: Tensor | None, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """[B, 3, h, w] pixels (+ [B, h, w] mask, None = all real) zero-padded bottom/right to ``size`` when no side
+    is larger (else unchanged: the detector refuses them); the mask is 0 on the added pixels."""
+    b, _, h, w = pixel_values.shape
+    if pixel_mask is None:
+        pixel_mask = torch.ones(b, h, w, dtype=torch.long, device=pixel_values.device)
+    dh, dw = size[0] - h, size[1] - w
+    if dh < 0 or dw < 0 or (dh, dw) == (0, 0):
+        return pixel_values, pixel_mask
+    pad = torch.nn.functional.pad
+    return pad(pixel_values, (0, dw, 0, dh)), pad(pixel_mask, (0, dw, 0, dh))
 
 
 @dataclass
@@ -74,6 +107,9 @@ class OnnxAdapter:
         self.training = False
 
     def __call__(self, pixel_values: Tensor, pixel_mask: Tensor | None = None) -> _StageOutputs:
+        size = self.detector.info.input_size
+        if size is not None:
+            pixel_values, pixel_mask = pad_to(pixel_values, pixel_mask, size)
         logits, boxes = self.detector(pixel_values, pixel_mask)
         return _StageOutputs(logits[None].to(pixel_values.device), boxes[None].to(pixel_values.device),
                              self.detector.info.activation)

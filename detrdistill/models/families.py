@@ -20,6 +20,10 @@ under :mod:`detrdistill.models.adapters` (every module there is discovered on fi
 * ``auto_classes``: for a family whose model classes are the project's own, the function that registers them with
   transformers' Auto classes and pipelines (the model card names it; the user calls it explicitly);
 * ``onnx_unsupported``: why the family cannot be exported to ONNX (``detrdistill export`` refuses it in one line);
+* ``onnx_static_size``: why the family's ONNX graph has a static height / width (only the batch is dynamic): it is
+  traced at exactly its image processor's square pad (needs ``square_padding``), the size every image is padded to,
+  with what cannot be traced size-generically computed in PyTorch for that size (``export/onnx_export.py``); the
+  metadata records the size (``input_size``) and ``predict`` / ``eval`` on the ``.onnx`` feed only it;
 * :attr:`FamilySpec.postprocessing`: how final logits become detections (from the adapter's
   ``class_activation``), written into ONNX metadata and used by ``predict`` / ``eval``.
 * ``input_sides``: the padded batch sizes a model of the family accepts (:class:`InputSides`, from its transformers
@@ -54,7 +58,7 @@ __all__ = ["FamilySpec", "Postprocessing", "InputSides", "CAPABILITIES", "DETECT
 # "pixel_mask": the model reads a pixel mask (export/onnx_export.py: the ONNX graph takes a pixel_mask input);
 # "square_padding": the model ignores padding and needs sides that are multiples of ``size_multiple``
 #     or of the model's ``input_sides`` (export/processor.py: its processor pads every image to one fixed square;
-#     the ONNX metadata says so)
+#     the ONNX metadata says so; export/onnx_export.py: a family with ``onnx_static_size`` is traced at that square)
 CAPABILITIES = frozenset({"query_table", "multi_scale", "two_stage", "box_refine", "pixel_mask", "square_padding"})
 
 # detections kept per image by the post-processing (COCO's maxDets 100); evaluation, predict and ONNX metadata
@@ -108,6 +112,8 @@ class FamilySpec:
     size_multiple: int = 32
     auto_classes: Callable[[], None] | None = None
     onnx_unsupported: str | None = None
+    # why the ONNX graph takes only the processor's square pad (static height / width); None = dynamic
+    onnx_static_size: str | None = None
     # padded input sizes a model of the family accepts, from its transformers config; None = size_multiple
     input_sides: Callable[[Any], InputSides] | None = None
 
@@ -119,6 +125,9 @@ class FamilySpec:
         unknown = set(self.capabilities) - CAPABILITIES
         if unknown:
             raise ValueError(f"family {self.name!r}: unknown capabilities {sorted(unknown)}; known {sorted(CAPABILITIES)}")
+        if self.onnx_static_size and "square_padding" not in self.capabilities:
+            raise ValueError(f"family {self.name!r}: onnx_static_size needs the square_padding capability (the static "
+                             "size is the processor's square pad)")
 
     @property
     def class_activation(self) -> str:

@@ -17,6 +17,10 @@ LW-DETR and documented in :mod:`.lw_detr_base`. What is RF-DETR's own:
   feature maps come out scrambled. Hence ``num_windows=1`` from scratch: any multiple of 16 is exact, and the data
   pipeline's rectangular multiple-of-32 batches fit. That is also why a default ``RfDetrConfig`` (patch 14,
   4 x 4 windows) takes 448 (= 8 x 56) but not 320 or 384. At least ``num_queries`` tokens (``H/16 * W/16``).
+* **ONNX** (``FamilySpec.onnx_static_size``): the graph is traced at the image processor's square pad with static
+  height / width; the backbone's position embeddings for that size (``interpolate_pos_encoding``, antialiased
+  bicubic, which the TorchScript exporter refuses) are computed in PyTorch at export time and enter the graph as a
+  constant (:func:`detrdistill.export.onnx_export.constant_position_embeddings`).
 """
 from __future__ import annotations
 
@@ -60,6 +64,6 @@ def rf_detr_input_sides(config) -> InputSides:
 FAMILY_SPECS = (FamilySpec(name="rf_detr", adapter=RfDetrAdapter, config_class="RfDetrConfig",
                            model_class="RfDetrForObjectDetection", config_kwargs=rf_detr_config_kwargs,
                            input_sides=rf_detr_input_sides, capabilities=frozenset({"pixel_mask", "square_padding"}),
-                           onnx_unsupported="its DINOv2 backbone resizes the position embeddings with antialiased "
-                           "bicubic interpolation, which the TorchScript ONNX exporter cannot export (opsets 17-20); "
-                           "deploy it with transformers (pipeline) instead"),)
+                           onnx_static_size="its DINOv2 backbone resizes the position embeddings with antialiased "
+                           "bicubic interpolation, which the TorchScript ONNX exporter cannot export (opsets 17-20): "
+                           "they are computed in PyTorch for the one traced size"),)
