@@ -30,6 +30,23 @@ def _load(args) -> "Config":  # noqa: F821
 
 
 def _load_with_origins(args):
+    cfg, origins = _read_config(args)
+    _check_family(cfg, origins)
+    return cfg, origins
+
+
+def _check_family(cfg, origins) -> None:
+    """``model.family`` checked by the models layer (light: no torch), the error naming where the key was set."""
+    from detrdistill.errors import ConfigError, UnsupportedFamilyError
+    from detrdistill.models.family_index import check_family
+
+    try:
+        check_family(cfg.model.family)
+    except UnsupportedFamilyError as e:
+        raise ConfigError(f"{origins.describe(('model', 'family'))}: model.family: {e}") from None
+
+
+def _read_config(args):
     from detrdistill.config import load_config_with_origins
 
     overrides = list(args.set or [])

@@ -38,6 +38,7 @@ from detrdistill.export.category_ids import write_category_ids
 from detrdistill.export.model_card import write_model_card
 from detrdistill.export.processor import save_image_processor
 from detrdistill.models.families import family_spec
+from detrdistill.models.family_index import check_family
 
 log = logging.getLogger("detrdistill")
 
@@ -158,6 +159,7 @@ def setup_run(cfg: Config, mode: str = "train", resume: bool = False, overwrite:
     """Output folder (checked and locked first; refused before any write when it holds another run and neither
     ``resume`` nor ``overwrite`` is given), data, task, optimizer and schedule; restores the last checkpoint
     with ``resume``; only then the run's first writes (``--overwrite``'s deletion, run.json, config.yaml)."""
+    check_family(cfg.model.family)  # before anything is claimed or loaded
     accelerator = make_accelerator(cfg)
     out_dir, resume, replace, lock = claim_output_dir(cfg, accelerator, mode, resume, overwrite)
     try:

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from ..errors import UnsupportedFamilyError
+from .family_index import unknown_family_error
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -208,7 +209,7 @@ def family_spec(name: str) -> FamilySpec:
     _discover()
     spec = _SPECS.get(name)
     if spec is None:
-        raise UnsupportedFamilyError(f"unsupported model family {name!r}; supported: {', '.join(family_names())}")
+        raise unknown_family_error(name, family_names())
     return spec
 
 
