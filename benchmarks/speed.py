@@ -66,7 +66,7 @@ def bench_config(path: str, device: torch.device, batch_size: int | None, steps:
     from detrdistill.engine.optim import build_optimizer
     from detrdistill.engine.tasks import build_criterion, move_targets
     from detrdistill.engine.setup import build_datasets, make_accelerator
-    from detrdistill.models.adapters import get_adapter
+    from detrdistill.models.families import get_adapter
     from detrdistill.models.build import build_model, count_parameters
 
     cfg = load_config(path, overrides + ([f"train.batch_size={batch_size}"] if batch_size else []))
@@ -199,7 +199,7 @@ def _distill_setup(teacher_path: str, student_path: str, device, batch_size, ove
     from detrdistill.engine.optim import build_optimizer
     from detrdistill.engine.setup import build_datasets, make_accelerator
     from detrdistill.engine.tasks import build_criterion, move_targets
-    from detrdistill.models.adapters import get_adapter
+    from detrdistill.models.families import get_adapter
     from detrdistill.models.build import build_model
 
     extra = overrides + ([f"train.batch_size={batch_size}"] if batch_size else [])

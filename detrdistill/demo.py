@@ -204,7 +204,7 @@ def _reused(summary: dict) -> bool:
 
 def _figures(out: Path, cfgs: dict[str, Config]) -> list[str]:
     from detrdistill.engine.setup import build_datasets, make_accelerator
-    from detrdistill.models.adapters import get_adapter
+    from detrdistill.models.families import get_adapter
     from detrdistill.models.build import load_detector
     from detrdistill.viz import plot_feature_mask, plot_loss_curves, plot_predictions
 

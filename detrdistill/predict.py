@@ -183,11 +183,11 @@ def load_predictor(model: str | Path) -> Predictor:
 def _torch_predictor(model: str | Path) -> Predictor:
     from detrdistill.export.category_ids import category_ids_of
     from detrdistill.models.build import load_detector
-    from detrdistill.models.families import family_of, family_spec
+    from detrdistill.models.families import spec_of
 
     model_dir = resolve_model_dir(model)
     net = load_detector(model_dir).eval()
-    spec = family_spec(family_of(net.config.model_type))
+    spec = spec_of(net)
     processor = load_image_processor(model_dir, spec.name)
     post = spec.postprocessing
 

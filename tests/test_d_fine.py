@@ -19,7 +19,7 @@ from detrdistill.models.adapters.deimv2 import Deimv2Adapter
 from detrdistill.models.build import apply_backbone_freeze, backbone_module
 from tests.test_adapters import ID2LABEL, NQ, STAGES, batch, make_adapter, model_cfg
 
-FAMILIES = ("d_fine", "deimv2")
+DFINE_FAMILIES = ("d_fine", "deimv2")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -50,7 +50,7 @@ def _stages_by_hand(adapter, hf_inner) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------------------------- eval-mode stages
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", DFINE_FAMILIES)
 def test_eval_mode_reports_every_stage_with_the_models_own_heads(family):
     a = make_adapter(family).eval()
     pix, mask, _ = batch()
@@ -73,7 +73,7 @@ def test_eval_mode_reports_every_stage_with_the_models_own_heads(family):
     assert float(inner.intermediate_predicted_corners.abs().max()) > 0.1
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", DFINE_FAMILIES)
 def test_every_stage_mode_touches_the_decoder_flag_only(family):
     a = make_adapter(family).eval()
     dec = a.model.model.decoder
@@ -94,7 +94,7 @@ def test_every_stage_mode_touches_the_decoder_flag_only(family):
 
 
 # ----------------------------------------------------------------------------------------------- family recipe
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", DFINE_FAMILIES)
 def test_family_forward_reports_matching_layers_without_pre_bbox_or_denoising(family):
     a = make_adapter(family).train()
     pix, mask, targets = batch()
@@ -148,7 +148,7 @@ def test_deimv2_without_aux_loss_is_refused_because_transformers_then_matches_de
 
 
 # ----------------------------------------------------------------------------------------------- refusals
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", DFINE_FAMILIES)
 def test_eval_idx_other_than_the_last_layer_is_refused(family):
     torch.manual_seed(0)
     model = build_model(model_cfg(family, hf_overrides={"eval_idx": 0}), ID2LABEL)
@@ -181,7 +181,7 @@ def test_adapters_refuse_each_others_models():
 
 
 # ----------------------------------------------------------------------------------------------- front end
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", DFINE_FAMILIES)
 def test_features_masks_and_the_ignored_pixel_mask(family):
     a = make_adapter(family).eval()
     pix, mask, _ = batch()
@@ -208,7 +208,7 @@ def test_features_masks_and_the_ignored_pixel_mask(family):
     assert not any("input_proj" in n for n, _ in a.backbone.named_parameters())
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", DFINE_FAMILIES)
 def test_hgnetv2_backbone_through_hf_overrides(family):
     torch.manual_seed(0)
     model = build_model(model_cfg(family, hf_overrides={"backbone_config": HGNET}), ID2LABEL)
@@ -226,7 +226,7 @@ def test_hgnetv2_backbone_through_hf_overrides(family):
     assert [x.shape[1] for x in out.encoder_inputs] == a.feature_channels == [32] * 3
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", DFINE_FAMILIES)
 def test_backbone_gets_the_backbone_learning_rate(family):
     """optim.backbone_lr_mult reaches the transformers backbone wherever the family keeps it (DEIMv2:
     model.conv_encoder.model, a name without "backbone"), and nothing else of the detector."""

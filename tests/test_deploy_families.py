@@ -136,7 +136,7 @@ def test_pipeline_matches_the_project_evaluation_path(family, tmp_path):
     from transformers import pipeline
 
     from detrdistill.config import DataConfig
-    from detrdistill.models.adapters import get_adapter
+    from detrdistill.models.families import get_adapter
     from tests.test_export import project_detections
 
     square = "square_padding" in family_spec(family).capabilities

@@ -7,7 +7,7 @@ from transformers import AutoModelForObjectDetection
 
 from detrdistill.config import BackboneConfig, DistillConfig, ModelConfig
 from detrdistill.distillation import Distiller, check_compatible
-from detrdistill.models.adapters import get_adapter
+from detrdistill.models.families import get_adapter
 from detrdistill.models.build import build_model
 from detrdistill.ops.criterion import SetCriterion
 

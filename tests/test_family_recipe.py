@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _recipe_cases() -> list[str]:
     """The contract-test cases whose family has a training recipe of its own."""
-    from detrdistill.models.adapters import adapter_class
+    from detrdistill.models.families import adapter_class
     from detrdistill.models.adapters.base import DetectorAdapter
 
     def has(name):

@@ -51,7 +51,7 @@ def test_onnx_adapter_reproduces_the_model_on_eval_batches(trained):
     from detrdistill.engine.loading import eval_loader
     from detrdistill.engine.setup import build_datasets, make_accelerator
     from detrdistill.export.onnx_runtime import OnnxAdapter, OnnxDetector
-    from detrdistill.models.adapters import get_adapter
+    from detrdistill.models.families import get_adapter
     from detrdistill.models.build import load_detector
 
     out, overrides, onnx_file = trained

@@ -11,7 +11,7 @@ from PIL import Image
 from detrdistill.cli import main
 from detrdistill.config import Config, DataConfig
 from detrdistill.export import finish_model_dir
-from detrdistill.models.adapters import get_adapter
+from detrdistill.models.families import get_adapter
 from detrdistill.models.build import build_model
 from detrdistill.predict import PredictError, predict
 from tests.test_export import ID2LABEL, project_detections, random_image, tiny_model_cfg

@@ -159,7 +159,7 @@ def hub_style_rt_detr(path: Path) -> None:
 def test_hub_style_rt_detr_is_reheaded_and_distils_into_dataset_classes(tmp_path):
     from detrdistill.config import DistillConfig
     from detrdistill.distillation import Distiller
-    from detrdistill.models.adapters import get_adapter
+    from detrdistill.models.families import get_adapter
     from detrdistill.ops.criterion import SetCriterion
     hub_style_rt_detr(tmp_path / "rtdetr")
     ft = build_model(ModelConfig(family="rt_detr", pretrained=str(tmp_path / "rtdetr")), {0: "cat", 1: "zebra"})

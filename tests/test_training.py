@@ -25,7 +25,7 @@ def _train_losses(path):
 def test_tiny_model_overfits_a_fixed_batch(synth_dir, tmp_path):
     from detrdistill.data import build_dataset, collate_fn
     from detrdistill.engine.tasks import build_criterion
-    from detrdistill.models.adapters import get_adapter
+    from detrdistill.models.families import get_adapter
     from detrdistill.models.build import build_model
 
     cfg = load_config(None, tiny_overrides(tmp_path, synth_dir))

@@ -28,7 +28,8 @@ from torch import Tensor, nn
 from ..config import DistillConfig, LossConfig
 from ..config_origins import Origins, format_validation_error
 from ..errors import CheckpointError, ConfigError, ModelError
-from ..models.adapters import DetectorAdapter, get_adapter
+from ..models.adapters.base import DetectorAdapter
+from ..models.families import get_adapter
 from ..models.outputs import DetectorOutput
 from .distiller import Distiller
 from .teacher_pixels import PixelNorm, ResizeRule, build_teacher_pixels

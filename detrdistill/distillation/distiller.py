@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from .. import profiling
 from ..config import DistillConfig, TeacherMatcherConfig
 from ..errors import CheckpointError, IncompatibleModelsError
-from ..models.adapters import DetectorAdapter
+from ..models.adapters.base import DetectorAdapter
 from ..models.family_loss import FamilyLoss
 from ..models.outputs import DetectorOutput
 from ..ops.matcher import HungarianMatcher
@@ -130,7 +130,7 @@ class Distiller(nn.Module):
     """Teacher (frozen) + student + the enabled DETRDistill terms.
 
     Args:
-        teacher, student: detector adapters (``detrdistill.models.adapters.get_adapter``).
+        teacher, student: detector adapters (``detrdistill.models.families.get_adapter``).
         cfg: the ``distill`` config section (defaults: the official DETRDistill setting).
         dataset_id2label: when given, must equal the student's label map (:func:`check_compatible`). The teacher's
             classes must include the student's by name; its logits are mapped to them (:mod:`.class_map`).

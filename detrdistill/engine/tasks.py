@@ -53,7 +53,7 @@ class DetectionTask(nn.Module):
 
 def build_task(cfg: Config, id2label: dict[int, str], mode: str) -> Task:
     """``mode``: 'train' (the detector alone) or 'distill' (the detector as a student; see ``cfg.distill``)."""
-    from detrdistill.models.adapters import get_adapter
+    from detrdistill.models.families import get_adapter
     from detrdistill.models.build import build_model
 
     if mode not in MODES:

@@ -32,26 +32,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("detrdistill")
 
-__all__ = ["supported_families", "build_model", "load_detector", "apply_backbone_freeze", "count_parameters",
-           "ParamCount", "backbone_module", "backbone_parameter_ids", "stem_parameters", "hf_config_class",
-           "hf_model_class",
-           "family_of_model_type"]
+__all__ = ["build_model", "load_detector", "apply_backbone_freeze", "count_parameters", "ParamCount",
+           "backbone_module", "backbone_parameter_ids", "stem_parameters", "hf_config_class", "hf_model_class"]
 
 
 class ParamCount(NamedTuple):
     total: int
     trainable: int
-
-
-def supported_families() -> tuple[str, ...]:
-    """Every registered family (see :mod:`detrdistill.models.families`)."""
-    return family_names()
-
-
-def __getattr__(name: str):  # SUPPORTED_FAMILIES: derived from the registry when asked for
-    if name == "SUPPORTED_FAMILIES":
-        return family_names()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def hf_config_class(family: str) -> type:
@@ -146,14 +133,9 @@ def _normalise_labels(id2label: dict) -> dict[int, str]:
 
 
 # ----------------------------------------------------------------------------------------------- pretrained
-def family_of_model_type(model_type: str | None) -> str | None:
-    """Our family name for a saved model's ``config.model_type`` (``"dab-detr"`` -> ``"dab_detr"``), else None."""
-    return family_of(model_type)
-
-
 def _family_of_config(config: dict, where: str) -> str:
     model_type = config.get("model_type")
-    family = family_of_model_type(model_type)
+    family = family_of(model_type)
     if family is None:
         raise UnsupportedFamilyError(f"{where}: model_type {model_type!r} is not a supported family "
                                      f"({', '.join(family_names())})")
