@@ -21,7 +21,8 @@ from detrdistill.errors import UnsupportedFamilyError  # noqa: E402
 from detrdistill.models import (QueryGroup, QueryProjection, build_model, build_query_projection,  # noqa: E402
                                 count_parameters, get_adapter)
 from detrdistill.models.adapters.base import expand_group  # noqa: E402
-from detrdistill.models.build import backbone_module, load_detector  # noqa: E402
+from detrdistill.models.backbone import backbone_module  # noqa: E402
+from detrdistill.models.build import load_detector  # noqa: E402
 from detrdistill.models.families import adapter_class, family_names, family_spec  # noqa: E402
 from detrdistill.models.family_index import DECLARED_FAMILIES  # noqa: E402
 from detrdistill.models.outputs import DetectorOutput, GroupOutput  # noqa: E402

@@ -16,7 +16,7 @@ from detrdistill.errors import ConfigError, ModelError
 from detrdistill.models import build_model, get_adapter
 from detrdistill.models.adapters.d_fine import DFineAdapter
 from detrdistill.models.adapters.deimv2 import Deimv2Adapter
-from detrdistill.models.build import apply_backbone_freeze, backbone_module
+from detrdistill.models.backbone import apply_backbone_freeze, backbone_module
 from tests.test_adapters import ID2LABEL, NQ, STAGES, batch, make_adapter, model_cfg
 
 DFINE_FAMILIES = ("d_fine", "deimv2")

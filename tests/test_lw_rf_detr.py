@@ -14,7 +14,8 @@ from detrdistill.distillation import Distiller
 from detrdistill.engine.tasks import build_criterion
 from detrdistill.errors import ConfigError, InputSizeError
 from detrdistill.models.adapters.lw_detr_base import weighted_group_losses
-from detrdistill.models.build import backbone_module, build_model
+from detrdistill.models.backbone import backbone_module
+from detrdistill.models.build import build_model
 from detrdistill.models.families import InputSides, family_spec
 from detrdistill.models.family_loss import FamilyLoss
 from detrdistill.models.outputs import QueryGroup

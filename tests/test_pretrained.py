@@ -11,7 +11,8 @@ import torch
 
 from detrdistill.config import BackboneConfig, ModelConfig
 from detrdistill.errors import DetrDistillError, PathNotFoundError
-from detrdistill.models.build import backbone_module, build_model, load_detector
+from detrdistill.models.backbone import backbone_module
+from detrdistill.models.build import build_model, load_detector
 from detrdistill.models.label_map import class_indexed_dims
 from detrdistill.models.pretrained import looks_like_hub_id, resolve_model
 

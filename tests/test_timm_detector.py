@@ -12,7 +12,8 @@ from safetensors.torch import load_file, save_file
 
 from detrdistill.config import BackboneConfig, ModelConfig
 from detrdistill.errors import ModelError
-from detrdistill.models.build import backbone_module, build_model, load_detector
+from detrdistill.models.backbone import backbone_module
+from detrdistill.models.build import build_model, load_detector
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = {0: "cat", 1: "dog"}
