@@ -64,9 +64,10 @@ def bench_config(path: str, device: torch.device, batch_size: int | None, steps:
     from detrdistill.data import collate_fn
     from detrdistill.engine.loading import train_loader
     from detrdistill.engine.optim import build_optimizer
-    from detrdistill.engine.tasks import build_criterion, move_targets
     from detrdistill.engine.setup import build_datasets, make_accelerator
+    from detrdistill.engine.tasks import move_targets
     from detrdistill.models.families import get_adapter
+    from detrdistill.models.family_loss import student_criterion
     from detrdistill.models.build import build_model, count_parameters
 
     cfg = load_config(path, overrides + ([f"train.batch_size={batch_size}"] if batch_size else []))
@@ -76,7 +77,7 @@ def bench_config(path: str, device: torch.device, batch_size: int | None, steps:
     train_ds, _ = build_datasets(cfg, acc)
     model = build_model(cfg.model, train_ds.id2label).to(device)
     adapter = get_adapter(model)
-    crit = build_criterion(cfg, adapter)
+    crit = student_criterion(cfg.loss, adapter)
     opt = build_optimizer(adapter, cfg.optim)
     loader, _ = train_loader(train_ds, collate_fn, cfg.train.batch_size, 0, 0, 1, cfg.data.num_workers)
     batch = next(iter(loader))
@@ -198,7 +199,8 @@ def _distill_setup(teacher_path: str, student_path: str, device, batch_size, ove
     from detrdistill.engine.loading import train_loader
     from detrdistill.engine.optim import build_optimizer
     from detrdistill.engine.setup import build_datasets, make_accelerator
-    from detrdistill.engine.tasks import build_criterion, move_targets
+    from detrdistill.engine.tasks import move_targets
+    from detrdistill.models.family_loss import student_criterion
     from detrdistill.models.families import get_adapter
     from detrdistill.models.build import build_model
 
@@ -213,7 +215,7 @@ def _distill_setup(teacher_path: str, student_path: str, device, batch_size, ove
     student = get_adapter(build_model(cfg.model, train_ds.id2label).to(device))
     dist = Distiller(teacher, student, dcfg).to(device)
     dist.train()
-    crit = build_criterion(cfg, student)
+    crit = student_criterion(cfg.loss, student)
     loader, _ = train_loader(train_ds, collate_fn, cfg.train.batch_size, 0, 0, 1, cfg.data.num_workers)
     batch = next(iter(loader))
     pv, pm = batch["pixel_values"].to(device), batch["pixel_mask"].to(device)

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from transformers.models.d_fine.modeling_d_fine import distance2bbox, inverse_sigmoid, weighting_function
 
-from detrdistill.config import Config
-from detrdistill.engine.tasks import build_criterion
+from detrdistill.config import LossConfig
+from detrdistill.models.family_loss import student_criterion
 from detrdistill.errors import ConfigError, ModelError
 from detrdistill.models import build_model, get_adapter
 from detrdistill.models.adapters.d_fine import DFineAdapter
@@ -98,7 +98,7 @@ def test_every_stage_mode_touches_the_decoder_flag_only(family):
 def test_family_forward_reports_matching_layers_without_pre_bbox_or_denoising(family):
     a = make_adapter(family).train()
     pix, mask, targets = batch()
-    crit = build_criterion(Config.model_validate({"loss": {"recipe": "family"}}), a)
+    crit = student_criterion(LossConfig(recipe="family"), a)
     torch.manual_seed(5)
     out = a(pix, mask, targets=targets, criterion=crit)
     torch.manual_seed(5)
@@ -142,7 +142,7 @@ def test_deimv2_without_aux_loss_is_refused_because_transformers_then_matches_de
 
     a = make_adapter("deimv2").train()
     pix, mask, targets = batch()
-    crit = build_criterion(Config.model_validate({"loss": {"recipe": "family", "aux_loss": False}}), a)
+    crit = student_criterion(LossConfig(recipe="family", aux_loss=False), a)
     with pytest.raises(ConfigError, match="loss.aux_loss"):
         a(pix, mask, targets=targets, criterion=crit)
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from detrdistill.config import BackboneConfig, Config, DistillConfig, ModelConfig
+from detrdistill.config import BackboneConfig, DistillConfig, LossConfig, ModelConfig
 from detrdistill.distillation import Distiller
-from detrdistill.engine.tasks import build_criterion
+from detrdistill.models.family_loss import student_criterion
 from detrdistill.errors import ConfigError, InputSizeError
 from detrdistill.models.adapters.lw_detr_base import weighted_group_losses
 from detrdistill.models.backbone import backbone_module
@@ -98,7 +98,7 @@ def test_family_recipe_trains_every_group_set_recipe_the_first(name):
     rows = {}
     for recipe in ("family", "set"):
         a = make_adapter(name).train()
-        crit = build_criterion(Config.model_validate({"loss": {"recipe": recipe}}), a)
+        crit = student_criterion(LossConfig(recipe=recipe), a)
         assert isinstance(crit, FamilyLoss) == (recipe == "family")
         out = a(pix, mask, targets=targets, criterion=crit)
         out.loss.backward()
@@ -280,7 +280,7 @@ def test_detrdistill_step(t_name, s_name, t_fields, recipe):
     student = make_adapter(s_name, d_model=32, seed=2).train()
     dist = Distiller(teacher, student, DistillConfig())
     dist.train()
-    criterion = build_criterion(Config.model_validate({"loss": {"recipe": recipe}}), student)
+    criterion = student_criterion(LossConfig(recipe=recipe), student)
     pix, mask, targets = batch(name="rf_detr")  # 128 x 96: enough tokens for every family's 30 queries
     out = dist(pix, mask, targets, criterion)
     assert TERMS <= set(out.loss_dict)

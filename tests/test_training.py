@@ -24,7 +24,7 @@ def _train_losses(path):
 
 def test_tiny_model_overfits_a_fixed_batch(synth_dir, tmp_path):
     from detrdistill.data import build_dataset, collate_fn
-    from detrdistill.engine.tasks import build_criterion
+    from detrdistill.models.family_loss import student_criterion
     from detrdistill.models.families import get_adapter
     from detrdistill.models.build import build_model
 
@@ -35,7 +35,7 @@ def test_tiny_model_overfits_a_fixed_batch(synth_dir, tmp_path):
     batch = collate_fn([ds[i] for i in range(4)])
     torch.manual_seed(0)
     adapter = get_adapter(build_model(cfg.model, ds.id2label))
-    crit = build_criterion(cfg, adapter)
+    crit = student_criterion(cfg.loss, adapter)
     opt = torch.optim.AdamW(adapter.parameters(), lr=1e-3)
     losses = []
     for _ in range(40):

@@ -173,7 +173,7 @@ class DETRDistiller(nn.Module):
                  teacher_processor: ProcessorLike = None, category_ids: Sequence[int] | None = None,
                  dataset_id2label: Mapping[int, str] | None = None):
         super().__init__()
-        from ..ops.criterion import student_criterion
+        from ..models.family_loss import student_criterion
 
         cfg = _section(DistillConfig, config, "config")
         self.loss_config: LossConfig = _section(LossConfig, loss, "loss")

@@ -12,15 +12,9 @@ from torch import Tensor, nn
 from detrdistill.config import Config
 from detrdistill.engine.task import Task, load_state_strictly
 from detrdistill.errors import ConfigError
-from detrdistill.ops.criterion import student_criterion
+from detrdistill.models.family_loss import student_criterion
 
 MODES = ("train", "distill")
-
-
-def build_criterion(cfg: Config, adapter) -> nn.Module:
-    """The student's criterion under ``cfg.loss`` (:func:`~detrdistill.ops.criterion.student_criterion`): the set
-    criterion, or the family's own recipe wrapped in a :class:`~detrdistill.models.family_loss.FamilyLoss`."""
-    return student_criterion(cfg.loss, adapter)
 
 
 class DetectionTask(nn.Module):
@@ -60,7 +54,7 @@ def build_task(cfg: Config, id2label: dict[int, str], mode: str) -> Task:
         raise ConfigError(f"unknown task mode {mode!r}; expected one of {MODES}")
     student = get_adapter(build_model(cfg.model, id2label))
     if mode == "train":
-        return DetectionTask(student, build_criterion(cfg, student))
+        return DetectionTask(student, student_criterion(cfg.loss, student))
     from detrdistill.distillation.task import build_distill_task  # the Python API's DETRDistiller, from the config
     return build_distill_task(cfg, student, id2label)
 

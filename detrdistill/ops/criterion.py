@@ -214,17 +214,3 @@ class SetCriterion(nn.Module):
             num_boxes=float(num_boxes),
             losses={k: v.sum() for k, v in per_stage.items()},
         )
-
-
-def student_criterion(loss_cfg, adapter) -> nn.Module:
-    """The detection loss of ``adapter`` under a :class:`~detrdistill.config.LossConfig`: the set criterion (CE for
-    softmax families, focal otherwise), wrapped in a :class:`~detrdistill.models.family_loss.FamilyLoss` under
-    ``loss.recipe: family`` when the family has a training recipe of its own (the wrapped set criterion still serves
-    extra query groups). One builder for ``detrdistill train``, ``detrdistill distill`` and the Python API."""
-    from ..models.family_loss import FamilyLoss
-
-    class_loss = "ce" if adapter.class_activation == "softmax" else "focal"
-    criterion = SetCriterion.from_config(loss_cfg, adapter.num_classes, class_loss)
-    if loss_cfg.recipe == "family" and adapter.has_family_loss:
-        return FamilyLoss(criterion, aux_loss=loss_cfg.aux_loss)
-    return criterion
