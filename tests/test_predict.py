@@ -10,10 +10,11 @@ from PIL import Image
 
 from detrdistill.cli import main
 from detrdistill.config import Config, DataConfig
+from detrdistill.errors import PredictError
 from detrdistill.export import finish_model_dir
-from detrdistill.models.families import get_adapter
 from detrdistill.models.build import build_model
-from detrdistill.predict import PredictError, predict
+from detrdistill.models.families import get_adapter
+from detrdistill.predict import predict
 from tests.test_export import ID2LABEL, project_detections, random_image, tiny_model_cfg
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -351,11 +351,12 @@ def export_model_dir(model_dir: str | Path, out: str | Path, height: int | None 
 
     model = load_detector(model_dir).eval()
     if processor is None:
-        from detrdistill.predict import PredictError, load_image_processor
+        from detrdistill.export.processor import load_image_processor
+        from detrdistill.models.model_dir import ModelDirError
 
         try:  # the model folder's processor (or one rebuilt from its run's config.yaml)
             processor = load_image_processor(model_dir, spec_of(model).name)
-        except PredictError as e:
+        except ModelDirError as e:
             log.warning("%s; the ONNX metadata will have no pre-processing (predict refuses such a file)", e)
     with claim_output(Path(out).parent, [("model", model_dir)], "--out", written=out):
         path = export_onnx(model, out, height, width, opset, processor=processor)

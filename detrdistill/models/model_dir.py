@@ -17,7 +17,7 @@ from detrdistill.errors import DetrDistillError
 
 
 class ModelDirError(DetrDistillError, ValueError):
-    """A model directory whose config or weights cannot be read."""
+    """A model directory whose config, weights or image processor cannot be read."""
 
 
 class ModelDirMissing(ModelDirError, FileNotFoundError):
