@@ -157,6 +157,7 @@ def engine_step(path: str, batch_size: int | None, overrides: list[str], boundar
     import tempfile
 
     from detrdistill.engine.metrics import read_metrics
+    from detrdistill.engine.tasks import DetectionTask
     from detrdistill.engine.trainer import run_training
 
     cfg = load_config(path, overrides + ([f"train.batch_size={batch_size}"] if batch_size else []))
@@ -173,7 +174,7 @@ def engine_step(path: str, batch_size: int | None, overrides: list[str], boundar
         cfg.train = cfg.train.model_copy(update={"output_dir": tmp, "max_steps": steps, "epochs": None,
                                                  "time_budget_min": None, "eval_every_epochs": 0, "log_every": 1,
                                                  "progress": False})
-        run_training(cfg, mode="train")
+        run_training(cfg, DetectionTask)
         times = {r["step"]: r["time_s"] for r in read_metrics(f"{tmp}/metrics.jsonl") if "time_s" in r}
     return {"engine_step_s": (times[steps] - times[warmup]) / (steps - warmup), "engine_steps_timed": steps - warmup,
             "epoch_boundaries_crossed": boundaries, "steps_per_epoch": per_epoch}

@@ -84,8 +84,9 @@ def cmd_config_show(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from detrdistill.engine.tasks import DetectionTask
     from detrdistill.engine.trainer import run_training
-    run_training(_load(args), mode="train", resume=args.resume, overwrite=args.overwrite)
+    run_training(_load(args), DetectionTask, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
@@ -94,6 +95,7 @@ def _output_dir_given(args) -> bool:
 
 
 def cmd_distill(args) -> int:
+    from detrdistill.distillation.task import DistillTask
     from detrdistill.engine.trainer import run_training
     from detrdistill.errors import ConfigError
     cfg = _load(args)
@@ -102,7 +104,7 @@ def cmd_distill(args) -> int:
     if args.config is None and not _output_dir_given(args):  # never the folder `train` uses by default
         from detrdistill.engine.run_dir import distill_default_output_dir
         cfg.train.output_dir = distill_default_output_dir(cfg.train.output_dir)
-    run_training(cfg, mode="distill", resume=args.resume, overwrite=args.overwrite)
+    run_training(cfg, DistillTask, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 

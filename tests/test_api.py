@@ -175,10 +175,10 @@ def test_save_student_writes_a_plain_transformers_folder(teacher_dir, tmp_path):
 
 
 def test_the_engine_resolves_the_teacher_once(monkeypatch, synth_dir, teacher_dir, tmp_path):
-    """``build_task`` (what ``detrdistill distill`` runs) looks the teacher up once: its weights and its processor
-    come from that one resolution."""
+    """``DistillTask.from_config`` (what ``detrdistill distill`` runs) looks the teacher up once: its weights and its
+    processor come from that one resolution."""
     from detrdistill.config import load_config
-    from detrdistill.engine.tasks import build_task
+    from detrdistill.distillation.task import DistillTask
     from detrdistill.models import pretrained
     from tests.conftest import tiny_overrides
 
@@ -186,7 +186,7 @@ def test_the_engine_resolves_the_teacher_once(monkeypatch, synth_dir, teacher_di
     real = pretrained.resolve_model
     monkeypatch.setattr(pretrained, "resolve_model", lambda name, *a, **k: seen.append(str(name)) or real(name, *a, **k))
     cfg = load_config(None, tiny_overrides(tmp_path, synth_dir, f"distill.teacher={teacher_dir}"))
-    task = build_task(cfg, STUDENT_CLASSES, "distill")
+    task = DistillTask.from_config(cfg, STUDENT_CLASSES)
     assert seen == [str(teacher_dir)]
     assert task.distiller.teacher_pixels is not None  # its preprocessor_config.json (96 px long side) was read
 

@@ -215,7 +215,8 @@ def test_train_and_distill_never_share_the_default_folder(monkeypatch, tmp_path)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs" / "synthetic" / "model").mkdir(parents=True)  # the teacher folder named must exist
     seen = {}
-    monkeypatch.setattr(trainer, "run_training", lambda cfg, mode, **kw: seen.setdefault(mode, cfg.train.output_dir))
+    monkeypatch.setattr(trainer, "run_training",
+                        lambda cfg, task_type, **kw: seen.setdefault(task_type.name, cfg.train.output_dir))
     assert main(["train"]) == 0 and main(["distill", "--teacher", "runs/synthetic/model"]) == 0
     assert seen == {"train": "runs/synthetic", "distill": "runs/synthetic_distill"}
     seen.clear()  # an explicit folder is used as given

@@ -197,7 +197,7 @@ def test_export_model_dir_writes_category_ids_and_processor_metadata(tmp_path):
 
     model = tiny("deformable_detr")
     model.save_pretrained(str(tmp_path / "model"))
-    finish_model_dir(tmp_path / "model", Config(data=DATA, model=tiny_model_cfg("deformable_detr")), None, "train",
+    finish_model_dir(tmp_path / "model", Config(data=DATA, model=tiny_model_cfg("deformable_detr")), model.config,
                      category_ids=[7, 3, 12])
     result = export_model_dir(tmp_path / "model", tmp_path / "m.onnx", 64, 64, check=False)
     info = read_metadata(result["path"])

@@ -27,7 +27,7 @@ def saved_model(tmp_path_factory):
     torch.manual_seed(0)
     model = build_model(tiny_model_cfg("deformable_detr"), ID2LABEL).eval()
     model.save_pretrained(str(d))
-    finish_model_dir(d, Config(data=DATA, model=tiny_model_cfg("deformable_detr")), None, "train")
+    finish_model_dir(d, Config(data=DATA, model=tiny_model_cfg("deformable_detr")), model.config)
     return d, get_adapter(model)
 
 
