@@ -39,7 +39,7 @@ from ..models.family_loss import FamilyLoss
 from ..models.outputs import DetectorOutput
 from ..ops.matcher import HungarianMatcher
 from .class_map import ClassMap, build_class_map
-from .context import StepContext
+from .context import MATCHING, TEACHER_ASSIGNMENTS, StepContext
 from .feature import level_pairs_by_resolution
 from .stage_mapping import map_stages
 from .step_matching import solve_step_matchings, step_needs
@@ -301,6 +301,6 @@ class Distiller(nn.Module):
             for name, value in term_losses.items():
                 total = total + value
                 loss_dict[name] = value.detach()
-        t_out.assignments = ctx.cache.get("teacher_assignments")
+        t_out.assignments = ctx.cache.get(TEACHER_ASSIGNMENTS)
         return DistillOutput(loss=total, loss_dict=loss_dict, student=s_out, teacher=t_out,
-                             matching=ctx.cache.get("matching"), stage_map=list(ctx.stage_map))
+                             matching=ctx.cache.get(MATCHING), stage_map=list(ctx.stage_map))
