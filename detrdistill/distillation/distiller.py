@@ -33,11 +33,12 @@ from torch import Tensor, nn
 
 from .. import profiling
 from ..config import DistillConfig, TeacherMatcherConfig
-from ..errors import CheckpointError, IncompatibleModelsError
+from ..errors import IncompatibleModelsError
 from ..models.adapters.base import DetectorAdapter
 from ..models.family_loss import FamilyLoss
 from ..models.outputs import DetectorOutput
 from ..ops.matcher import HungarianMatcher
+from ..state_loading import load_state_strictly
 from .class_map import ClassMap, build_class_map
 from .context import MATCHING, TEACHER_ASSIGNMENTS, StepContext
 from .feature import level_pairs_by_resolution
@@ -197,11 +198,7 @@ class Distiller(nn.Module):
 
     def load_checkpoint_state_dict(self, state: dict[str, Tensor]) -> None:
         """Inverse of :meth:`checkpoint_state_dict` (strict on every non-teacher key)."""
-        missing, unexpected = self.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("teacher.")]
-        if missing or unexpected:
-            raise CheckpointError(f"checkpoint does not fit the distiller (missing {missing[:3]}, unexpected "
-                                  f"{list(unexpected)[:3]}); was it written with another config?")
+        load_state_strictly(self, state, skip_missing=("teacher.",), what="the distiller")
 
     def student_state_for_export(self) -> dict[str, Tensor]:
         """The student's own transformers state dict (no adapters, projections or heads)."""

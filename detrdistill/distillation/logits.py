@@ -49,13 +49,13 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import profiling
 from ..models.outputs import class_probs
 from ..ops.boxes import cxcywh_to_xyxy, generalized_box_iou, generalized_box_iou_pairs, xyxy_to_cxcywh
+from ..ops.criterion import mean_across_processes
 from ..ops.matcher import linear_assignment
 from .stage_mapping import map_stages
 
@@ -75,18 +75,6 @@ _D = DEFAULT_MATCH_COSTS
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def mean_across_processes(counts: Tensor) -> Tensor:
-    """Element-wise mean of a count vector over processes (one all-reduce when distributed), at least 1."""
-    counts = counts.detach().to(torch.float64)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dev = counts.device
-        if dist.get_backend() == "nccl" and not counts.is_cuda:
-            counts = counts.cuda()
-        dist.all_reduce(counts, op=dist.ReduceOp.SUM)
-        counts = (counts / dist.get_world_size()).to(dev)
-    return counts.clamp(min=1.0)
-
-
 def no_autocast(like: Tensor):
     """Context that turns autocast off on ``like``'s device (losses and costs are computed in float32)."""
     return torch.autocast(device_type=like.device.type, enabled=False)

@@ -28,10 +28,9 @@ from typing import Any, Iterator, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
-from detrdistill.errors import CheckpointError
+from detrdistill.state_loading import load_state_strictly
 
-__all__ = ["Task", "TaskType", "TaskInput", "trainable_named_parameters", "checkpoint_state", "load_checkpoint_state",
-           "load_state_strictly"]
+__all__ = ["Task", "TaskType", "TaskInput", "trainable_named_parameters", "checkpoint_state", "load_checkpoint_state"]
 
 
 @runtime_checkable
@@ -97,12 +96,3 @@ def load_checkpoint_state(module: nn.Module, state: dict[str, Tensor]) -> None:
         module.load_checkpoint_state_dict(state)
     else:
         load_state_strictly(module, state)
-
-
-def load_state_strictly(module: nn.Module, state: dict[str, Tensor], skip_missing: tuple[str, ...] = ()) -> None:
-    """``load_state_dict`` that names what does not fit; keys starting with ``skip_missing`` may be absent."""
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith(skip_missing)] if skip_missing else list(missing)
-    if missing or unexpected:
-        raise CheckpointError(f"checkpoint does not fit the model (missing {missing[:3]}, unexpected "
-                              f"{list(unexpected)[:3]}); was it written with another config?")

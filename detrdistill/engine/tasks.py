@@ -10,7 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from detrdistill.config import Config
-from detrdistill.engine.task import TaskInput, load_state_strictly
+from detrdistill.engine.task import TaskInput
+from detrdistill.state_loading import load_state_strictly
 from detrdistill.models.family_loss import student_criterion
 
 
