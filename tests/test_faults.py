@@ -1,4 +1,4 @@
-"""Fault suite (issue 10): every expected failure ends in its documented outcome (docs/reliability.md),
+"""Fault suite: every expected failure ends in its documented outcome (docs/reliability.md),
 never in a traceback or in lost or mixed-up work.
 
 Broken inputs x {validate, train, eval, distill}; kill -9 at several points (mid-step, inside a checkpoint

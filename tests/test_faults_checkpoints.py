@@ -1,4 +1,4 @@
-"""Fault suite, checkpoints (issue 10; the other faults: test_faults.py): a damaged newest checkpoint falls back
+"""Fault suite, checkpoints (the other faults: test_faults.py): a damaged newest checkpoint falls back
 to an older one, resume past it reaches bit-identical weights (train and distill), old formats load and newer ones
 are refused, kill -9 at several points then --resume reaches the same weights, and the run-folder flags.
 """
