@@ -54,6 +54,7 @@ HF = [{"class_labels": torch.tensor([2, 0]),
       {"class_labels": torch.tensor([1]), "boxes": torch.tensor([[4 / 48, 4 / 64, 8 / 48, 8 / 64]])}]
 
 
+@pytest.mark.slow  # a fresh interpreter loading torch
 def test_import_is_light_and_public_names_load_on_use():
     code = ("import sys, detrdistill; heavy = [m for m in ('torch', 'transformers', 'pydantic') if m in sys.modules]; "
             "from detrdistill import DETRDistiller, DistillConfig, DistillationTrainer; "
@@ -211,6 +212,7 @@ def synth_teacher(tmp_path_factory):
     pytest.param(["model.family=rt_detr", "model.num_feature_levels=3", "distill.contrastive.enabled=true",
                   "distill.contrastive.proj_dim=16"], id="family-recipe"),
 ])
+@pytest.mark.slow  # trains a teacher and distils through the CLI
 def test_the_api_and_the_cli_give_the_same_losses(synth_dir, synth_teacher, tmp_path, extra):
     """``detrdistill distill`` for one step logs the losses of its first batch; the API, given the same config,
     seed and batch (a student built by the user's own code, the student's processor as an object) gives the same."""

@@ -378,6 +378,7 @@ def test_synth_crash_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # generates the full-size synthetic set
 def test_synth_full_size_content_and_loading(tmp_path):
     paths = make_synthetic_coco(tmp_path / "s")  # defaults: 160 + 40 images of 256 px
     rep = validate_coco(paths["train"], paths["image_dir"])

@@ -20,7 +20,8 @@ from tests.registry_models import (DATA, ID2LABEL, export_size, family_params, r
                                    tiny_family_cfg, tiny_family_model)
 from tests.test_export import random_image
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# slow: every family: pipeline, predict and ONNX export; fresh interpreters
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 CATEGORY_IDS = [5, 9, 2]   # the "dataset's" ids of labels 0, 1, 2
 SHAPES = [(90, 130), (120, 80)]
 

@@ -103,6 +103,7 @@ def test_teacher_always_in_eval_mode(teacher, batch):
     assert not a.logits.requires_grad
 
 
+@pytest.mark.slow  # every term over many model pairs
 @pytest.mark.parametrize("queries,layers,variant", [(20, 2, "all"), (40, 3, "pos_neg"), (30, 4, "all")])
 def test_unequal_queries_depths_widths_every_term(teacher, batch, criterion, queries, layers, variant):
     student = make(model_cfg(queries=queries, layers=layers))

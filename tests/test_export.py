@@ -88,6 +88,7 @@ def test_model_card_names_data_stats_and_teacher(tmp_path):
     assert "Teacher" not in card and "(trained alone)" in card and "not evaluated" in card
 
 
+@pytest.mark.slow  # trains through the CLI
 def test_a_training_run_exports_a_pipeline_ready_model_dir(synth_dir, tmp_path):
     import json
 

@@ -24,7 +24,8 @@ from detrdistill.cli import main
 from detrdistill.engine.metrics import read_metrics
 from tests.conftest import tiny_overrides
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# slow: the fault suite trains, distils and evaluates through the CLI
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 QUICK = ["train.eval_every_epochs=0", "train.max_steps=2"]
 TEACHER = ["model.d_model=64", "model.decoder_layers=3", "model.num_queries=15"]

@@ -20,7 +20,8 @@ from tests.conftest import tiny_overrides
 from tests.test_faults import QUICK, _assert_same_weights, _one_line_error, _run, _sets
 from tests.test_faults import teacher_dir  # noqa: F401  (module fixture: a tiny teacher)
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# slow: trains through the CLI, damages checkpoints, kill -9 of CLI subprocesses
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 # ------------------------------------------------------------------------------------ checkpoints
 RESUME = ["train.max_steps=6", "train.checkpoint_every_steps=2", "train.keep_checkpoints=3", "model.dropout=0.1",

@@ -14,7 +14,8 @@ from detrdistill.cli import main  # noqa: E402
 from detrdistill.engine.evaluator import STAT_KEYS  # noqa: E402
 from tests.conftest import tiny_overrides  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# slow: trains through the CLI, exports and evaluates ONNX
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 
 def _sets(overrides):

@@ -25,7 +25,8 @@ from detrdistill.models.families import family_spec  # noqa: E402
 from tests.registry_models import DATA, export_size, family_params, tiny_family_model  # noqa: E402
 from tests.test_export import ID2LABEL, tiny_model_cfg  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# slow: ONNX exports
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 TOL = 1e-3
 
 

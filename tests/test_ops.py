@@ -372,6 +372,7 @@ def test_reduce_num_boxes_single_process():
     assert reduce_num_boxes(0.0) == 1.0
 
 
+@pytest.mark.slow  # two processes
 def test_reduce_num_boxes_two_process_gloo():
     with tempfile.TemporaryDirectory() as tmp:
         init_file = os.path.join(tmp, "init")

@@ -85,6 +85,7 @@ def test_errors_are_one_line(saved_model, tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error:") and "no model here" in err[0]
 
 
+@pytest.mark.slow  # an ONNX export
 def test_cli_export_writes_a_checked_onnx_file(saved_model, tmp_path, capsys):
     pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'detrdistill[onnx]')")
     model_dir, _ = saved_model

@@ -54,6 +54,7 @@ def test_local_dir_loads_equal_weights(tmp_path):
         assert torch.equal(v, loaded.state_dict()[k]), k
 
 
+@pytest.mark.slow  # a fresh interpreter loading torch
 def test_hub_id_resolves_from_an_offline_local_cache(tmp_path):
     """A fresh process with HF_HUB_CACHE = a tmp cache and HF_HUB_OFFLINE=1 loads 'acme/tiny-detr' from it, and an
     id not in the cache is a one-line DetrDistillError."""
@@ -157,6 +158,7 @@ def hub_style_rt_detr(path: Path) -> None:
     RTDetrForObjectDetection(cfg).save_pretrained(path)
 
 
+@pytest.mark.slow  # a distillation from a hub-style checkpoint
 def test_hub_style_rt_detr_is_reheaded_and_distils_into_dataset_classes(tmp_path):
     from detrdistill.config import DistillConfig
     from detrdistill.distillation import Distiller

@@ -107,6 +107,7 @@ def test_the_default_timm_backbone_of_a_config_without_one(tmp_path, one_thread)
         load_detector(tmp_path / "hub")
 
 
+@pytest.mark.slow  # a fresh interpreter loading torch
 def test_no_timm_is_imported(tmp_path):
     model = _model("detr", num_feature_levels=1)
     write_timm_layout(model, tmp_path / "hub")

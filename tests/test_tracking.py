@@ -19,6 +19,7 @@ def test_report_to_parses_none_and_names(tmp_path):
         load_config(None, ["train.report_to=nosuchtracker"])
 
 
+@pytest.mark.slow  # a training run
 def test_tensorboard_events_hold_the_logged_losses(synth_dir, tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -17,6 +17,8 @@ from detrdistill.engine.evaluator import STAT_KEYS
 from detrdistill.engine.metrics import read_metrics
 from tests.conftest import tiny_overrides
 
+pytestmark = pytest.mark.slow  # trains through the CLI, kills a run, two processes
+
 
 def _train_losses(path):
     return {r["step"]: r["loss"] for r in read_metrics(path) if "loss" in r}
