@@ -159,3 +159,27 @@ def test_verify_reruns_a_committed_run_identically_here_and_judges_the_spread_el
     text = capsys.readouterr().out
     assert "environment differs" in text and "committed spread of baseline" in text
     assert code == (0 if "lies inside" in text else 1)
+
+
+def test_teacher_strength_points_pair_each_teacher_with_the_students_it_taught(tmp_path):
+    from benchmarks import teacher_strength
+
+    results = {"dataset": "bccd", "report_split": "test", "command": "c",
+               "teacher": {"AP": 45.0, "steps": 2400},
+               "teachers": {"t600": {"AP": 24.0, "spec": "snapshot:600", "steps": 600},
+                            "self": {"AP": 41.0, "spec": "baseline:3"},
+                            "unused": {"AP": 50.0, "spec": "steps:4800"}},
+               "runs": [_run("baseline", s, ap) for s, ap in enumerate((40.0, 42.0, 41.0))]
+               + [_run("detrdistill", s, ap) for s, ap in enumerate((46.0, 45.0, 46.5))]
+               + [_run("detrdistill@t600", s, ap) for s, ap in enumerate((41.0, 43.0, 40.0))]
+               + [_run("detrdistill@self", s, ap) for s, ap in enumerate((42.0, 42.5, 41.5))]}
+    rows = teacher_strength.points(results, "detrdistill")
+    assert [r["teacher"] for r in rows] == ["t600", "self", "teacher"]  # by teacher AP; a teacher without runs: none
+    assert rows[-1]["students"] == {0: 46.0, 1: 45.0, 2: 46.5}
+    md = teacher_strength.table(results, "detrdistill", rows)
+    assert str(stats.paired_gain({0: 46.0, 1: 45.0, 2: 46.5}, {0: 40.0, 1: 42.0, 2: 41.0})) in md
+    f = tmp_path / "r.json"
+    f.write_text(json.dumps(results))
+    assert teacher_strength.main([str(f)]) == 0
+    assert (tmp_path / "r-teacher-strength.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "r-teacher-strength.md").read_text() == md

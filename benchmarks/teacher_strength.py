@@ -1,0 +1,109 @@
+"""Student AP against teacher AP, from one results file of benchmarks/distill.py with teacher variants.
+
+    python benchmarks/teacher_strength.py benchmarks/results/bccd-cpu-2026-12-04.json --method detrdistill
+
+Each teacher of the file (the main one, ``teacher``, and every variant that a ``<method>@<variant>`` run used) is one
+point: its AP on the reported split against the mean ± std AP of the students it taught with ``--method``. The
+student alone is a horizontal line (mean, ± std band). Writes ``<file>-teacher-strength.png`` and ``.md`` beside the
+results file (the table gives the gain over the student alone with its 95 % t-interval over the paired seeds), and
+prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import results_file  # noqa: E402
+from benchmarks.stats import mean_sd, paired_gain  # noqa: E402
+
+
+def points(results: dict, method: str) -> list[dict]:
+    """One row per teacher that taught ``method``: name, spec, teacher AP, the students' APs by seed."""
+    teachers = {"teacher": {**results.get("teacher", {}), "spec": "main"}, **results.get("teachers", {})}
+    rows = []
+    for name, t in teachers.items():
+        run_name = method if name == "teacher" else f"{method}@{name}"
+        by_seed = {r["seed"]: r["AP"] for r in results["runs"] if r["method"] == run_name}
+        if by_seed and "AP" in t:
+            rows.append({"teacher": name, "spec": t.get("spec", ""), "teacher_AP": t["AP"],
+                         "steps": t.get("steps"), "students": by_seed})
+    return sorted(rows, key=lambda r: r["teacher_AP"])
+
+
+def table(results: dict, method: str, rows: list[dict]) -> str:
+    base = {r["seed"]: r["AP"] for r in results["runs"] if r["method"] == "baseline"}
+    bm, bsd = mean_sd(list(base.values())) if base else (float("nan"), 0.0)
+    lines = [f"# Teacher strength: {results['dataset']} ({results.get('report_split')}), {method}", "",
+             f"student alone: {bm:.2f} ± {bsd:.2f} ({len(base)} seeds). Gain: mean of the per-seed differences "
+             "with its 95 % t-interval (benchmarks/stats.py).", "",
+             f"command: `python benchmarks/teacher_strength.py <results file> --method {method}`; runs: "
+             f"`{results.get('command', '')}`", "",
+             "| teacher | what | teacher steps | teacher AP | student AP (mean ± std) | seeds | gain vs alone [95 % CI] |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        m, sd = mean_sd(list(r["students"].values()))
+        g = paired_gain(r["students"], base)
+        lines.append(f"| {r['teacher']} | {r['spec']} | {r['steps'] if r['steps'] is not None else 'n/a'} | "
+                     f"{r['teacher_AP']:.2f} | {m:.2f} ± {sd:.2f} | {len(r['students'])} | {g if g else ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(results: dict, method: str, rows: list[dict]) -> bytes:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base = [r["AP"] for r in results["runs"] if r["method"] == "baseline"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    if base:
+        bm, bsd = mean_sd(base)
+        ax.axhline(bm, color="grey", ls="--", label=f"student alone ({len(base)} seeds)")
+        ax.axhspan(bm - bsd, bm + bsd, color="grey", alpha=0.15)
+    xs = [r["teacher_AP"] for r in rows]
+    stats = [mean_sd(list(r["students"].values())) for r in rows]
+    ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], fmt="o-", color="tab:blue", capsize=4,
+                label=f"student + {method} (mean ± std over seeds)")
+    for r, (m, _) in zip(rows, stats):
+        ax.annotate(r["teacher"], (r["teacher_AP"], m), textcoords="offset points", xytext=(4, 6), fontsize=8)
+    lo, hi = min(xs + [m for m, _ in stats]) - 2, max(xs + [m for m, _ in stats]) + 2
+    ax.plot([lo, hi], [lo, hi], color="tab:red", lw=0.8, ls=":", label="student = teacher")
+    ax.set_xlabel(f"teacher AP ({results.get('report_split')})")
+    ax.set_ylabel(f"student AP ({results.get('report_split')}, last checkpoint)")
+    ax.set_title(f"{results['dataset']}: student AP against teacher AP", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("results", help="a results JSON of benchmarks/distill.py")
+    p.add_argument("--method", default="detrdistill")
+    args = p.parse_args(argv)
+    path = Path(args.results)
+    results = results_file.read(path)
+    if results is None:
+        print(f"error: {path}: no such results file", file=sys.stderr)
+        return 2
+    rows = points(results, args.method)
+    if not rows:
+        print(f"error: {path}: no {args.method} runs with a recorded teacher AP", file=sys.stderr)
+        return 2
+    md = table(results, args.method, rows)
+    stem = path.with_suffix("")
+    results_file.write_atomic(stem.with_name(stem.name + "-teacher-strength.md"), md)
+    results_file.write_atomic(stem.with_name(stem.name + "-teacher-strength.png"), chart(results, args.method, rows))
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
