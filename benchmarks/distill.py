@@ -262,7 +262,8 @@ def main(argv=None) -> int:
                 bar_and_curve_chart(results, out.with_suffix(".png"))
 
     def train_claimed(m: str, s: int) -> dict:
-        """Train (method, seed) unless another invocation trains it now or has saved it since this one started."""
+        """Train (method, seed) unless another invocation trains it now or has saved it since this one started;
+        saved before its claim is released, so no other invocation can claim it between its end and its save."""
         with results_file.claim(work / f"{m}-s{s}") as mine:
             if not mine:
                 raise Skipped(f"{m} seed {s}: trained by another invocation now (lock in {work / f'{m}-s{s}'})")
@@ -276,7 +277,9 @@ def main(argv=None) -> int:
                 schedule = long_schedule(on_disk, args)
                 save([], {"baseline_long": schedule})
                 steps = schedule["steps"]
-            return train_student(args, work, t if needs_teacher(m) else None, m, s, steps)
+            r = train_student(args, work, t if needs_teacher(m) else None, m, s, steps)
+            save([r])
+            return r
 
     save([])
     done = {results_file.run_key(r) for r in results["runs"]}
@@ -295,7 +298,6 @@ def main(argv=None) -> int:
             except BenchmarkError as e:
                 print(f"FAILED {m} seed {s}: {e}", flush=True)
                 continue
-            save([r])
             print(f"done {m} seed {s}: AP {r['AP']:.2f} in {r['steps']} steps, {r['train_seconds']:.0f} s",
                   flush=True)
     print(summarize(results))

@@ -64,9 +64,10 @@ def bench_config(path: str, device: torch.device, batch_size: int | None, steps:
     from detrdistill.data import collate_fn
     from detrdistill.engine.loading import train_loader
     from detrdistill.engine.optim import build_optimizer
-    from detrdistill.engine.tasks import build_criterion, move_targets
     from detrdistill.engine.setup import build_datasets, make_accelerator
-    from detrdistill.models.adapters import get_adapter
+    from detrdistill.engine.tasks import move_targets
+    from detrdistill.models.families import get_adapter
+    from detrdistill.models.family_loss import student_criterion
     from detrdistill.models.build import build_model, count_parameters
 
     cfg = load_config(path, overrides + ([f"train.batch_size={batch_size}"] if batch_size else []))
@@ -76,7 +77,7 @@ def bench_config(path: str, device: torch.device, batch_size: int | None, steps:
     train_ds, _ = build_datasets(cfg, acc)
     model = build_model(cfg.model, train_ds.id2label).to(device)
     adapter = get_adapter(model)
-    crit = build_criterion(cfg, adapter)
+    crit = student_criterion(cfg.loss, adapter)
     opt = build_optimizer(adapter, cfg.optim)
     loader, _ = train_loader(train_ds, collate_fn, cfg.train.batch_size, 0, 0, 1, cfg.data.num_workers)
     batch = next(iter(loader))
@@ -156,6 +157,7 @@ def engine_step(path: str, batch_size: int | None, overrides: list[str], boundar
     import tempfile
 
     from detrdistill.engine.metrics import read_metrics
+    from detrdistill.engine.tasks import DetectionTask
     from detrdistill.engine.trainer import run_training
 
     cfg = load_config(path, overrides + ([f"train.batch_size={batch_size}"] if batch_size else []))
@@ -172,7 +174,7 @@ def engine_step(path: str, batch_size: int | None, overrides: list[str], boundar
         cfg.train = cfg.train.model_copy(update={"output_dir": tmp, "max_steps": steps, "epochs": None,
                                                  "time_budget_min": None, "eval_every_epochs": 0, "log_every": 1,
                                                  "progress": False})
-        run_training(cfg, mode="train")
+        run_training(cfg, DetectionTask)
         times = {r["step"]: r["time_s"] for r in read_metrics(f"{tmp}/metrics.jsonl") if "time_s" in r}
     return {"engine_step_s": (times[steps] - times[warmup]) / (steps - warmup), "engine_steps_timed": steps - warmup,
             "epoch_boundaries_crossed": boundaries, "steps_per_epoch": per_epoch}
@@ -198,8 +200,9 @@ def _distill_setup(teacher_path: str, student_path: str, device, batch_size, ove
     from detrdistill.engine.loading import train_loader
     from detrdistill.engine.optim import build_optimizer
     from detrdistill.engine.setup import build_datasets, make_accelerator
-    from detrdistill.engine.tasks import build_criterion, move_targets
-    from detrdistill.models.adapters import get_adapter
+    from detrdistill.engine.tasks import move_targets
+    from detrdistill.models.family_loss import student_criterion
+    from detrdistill.models.families import get_adapter
     from detrdistill.models.build import build_model
 
     extra = overrides + ([f"train.batch_size={batch_size}"] if batch_size else [])
@@ -213,7 +216,7 @@ def _distill_setup(teacher_path: str, student_path: str, device, batch_size, ove
     student = get_adapter(build_model(cfg.model, train_ds.id2label).to(device))
     dist = Distiller(teacher, student, dcfg).to(device)
     dist.train()
-    crit = build_criterion(cfg, student)
+    crit = student_criterion(cfg.loss, student)
     loader, _ = train_loader(train_ds, collate_fn, cfg.train.batch_size, 0, 0, 1, cfg.data.num_workers)
     batch = next(iter(loader))
     pv, pm = batch["pixel_values"].to(device), batch["pixel_mask"].to(device)

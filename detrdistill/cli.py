@@ -30,6 +30,23 @@ def _load(args) -> "Config":  # noqa: F821
 
 
 def _load_with_origins(args):
+    cfg, origins = _read_config(args)
+    _check_family(cfg, origins)
+    return cfg, origins
+
+
+def _check_family(cfg, origins) -> None:
+    """``model.family`` checked by the models layer (light: no torch), the error naming where the key was set."""
+    from detrdistill.errors import ConfigError, UnsupportedFamilyError
+    from detrdistill.models.family_index import check_family
+
+    try:
+        check_family(cfg.model.family)
+    except UnsupportedFamilyError as e:
+        raise ConfigError(f"{origins.describe(('model', 'family'))}: model.family: {e}") from None
+
+
+def _read_config(args):
     from detrdistill.config import load_config_with_origins
 
     overrides = list(args.set or [])
@@ -67,8 +84,9 @@ def cmd_config_show(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from detrdistill.engine.tasks import DetectionTask
     from detrdistill.engine.trainer import run_training
-    run_training(_load(args), mode="train", resume=args.resume, overwrite=args.overwrite)
+    run_training(_load(args), DetectionTask, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
@@ -77,6 +95,7 @@ def _output_dir_given(args) -> bool:
 
 
 def cmd_distill(args) -> int:
+    from detrdistill.distillation.task import DistillTask
     from detrdistill.engine.trainer import run_training
     from detrdistill.errors import ConfigError
     cfg = _load(args)
@@ -85,7 +104,7 @@ def cmd_distill(args) -> int:
     if args.config is None and not _output_dir_given(args):  # never the folder `train` uses by default
         from detrdistill.engine.run_dir import distill_default_output_dir
         cfg.train.output_dir = distill_default_output_dir(cfg.train.output_dir)
-    run_training(cfg, mode="distill", resume=args.resume, overwrite=args.overwrite)
+    run_training(cfg, DistillTask, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 

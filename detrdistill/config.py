@@ -1,7 +1,9 @@
 """Typed, validated run configuration: YAML file + ``--set key=value`` overrides.
 
 Every section is a pydantic model with ``extra="forbid"``, so an unknown key or a value of the wrong
-type is rejected before any work starts, with a one-line :class:`ConfigError` naming the key.
+type is rejected before any work starts, with a one-line :class:`ConfigError` naming the key. What only a
+layer above knows is checked there: ``model.family`` by the models layer
+(:func:`detrdistill.models.family_index.check_family`; the CLI calls it right after loading, naming the key's origin).
 
     cfg = load_config("configs/synth.yaml", overrides=["train.epochs=3", "model.d_model=128"])
 """
@@ -17,18 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .config_origins import Origins, format_validation_error, yaml_key_lines
 from .errors import ConfigError
 
-
-
-def __getattr__(name: str):  # FAMILIES: the registered model families (detrdistill.models.families), on demand
-    if name == "FAMILIES":
-        return _family_names()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _family_names() -> tuple[str, ...]:
-    # the registry imports transformers: until it is loaded, the light list of the families the adapters declare
-    from .models.family_index import known_families
-    return known_families()
 
 
 class _Section(BaseModel):
@@ -114,17 +104,6 @@ class ModelConfig(_Section):
     two_stage: bool = Field(False, description="encoder proposals as queries (families with it, e.g. Deformable DETR)")
     backbone: BackboneConfig = Field(BackboneConfig(), description="the ResNet backbone (transformers' own)")
     hf_overrides: dict[str, Any] = Field({}, description="extra keys passed to the transformers config")
-
-    @field_validator("family")
-    @classmethod
-    def _registered_family(cls, v: str) -> str:
-        names = _family_names()
-        if v not in names:
-            import difflib
-            near = difflib.get_close_matches(v, names, n=1, cutoff=0.6)
-            hint = f"did you mean {near[0]!r}? " if near else ""
-            raise ValueError(f"unknown model family {v!r}; {hint}supported: {', '.join(names)}")
-        return v
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "ModelConfig":

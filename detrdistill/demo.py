@@ -110,22 +110,24 @@ def run_demo(output_dir: str | Path = "runs/demo", preset: str = "auto", seed: i
 
 
 def _run_demo(out: Path, preset: str, seed: int = 0) -> dict:
+    from detrdistill.distillation.task import DistillTask
+    from detrdistill.engine.tasks import DetectionTask
     from detrdistill.engine.trainer import run_training
     from detrdistill.models.build import count_parameters, load_detector
 
     cfgs = demo_configs(out, preset, seed)
-    modes = {"teacher": "train", "baseline": "train", "distilled": "distill"}
+    tasks = {"teacher": DetectionTask, "baseline": DetectionTask, "distilled": DistillTask}
     summary = {"preset": preset, "seed": seed, "threads": torch.get_num_threads(), "runs": {}}
     t_start = time.monotonic()
     for i, (name, cfg) in enumerate(cfgs.items(), 1):
-        print(f"[{i}/3] {name}: {modes[name]} -> {cfg.train.output_dir}", flush=True)
+        print(f"[{i}/3] {name}: {tasks[name].name} -> {cfg.train.output_dir}", flush=True)
         t0 = time.monotonic()
         if _done(cfg):
             print("      already done, reusing it", flush=True)
         else:
-            # continue an unfinished stage; a fresh one starts without a --resume warning (issue 10)
+            # continue an unfinished stage; a fresh one starts without a --resume warning
             from detrdistill.engine.run_dir import holds_run
-            run_training(cfg, mode=modes[name], resume=holds_run(Path(cfg.train.output_dir)))
+            run_training(cfg, tasks[name], resume=holds_run(Path(cfg.train.output_dir)))
         stats = json.loads((Path(cfg.train.output_dir) / "eval.json").read_text())
         model = load_detector(Path(cfg.train.output_dir) / "model")
         summary["runs"][name] = {"AP": stats["AP"], "AP50": stats["AP50"], "AP75": stats["AP75"],
@@ -204,7 +206,7 @@ def _reused(summary: dict) -> bool:
 
 def _figures(out: Path, cfgs: dict[str, Config]) -> list[str]:
     from detrdistill.engine.setup import build_datasets, make_accelerator
-    from detrdistill.models.adapters import get_adapter
+    from detrdistill.models.families import get_adapter
     from detrdistill.models.build import load_detector
     from detrdistill.viz import plot_feature_mask, plot_loss_curves, plot_predictions
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 __all__ = ["DetrDistillError", "ConfigError", "ModelError", "UnsupportedFamilyError", "NoQueryTableError",
            "IncompatibleQueriesError", "IncompatibleModelsError", "UnsupportedSettingError", "PathNotFoundError",
-           "CheckpointError", "TransformersAPIError", "NonFiniteLossError", "InputSizeError", "LabelsError"]
+           "CheckpointError", "TransformersAPIError", "NonFiniteLossError", "InputSizeError", "LabelsError",
+           "PredictError"]
 
 
 class DetrDistillError(Exception):
@@ -71,3 +72,8 @@ class NonFiniteLossError(DetrDistillError, FloatingPointError):
 
 class LabelsError(DetrDistillError, ValueError):
     """Training labels given to the Python API that cannot be read (format, missing image sizes, unknown category)."""
+
+
+class PredictError(DetrDistillError):
+    """An input of ``detrdistill predict`` that cannot be used: a missing model directory or path, an unreadable
+    image, an ``--ann`` file that does not describe the images or the model's classes."""

@@ -29,14 +29,10 @@ from typing import Any, Callable
 
 import torch
 
-from detrdistill.errors import DetrDistillError
+from detrdistill.errors import PredictError
 
 log = logging.getLogger("detrdistill")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
-
-class PredictError(DetrDistillError):
-    """A missing model directory, a missing path or an unreadable image."""
 
 
 @dataclass
@@ -145,21 +141,6 @@ def open_rgb(path: Path, header_only: bool = False):
         raise PredictError(f"{path}: cannot read this image ({type(e).__name__}: {first})") from None
 
 
-def load_image_processor(model_dir: Path, family: str):
-    """The saved processor, else one built from the run's ``config.yaml`` (runs exported before it was saved)."""
-    from detrdistill.export.processor import build_image_processor
-
-    if (model_dir / "preprocessor_config.json").is_file():
-        return load_saved_processor(model_dir)
-    run_cfg = model_dir.parent / "config.yaml"
-    if not run_cfg.is_file():
-        raise PredictError(f"{model_dir}: no preprocessor_config.json and no run config {run_cfg} to rebuild it from")
-    from detrdistill.config import load_config
-    data = load_config(run_cfg).data
-    log.info("%s has no image processor; using the eval transforms of %s", model_dir, run_cfg)
-    return build_image_processor(family, data.eval_size, data.max_size)
-
-
 @dataclass
 class Predictor:
     """A model as ``predict`` runs it (PyTorch or onnxruntime): ``forward(pixel_values, pixel_mask)`` ->
@@ -182,12 +163,13 @@ def load_predictor(model: str | Path) -> Predictor:
 
 def _torch_predictor(model: str | Path) -> Predictor:
     from detrdistill.export.category_ids import category_ids_of
+    from detrdistill.export.processor import load_image_processor
     from detrdistill.models.build import load_detector
-    from detrdistill.models.families import family_of, family_spec
+    from detrdistill.models.families import spec_of
 
     model_dir = resolve_model_dir(model)
     net = load_detector(model_dir).eval()
-    spec = family_spec(family_of(net.config.model_type))
+    spec = spec_of(net)
     processor = load_image_processor(model_dir, spec.name)
     post = spec.postprocessing
 
@@ -207,21 +189,6 @@ def _onnx_predictor(path: Path) -> Predictor:
     info = detector.info
     return Predictor(detector, detector.image_processor(), info.activation, info.top_k, info.id2label,
                      info.category_ids)
-
-
-def load_saved_processor(model_dir: Path):
-    """``preprocessor_config.json`` through ``AutoImageProcessor`` with ``trust_remote_code=False``: a processor
-    that names code shipped in the folder (``auto_map``) is refused in one line, never run."""
-    from transformers import AutoImageProcessor
-
-    try:
-        return AutoImageProcessor.from_pretrained(str(model_dir), trust_remote_code=False)
-    except ValueError as e:
-        if "trust_remote_code" not in str(e) and "custom code" not in str(e):
-            raise
-        raise PredictError(f"{model_dir / 'preprocessor_config.json'}: names custom code shipped in the model folder "
-                           "(auto_map); detrdistill never runs a model folder's code. Remove auto_map to use the "
-                           "standard image processor") from None
 
 
 def write_png(png: Path, image) -> None:

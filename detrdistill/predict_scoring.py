@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
-from detrdistill.predict import PredictError
+from detrdistill.errors import PredictError
 
 __all__ = ["AnnotationIndex", "AnnotationError"]
 

@@ -254,6 +254,7 @@ def test_extra_group_with_own_queries_reproduces_every_stage():
 
 
 # ----------------------------------------------------------------------------------------------- CLI
+@pytest.mark.slow  # trains, distils and evaluates through the CLI
 def test_cli_train_distill_eval(synth_dir, tmp_path):
     """`detrdistill train / distill / eval` with model.family=adamixer: the three DETRDistill terms are logged."""
     from detrdistill.cli import main

@@ -10,14 +10,14 @@ import torch
 from torch import nn
 
 from detrdistill.config import BackboneConfig, ModelConfig
-from detrdistill.models.adapters import get_adapter
+from detrdistill.models.families import get_adapter
 from detrdistill.models.adapters.dab_detr import DabDetrAdapter
 from detrdistill.models.adapters.rt_detr import RTDetrAdapter
 from detrdistill.models.build import build_model
 from detrdistill.models.outputs import QueryGroup
 from detrdistill.ops.criterion import SetCriterion
 
-FAMILIES = ("dab_detr", "rt_detr", "rt_detr_v2")
+EXTRA_FAMILIES = ("dab_detr", "rt_detr", "rt_detr_v2")
 RT_FAMILIES = ("rt_detr", "rt_detr_v2")
 NUM_CLASSES, NUM_QUERIES, D, LAYERS = 5, 30, 32, 2
 ID2LABEL = {i: f"class{i}" for i in range(NUM_CLASSES)}
@@ -75,7 +75,7 @@ def shared_adapter(family: str):
     return _SHARED[family]
 
 
-@pytest.fixture(params=FAMILIES)
+@pytest.fixture(params=EXTRA_FAMILIES)
 def adapter(request):
     return shared_adapter(request.param)
 
@@ -432,7 +432,7 @@ def test_dab_detr_features(batch):
 
 
 # ----------------------------------------------------------------------------------------------- wiring
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", EXTRA_FAMILIES)
 def test_registry_dispatches_to_these_adapters(family):
     torch.manual_seed(0)
     model = build_model(model_config(family), ID2LABEL)

@@ -54,6 +54,7 @@ HF = [{"class_labels": torch.tensor([2, 0]),
       {"class_labels": torch.tensor([1]), "boxes": torch.tensor([[4 / 48, 4 / 64, 8 / 48, 8 / 64]])}]
 
 
+@pytest.mark.slow  # a fresh interpreter loading torch
 def test_import_is_light_and_public_names_load_on_use():
     code = ("import sys, detrdistill; heavy = [m for m in ('torch', 'transformers', 'pydantic') if m in sys.modules]; "
             "from detrdistill import DETRDistiller, DistillConfig, DistillationTrainer; "
@@ -175,10 +176,10 @@ def test_save_student_writes_a_plain_transformers_folder(teacher_dir, tmp_path):
 
 
 def test_the_engine_resolves_the_teacher_once(monkeypatch, synth_dir, teacher_dir, tmp_path):
-    """``build_task`` (what ``detrdistill distill`` runs) looks the teacher up once: its weights and its processor
-    come from that one resolution."""
+    """``DistillTask.from_config`` (what ``detrdistill distill`` runs) looks the teacher up once: its weights and its
+    processor come from that one resolution."""
     from detrdistill.config import load_config
-    from detrdistill.engine.tasks import build_task
+    from detrdistill.distillation.task import DistillTask
     from detrdistill.models import pretrained
     from tests.conftest import tiny_overrides
 
@@ -186,7 +187,7 @@ def test_the_engine_resolves_the_teacher_once(monkeypatch, synth_dir, teacher_di
     real = pretrained.resolve_model
     monkeypatch.setattr(pretrained, "resolve_model", lambda name, *a, **k: seen.append(str(name)) or real(name, *a, **k))
     cfg = load_config(None, tiny_overrides(tmp_path, synth_dir, f"distill.teacher={teacher_dir}"))
-    task = build_task(cfg, STUDENT_CLASSES, "distill")
+    task = DistillTask.from_config(cfg, STUDENT_CLASSES)
     assert seen == [str(teacher_dir)]
     assert task.distiller.teacher_pixels is not None  # its preprocessor_config.json (96 px long side) was read
 
@@ -211,6 +212,7 @@ def synth_teacher(tmp_path_factory):
     pytest.param(["model.family=rt_detr", "model.num_feature_levels=3", "distill.contrastive.enabled=true",
                   "distill.contrastive.proj_dim=16"], id="family-recipe"),
 ])
+@pytest.mark.slow  # trains a teacher and distils through the CLI
 def test_the_api_and_the_cli_give_the_same_losses(synth_dir, synth_teacher, tmp_path, extra):
     """``detrdistill distill`` for one step logs the losses of its first batch; the API, given the same config,
     seed and batch (a student built by the user's own code, the student's processor as an object) gives the same."""

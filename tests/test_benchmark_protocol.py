@@ -138,6 +138,7 @@ def _tiny_config(tmp_path, name, steps):
     return str(path)
 
 
+@pytest.mark.slow  # reruns a benchmark
 def test_verify_reruns_a_committed_run_identically_here_and_judges_the_spread_elsewhere(tmp_path, capsys):
     student = _tiny_config(tmp_path, "student", 3)
     out = tmp_path / "res.json"

@@ -1,9 +1,11 @@
-"""The benchmark results file: concurrent invocations merge their runs and never train one run twice."""
+"""The benchmark results file: concurrent invocations merge their runs and never train one run twice.
+
+The concurrency tests force their interleavings with events and barriers (no sleeps); their waits have a timeout
+only so that a broken lock fails the test instead of hanging it."""
 import errno
 import json
 import os
 import threading
-import time
 
 import pytest
 
@@ -60,14 +62,22 @@ def test_claim_is_exclusive_and_released(tmp_path):
         assert again
 
 
+WAIT_S = 60  # a deadlock guard, never reached when the locks work
+
+
 def test_two_invocations_share_one_file_and_split_the_runs(tmp_path, monkeypatch):
+    """Each invocation's first run waits at a barrier until the other one trains too: both are inside a claimed
+    run at once, then run on freely; every run is trained by exactly one of them and all land in the file."""
     trained = []
     lock = threading.Lock()
+    both_training = threading.Barrier(2, timeout=WAIT_S)
 
     def fake_train(args, work, teacher, method, seed, steps=None):
         with lock:
             trained.append((method, seed))
-        time.sleep(0.3)
+            first_two = len(trained) <= 2  # one per invocation: each trains one run at a time
+        if first_two:
+            both_training.wait()
         return _run(method, seed)
 
     monkeypatch.setattr(distill, "train_student", fake_train)
@@ -79,9 +89,9 @@ def test_two_invocations_share_one_file_and_split_the_runs(tmp_path, monkeypatch
     threads = [threading.Thread(target=distill.main, args=(argv,)) for _ in range(2)]
     for t in threads:
         t.start()
-        time.sleep(0.05)
     for t in threads:
-        t.join()
+        t.join(WAIT_S)
+    assert not both_training.broken and not any(t.is_alive() for t in threads)
     saved = json.loads(out.read_text())
     keys = sorted((r["method"], r["seed"]) for r in saved["runs"])
     assert keys == [("baseline", 0), ("baseline", 1), ("detrdistill", 0), ("detrdistill", 1)]
@@ -91,23 +101,38 @@ def test_two_invocations_share_one_file_and_split_the_runs(tmp_path, monkeypatch
 
 
 def test_a_second_invocation_waits_for_the_teacher_the_first_trains(tmp_path, monkeypatch):
+    """The second invocation asks for the teacher's lock while the first is training it: it waits, then finds it
+    trained (the first one finishes only once the second has reached the lock)."""
     calls = []
+    training, second_at_lock, finish = threading.Event(), threading.Event(), threading.Event()
 
-    def fake_run(cmd, log_file, env=None):  # "trains" the teacher: slow, then its files exist
+    def fake_run(cmd, log_file, env=None):  # "trains" the teacher until told to finish, then its files exist
         calls.append(cmd)
-        time.sleep(0.3)
+        training.set()
+        assert finish.wait(WAIT_S)
         (tmp_path / "work" / "teacher" / "model").mkdir(parents=True, exist_ok=True)
         (tmp_path / "work" / "teacher" / "model" / "config.json").write_text("{}")
         (tmp_path / "work" / "teacher" / "eval.json").write_text("{}")
 
+    real_flock = results_file.fcntl.flock
+
+    def flock(f, op):  # the second invocation says when it asks for the lock (and blocks in the real call)
+        if threading.current_thread() is threads[1] and op & results_file.fcntl.LOCK_EX:
+            second_at_lock.set()
+        return real_flock(f, op)
+
     monkeypatch.setattr(teachers, "run", fake_run)
+    monkeypatch.setattr(results_file.fcntl, "flock", flock)
     args = distill.parse_args(["--dataset", "synthetic", "--work-dir", str(tmp_path / "work")])
     got = []
     threads = [threading.Thread(target=lambda: got.append(teachers.train_teacher(args, tmp_path / "work")))
                for _ in range(2)]
+    threads[0].start()
+    assert training.wait(WAIT_S)  # the first invocation holds the lock and trains
+    threads[1].start()
+    assert second_at_lock.wait(WAIT_S)
+    finish.set()
     for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+        t.join(WAIT_S)
     assert len(calls) == 1  # trained once; the other invocation waited and found it done
     assert got == [tmp_path / "work" / "teacher" / "model"] * 2

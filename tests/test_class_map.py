@@ -8,7 +8,7 @@ from detrdistill.config import DistillConfig
 from detrdistill.distillation import Distiller
 from detrdistill.distillation.class_map import ClassMap, build_class_map
 from detrdistill.errors import IncompatibleModelsError
-from detrdistill.models.adapters import get_adapter
+from detrdistill.models.families import get_adapter
 from detrdistill.models.label_map import relabel_model
 from detrdistill.ops.criterion import SetCriterion
 

@@ -24,7 +24,6 @@ def test_overrides_are_typed(tmp_path):
 
 @pytest.mark.parametrize("override,needle", [
     (["model.famliy=detr"], "model.famliy: unknown key"),
-    (["model.family=yolo"], "model.family"),
     (["model.d_model=abc"], "model.d_model"),
     (["train.batch_size=0"], "train.batch_size"),
     (["optim.schedule=linear"], "optim.schedule"),

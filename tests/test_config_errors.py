@@ -61,6 +61,17 @@ def test_invalid_yaml_names_its_line(tmp_path):
     assert str(e.value).split(":")[1].isdigit()
 
 
+def test_the_family_is_checked_by_the_models_layer_not_by_the_config():
+    from detrdistill.errors import UnsupportedFamilyError
+    from detrdistill.models.family_index import check_family
+
+    cfg = load_config(None, ["model.family=yolo"])  # the config layer knows no families
+    with pytest.raises(UnsupportedFamilyError) as e:
+        check_family(cfg.model.family)
+    assert str(e.value).startswith("unknown model family 'yolo'; supported: ") and "deformable_detr" in str(e.value)
+    assert check_family("detr") == "detr"
+
+
 def test_the_light_family_list_is_the_registry():
     from detrdistill.models.families import family_names
     from detrdistill.models.family_index import DECLARED_FAMILIES

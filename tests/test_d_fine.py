@@ -10,16 +10,16 @@ import torch
 from torch import nn
 from transformers.models.d_fine.modeling_d_fine import distance2bbox, inverse_sigmoid, weighting_function
 
-from detrdistill.config import Config
-from detrdistill.engine.tasks import build_criterion
+from detrdistill.config import LossConfig
+from detrdistill.models.family_loss import student_criterion
 from detrdistill.errors import ConfigError, ModelError
 from detrdistill.models import build_model, get_adapter
 from detrdistill.models.adapters.d_fine import DFineAdapter
 from detrdistill.models.adapters.deimv2 import Deimv2Adapter
-from detrdistill.models.build import apply_backbone_freeze, backbone_module
+from detrdistill.models.backbone import apply_backbone_freeze, backbone_module
 from tests.test_adapters import ID2LABEL, NQ, STAGES, batch, make_adapter, model_cfg
 
-FAMILIES = ("d_fine", "deimv2")
+DFINE_FAMILIES = ("d_fine", "deimv2")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -50,7 +50,7 @@ def _stages_by_hand(adapter, hf_inner) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------------------------- eval-mode stages
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", DFINE_FAMILIES)
 def test_eval_mode_reports_every_stage_with_the_models_own_heads(family):
     a = make_adapter(family).eval()
     pix, mask, _ = batch()
@@ -73,7 +73,7 @@ def test_eval_mode_reports_every_stage_with_the_models_own_heads(family):
     assert float(inner.intermediate_predicted_corners.abs().max()) > 0.1
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", DFINE_FAMILIES)
 def test_every_stage_mode_touches_the_decoder_flag_only(family):
     a = make_adapter(family).eval()
     dec = a.model.model.decoder
@@ -94,11 +94,11 @@ def test_every_stage_mode_touches_the_decoder_flag_only(family):
 
 
 # ----------------------------------------------------------------------------------------------- family recipe
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", DFINE_FAMILIES)
 def test_family_forward_reports_matching_layers_without_pre_bbox_or_denoising(family):
     a = make_adapter(family).train()
     pix, mask, targets = batch()
-    crit = build_criterion(Config.model_validate({"loss": {"recipe": "family"}}), a)
+    crit = student_criterion(LossConfig(recipe="family"), a)
     torch.manual_seed(5)
     out = a(pix, mask, targets=targets, criterion=crit)
     torch.manual_seed(5)
@@ -142,13 +142,13 @@ def test_deimv2_without_aux_loss_is_refused_because_transformers_then_matches_de
 
     a = make_adapter("deimv2").train()
     pix, mask, targets = batch()
-    crit = build_criterion(Config.model_validate({"loss": {"recipe": "family", "aux_loss": False}}), a)
+    crit = student_criterion(LossConfig(recipe="family", aux_loss=False), a)
     with pytest.raises(ConfigError, match="loss.aux_loss"):
         a(pix, mask, targets=targets, criterion=crit)
 
 
 # ----------------------------------------------------------------------------------------------- refusals
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", DFINE_FAMILIES)
 def test_eval_idx_other_than_the_last_layer_is_refused(family):
     torch.manual_seed(0)
     model = build_model(model_cfg(family, hf_overrides={"eval_idx": 0}), ID2LABEL)
@@ -181,7 +181,7 @@ def test_adapters_refuse_each_others_models():
 
 
 # ----------------------------------------------------------------------------------------------- front end
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", DFINE_FAMILIES)
 def test_features_masks_and_the_ignored_pixel_mask(family):
     a = make_adapter(family).eval()
     pix, mask, _ = batch()
@@ -208,7 +208,7 @@ def test_features_masks_and_the_ignored_pixel_mask(family):
     assert not any("input_proj" in n for n, _ in a.backbone.named_parameters())
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", DFINE_FAMILIES)
 def test_hgnetv2_backbone_through_hf_overrides(family):
     torch.manual_seed(0)
     model = build_model(model_cfg(family, hf_overrides={"backbone_config": HGNET}), ID2LABEL)
@@ -226,7 +226,7 @@ def test_hgnetv2_backbone_through_hf_overrides(family):
     assert [x.shape[1] for x in out.encoder_inputs] == a.feature_channels == [32] * 3
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", DFINE_FAMILIES)
 def test_backbone_gets_the_backbone_learning_rate(family):
     """optim.backbone_lr_mult reaches the transformers backbone wherever the family keeps it (DEIMv2:
     model.conv_encoder.model, a name without "backbone"), and nothing else of the detector."""

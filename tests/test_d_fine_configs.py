@@ -45,6 +45,7 @@ def _sets(overrides):
     return sum((["--set", o] for o in overrides), [])
 
 
+@pytest.mark.slow  # trains and distils through the CLI
 def test_synthetic_configs_train_and_distill_from_the_cli(synth_dir, tmp_path):
     tiny = ["data.synthetic=true", f"data.synth_dir={synth_dir}", "data.synth_images=16", "data.synth_size=64",
             "data.min_size=[64]", "data.max_size=64", "data.eval_size=64", "train.max_steps=2",

@@ -2,9 +2,12 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from detrdistill.cli import main
 
 
+@pytest.mark.slow  # three CLI trainings
 def test_demo_smoke_writes_table_and_figures(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--preset", "smoke", "--output-dir", str(out)]) == 0

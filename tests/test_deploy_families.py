@@ -13,23 +13,27 @@ import pytest
 
 from detrdistill.config import Config
 from detrdistill.export import finish_model_dir
+from detrdistill.export.model_card import write_model_card
 from detrdistill.models.families import all_specs, family_spec
 from detrdistill.predict import predict
 from tests.registry_models import (DATA, ID2LABEL, export_size, family_params, register_auto_classes,
                                    tiny_family_cfg, tiny_family_model)
 from tests.test_export import random_image
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# slow: every family: pipeline, predict and ONNX export; fresh interpreters
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 CATEGORY_IDS = [5, 9, 2]   # the "dataset's" ids of labels 0, 1, 2
 SHAPES = [(90, 130), (120, 80)]
 
 
 def saved_model_dir(family: str, tmp_path):
+    """A model folder as training exports it: weights, image processor, category ids and model card."""
     model = tiny_family_model(family)
     model_dir = tmp_path / "model"
     model.save_pretrained(str(model_dir))
-    finish_model_dir(model_dir, Config(data=DATA, model=tiny_family_cfg(family)), None, "train",
-                     category_ids=CATEGORY_IDS)
+    cfg = Config(data=DATA, model=tiny_family_cfg(family))
+    finish_model_dir(model_dir, cfg, model.config, category_ids=CATEGORY_IDS)
+    write_model_card(cfg, model_dir, None)
     return model_dir
 
 
@@ -136,14 +140,14 @@ def test_pipeline_matches_the_project_evaluation_path(family, tmp_path):
     from transformers import pipeline
 
     from detrdistill.config import DataConfig
-    from detrdistill.models.adapters import get_adapter
+    from detrdistill.models.families import get_adapter
     from tests.test_export import project_detections
 
     square = "square_padding" in family_spec(family).capabilities
     data_cfg = DataConfig(eval_size=96, max_size=96) if square else DataConfig(eval_size=64, max_size=128)
     model = tiny_family_model(family)
     model.save_pretrained(str(tmp_path))
-    finish_model_dir(tmp_path, Config(data=data_cfg, model=tiny_family_cfg(family)), None, "train")
+    finish_model_dir(tmp_path, Config(data=data_cfg, model=tiny_family_cfg(family)), model.config)
     img = random_image(*((150, 150) if square else (100, 150)), seed=1)  # resized 96x96 / 64x96: no padding
     ours = project_detections(get_adapter(model), img, data_cfg)
     ours = [{"label": ID2LABEL[int(k)], "score": float(s), "box": b.tolist()}

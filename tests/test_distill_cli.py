@@ -28,6 +28,7 @@ def teacher_dir(synth_dir, tmp_path_factory):
     return out / "model"
 
 
+@pytest.mark.slow  # every term through the CLI, stopped and resumed
 def test_distill_every_term_logs_resumes_and_exports(synth_dir, teacher_dir, tmp_path):
     common = ["train.max_steps=8", "train.checkpoint_every_steps=2", "train.eval_every_epochs=0", *ALL_TERMS]
     ref = tmp_path / "ref"
@@ -71,6 +72,7 @@ def test_distill_every_term_logs_resumes_and_exports(synth_dir, teacher_dir, tmp
     assert 0.0 <= ev["AP"] <= 100.0
 
 
+@pytest.mark.slow  # a CLI-trained teacher
 def test_distill_refuses_bad_teachers_before_training(synth_dir, teacher_dir, tmp_path, capsys):
     # no teacher at all
     assert main(["distill", *_sets(tiny_overrides(tmp_path / "a", synth_dir))]) == 2

@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from detrdistill.config import Config, DistillConfig
+from detrdistill.config import DistillConfig, LossConfig
 from detrdistill.distillation import Distiller
-from detrdistill.engine.tasks import build_criterion
+from detrdistill.models.family_loss import student_criterion
 from detrdistill.models.family_loss import FamilyLoss
 from tests.test_adapters import NQ, STAGES, batch, make_adapter
 
@@ -32,7 +32,7 @@ def test_one_detrdistill_step(t_name, s_name):
     student = make_adapter(s_name, d_model=32, seed=2)
     dist = Distiller(teacher, student, DistillConfig())
     dist.train()
-    criterion = build_criterion(Config.model_validate({"loss": {"recipe": "family"}}), student)
+    criterion = student_criterion(LossConfig(recipe="family"), student)
     assert isinstance(criterion, FamilyLoss) == (s_name in RECIPE_FAMILIES)
     pix, mask, targets = batch()
     out = dist(pix, mask, targets, criterion)

@@ -7,7 +7,7 @@ from transformers import AutoModelForObjectDetection
 
 from detrdistill.config import BackboneConfig, DistillConfig, ModelConfig
 from detrdistill.distillation import Distiller, check_compatible
-from detrdistill.models.adapters import get_adapter
+from detrdistill.models.families import get_adapter
 from detrdistill.models.build import build_model
 from detrdistill.ops.criterion import SetCriterion
 
@@ -103,6 +103,7 @@ def test_teacher_always_in_eval_mode(teacher, batch):
     assert not a.logits.requires_grad
 
 
+@pytest.mark.slow  # every term over many model pairs
 @pytest.mark.parametrize("queries,layers,variant", [(20, 2, "all"), (40, 3, "pos_neg"), (30, 4, "all")])
 def test_unequal_queries_depths_widths_every_term(teacher, batch, criterion, queries, layers, variant):
     student = make(model_cfg(queries=queries, layers=layers))

@@ -33,8 +33,7 @@ def test_every_package_error_derives_from_the_root():
 
 
 def test_old_catch_clauses_still_work():
-    from detrdistill.config import ConfigError
-    from detrdistill.models.adapters import NoQueryTableError, UnsupportedFamilyError
+    from detrdistill.errors import ConfigError, NoQueryTableError, UnsupportedFamilyError
     from detrdistill.models.query_projection import IncompatibleQueriesError
     assert issubclass(ConfigError, ValueError) and issubclass(UnsupportedFamilyError, ValueError)
     assert issubclass(NoQueryTableError, NotImplementedError) and issubclass(NoQueryTableError, ValueError)

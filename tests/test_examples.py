@@ -19,6 +19,8 @@ from detrdistill.export.processor import build_image_processor
 from tests.test_deploy_families import assert_same_detections, from_records, top_k_with_gap
 from tests.test_distiller import make, model_cfg
 
+pytestmark = pytest.mark.slow  # runs the examples end to end
+
 REPO = Path(__file__).resolve().parents[1]
 TERMS = {"cls", "bbox", "giou", "logits_cls", "logits_bbox", "logits_giou", "feature", "query_prior_cls",
          "query_prior_bbox", "query_prior_giou"}

@@ -14,7 +14,10 @@ from detrdistill.config import BackboneConfig, Config, DataConfig, ModelConfig
 from detrdistill.data import collate_fn
 from detrdistill.data.transforms import build_transforms
 from detrdistill.engine.evaluator import postprocess
+from detrdistill.distillation.task import DistillTask
+from detrdistill.engine.tasks import DetectionTask
 from detrdistill.export import finish_model_dir
+from detrdistill.export.model_card import write_model_card
 from detrdistill.export.processor import build_image_processor
 from detrdistill.models.families import family_names, family_spec
 from detrdistill.models.build import build_model
@@ -71,18 +74,21 @@ def test_model_card_names_data_stats_and_teacher(tmp_path):
     cfg.distill.teacher = "runs/teacher/model"
     model = build_model(cfg.model, ID2LABEL)
     model.save_pretrained(str(tmp_path))
-    finish_model_dir(tmp_path, cfg, {"AP": 12.345, "AP50": 30.0, "AR100": 40.0}, "distill")
+    finish_model_dir(tmp_path, cfg, model.config)
+    write_model_card(cfg, tmp_path, {"AP": 12.345, "AP50": 30.0, "AR100": 40.0}, DistillTask.inputs(cfg))
     card = (tmp_path / "README.md").read_text()
     assert "runs/teacher/model" in card and "12.3" in card and "circle, square, triangle" in card
+    assert "(distilled from a teacher)" in card and "## Teacher" in card
     from safetensors.torch import load_file
     n_values = sum(t.numel() for t in load_file(str(tmp_path / "model.safetensors")).values())
     assert f"{n_values:,} values" in card
     assert (tmp_path / "preprocessor_config.json").is_file()
-    finish_model_dir(tmp_path, Config(model=tiny_model_cfg("deformable_detr")), None, "train")
+    write_model_card(Config(model=tiny_model_cfg("deformable_detr")), tmp_path, None, DetectionTask.inputs(cfg))
     card = (tmp_path / "README.md").read_text()
-    assert "Teacher" not in card and "not evaluated" in card
+    assert "Teacher" not in card and "(trained alone)" in card and "not evaluated" in card
 
 
+@pytest.mark.slow  # trains through the CLI
 def test_a_training_run_exports_a_pipeline_ready_model_dir(synth_dir, tmp_path):
     import json
 

@@ -1,4 +1,4 @@
-"""The family registry: a family declared once shows up in config validation, build, adapter dispatch and
+"""The family registry: a family declared once shows up in the family check, build, adapter dispatch and
 checkpoint loading -- also when its model classes are the project's own, not transformers'."""
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import pytest
 import torch
 from transformers import DetrConfig, DetrForObjectDetection
 
-from detrdistill.config import ConfigError, load_config
-from detrdistill.models.adapters import get_adapter
+from detrdistill.config import load_config
+from detrdistill.errors import UnsupportedFamilyError
 from detrdistill.models.adapters.detr import DetrAdapter, detr_config_kwargs
-from detrdistill.models.build import build_model, family_of_model_type, load_detector
-from detrdistill.models.families import FamilySpec, family_names, register_family, unregister_family
+from detrdistill.models.build import build_model, load_detector
+from detrdistill.models.families import (FamilySpec, family_names, family_of, get_adapter, register_family,
+                                         unregister_family)
+from detrdistill.models.family_index import check_family
 
 ID2LABEL = {0: "a", 1: "b"}
 TINY = ["model.d_model=32", "model.num_heads=2", "model.ffn_dim=32", "model.encoder_layers=1",
@@ -44,13 +46,14 @@ def fake_family():
     unregister_family("fake_detr")
 
 
-def test_unregistered_family_is_refused_by_the_config():
-    with pytest.raises(ConfigError, match="model.family"):
-        load_config(None, ["model.family=fake_detr"])
+def test_unregistered_family_is_refused_by_the_family_check():
+    with pytest.raises(UnsupportedFamilyError, match="unknown model family 'fake_detr'"):
+        check_family(load_config(None, ["model.family=fake_detr"]).model.family)
 
 
 def test_registered_family_is_validated_built_adapted_and_reloaded(fake_family, tmp_path):
-    assert "fake_detr" in family_names() and family_of_model_type("fake-detr") == "fake_detr"
+    assert "fake_detr" in family_names() and family_of("fake-detr") == "fake_detr"
+    assert check_family("fake_detr") == "fake_detr"
     cfg = load_config(None, ["model.family=fake_detr", *TINY])
     BUILT.clear()
     torch.manual_seed(0)
@@ -77,7 +80,7 @@ def test_a_taken_model_type_is_refused():
 def test_every_family_declares_a_known_model_type():
     from detrdistill.models.build import hf_config_class
     for name in family_names():
-        assert family_of_model_type(hf_config_class(name).model_type) == name
+        assert family_of(hf_config_class(name).model_type) == name
 
 
 def test_a_renamed_decoder_kwarg_fails_when_the_adapter_is_built():

@@ -11,8 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from detrdistill.config import Config
-from detrdistill.engine.tasks import DetectionTask, build_criterion
+from detrdistill.config import LossConfig
+from detrdistill.engine.tasks import DetectionTask
+from detrdistill.models.family_loss import student_criterion
 from detrdistill.models.family_loss import FamilyLoss, summarize_family_losses
 from detrdistill.ops.criterion import SetCriterion
 from tests.test_adapters import CASES, batch, make_adapter, own_queries
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _recipe_cases() -> list[str]:
     """The contract-test cases whose family has a training recipe of its own."""
-    from detrdistill.models.adapters import adapter_class
+    from detrdistill.models.families import adapter_class
     from detrdistill.models.adapters.base import DetectorAdapter
 
     def has(name):
@@ -32,7 +33,7 @@ def _recipe_cases() -> list[str]:
 
 
 def _criterion(adapter, recipe: str = "family"):
-    return build_criterion(Config.model_validate({"loss": {"recipe": recipe}}), adapter)
+    return student_criterion(LossConfig(recipe=recipe), adapter)
 
 
 @pytest.mark.parametrize("name", _recipe_cases())

@@ -1,4 +1,4 @@
-"""Fault suite (issue 10): every expected failure ends in its documented outcome (docs/reliability.md),
+"""Fault suite: every expected failure ends in its documented outcome (docs/reliability.md),
 never in a traceback or in lost or mixed-up work.
 
 Broken inputs x {validate, train, eval, distill}; kill -9 at several points (mid-step, inside a checkpoint
@@ -24,7 +24,8 @@ from detrdistill.cli import main
 from detrdistill.engine.metrics import read_metrics
 from tests.conftest import tiny_overrides
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# slow: the fault suite trains, distils and evaluates through the CLI
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 QUICK = ["train.eval_every_epochs=0", "train.max_steps=2"]
 TEACHER = ["model.d_model=64", "model.decoder_layers=3", "model.num_queries=15"]
@@ -215,7 +216,8 @@ def test_train_and_distill_never_share_the_default_folder(monkeypatch, tmp_path)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs" / "synthetic" / "model").mkdir(parents=True)  # the teacher folder named must exist
     seen = {}
-    monkeypatch.setattr(trainer, "run_training", lambda cfg, mode, **kw: seen.setdefault(mode, cfg.train.output_dir))
+    monkeypatch.setattr(trainer, "run_training",
+                        lambda cfg, task_type, **kw: seen.setdefault(task_type.name, cfg.train.output_dir))
     assert main(["train"]) == 0 and main(["distill", "--teacher", "runs/synthetic/model"]) == 0
     assert seen == {"train": "runs/synthetic", "distill": "runs/synthetic_distill"}
     seen.clear()  # an explicit folder is used as given

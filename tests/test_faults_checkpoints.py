@@ -1,4 +1,4 @@
-"""Fault suite, checkpoints (issue 10; the other faults: test_faults.py): a damaged newest checkpoint falls back
+"""Fault suite, checkpoints (the other faults: test_faults.py): a damaged newest checkpoint falls back
 to an older one, resume past it reaches bit-identical weights (train and distill), old formats load and newer ones
 are refused, kill -9 at several points then --resume reaches the same weights, and the run-folder flags.
 """
@@ -20,7 +20,8 @@ from tests.conftest import tiny_overrides
 from tests.test_faults import QUICK, _assert_same_weights, _one_line_error, _run, _sets
 from tests.test_faults import teacher_dir  # noqa: F401  (module fixture: a tiny teacher)
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# slow: trains through the CLI, damages checkpoints, kill -9 of CLI subprocesses
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 # ------------------------------------------------------------------------------------ checkpoints
 RESUME = ["train.max_steps=6", "train.checkpoint_every_steps=2", "train.keep_checkpoints=3", "model.dropout=0.1",
@@ -87,7 +88,7 @@ def test_damaged_newest_checkpoint_falls_back(how, reference_run, synth_dir, tmp
     from detrdistill.config import load_config
     from detrdistill.engine.checkpoint import load_latest_intact
     from detrdistill.engine.optim import build_optimizer, build_scheduler
-    from detrdistill.engine.tasks import build_task
+    from detrdistill.engine.tasks import DetectionTask
 
     out = tmp_path / "run"
     shutil.copytree(reference_run, out)
@@ -95,7 +96,7 @@ def test_damaged_newest_checkpoint_falls_back(how, reference_run, synth_dir, tmp
     from detrdistill.cli import embedded_config
     cfg = load_config(embedded_config("synthetic"), tiny_overrides(out, synth_dir, *RESUME))  # as the CLI does
     labels = json.loads((out / "model" / "config.json").read_text())["id2label"]
-    task = build_task(cfg, {int(k): v for k, v in labels.items()}, "train")
+    task = DetectionTask.from_config(cfg, {int(k): v for k, v in labels.items()})
     opt = build_optimizer(task, cfg.optim)
     sched = build_scheduler(opt, 6, cfg.optim)
     with caplog.at_level(logging.WARNING, logger="detrdistill"):
@@ -216,23 +217,25 @@ def test_kill_9_then_resume_reaches_the_same_weights(fault, n, resumed_from, ref
 
 def test_run_dir_flags_and_modes(synth_dir, tmp_path, caplog):
     from detrdistill.config import load_config
+    from detrdistill.distillation.task import DistillTask
     from detrdistill.engine.run_dir import RunDirError, claim_run_dir, commit_run_dir
+    from detrdistill.engine.tasks import DetectionTask
 
     out = tmp_path / "run"
     cfg = load_config(None, tiny_overrides(out, synth_dir))
     with pytest.raises(RunDirError, match="exclude each other"):
-        claim_run_dir(cfg, "train", resume=True, overwrite=True)
+        claim_run_dir(cfg, DetectionTask, resume=True, overwrite=True)
     with caplog.at_level(logging.WARNING, logger="detrdistill"):
-        resume, replace, lock = claim_run_dir(cfg, "train", resume=True)
+        resume, replace, lock = claim_run_dir(cfg, DetectionTask, resume=True)
     assert (resume, replace) == (False, False)  # nothing to resume: a new run, said once
     assert "no run in" in caplog.text and not (out / "run.json").exists()  # the checks write nothing
-    commit_run_dir(cfg, "train", replace)
+    commit_run_dir(cfg, DetectionTask, replace)
     lock.release()
     assert json.loads((out / "run.json").read_text()) == {"mode": "train"}
     (out / "metrics.jsonl").write_text('{"step": 1}\n')  # now it holds a train run
     with pytest.raises(RunDirError, match="holds a `train` run"):
-        claim_run_dir(cfg, "distill", resume=True)
-    resume, replace, lock = claim_run_dir(cfg, "train", resume=True)
+        claim_run_dir(cfg, DistillTask, resume=True)
+    resume, replace, lock = claim_run_dir(cfg, DetectionTask, resume=True)
     lock.release()
     assert resume is True and replace is False
 
@@ -244,6 +247,7 @@ def test_resume_check_reads_the_saved_config_through_todays_schema(tmp_path):
 
     from detrdistill.config import load_config
     from detrdistill.engine.run_dir import RunDirError, check_resume
+    from detrdistill.engine.tasks import DetectionTask
 
     cfg = load_config(
         Path(__file__).parents[1] / "detrdistill" / "configs" / "synthetic.yaml", [f"train.output_dir={tmp_path}"])
@@ -251,11 +255,11 @@ def test_resume_check_reads_the_saved_config_through_todays_schema(tmp_path):
     saved["loss"]["criterion"] = "ours"          # retired key, still accepted by the loader
     saved["distill"].pop("teacher_matcher")      # added since, default value
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
-    check_resume(tmp_path, cfg, "train")         # no error
+    check_resume(tmp_path, cfg, DetectionTask)         # no error
     changed = load_config(Path(__file__).parents[1] / "detrdistill" / "configs" / "synthetic.yaml",
                           [f"train.output_dir={tmp_path}", "model.d_model=32"])
     with pytest.raises(RunDirError, match="model.d_model"):
-        check_resume(tmp_path, changed, "train")
+        check_resume(tmp_path, changed, DetectionTask)
 
 
 # ------------------------------------------------------------------------------------ inputs changed, NaN
@@ -277,7 +281,7 @@ def test_resume_refuses_a_changed_teacher_or_training_data(teacher_dir, synth_di
     shutil.copytree(other / "model", teacher)
     assert main([*args, "--resume"]) == 2
     line = _one_line_error(capsys)
-    assert "the teacher (distill.teacher" in line and "changed since this checkpoint was written" in line
+    assert "the teacher (its config, weights" in line and "changed since this checkpoint was written" in line
     shutil.rmtree(teacher)
     shutil.copytree(teacher_dir, teacher)  # back as it was: resumes
     # the training listing edited in place (one box moved)

@@ -17,7 +17,8 @@ from detrdistill.cli import main
 from detrdistill.engine.metrics import read_metrics
 from tests.test_faults import _one_line_error, _run
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# slow: trains through the CLI onto a failing disk
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 # the exact messages torch 2.x and safetensors give when the disk fills up mid-write (measured on a full tmpfs)
 TORCH_FULL = "[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"

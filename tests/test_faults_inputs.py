@@ -43,6 +43,7 @@ def code_folder(teacher_dir, tmp_path):  # noqa: F811
     return d
 
 
+@pytest.mark.slow  # distils and evaluates through the CLI
 def test_code_in_a_model_folder_never_runs(code_folder, synth_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("builtins.input", lambda *a, **k: "y")  # a user who would answer yes to any prompt
     image = next((synth_dir / "images").glob("*.png"))
@@ -92,6 +93,7 @@ def _pickled_bin(src: Path, dst: Path) -> Path:
     return dst
 
 
+@pytest.mark.slow  # a CLI-trained teacher
 @pytest.mark.parametrize("how", ["mismatched_config", "pickled_bin"])
 def test_a_model_folder_that_cannot_load_is_one_line(how, teacher_dir, synth_dir, tmp_path, capsys):  # noqa: F811
     bad = (_mismatched if how == "mismatched_config" else _pickled_bin)(teacher_dir, tmp_path / "bad")
@@ -124,6 +126,7 @@ def test_a_binary_config_file_is_one_line(tmp_path, capsys):
     assert f"{cfg}: not a text file" in _one_line_error(capsys)
 
 
+@pytest.mark.slow  # a CLI-trained teacher
 def test_predict_on_a_decompression_bomb_is_one_line(teacher_dir, tmp_path, capsys, monkeypatch):  # noqa: F811
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL's bomb limit, scaled down: 100x100 > 2 x 1000
     Image.new("RGB", (100, 100), (0, 0, 0)).save(tmp_path / "bomb.png")

@@ -17,7 +17,8 @@ from tests.conftest import tiny_overrides
 from tests.test_faults import QUICK, _data_sets, _one_line_error, _run, _sets, broken_data  # noqa: F401
 from tests.test_faults import teacher_dir  # noqa: F401  (module fixture: a tiny teacher)
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# slow: trains through the CLI, several processes at once
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
 

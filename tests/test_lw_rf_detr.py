@@ -9,12 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from detrdistill.config import BackboneConfig, Config, DistillConfig, ModelConfig
+from detrdistill.config import BackboneConfig, DistillConfig, LossConfig, ModelConfig
 from detrdistill.distillation import Distiller
-from detrdistill.engine.tasks import build_criterion
+from detrdistill.models.family_loss import student_criterion
 from detrdistill.errors import ConfigError, InputSizeError
 from detrdistill.models.adapters.lw_detr_base import weighted_group_losses
-from detrdistill.models.build import backbone_module, build_model
+from detrdistill.models.backbone import backbone_module
+from detrdistill.models.build import build_model
 from detrdistill.models.families import InputSides, family_spec
 from detrdistill.models.family_loss import FamilyLoss
 from detrdistill.models.outputs import QueryGroup
@@ -23,7 +24,7 @@ from tests.test_adapters import ID2LABEL, NQ, batch, make_adapter, model_cfg, sl
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-FAMILIES = ("lw_detr", "rf_detr")
+LW_RF_FAMILIES = ("lw_detr", "rf_detr")
 GROUPS = 3  # group_detr of the test cases
 
 
@@ -41,7 +42,7 @@ def _eval_batch_norms(model: nn.Module) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- query groups
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", LW_RF_FAMILIES)
 def test_train_mode_runs_every_group_and_reports_the_inference_group(name):
     a = make_adapter(name).train()
     pix, mask, _ = batch(name=name)
@@ -61,7 +62,7 @@ def test_train_mode_runs_every_group_and_reports_the_inference_group(name):
     torch.testing.assert_close(trained.boxes, inference.boxes, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", LW_RF_FAMILIES)
 def test_decode_group_is_one_group_in_train_mode(name):
     """In train mode the decoder's self-attention splits its queries into group_detr blocks; an extra group of 7
     (not a multiple of 3) is decoded as one group, exactly as in eval mode, and group_detr is restored."""
@@ -89,7 +90,7 @@ def test_decode_group_is_one_group_in_train_mode(name):
     assert a.model.config.group_detr == GROUPS
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", LW_RF_FAMILIES)
 def test_family_recipe_trains_every_group_set_recipe_the_first(name):
     """transformers' group loss supervises all groups (each row block of the query table gets a gradient); the set
     criterion sees the reported first group only, the other groups' rows get none."""
@@ -97,7 +98,7 @@ def test_family_recipe_trains_every_group_set_recipe_the_first(name):
     rows = {}
     for recipe in ("family", "set"):
         a = make_adapter(name).train()
-        crit = build_criterion(Config.model_validate({"loss": {"recipe": recipe}}), a)
+        crit = student_criterion(LossConfig(recipe=recipe), a)
         assert isinstance(crit, FamilyLoss) == (recipe == "family")
         out = a(pix, mask, targets=targets, criterion=crit)
         out.loss.backward()
@@ -119,7 +120,7 @@ def test_group_losses_are_weighted_and_named_per_term():
         "loss_ce_enc_0": 2.0, "loss_bbox_enc_0": 2.5}
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", LW_RF_FAMILIES)
 def test_family_loss_with_auxiliary_stages(name):
     a = make_adapter(name).train()
     pix, mask, targets = batch(name=name)
@@ -247,7 +248,7 @@ def test_a_pretrained_resnet_backbone_is_refused(tmp_path):
         build_model(vit_cfg("lw_detr", backbone=BackboneConfig(pretrained=str(tmp_path))), ID2LABEL)
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", LW_RF_FAMILIES)
 def test_freeze_stem_fixes_the_patch_embedding_and_all_the_whole_vit(name):
     stem = build_model(vit_cfg(name, backbone=BackboneConfig(freeze="stem")), ID2LABEL)
     vit = backbone_module(stem)
@@ -279,7 +280,7 @@ def test_detrdistill_step(t_name, s_name, t_fields, recipe):
     student = make_adapter(s_name, d_model=32, seed=2).train()
     dist = Distiller(teacher, student, DistillConfig())
     dist.train()
-    criterion = build_criterion(Config.model_validate({"loss": {"recipe": recipe}}), student)
+    criterion = student_criterion(LossConfig(recipe=recipe), student)
     pix, mask, targets = batch(name="rf_detr")  # 128 x 96: enough tokens for every family's 30 queries
     out = dist(pix, mask, targets, criterion)
     assert TERMS <= set(out.loss_dict)
@@ -287,7 +288,7 @@ def test_detrdistill_step(t_name, s_name, t_fields, recipe):
     own = set(out.loss_dict) - TERMS  # the student's own loss
     if recipe == "set":
         assert own == {"cls", "bbox", "giou"}
-    elif s_name in FAMILIES:  # transformers' group loss, decoder and two-stage proposals
+    elif s_name in LW_RF_FAMILIES:  # transformers' group loss, decoder and two-stage proposals
         assert own == {"ce", "bbox", "giou", "enc_ce", "enc_bbox", "enc_giou"}
     else:
         assert own

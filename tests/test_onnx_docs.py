@@ -17,7 +17,8 @@ from tests.registry_models import export_size, representative_families  # noqa: 
 from tests.test_deploy_families import (assert_same_detections, from_records, image_files,  # noqa: E402
                                         saved_model_dir)
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# slow: ONNX export of every family
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 DOC = Path(__file__).resolve().parents[1] / "docs" / "onnx.md"
 
 _DRIVER = """

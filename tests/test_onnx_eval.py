@@ -14,7 +14,8 @@ from detrdistill.cli import main  # noqa: E402
 from detrdistill.engine.evaluator import STAT_KEYS  # noqa: E402
 from tests.conftest import tiny_overrides  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# slow: trains through the CLI, exports and evaluates ONNX
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 
 def _sets(overrides):
@@ -51,7 +52,7 @@ def test_onnx_adapter_reproduces_the_model_on_eval_batches(trained):
     from detrdistill.engine.loading import eval_loader
     from detrdistill.engine.setup import build_datasets, make_accelerator
     from detrdistill.export.onnx_runtime import OnnxAdapter, OnnxDetector
-    from detrdistill.models.adapters import get_adapter
+    from detrdistill.models.families import get_adapter
     from detrdistill.models.build import load_detector
 
     out, overrides, onnx_file = trained

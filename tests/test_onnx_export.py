@@ -25,7 +25,8 @@ from detrdistill.models.families import family_spec  # noqa: E402
 from tests.registry_models import DATA, export_size, family_params, tiny_family_model  # noqa: E402
 from tests.test_export import ID2LABEL, tiny_model_cfg  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# slow: ONNX exports
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 TOL = 1e-3
 
 
@@ -197,7 +198,7 @@ def test_export_model_dir_writes_category_ids_and_processor_metadata(tmp_path):
 
     model = tiny("deformable_detr")
     model.save_pretrained(str(tmp_path / "model"))
-    finish_model_dir(tmp_path / "model", Config(data=DATA, model=tiny_model_cfg("deformable_detr")), None, "train",
+    finish_model_dir(tmp_path / "model", Config(data=DATA, model=tiny_model_cfg("deformable_detr")), model.config,
                      category_ids=[7, 3, 12])
     result = export_model_dir(tmp_path / "model", tmp_path / "m.onnx", 64, 64, check=False)
     info = read_metadata(result["path"])

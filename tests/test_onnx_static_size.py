@@ -22,7 +22,8 @@ from tests.conftest import tiny_overrides  # noqa: E402
 from tests.registry_models import DATA, tiny_family_model  # noqa: E402
 from tests.test_export import random_image  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# slow: ONNX exports through the CLI
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 TOL = 1e-3
 STATIC = [pytest.param(s.name, id=s.name) for s in all_specs() if s.onnx_static_size]
 

@@ -10,10 +10,11 @@ from PIL import Image
 
 from detrdistill.cli import main
 from detrdistill.config import Config, DataConfig
+from detrdistill.errors import PredictError
 from detrdistill.export import finish_model_dir
-from detrdistill.models.adapters import get_adapter
 from detrdistill.models.build import build_model
-from detrdistill.predict import PredictError, predict
+from detrdistill.models.families import get_adapter
+from detrdistill.predict import predict
 from tests.test_export import ID2LABEL, project_detections, random_image, tiny_model_cfg
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -26,7 +27,7 @@ def saved_model(tmp_path_factory):
     torch.manual_seed(0)
     model = build_model(tiny_model_cfg("deformable_detr"), ID2LABEL).eval()
     model.save_pretrained(str(d))
-    finish_model_dir(d, Config(data=DATA, model=tiny_model_cfg("deformable_detr")), None, "train")
+    finish_model_dir(d, Config(data=DATA, model=tiny_model_cfg("deformable_detr")), model.config)
     return d, get_adapter(model)
 
 
@@ -84,6 +85,7 @@ def test_errors_are_one_line(saved_model, tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error:") and "no model here" in err[0]
 
 
+@pytest.mark.slow  # an ONNX export
 def test_cli_export_writes_a_checked_onnx_file(saved_model, tmp_path, capsys):
     pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'detrdistill[onnx]')")
     model_dir, _ = saved_model

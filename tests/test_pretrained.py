@@ -11,7 +11,8 @@ import torch
 
 from detrdistill.config import BackboneConfig, ModelConfig
 from detrdistill.errors import DetrDistillError, PathNotFoundError
-from detrdistill.models.build import backbone_module, build_model, load_detector
+from detrdistill.models.backbone import backbone_module
+from detrdistill.models.build import build_model, load_detector
 from detrdistill.models.label_map import class_indexed_dims
 from detrdistill.models.pretrained import looks_like_hub_id, resolve_model
 
@@ -53,6 +54,7 @@ def test_local_dir_loads_equal_weights(tmp_path):
         assert torch.equal(v, loaded.state_dict()[k]), k
 
 
+@pytest.mark.slow  # a fresh interpreter loading torch
 def test_hub_id_resolves_from_an_offline_local_cache(tmp_path):
     """A fresh process with HF_HUB_CACHE = a tmp cache and HF_HUB_OFFLINE=1 loads 'acme/tiny-detr' from it, and an
     id not in the cache is a one-line DetrDistillError."""
@@ -156,10 +158,11 @@ def hub_style_rt_detr(path: Path) -> None:
     RTDetrForObjectDetection(cfg).save_pretrained(path)
 
 
+@pytest.mark.slow  # a distillation from a hub-style checkpoint
 def test_hub_style_rt_detr_is_reheaded_and_distils_into_dataset_classes(tmp_path):
     from detrdistill.config import DistillConfig
     from detrdistill.distillation import Distiller
-    from detrdistill.models.adapters import get_adapter
+    from detrdistill.models.families import get_adapter
     from detrdistill.ops.criterion import SetCriterion
     hub_style_rt_detr(tmp_path / "rtdetr")
     ft = build_model(ModelConfig(family="rt_detr", pretrained=str(tmp_path / "rtdetr")), {0: "cat", 1: "zebra"})

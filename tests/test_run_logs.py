@@ -6,7 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import tiny_overrides
+
+pytestmark = pytest.mark.slow  # a distillation through the CLI in a subprocess
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,6 +11,7 @@ from detrdistill.config import ConfigError, load_config
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # a fresh interpreter loading torch
 def test_importing_the_package_sets_no_env_and_no_plot_backend():
     code = ("import os, sys; import detrdistill.cli, detrdistill.models.build, detrdistill.viz, detrdistill.demo; "
             "from detrdistill import DETRDistiller, DistillConfig, DistillationTrainer; "

@@ -62,6 +62,8 @@ def test_checkpoint_roundtrip_through_the_interface(pair, tmp_path):
     broken.pop(key)
     with pytest.raises(CheckpointError, match="missing"):
         other.load_checkpoint_state_dict(broken)
+    with pytest.raises(CheckpointError, match=r"unexpected \['stray.weight'\]"):
+        other.load_checkpoint_state_dict({**a, "stray.weight": torch.zeros(1)})
 
 
 def test_a_trainable_teacher_is_refused(pair):

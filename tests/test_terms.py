@@ -62,3 +62,27 @@ def test_teacher_matcher_costs_come_from_the_config(teacher):  # noqa: F811
     assert (m.class_cost, m.bbox_cost, m.giou_cost) == (3.0, 5.0, 0.5)
     default = Distiller(teacher, make(model_cfg())).teacher_matcher
     assert default.class_cost == 2.0  # focal teacher: Deformable DETR's cost when unset
+
+
+def test_the_step_solves_ahead_what_the_terms_declare():
+    """``step_needs`` reads the terms' declarations, not their types: a new term is served by declaring its needs."""
+    from detrdistill.distillation.logits import DEFAULT_MATCH_COSTS, HungarianLogitsDistillLoss, MatchCosts
+    from detrdistill.distillation.step_matching import step_needs
+    from detrdistill.distillation.terms import ContrastiveTerm, DistillTerm, LogitsTerm, QueryPriorTerm
+
+    class ReadsAMatching(DistillTerm):
+        matching_costs = MatchCosts(3.0, 4.0, 5.0)
+
+    class ReadsTheTeacherAssignment(DistillTerm):
+        needs_teacher_assignments = True
+
+    assert step_needs([ReadsTheTeacherAssignment({}), ReadsAMatching({})]) == (True, True, (3.0, 4.0, 5.0))
+    assert step_needs([ReadsAMatching({}), DistillTerm({})]) == (False, True, (3.0, 4.0, 5.0))
+    # the declared defaults of the library's terms
+    assert ContrastiveTerm.matching_costs == DEFAULT_MATCH_COSTS == (1.0, 5.0, 2.0)
+    assert QueryPriorTerm.needs_teacher_assignments and not ContrastiveTerm.needs_teacher_assignments
+    full = LogitsTerm(HungarianLogitsDistillLoss(class_cost=2.0))
+    assert (full.needs_teacher_assignments, full.matching_costs, full.shares_matching) == (False, (2.0, 5.0, 2.0), True)
+    pos_neg = LogitsTerm(HungarianLogitsDistillLoss(variant="pos_neg"))
+    # it publishes its own two-part matching: a contrastive term after it reads that one, nothing is solved ahead
+    assert step_needs([pos_neg, ReadsAMatching({})]) == (True, False, DEFAULT_MATCH_COSTS)

@@ -12,7 +12,8 @@ from safetensors.torch import load_file, save_file
 
 from detrdistill.config import BackboneConfig, ModelConfig
 from detrdistill.errors import ModelError
-from detrdistill.models.build import backbone_module, build_model, load_detector
+from detrdistill.models.backbone import backbone_module
+from detrdistill.models.build import build_model, load_detector
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = {0: "cat", 1: "dog"}
@@ -106,6 +107,7 @@ def test_the_default_timm_backbone_of_a_config_without_one(tmp_path, one_thread)
         load_detector(tmp_path / "hub")
 
 
+@pytest.mark.slow  # a fresh interpreter loading torch
 def test_no_timm_is_imported(tmp_path):
     model = _model("detr", num_feature_levels=1)
     write_timm_layout(model, tmp_path / "hub")

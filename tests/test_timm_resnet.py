@@ -13,7 +13,8 @@ from safetensors.torch import save_file
 
 from detrdistill.config import BackboneConfig
 from detrdistill.errors import DetrDistillError
-from detrdistill.models.build import backbone_module, build_model
+from detrdistill.models.backbone import backbone_module
+from detrdistill.models.build import build_model
 from detrdistill.models.timm_resnet import TIMM_RESNETS, timm_resnet_arch, timm_to_transformers_state
 
 from .test_pretrained import LABELS, tiny_cfg

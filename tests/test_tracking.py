@@ -19,15 +19,17 @@ def test_report_to_parses_none_and_names(tmp_path):
         load_config(None, ["train.report_to=nosuchtracker"])
 
 
+@pytest.mark.slow  # a training run
 def test_tensorboard_events_hold_the_logged_losses(synth_dir, tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from detrdistill.engine.tasks import DetectionTask
     from detrdistill.engine.trainer import run_training
     out = tmp_path / "run"
     cfg = load_config(None, tiny_overrides(out, synth_dir, "train.max_steps=3", "train.eval_every_epochs=0",
                                            "train.report_to=tensorboard"))
-    run_training(cfg, mode="train")
+    run_training(cfg, DetectionTask)
     events = sorted((out / "tracking").rglob("events.out.tfevents.*"))
     assert events, "no TensorBoard event file"
     logged = {r["step"]: r["loss"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r}

@@ -17,6 +17,8 @@ from detrdistill.engine.evaluator import STAT_KEYS
 from detrdistill.engine.metrics import read_metrics
 from tests.conftest import tiny_overrides
 
+pytestmark = pytest.mark.slow  # trains through the CLI, kills a run, two processes
+
 
 def _train_losses(path):
     return {r["step"]: r["loss"] for r in read_metrics(path) if "loss" in r}
@@ -24,8 +26,8 @@ def _train_losses(path):
 
 def test_tiny_model_overfits_a_fixed_batch(synth_dir, tmp_path):
     from detrdistill.data import build_dataset, collate_fn
-    from detrdistill.engine.tasks import build_criterion
-    from detrdistill.models.adapters import get_adapter
+    from detrdistill.models.family_loss import student_criterion
+    from detrdistill.models.families import get_adapter
     from detrdistill.models.build import build_model
 
     cfg = load_config(None, tiny_overrides(tmp_path, synth_dir))
@@ -35,7 +37,7 @@ def test_tiny_model_overfits_a_fixed_batch(synth_dir, tmp_path):
     batch = collate_fn([ds[i] for i in range(4)])
     torch.manual_seed(0)
     adapter = get_adapter(build_model(cfg.model, ds.id2label))
-    crit = build_criterion(cfg, adapter)
+    crit = student_criterion(cfg.loss, adapter)
     opt = torch.optim.AdamW(adapter.parameters(), lr=1e-3)
     losses = []
     for _ in range(40):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE (device tool: carry [".whl", ".data"], timeout_s <= 600), from the repo root:
 #   bash benchmarks/gpu/speed.sh
-# The speed table of issue 13 on a GPU: per-config steps (bare / with loss / full; the engine rows are run.sh's),
+# The speed table (docs/performance.md) on a GPU: per-config steps (bare / with loss / full; the engine rows are run.sh's),
 # the distilled-step rows with their per-part profile for the GPU-size pairs (bccd, raccoon) and the synthetic
 # pair, and the matching rows with 1 vs all-core solver threads. bf16 autocast where a config says mixed_precision bf16 (the
 # teacher then runs in bf16 too). Results land in benchmarks/results/speed-gpu-<date>.{json,md} and in $OUT.

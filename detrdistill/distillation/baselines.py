@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .feature import FeatureDistillLoss
-from .logits import _gather_rows, match_student_to_teacher, soft_class_terms
+from .logits import DEFAULT_MATCH_COSTS, MatchCosts, _gather_rows, match_student_to_teacher, soft_class_terms
 
 
 class FitNetLoss(FeatureDistillLoss):
@@ -33,13 +33,12 @@ class FitNetLoss(FeatureDistillLoss):
 class LogitKDLoss(nn.Module):
     """Vanilla logit KD on Hungarian-matched last-stage queries (see the module docstring)."""
 
-    def __init__(self, temperature: float = 1.0, weight: float = 1.0, class_cost: float = 1.0,
-                 bbox_cost: float = 5.0, giou_cost: float = 2.0):
+    def __init__(self, temperature: float = 1.0, weight: float = 1.0, costs: MatchCosts = DEFAULT_MATCH_COSTS):
         super().__init__()
         if temperature <= 0:
             raise ValueError("temperature must be > 0")
         self.temperature, self.weight = temperature, weight
-        self.class_cost, self.bbox_cost, self.giou_cost = class_cost, bbox_cost, giou_cost
+        self.costs = MatchCosts(*costs)
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, weight={self.weight}"
@@ -52,8 +51,7 @@ class LogitKDLoss(nn.Module):
         zs, zt = student_logits[-1:], teacher_logits[-1:].detach()
         if matching is None:
             matching = match_student_to_teacher(zs, student_boxes[-1:], zt, teacher_boxes[-1:], [0],
-                                                student_activation, teacher_activation,
-                                                self.class_cost, self.bbox_cost, self.giou_cost)[0]
+                                                student_activation, teacher_activation, *self.costs)[0]
         tau = self.temperature
         terms = soft_class_terms(zs[0] / tau, student_activation, zt[0] / tau, teacher_activation)
         matched = matching >= 0                                          # [B, N_S]

@@ -7,6 +7,9 @@ forwards; derived quantities that several terms need are computed lazily, at mos
   (query prior, ``logits.variant=pos_neg``);
 * :meth:`StepContext.matching`: student query -> teacher query, ``[L_S, B, N_S]`` (contrastive); the logits term
   publishes its own matching with :meth:`StepContext.share`, so it is never recomputed.
+
+They live in :attr:`StepContext.cache` under the keys below (filled ahead by
+:func:`~detrdistill.distillation.step_matching.solve_step_matchings` when the terms declare they need them).
 """
 from __future__ import annotations
 
@@ -20,7 +23,12 @@ from .. import profiling
 from ..models.outputs import DetectorOutput
 from .logits import match_student_to_teacher
 
-__all__ = ["StepContext"]
+__all__ = ["StepContext", "TEACHER_ASSIGNMENTS", "MATCHING", "FULL_COST_MATCHING"]
+
+# step cache keys
+TEACHER_ASSIGNMENTS = "teacher_assignments"  # [L_T, B, N_T] the teacher's own GT assignment
+MATCHING = "matching"                        # [L_S, B, N_S] student query -> teacher query
+FULL_COST_MATCHING = "full_cost_matching"    # MATCHING when solved with the full costs (the logits term, "all")
 
 
 @dataclass
@@ -54,7 +62,7 @@ class StepContext:
             with torch.no_grad(), profiling.section("teacher_assignments"):
                 out = self.teacher
                 return self.teacher_matcher(out.logits, out.boxes, self.targets)
-        return self.cached("teacher_assignments", compute)
+        return self.cached(TEACHER_ASSIGNMENTS, compute)
 
     def matching(self) -> Tensor:
         """[L_S, B, N_S] teacher query matched to each student query (-1 = none), following ``stage_map``."""
@@ -63,4 +71,4 @@ class StepContext:
             with profiling.section("student_teacher_matching"):
                 return match_student_to_teacher(s.logits, s.boxes, t.logits, t.boxes, self.stage_map,
                                                 s.class_activation, t.class_activation)
-        return self.cached("matching", compute)
+        return self.cached(MATCHING, compute)

@@ -27,9 +27,11 @@ from torch import Tensor, nn
 
 from ..config import DistillConfig, LossConfig
 from ..config_origins import Origins, format_validation_error
-from ..errors import CheckpointError, ConfigError, ModelError
-from ..models.adapters import DetectorAdapter, get_adapter
+from ..errors import ConfigError, ModelError
+from ..models.adapters.base import DetectorAdapter
+from ..models.families import get_adapter
 from ..models.outputs import DetectorOutput
+from ..state_loading import load_state_strictly
 from .distiller import Distiller
 from .teacher_pixels import PixelNorm, ResizeRule, build_teacher_pixels
 
@@ -172,7 +174,7 @@ class DETRDistiller(nn.Module):
                  teacher_processor: ProcessorLike = None, category_ids: Sequence[int] | None = None,
                  dataset_id2label: Mapping[int, str] | None = None):
         super().__init__()
-        from ..ops.criterion import student_criterion
+        from ..models.family_loss import student_criterion
 
         cfg = _section(DistillConfig, config, "config")
         self.loss_config: LossConfig = _section(LossConfig, loss, "loss")
@@ -279,14 +281,7 @@ class DETRDistiller(nn.Module):
     def load_checkpoint_state_dict(self, state: Mapping[str, Tensor]) -> None:
         """Inverse of :meth:`checkpoint_state_dict`; strict (:class:`~detrdistill.errors.CheckpointError` naming
         the keys that do not fit)."""
-        own = {k[len("distiller."):]: v for k, v in state.items() if k.startswith("distiller.")}
-        rest = {k[len("criterion."):]: v for k, v in state.items() if k.startswith("criterion.")}
-        stray = [k for k in state if not k.startswith(("distiller.", "criterion."))]
-        if stray:
-            raise CheckpointError(f"checkpoint does not fit the model (unexpected {stray[:3]}); "
-                                  "was it written with another config?")
-        self.distiller.load_checkpoint_state_dict(own)
-        self.criterion.load_state_dict(rest)
+        load_state_strictly(self, state, skip_missing=("distiller.teacher.",), what="the distiller")
 
     # ------------------------------------------------------------------ the result
     def save_student(self, path: str | os.PathLike, image_processor: Any = None) -> Path:

@@ -33,13 +33,14 @@ from torch import Tensor, nn
 
 from .. import profiling
 from ..config import DistillConfig, TeacherMatcherConfig
-from ..errors import CheckpointError, IncompatibleModelsError
-from ..models.adapters import DetectorAdapter
+from ..errors import IncompatibleModelsError
+from ..models.adapters.base import DetectorAdapter
 from ..models.family_loss import FamilyLoss
 from ..models.outputs import DetectorOutput
 from ..ops.matcher import HungarianMatcher
+from ..state_loading import load_state_strictly
 from .class_map import ClassMap, build_class_map
-from .context import StepContext
+from .context import MATCHING, TEACHER_ASSIGNMENTS, StepContext
 from .feature import level_pairs_by_resolution
 from .stage_mapping import map_stages
 from .step_matching import solve_step_matchings, step_needs
@@ -130,7 +131,7 @@ class Distiller(nn.Module):
     """Teacher (frozen) + student + the enabled DETRDistill terms.
 
     Args:
-        teacher, student: detector adapters (``detrdistill.models.adapters.get_adapter``).
+        teacher, student: detector adapters (``detrdistill.models.families.get_adapter``).
         cfg: the ``distill`` config section (defaults: the official DETRDistill setting).
         dataset_id2label: when given, must equal the student's label map (:func:`check_compatible`). The teacher's
             classes must include the student's by name; its logits are mapped to them (:mod:`.class_map`).
@@ -197,11 +198,7 @@ class Distiller(nn.Module):
 
     def load_checkpoint_state_dict(self, state: dict[str, Tensor]) -> None:
         """Inverse of :meth:`checkpoint_state_dict` (strict on every non-teacher key)."""
-        missing, unexpected = self.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("teacher.")]
-        if missing or unexpected:
-            raise CheckpointError(f"checkpoint does not fit the distiller (missing {missing[:3]}, unexpected "
-                                  f"{list(unexpected)[:3]}); was it written with another config?")
+        load_state_strictly(self, state, skip_missing=("teacher.",), what="the distiller")
 
     def student_state_for_export(self) -> dict[str, Tensor]:
         """The student's own transformers state dict (no adapters, projections or heads)."""
@@ -301,6 +298,6 @@ class Distiller(nn.Module):
             for name, value in term_losses.items():
                 total = total + value
                 loss_dict[name] = value.detach()
-        t_out.assignments = ctx.cache.get("teacher_assignments")
+        t_out.assignments = ctx.cache.get(TEACHER_ASSIGNMENTS)
         return DistillOutput(loss=total, loss_dict=loss_dict, student=s_out, teacher=t_out,
-                             matching=ctx.cache.get("matching"), stage_map=list(ctx.stage_map))
+                             matching=ctx.cache.get(MATCHING), stage_map=list(ctx.stage_map))

@@ -46,34 +46,35 @@ Decisions (documented deviations / choices):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import profiling
 from ..models.outputs import class_probs
 from ..ops.boxes import cxcywh_to_xyxy, generalized_box_iou, generalized_box_iou_pairs, xyxy_to_cxcywh
+from ..ops.criterion import mean_across_processes
 from ..ops.matcher import linear_assignment
 from .stage_mapping import map_stages
 
 _LOG_Q_MAX = -1e-6  # log(1 - 1e-6): keeps log(1 - q) finite for a saturated softmax probability
 
 
+class MatchCosts(NamedTuple):
+    """Costs of a student -> teacher matching (see the module docstring); the defaults are the official ones:
+    class 1 (summed over classes), L1 5, GIoU 2."""
+    class_cost: float = 1.0
+    bbox_cost: float = 5.0
+    giou_cost: float = 2.0
+
+
+DEFAULT_MATCH_COSTS = MatchCosts()
+_D = DEFAULT_MATCH_COSTS
+
+
 # ----------------------------------------------------------------------------------------------- helpers
-def mean_across_processes(counts: Tensor) -> Tensor:
-    """Element-wise mean of a count vector over processes (one all-reduce when distributed), at least 1."""
-    counts = counts.detach().to(torch.float64)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dev = counts.device
-        if dist.get_backend() == "nccl" and not counts.is_cuda:
-            counts = counts.cuda()
-        dist.all_reduce(counts, op=dist.ReduceOp.SUM)
-        counts = (counts / dist.get_world_size()).to(dev)
-    return counts.clamp(min=1.0)
-
-
 def no_autocast(like: Tensor):
     """Context that turns autocast off on ``like``'s device (losses and costs are computed in float32)."""
     return torch.autocast(device_type=like.device.type, enabled=False)
@@ -175,7 +176,8 @@ def match_cost(terms: SoftClassTerms, student_boxes: Tensor, teacher_boxes: Tens
 def match_student_to_teacher(student_logits: Tensor, student_boxes: Tensor, teacher_logits: Tensor,
                              teacher_boxes: Tensor, stage_map: list[int] | None = None,
                              student_activation: str = "sigmoid", teacher_activation: str = "sigmoid",
-                             class_cost: float = 1.0, bbox_cost: float = 5.0, giou_cost: float = 2.0) -> Tensor:
+                             class_cost: float = _D.class_cost, bbox_cost: float = _D.bbox_cost,
+                             giou_cost: float = _D.giou_cost) -> Tensor:
     """Hungarian matching of each student stage to its teacher stage (one batched solve).
 
     student_* [L_S, B, N_S, .], teacher_* [L_T, B, N_T, .] -> LongTensor [L_S, B, N_S]: the teacher query matched to
@@ -191,7 +193,8 @@ def match_student_to_teacher(student_logits: Tensor, student_boxes: Tensor, teac
 def student_teacher_costs(student_logits: Tensor, student_boxes: Tensor, teacher_logits: Tensor,
                           teacher_boxes: Tensor, stage_map: list[int] | None = None,
                           student_activation: str = "sigmoid", teacher_activation: str = "sigmoid",
-                          class_cost: float = 1.0, bbox_cost: float = 5.0, giou_cost: float = 2.0) -> Tensor:
+                          class_cost: float = _D.class_cost, bbox_cost: float = _D.bbox_cost,
+                          giou_cost: float = _D.giou_cost) -> Tensor:
     """The costs :func:`match_student_to_teacher` solves: [L_S * B, N_S, N_T] (student stage-major)."""
     L_S = student_logits.shape[0]
     if stage_map is None:
@@ -222,18 +225,24 @@ class HungarianLogitsDistillLoss(nn.Module):
     """Hungarian-matching logits distillation; see the module docstring for the exact formulas and choices.
 
     Loss weights default to the official values (BCE 1, L1 5, GIoU 2); so do the matching costs
-    (``class_cost=1`` summed over classes, ``bbox_cost=5``, ``giou_cost=2``).
+    (:data:`DEFAULT_MATCH_COSTS`).
     """
 
     def __init__(self, class_weight: float = 1.0, bbox_weight: float = 5.0, giou_weight: float = 2.0,
                  variant: str = "all", neg_weight: float = 1.0, pos_threshold: float = 0.5,
-                 class_cost: float = 1.0, bbox_cost: float = 5.0, giou_cost: float = 2.0):
+                 class_cost: float = _D.class_cost, bbox_cost: float = _D.bbox_cost, giou_cost: float = _D.giou_cost
+                 ):
         super().__init__()
         if variant not in ("all", "pos_neg"):
             raise ValueError(f"variant must be 'all' or 'pos_neg', got {variant!r}")
         self.class_weight, self.bbox_weight, self.giou_weight = class_weight, bbox_weight, giou_weight
         self.variant, self.neg_weight, self.pos_threshold = variant, neg_weight, pos_threshold
         self.class_cost, self.bbox_cost, self.giou_cost = class_cost, bbox_cost, giou_cost
+
+    @property
+    def costs(self) -> MatchCosts:
+        """The class / bbox / GIoU costs of its student -> teacher matching."""
+        return MatchCosts(self.class_cost, self.bbox_cost, self.giou_cost)
 
     def extra_repr(self) -> str:
         return (f"variant={self.variant!r}, weights=(cls {self.class_weight}, bbox {self.bbox_weight}, "

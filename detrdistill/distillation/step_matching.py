@@ -8,9 +8,12 @@ and hands them to :func:`~detrdistill.ops.matcher.linear_assignment_many`: one d
 
 The results are exactly those of the separate calls (same costs, same exact solver): the student-GT assignment is
 passed to the criterion as ``assignments=``; the other two are stored in the :class:`~.context.StepContext` cache
-under the keys the terms read (``teacher_assignments``, ``matching``).
+under the keys the terms read (:data:`~.context.TEACHER_ASSIGNMENTS`, :data:`~.context.MATCHING`). What to solve
+comes from what the terms declare (:func:`step_needs`).
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -18,27 +21,32 @@ from torch import Tensor
 from .. import profiling
 from ..ops.criterion import SetCriterion
 from ..ops.matcher import HungarianMatcher, linear_assignment_many, pad_targets
-from .context import StepContext
-from .logits import student_teacher_costs
+from .context import MATCHING, TEACHER_ASSIGNMENTS, StepContext
+from .logits import DEFAULT_MATCH_COSTS, MatchCosts, student_teacher_costs
 
-__all__ = ["solve_step_matchings", "step_needs"]
+__all__ = ["solve_step_matchings", "step_needs", "StepNeeds"]
 
 
-def step_needs(terms: list) -> tuple[bool, bool, tuple[float, float, float]]:
-    """(teacher-GT needed, student-teacher full-cost matching needed, its class / bbox / GIoU costs) for ``terms``.
+class StepNeeds(NamedTuple):
+    """What the step solves ahead: the teacher-GT assignment, the student-teacher matching, and its costs."""
+    teacher_gt: bool
+    student_teacher: bool
+    costs: MatchCosts = DEFAULT_MATCH_COSTS
 
-    The logits term, when present, owns the student-teacher matching (its costs; with ``variant=pos_neg`` it solves
-    its own two-part matching, which the later terms then share, so nothing is solved ahead); otherwise the
-    contrastive term needs the default-cost matching of :meth:`StepContext.matching`."""
-    from .terms import ContrastiveTerm, LogitsTerm, QueryPriorTerm
 
-    logits = next((t for t in terms if isinstance(t, LogitsTerm)), None)
-    pos_neg = logits is not None and logits.loss.variant == "pos_neg"
-    need_teacher_gt = pos_neg or any(isinstance(t, QueryPriorTerm) for t in terms)
-    if logits is not None:
-        costs = (logits.loss.class_cost, logits.loss.bbox_cost, logits.loss.giou_cost)
-        return need_teacher_gt, not pos_neg, costs
-    return need_teacher_gt, any(isinstance(t, ContrastiveTerm) for t in terms), (1.0, 5.0, 2.0)
+def step_needs(terms: list) -> StepNeeds:
+    """The matchings ``terms`` (in step order) declare they read (see :class:`~.terms.DistillTerm`).
+
+    The first term that reads or publishes a student-teacher matching decides it: one that reads it
+    (``matching_costs``) gets it solved ahead with its costs; one that publishes its own (the logits term's
+    ``variant=pos_neg`` two-part matching, shared with the later terms) leaves nothing to solve ahead."""
+    teacher_gt = any(t.needs_teacher_assignments for t in terms)
+    for t in terms:
+        if t.matching_costs is not None:
+            return StepNeeds(teacher_gt, True, MatchCosts(*t.matching_costs))
+        if t.shares_matching:
+            break
+    return StepNeeds(teacher_gt, False)
 
 
 def _gt_problem(matcher: HungarianMatcher, logits: Tensor, boxes: Tensor, padded: tuple) -> tuple | None:
@@ -63,7 +71,7 @@ def _student_gt_matcher(criterion) -> HungarianMatcher | None:
 
 
 def solve_step_matchings(ctx: StepContext, criterion, need_teacher_gt: bool, need_student_teacher: bool,
-                         costs: tuple[float, float, float] = (1.0, 5.0, 2.0)) -> Tensor | None:
+                         costs: MatchCosts = DEFAULT_MATCH_COSTS) -> Tensor | None:
     """Solve the step's matchings together; fill ``ctx.cache`` and return the student-GT assignment [L_S, B, N_S]
     for the criterion (None when the criterion matches by itself).  ``costs``: class / bbox / GIoU costs of the
     student-teacher matching."""
@@ -74,11 +82,11 @@ def solve_step_matchings(ctx: StepContext, criterion, need_teacher_gt: bool, nee
     if s_matcher is not None:
         problems.append(_gt_problem(s_matcher, s.logits, s.boxes, padded))
         names.append("student_gt")
-    if need_teacher_gt and ctx.teacher_matcher is not None and "teacher_assignments" not in ctx.cache:
+    if need_teacher_gt and ctx.teacher_matcher is not None and TEACHER_ASSIGNMENTS not in ctx.cache:
         if isinstance(ctx.teacher_matcher, HungarianMatcher):
             problems.append(_gt_problem(ctx.teacher_matcher, t.logits, t.boxes, padded))
             names.append("teacher_gt")
-    if need_student_teacher and "matching" not in ctx.cache:
+    if need_student_teacher and MATCHING not in ctx.cache:
         problems.append((student_teacher_costs(s.logits, s.boxes, t.logits, t.boxes, ctx.stage_map,
                                                s.class_activation, t.class_activation, *costs), None, None))
         names.append("student_teacher")
@@ -92,10 +100,10 @@ def solve_step_matchings(ctx: StepContext, criterion, need_teacher_gt: bool, nee
     if "teacher_gt" in out:
         L, N = t.logits.shape[0], t.logits.shape[2]
         a = out["teacher_gt"]
-        ctx.cache["teacher_assignments"] = (a.view(L, B, N) if a is not None else
+        ctx.cache[TEACHER_ASSIGNMENTS] = (a.view(L, B, N) if a is not None else
                                             torch.full((L, B, N), -1, dtype=torch.long, device=t.logits.device))
     if "student_teacher" in out:
-        ctx.cache["matching"] = out["student_teacher"].view(s.logits.shape[0], B, s.logits.shape[2])
+        ctx.cache[MATCHING] = out["student_teacher"].view(s.logits.shape[0], B, s.logits.shape[2])
     if "student_gt" in out:
         L, N = s.logits.shape[0], s.logits.shape[2]
         a = out["student_gt"]

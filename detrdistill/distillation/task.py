@@ -1,7 +1,8 @@
 """The distillation task: the Python API's :class:`~detrdistill.distillation.detr_distiller.DETRDistiller` behind the
 engine's task interface (see :mod:`detrdistill.engine.task`; the interface is structural, nothing is imported from
-the engine). ``detrdistill distill`` and ``DETRDistiller`` are one code path: :func:`build_distill_task` builds the
-same object a user builds, from the run's config.
+the engine: the class says its ``name`` and the teacher it reads, :meth:`DistillTask.inputs`, before the engine has
+built it). ``detrdistill distill`` and ``DETRDistiller`` are one code path: :meth:`DistillTask.from_config` builds
+the same object a user builds, from the run's config.
 
 Only the student and the distillation modules are trained, checkpointed and exported; the frozen teacher
 is rebuilt from its own directory (``distill.teacher``) and never saved.
@@ -17,7 +18,7 @@ from ..config import Config
 from ..errors import ConfigError
 from .detr_distiller import DETRDistiller
 
-__all__ = ["DistillTask", "build_distill_task"]
+__all__ = ["DistillTask", "teacher_distill_config"]
 
 
 class DistillTask(nn.Module):
@@ -25,10 +26,38 @@ class DistillTask(nn.Module):
 
     ``detr_distiller`` is the API object; ``distiller`` (the core :class:`~.distiller.Distiller`: teacher, student,
     terms) and ``criterion`` are its parts. Checkpoint keys are ``distiller.*`` / ``criterion.*``."""
+    name = "distill"
 
     def __init__(self, distiller: DETRDistiller):
         super().__init__()
         self.detr_distiller = distiller
+
+    @classmethod
+    def inputs(cls, cfg: Config) -> tuple[tuple[str, str, str], ...]:
+        """The teacher (``distill.teacher``: a local folder or a hub id), the one model a distillation reads
+        besides its student."""
+        return (("teacher", "distill.teacher", cfg.distill.teacher),) if cfg.distill.teacher else ()
+
+    @classmethod
+    def from_config(cls, cfg: Config, id2label: dict[int, str]) -> "DistillTask":
+        """The :class:`DETRDistiller` of a run: the teacher named by ``cfg.distill.teacher`` (resolved once: its
+        weights and its ``preprocessor_config.json`` come from the same place), the student of ``cfg.model`` built
+        for the dataset's classes, ``cfg.distill`` (teacher in bf16 under bf16 mixed precision), ``cfg.loss``, and
+        the student's view = what its exported image processor does (the eval transforms)."""
+        from ..export.processor import image_processor_settings
+        from ..models.build import build_model, load_detector
+        from ..models.families import get_adapter
+        from ..models.pretrained import resolve_model
+
+        student = get_adapter(build_model(cfg.model, id2label))  # first: the seed's draws initialise the student
+        if not cfg.distill.teacher:
+            raise ConfigError("distill.teacher is not set: give the teacher's model directory (--teacher DIR)")
+        source = resolve_model(cfg.distill.teacher, what="distill.teacher")
+        teacher = load_detector(source, what="distill.teacher")
+        return cls(DETRDistiller(
+            teacher, student, teacher_distill_config(cfg), loss=cfg.loss,
+            student_processor=image_processor_settings(cfg.model.family, cfg.data.eval_size, cfg.data.max_size),
+            teacher_processor=source.read_json("preprocessor_config.json"), dataset_id2label=id2label))
 
     @property
     def distiller(self):
@@ -57,31 +86,6 @@ class DistillTask(nn.Module):
 
     def export(self, path: str | Path) -> None:
         self.detr_distiller.distiller.export_student(str(path))
-
-
-def build_distill_task(cfg: Config, student, id2label: dict[int, str] | None = None) -> DistillTask:
-    """The :class:`DETRDistiller` of a run: the teacher named by ``cfg.distill.teacher`` (resolved once: its weights
-    and its ``preprocessor_config.json`` come from the same place), ``student`` (an adapter built for the
-    dataset's classes), ``cfg.distill`` (teacher in bf16 under bf16 mixed precision), ``cfg.loss``, and the
-    student's view = what its exported image processor does (the eval transforms)."""
-    from ..export.processor import image_processor_settings
-    from ..models.build import load_detector
-    from ..models.pretrained import resolve_model
-
-    if not cfg.distill.teacher:
-        raise ConfigError("distill.teacher is not set: give the teacher's model directory (--teacher DIR)")
-    source = resolve_model(cfg.distill.teacher, what="distill.teacher")
-    teacher = load_detector(source, what="distill.teacher")
-    return DistillTask(DETRDistiller(
-        teacher, student, teacher_distill_config(cfg), loss=cfg.loss,
-        student_processor=image_processor_settings(cfg.model.family, cfg.data.eval_size, cfg.data.max_size),
-        teacher_processor=source.read_json("preprocessor_config.json"), dataset_id2label=id2label))
-
-
-def distill_inputs(cfg: Config) -> tuple[tuple[str, str], ...]:
-    """The local teacher folder a distillation reads (a hub id has no local path to protect)."""
-    teacher = cfg.distill.teacher
-    return (("teacher", teacher),) if teacher and Path(teacher).expanduser().exists() else ()
 
 
 def teacher_distill_config(cfg: Config):

@@ -10,6 +10,10 @@ them under those names, so they are trained and checkpointed with the student an
 the order of :data:`TERMS`; a term may publish what it computed anyway (the logits term its matching) for the
 terms after it through ``ctx.share``. A disabled term is never built and contributes no key.
 
+A term declares the matchings it reads (:class:`DistillTerm`: ``needs_teacher_assignments``, ``matching_costs``,
+``shares_matching``), so the step solves them all ahead in one call
+(:func:`~detrdistill.distillation.step_matching.step_needs`).
+
 Adding a term: a config section with ``enabled`` under :class:`~detrdistill.config.DistillConfig`, a class here
 with ``name``, ``modules`` and ``__call__(ctx)``, and its builder in :data:`TERMS`.
 """
@@ -27,10 +31,10 @@ from ..config import DistillConfig
 from ..errors import UnsupportedSettingError
 from .baselines import FitNetLoss, LogitKDLoss
 from .connectors import build_query_projection
-from .context import StepContext
+from .context import FULL_COST_MATCHING, MATCHING, StepContext
 from .contrastive import ContrastiveDistillLoss
 from .feature import FeatureDistillLoss, quality_scores, target_aware_mask
-from .logits import HungarianLogitsDistillLoss
+from .logits import DEFAULT_MATCH_COSTS, HungarianLogitsDistillLoss, MatchCosts
 from .query_prior import QueryPriorLoss
 
 log = logging.getLogger("detrdistill")
@@ -55,8 +59,19 @@ class TermEnv:
 
 
 class DistillTerm:
-    """Base of the terms: ``name`` (config section), ``modules`` (attribute -> trainable module) and the call."""
+    """Base of the terms: ``name`` (config section), ``modules`` (attribute -> trainable module) and the call, and
+    what it reads of the step's matchings (solved ahead, together, by the distiller):
+
+    * ``needs_teacher_assignments``: the teacher's own GT assignment (``ctx.teacher_assignments()``);
+    * ``matching_costs``: the class / bbox / GIoU costs of the student -> teacher matching it reads
+      (``ctx.matching()`` or the cache), None when it reads none;
+    * ``shares_matching``: it publishes a student -> teacher matching of its own (``ctx.share(MATCHING, ...)``)
+      that the later terms read, so nothing needs to be solved ahead for them.
+    """
     name = ""
+    needs_teacher_assignments: bool = False
+    matching_costs: MatchCosts | None = None
+    shares_matching: bool = False
 
     def __init__(self, modules: dict[str, nn.Module]):
         self.modules = modules
@@ -69,9 +84,14 @@ class LogitsTerm(DistillTerm):
     """Hungarian-matching logits distillation (``logits_cls`` / ``_bbox`` / ``_giou`` [+ ``logits_neg``])."""
     name = "logits"
 
+    shares_matching = True
+
     def __init__(self, loss: HungarianLogitsDistillLoss):
         super().__init__({"logits_loss": loss})
         self.loss = loss
+        pos_neg = loss.variant == "pos_neg"  # its own two-part matching, on the teacher's positives
+        self.needs_teacher_assignments = pos_neg
+        self.matching_costs = None if pos_neg else loss.costs
 
     def __call__(self, ctx: StepContext) -> dict[str, Tensor]:
         s, t = ctx.student, ctx.teacher
@@ -79,10 +99,10 @@ class LogitsTerm(DistillTerm):
         out = self.loss(s.logits, s.boxes, t.logits, t.boxes, ctx.stage_map,
                         student_activation=s.class_activation, teacher_activation=t.class_activation,
                         teacher_assignments=ctx.teacher_assignments() if pos_neg else None, targets=ctx.targets,
-                        matching=None if pos_neg else ctx.cache.get("matching"))
-        ctx.share("matching", out.matching)
+                        matching=None if pos_neg else ctx.cache.get(MATCHING))
+        ctx.share(MATCHING, out.matching)
         if not pos_neg:
-            ctx.share("full_cost_matching", out.matching)
+            ctx.share(FULL_COST_MATCHING, out.matching)
         return out.losses
 
 
@@ -121,6 +141,7 @@ class QueryPriorTerm(DistillTerm):
     """The student decodes the (projected) teacher queries, supervised by the teacher's own GT assignment
     (``query_prior_cls`` / ``_bbox`` / ``_giou``)."""
     name = "query_prior"
+    needs_teacher_assignments = True
 
     def __init__(self, loss: QueryPriorLoss, projection: nn.Module, teacher: nn.Module, student: nn.Module):
         super().__init__({"query_projection": projection, "query_prior_loss": loss})
@@ -139,6 +160,7 @@ class QueryPriorTerm(DistillTerm):
 class ContrastiveTerm(DistillTerm):
     """InfoNCE between matched student / teacher decoder embeddings (``contrastive``)."""
     name = "contrastive"
+    matching_costs = DEFAULT_MATCH_COSTS  # ctx.matching()
 
     def __init__(self, loss: ContrastiveDistillLoss):
         super().__init__({"contrastive_loss": loss})
@@ -160,7 +182,7 @@ class LogitKDTerm(DistillTerm):
 
     def __call__(self, ctx: StepContext) -> dict[str, Tensor]:
         s, t = ctx.student, ctx.teacher
-        full = ctx.cache.get("full_cost_matching")
+        full = ctx.cache.get(FULL_COST_MATCHING)
         last = full[-1] if full is not None and ctx.stage_map[-1] == t.num_stages - 1 else None
         return {"logit_kd": self.loss(s.logits, s.boxes, t.logits, t.boxes, student_activation=s.class_activation,
                                       teacher_activation=t.class_activation, matching=last)}

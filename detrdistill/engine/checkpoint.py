@@ -45,6 +45,7 @@ from safetensors.torch import load_file, save_file
 from detrdistill.engine.task import checkpoint_state, load_checkpoint_state
 from detrdistill.errors import CheckpointError, NonFiniteLossError
 from detrdistill.io_atomic import tensor_bytes, write_atomic, write_guard
+from detrdistill.state_loading import state_mismatch
 
 log = logging.getLogger("detrdistill")
 
@@ -294,14 +295,10 @@ def load_checkpoint(path: str | Path, task: torch.nn.Module, optimizer, schedule
     check_identity(path, state.get("identity"), identity)
     verify_files(path, state, rank)
     weights, opt, sched, rng = _read_files(path, rank, legacy=state.get("format", 1) < 2)
-    own = checkpoint_state(task)  # what the task saves (frozen parts are left out by the task)
-    missing = [k for k in own if k not in weights]
-    unexpected = [k for k in weights if k not in own]
-    shapes = [k for k in weights if k in own and tuple(weights[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        raise CheckpointError(f"{path}: checkpoint does not fit the model (missing {missing[:3]}, unexpected "
-                              f"{unexpected[:3]}, other shape {shapes[:3]}); resume with the config it was written "
-                              "with, or start over with --overwrite")
+    problem = state_mismatch(checkpoint_state(task), weights)  # what the task saves (not its frozen parts)
+    if problem:  # before the optimizer is touched
+        raise CheckpointError(f"{path}: checkpoint does not fit the model ({problem}); resume with the config it was "
+                              "written with, or start over with --overwrite")
     _check_optimizer_state(path, opt, optimizer)
     _check_scheduler_state(path, sched, scheduler)
     try:

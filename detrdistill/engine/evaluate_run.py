@@ -74,7 +74,7 @@ def _load_for_eval(model_dir: str | Path, onnx) -> tuple[dict[int, str], object]
     if onnx is not None:
         from detrdistill.export.onnx_runtime import OnnxAdapter
         return dict(onnx.info.id2label), OnnxAdapter(onnx)
-    from detrdistill.models.adapters import get_adapter
+    from detrdistill.models.families import get_adapter
     from detrdistill.models.build import load_detector
 
     model = load_detector(model_dir)

@@ -10,7 +10,7 @@ from torch import nn
 from detrdistill.config import OptimConfig
 from detrdistill.engine.task import trainable_named_parameters
 from detrdistill.errors import ConfigError
-from detrdistill.models.build import backbone_parameter_ids
+from detrdistill.models.backbone import backbone_parameter_ids
 
 # parameter-name fragments of the parts trained with a lower lr (Deformable DETR convention)
 BACKBONE_KEYS = ("backbone",)

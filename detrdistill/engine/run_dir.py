@@ -22,8 +22,8 @@ model computes (``train.progress``, ``train.log_every``, ``train.eval_every_epoc
 ``train.checkpoint_every_steps``, ``train.keep_checkpoints``, ``train.snapshot_steps``, ``data.num_workers``: the data order
 does not depend on the number of workers; ``data.cache_images``: cached images are the decoded files' pixels)
 and ``train.output_dir`` (the same folder, spelled another way). Everything else (model, data, loss,
-optimizer, distillation, seed, batch size) would mix two different runs in one folder. A run's mode
-(train / distill) is kept in ``run.json``; resuming in the other mode is refused too.
+optimizer, distillation, seed, batch size) would mix two different runs in one folder. A run's kind (its task's
+``name``: train / distill) is kept in ``run.json`` (key ``mode``); resuming it as the other kind is refused too.
 
 It also probes, before training, that the folder, ``checkpoints/`` and ``model/`` can be written
 (:func:`probe_writable`), so a read-only folder fails at start-up, not after training.
@@ -85,8 +85,9 @@ def config_differences(saved: dict, new: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if k not in RESUME_MAY_CHANGE and a.get(k) != b.get(k))
 
 
-def check_resume(out: Path, cfg, mode: str) -> None:
-    """Refuse (before touching anything) a resume whose config or mode differs from the saved run's."""
+def check_resume(out: Path, cfg, task) -> None:
+    """Refuse (before touching anything) a resume whose config or kind of task (``task.name``, see
+    :class:`~detrdistill.engine.task.TaskType`) differs from the saved run's."""
     saved_file = out / "config.yaml"
     if saved_file.is_file():
         try:
@@ -111,8 +112,8 @@ def check_resume(out: Path, cfg, mode: str) -> None:
             saved_mode = json.loads(info_file.read_text()).get("mode")
         except (OSError, ValueError):
             saved_mode = None
-        if saved_mode and saved_mode != mode:
-            raise RunDirError(f"{out}: holds a `{saved_mode}` run; `{mode} --resume` would mix them; "
+        if saved_mode and saved_mode != task.name:
+            raise RunDirError(f"{out}: holds a `{saved_mode}` run; `{task.name} --resume` would mix them; "
                               "use another --output-dir")
 
 
@@ -126,15 +127,15 @@ def data_inputs(data, splits: tuple[str, ...] = ("train", "val", "test")) -> lis
     return out
 
 
-def run_inputs(cfg, mode: str) -> list[tuple[str, str]]:
-    """(what, path) of everything a ``mode`` run reads: its datasets (a synthetic set it generates itself is
-    not an input), ``model.pretrained``, ``model.backbone.pretrained`` and the teacher."""
-    from detrdistill.engine.tasks import task_inputs
-
+def run_inputs(cfg, task) -> list[tuple[str, str]]:
+    """(what, path) of everything a run of ``task`` (a :class:`~detrdistill.engine.task.TaskType`) reads: its
+    datasets (a synthetic set it generates itself is not an input), ``model.pretrained``,
+    ``model.backbone.pretrained`` and the task's own inputs that are local folders (a hub id has no local path to
+    protect)."""
     inputs = data_inputs(cfg.data)
     inputs += [(k, v) for k, v in (("model.pretrained", cfg.model.pretrained),
                                    ("model.backbone.pretrained", cfg.model.backbone.pretrained)) if v]
-    return inputs + list(task_inputs(cfg, mode))
+    return inputs + [(what, name) for what, _, name in task.inputs(cfg) if Path(name).expanduser().exists()]
 
 
 def probe_writable(folder: Path, create: bool = True) -> None:
@@ -167,10 +168,11 @@ def _remove_run(out: Path) -> list[str]:
     return removed
 
 
-def claim_run_dir(cfg, mode: str, resume: bool = False, overwrite: bool = False, main: bool = True,
+def claim_run_dir(cfg, task, resume: bool = False, overwrite: bool = False, main: bool = True,
                   inputs: list[tuple[str, str]] | None = None) -> tuple[bool, bool, FolderLock]:
-    """Every check of ``cfg.train.output_dir`` for a ``mode`` run ('train' | 'distill'), before anything is
-    deleted or written; see the module docstring. Only the main process (``main``) locks the folder.
+    """Every check of ``cfg.train.output_dir`` for a run of ``task`` (a :class:`~detrdistill.engine.task.TaskType`),
+    before anything is deleted or written; see the module docstring. Only the main process (``main``) locks the
+    folder.
 
     ``inputs``: (what, path) the run reads (default :func:`run_inputs`). Returns ``(resume, replace, lock)``:
     whether an existing run is to be continued, whether one is to be replaced (``--overwrite``; done by
@@ -180,7 +182,7 @@ def claim_run_dir(cfg, mode: str, resume: bool = False, overwrite: bool = False,
         raise RunDirError("--resume and --overwrite exclude each other: continue the run, or replace it")
     if out.exists() and not out.is_dir():
         raise RunDirError(f"{out}: exists and is not a folder; choose another --output-dir")
-    inputs = run_inputs(cfg, mode) if inputs is None else inputs
+    inputs = run_inputs(cfg, task) if inputs is None else inputs
     if main:
         lock = claim_output(out, inputs, "--output-dir")
     else:  # every process refuses alike; the main one holds the lock
@@ -192,7 +194,7 @@ def claim_run_dir(cfg, mode: str, resume: bool = False, overwrite: bool = False,
             raise RunDirError(f"{out}: holds another run; pass --resume to continue it, --overwrite to replace it, "
                               "or choose another --output-dir")
         if existing and resume:
-            check_resume(out, cfg, mode)
+            check_resume(out, cfg, task)
         if main:
             probe_writable(out)
             if not (existing and overwrite):  # --overwrite deletes them first
@@ -206,9 +208,10 @@ def claim_run_dir(cfg, mode: str, resume: bool = False, overwrite: bool = False,
     return existing and resume, existing and overwrite, lock
 
 
-def commit_run_dir(cfg, mode: str, replace: bool = False, main: bool = True) -> None:
+def commit_run_dir(cfg, task, replace: bool = False, main: bool = True) -> None:
     """The run's first writes, after every check: ``replace`` (``--overwrite`` of an existing run) deletes
-    the previous run's files (said in one warning line), then ``run.json`` (the mode) and ``config.yaml``."""
+    the previous run's files (said in one warning line), then ``run.json`` (``{"mode": task.name}``) and
+    ``config.yaml``."""
     if not main:
         return
     from detrdistill.config import save_config
@@ -218,7 +221,7 @@ def commit_run_dir(cfg, mode: str, replace: bool = False, main: bool = True) -> 
         log.warning("--overwrite: replaced the previous run in %s (deleted %s)", out, ", ".join(_remove_run(out)))
         for sub in ("checkpoints", "model"):
             probe_writable(out / sub, create=False)
-    write_atomic(out / "run.json", json.dumps({"mode": mode}) + "\n")
+    write_atomic(out / "run.json", json.dumps({"mode": task.name}) + "\n")
     save_config(cfg, out / "config.yaml")
 
 

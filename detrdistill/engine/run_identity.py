@@ -7,8 +7,9 @@ name: a teacher folder replaced in place, or a dataset edited under the same pat
 * ``data``: SHA-256 of the training listing as the run uses it (after the ``data.defects`` policy: every image's
   id, file name and size, every annotation's image, category and box, the categories) and of each image file's
   byte size;
-* ``teacher`` (``distill`` only): SHA-256 of the teacher's ``config.json``, weights files and
-  ``preprocessor_config.json`` (a hub id: the files in the hub cache).
+* one entry per model the task reads (:meth:`~detrdistill.engine.task.TaskType.inputs`, e.g. ``teacher`` for
+  ``distill``): SHA-256 of its ``config.json``, weights files and ``preprocessor_config.json`` (a hub id: the files
+  in the hub cache).
 
 :func:`check_identity` refuses (one line) a checkpoint written for another identity. Checkpoints written before
 identities were recorded have none and are not checked.
@@ -23,8 +24,7 @@ from detrdistill.errors import CheckpointError
 
 __all__ = ["data_identity", "model_identity", "run_identity", "check_identity"]
 
-_WHAT = {"data": "the training data (data.train: its listing or image files)",
-         "teacher": "the teacher (distill.teacher: its config, weights or image processor)"}
+_DATA = "the training data (data.train: its listing or image files)"
 
 
 def _hash_file(h, path: Path) -> None:
@@ -69,11 +69,12 @@ def model_identity(name: str) -> str:
     return h.hexdigest()
 
 
-def run_identity(cfg, mode: str, train_ds) -> dict[str, str]:
-    """``{"data": ..., "teacher": ...}`` (teacher for ``distill`` only) of the run about to train."""
+def run_identity(cfg, task, train_ds) -> dict[str, str]:
+    """``{"data": ..., <what>: ...}`` of a run of ``task`` (a :class:`~detrdistill.engine.task.TaskType`) about to
+    train: its data and each model the task reads (e.g. ``teacher``)."""
     ident = {"data": data_identity(train_ds)}
-    if mode == "distill" and cfg.distill.teacher:
-        ident["teacher"] = model_identity(cfg.distill.teacher)
+    for what, _, name in task.inputs(cfg):
+        ident[what] = model_identity(name)
     return ident
 
 
@@ -83,6 +84,7 @@ def check_identity(path: Path, saved: dict | None, current: dict | None) -> None
         return
     changed = [k for k in sorted(set(saved) & set(current)) if saved[k] != current[k]]
     if changed:
-        what = " and ".join(_WHAT.get(k, k) for k in changed)
+        what = " and ".join(_DATA if k == "data" else f"the {k} (its config, weights or image processor)"
+                            for k in changed)
         raise CheckpointError(f"{path}: {what} changed since this checkpoint was written; --resume would continue "
                               "on other inputs. Restore the original files, or start over with --overwrite")

@@ -34,17 +34,20 @@ def parameter_counts(task) -> dict[str, int]:
             "frozen_other": sum(p.numel() for p in other.values())}
 
 
-def summary_lines(cfg, mode: str, out_dir, train_images: int, val_images: int | None, steps_per_epoch: int,
+def summary_lines(cfg, out_dir, train_images: int, val_images: int | None, steps_per_epoch: int,
                   start_step: int, total_steps: int, task, accelerator) -> list[str]:
-    """The start-up block (see the module docstring), one string per line."""
+    """The start-up block (see the module docstring), one string per line; ``task``: the built task (its
+    ``name`` and ``inputs``, see :class:`~detrdistill.engine.task.TaskType`)."""
     counts = parameter_counts(task)
     val = f"{val_images} val images" if val_images is not None else "no val split"
-    lines = [f"{mode} {out_dir}: {train_images} train images, {val}; {cfg.train.batch_size} per batch"
+    lines = [f"{task.name} {out_dir}: {train_images} train images, {val}; {cfg.train.batch_size} per batch"
              f"{f' x {accelerator.num_processes} processes' if accelerator.num_processes > 1 else ''}, "
              f"{steps_per_epoch} steps per epoch"]
     model = f"  model {cfg.model.family}: {_millions(counts['student'])} parameters ({_millions(counts['trained'])} trained)"
-    if mode == "distill":
-        model += f"; teacher {cfg.distill.teacher}: {_millions(counts['frozen_other'])} parameters (frozen)"
+    inputs = task.inputs(cfg)
+    if inputs:  # the models the task reads besides the student (a teacher): frozen
+        named = ", ".join(f"{what} {name}" for what, _, name in inputs)
+        model += f"; {named}: {_millions(counts['frozen_other'])} parameters (frozen)"
     lines.append(model)
     device = accelerator.device
     n = torch.get_num_threads()

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from detrdistill.config import Config, SplitConfig
+from detrdistill.engine.task import TaskType
 from detrdistill.errors import ConfigError
 
 log = logging.getLogger("detrdistill")
@@ -29,25 +30,24 @@ def make_accelerator(cfg: Config):
     return Accelerator(cpu=cpu, mixed_precision=mp, kwargs_handlers=[ddp], **tracker_kwargs(cfg))
 
 
-def claim_output_dir(cfg: Config, accelerator, mode: str = "train", resume: bool = False,
-                     overwrite: bool = False):
-    """Check ``cfg.train.output_dir`` and take its lock (main process), writing nothing yet.
+def claim_output_dir(cfg: Config, accelerator, task: TaskType, resume: bool = False, overwrite: bool = False):
+    """Check ``cfg.train.output_dir`` for a run of ``task`` and take its lock (main process), writing nothing yet.
 
     A folder holding another run needs ``resume`` (its config must match) or ``overwrite``; a folder another
     process uses, or that holds or lies inside one of the run's inputs, is refused
     (:func:`detrdistill.engine.run_dir.claim_run_dir`). Returns ``(folder, resume, replace, lock)``."""
     from detrdistill.engine.run_dir import claim_run_dir
 
-    resume, replace, lock = claim_run_dir(cfg, mode, resume, overwrite, accelerator.is_main_process)
+    resume, replace, lock = claim_run_dir(cfg, task, resume, overwrite, accelerator.is_main_process)
     return Path(cfg.train.output_dir), resume, replace, lock
 
 
-def commit_output_dir(cfg: Config, accelerator, mode: str, replace: bool) -> None:
+def commit_output_dir(cfg: Config, accelerator, task: TaskType, replace: bool) -> None:
     """The run's first writes, once everything has loaded: ``--overwrite``'s deletion, ``run.json``,
     ``config.yaml`` (main process; :func:`detrdistill.engine.run_dir.commit_run_dir`)."""
     from detrdistill.engine.run_dir import commit_run_dir
 
-    commit_run_dir(cfg, mode, replace, accelerator.is_main_process)
+    commit_run_dir(cfg, task, replace, accelerator.is_main_process)
 
 
 def build_datasets(cfg: Config, accelerator, need_train: bool = True):

@@ -13,20 +13,24 @@ A task is an ``nn.Module`` with:
   and its strict inverse (raises :class:`~detrdistill.errors.CheckpointError` when the state does not fit);
 * ``export(path)``: write the deployable model as a plain transformers model directory.
 
+The engine is given the task's *class* (:class:`TaskType`), which says before anything is loaded what kind of run
+it is and which models it reads, and builds the task once the output folder is claimed. The CLI and the Python API
+choose the class (:class:`~detrdistill.engine.tasks.DetectionTask` for ``train``,
+:class:`~detrdistill.distillation.task.DistillTask` for ``distill``); the engine never interprets its name or inputs.
+
 The module functions below give every ``nn.Module`` the same view (all trainable parameters, the whole
 state dict), so the engine's helpers also work on a bare module (tests, benchmarks).
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Protocol, runtime_checkable
+from typing import Any, Iterator, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
-from detrdistill.errors import CheckpointError
+from detrdistill.state_loading import load_state_strictly
 
-__all__ = ["Task", "trainable_named_parameters", "checkpoint_state", "load_checkpoint_state",
-           "load_state_strictly"]
+__all__ = ["Task", "TaskType", "TaskInput", "trainable_named_parameters", "checkpoint_state", "load_checkpoint_state"]
 
 
 @runtime_checkable
@@ -49,6 +53,29 @@ class Task(Protocol):
     def export(self, path: str | Path) -> None: ...
 
 
+#: ``(what, config key, model name)`` of a model a task reads besides the one it trains, e.g.
+#: ``("teacher", "distill.teacher", "runs/teacher/model")``; the name is a local folder or a hub id
+TaskInput = tuple[str, str, str]
+
+
+@runtime_checkable
+class TaskType(Protocol):
+    """A kind of task, before one is built: a :class:`Task` class with these class-level members.
+
+    * ``name``: ``"train"``, ``"distill"``: recorded in the run folder's ``run.json`` (a run is never resumed as
+      another kind), in the start-up block, the progress bar and tracker run names;
+    * ``inputs(cfg)``: the :data:`TaskInput` of each model it reads besides the one it trains (a teacher): a local
+      one is kept apart from the output folder, each is hashed into the checkpoints (``--resume`` refuses a changed
+      one) and named in the start-up block and the model card;
+    * ``from_config(cfg, id2label)``: the task for the dataset's classes (loads its models).
+    """
+    name: str
+
+    def inputs(self, cfg: Any) -> tuple[TaskInput, ...]: ...
+
+    def from_config(self, cfg: Any, id2label: dict[int, str]) -> Task: ...
+
+
 def trainable_named_parameters(module: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
     """The task's own answer, or every parameter with ``requires_grad`` of a bare module."""
     if hasattr(module, "named_trainable_parameters"):
@@ -69,12 +96,3 @@ def load_checkpoint_state(module: nn.Module, state: dict[str, Tensor]) -> None:
         module.load_checkpoint_state_dict(state)
     else:
         load_state_strictly(module, state)
-
-
-def load_state_strictly(module: nn.Module, state: dict[str, Tensor], skip_missing: tuple[str, ...] = ()) -> None:
-    """``load_state_dict`` that names what does not fit; keys starting with ``skip_missing`` may be absent."""
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith(skip_missing)] if skip_missing else list(missing)
-    if missing or unexpected:
-        raise CheckpointError(f"checkpoint does not fit the model (missing {missing[:3]}, unexpected "
-                              f"{list(unexpected)[:3]}); was it written with another config?")

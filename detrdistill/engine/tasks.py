@@ -1,6 +1,6 @@
-"""The tasks the engine trains (see :mod:`detrdistill.engine.task` for the interface): a plain detector
-(:class:`DetectionTask`, ``detrdistill train``) or a distillation
-(:class:`~detrdistill.distillation.task.DistillTask`, ``detrdistill distill``)."""
+"""The engine's own task (see :mod:`detrdistill.engine.task` for the interface): a plain detector
+(:class:`DetectionTask`, ``detrdistill train``). A distillation is :class:`~detrdistill.distillation.task.DistillTask`,
+which the CLI and the API hand to the engine the same way."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,25 +10,31 @@ import torch
 from torch import Tensor, nn
 
 from detrdistill.config import Config
-from detrdistill.engine.task import Task, load_state_strictly
-from detrdistill.errors import ConfigError
-from detrdistill.ops.criterion import student_criterion
-
-MODES = ("train", "distill")
-
-
-def build_criterion(cfg: Config, adapter) -> nn.Module:
-    """The student's criterion under ``cfg.loss`` (:func:`~detrdistill.ops.criterion.student_criterion`): the set
-    criterion, or the family's own recipe wrapped in a :class:`~detrdistill.models.family_loss.FamilyLoss`."""
-    return student_criterion(cfg.loss, adapter)
+from detrdistill.engine.task import TaskInput
+from detrdistill.state_loading import load_state_strictly
+from detrdistill.models.family_loss import student_criterion
 
 
 class DetectionTask(nn.Module):
-    """Train one detector with its set loss."""
+    """Train one detector with its set loss (``detrdistill train``)."""
+    name = "train"
 
     def __init__(self, adapter, criterion: nn.Module):
         super().__init__()
         self.adapter, self.criterion = adapter, criterion
+
+    @classmethod
+    def inputs(cls, cfg: Config) -> tuple[TaskInput, ...]:
+        return ()
+
+    @classmethod
+    def from_config(cls, cfg: Config, id2label: dict[int, str]) -> "DetectionTask":
+        """The detector of ``cfg.model`` for the dataset's classes and its criterion under ``cfg.loss``."""
+        from detrdistill.models.build import build_model
+        from detrdistill.models.families import get_adapter
+
+        student = get_adapter(build_model(cfg.model, id2label))
+        return cls(student, student_criterion(cfg.loss, student))
 
     @property
     def student(self):
@@ -49,28 +55,6 @@ class DetectionTask(nn.Module):
 
     def export(self, path: str | Path) -> None:
         self.adapter.save_pretrained(str(path))
-
-
-def build_task(cfg: Config, id2label: dict[int, str], mode: str) -> Task:
-    """``mode``: 'train' (the detector alone) or 'distill' (the detector as a student; see ``cfg.distill``)."""
-    from detrdistill.models.adapters import get_adapter
-    from detrdistill.models.build import build_model
-
-    if mode not in MODES:
-        raise ConfigError(f"unknown task mode {mode!r}; expected one of {MODES}")
-    student = get_adapter(build_model(cfg.model, id2label))
-    if mode == "train":
-        return DetectionTask(student, build_criterion(cfg, student))
-    from detrdistill.distillation.task import build_distill_task  # the Python API's DETRDistiller, from the config
-    return build_distill_task(cfg, student, id2label)
-
-
-def task_inputs(cfg: Config, mode: str) -> tuple[tuple[str, str], ...]:
-    """(what, local path) of what a ``mode`` run reads besides its data (kept out of its output folder)."""
-    if mode != "distill":
-        return ()
-    from detrdistill.distillation.task import distill_inputs
-    return distill_inputs(cfg)
 
 
 def move_targets(targets: list[dict], device: torch.device) -> list[dict]:

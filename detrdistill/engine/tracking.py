@@ -61,12 +61,12 @@ def flat_config(cfg: Config) -> dict[str, Any]:
     return out
 
 
-def start_trackers(cfg: Config, accelerator, mode: str) -> Callable[[dict], None] | None:
-    """Start the trackers (main process; no-op without ``report_to``) and return the record sink for
-    :class:`~detrdistill.engine.metrics.MetricsLog`, or None."""
+def start_trackers(cfg: Config, accelerator, task_name: str) -> Callable[[dict], None] | None:
+    """Start the trackers (main process; no-op without ``report_to``) as run ``<task_name>-<output folder name>``
+    and return the record sink for :class:`~detrdistill.engine.metrics.MetricsLog`, or None."""
     if not cfg.train.report_to:
         return None
-    accelerator.init_trackers(f"{mode}-{Path(cfg.train.output_dir).name}", config=flat_config(cfg))
+    accelerator.init_trackers(f"{task_name}-{Path(cfg.train.output_dir).name}", config=flat_config(cfg))
 
     def log(record: dict) -> None:
         values = {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))

@@ -7,7 +7,8 @@ continues exactly (same step, optimizer, scheduler, data order, augmentation and
 
 :func:`run_training` = :func:`setup_run` (output folder, data, task, optimizer, resume), then
 :func:`train_step` + :func:`after_step` per step, then :func:`finish_run` (checkpoint, export, final eval).
-The engine trains a :class:`~detrdistill.engine.task.Task` and sees nothing else of it.
+The engine is given a task class (:class:`~detrdistill.engine.task.TaskType`: its name and the models it reads are
+known before anything loads), builds the :class:`~detrdistill.engine.task.Task` and sees nothing else of it.
 """
 from __future__ import annotations
 
@@ -29,15 +30,15 @@ from detrdistill.engine.evaluator import evaluate, write_eval_json
 from detrdistill.engine.loading import eval_loader, train_loader
 from detrdistill.engine.metrics import MetricsLog
 from detrdistill.engine.optim import build_optimizer, build_scheduler
-from detrdistill.engine.setup import build_datasets, claim_output_dir, commit_output_dir, make_accelerator
-from detrdistill.engine.tasks import build_task, move_targets
 from detrdistill.engine.interrupt import TrainingInterrupted
 from detrdistill.engine.run_dir import export_atomically
+from detrdistill.engine.setup import build_datasets, claim_output_dir, commit_output_dir, make_accelerator
+from detrdistill.engine.task import TaskType
+from detrdistill.engine.tasks import move_targets
 from detrdistill.errors import NonFiniteLossError
-from detrdistill.export.category_ids import write_category_ids
+from detrdistill.export import finish_model_dir
 from detrdistill.export.model_card import write_model_card
-from detrdistill.export.processor import save_image_processor
-from detrdistill.models.families import family_spec
+from detrdistill.models.family_index import check_family
 
 log = logging.getLogger("detrdistill")
 
@@ -79,10 +80,9 @@ def _install_stop_handler(flag: dict) -> dict:
 class Run:
     """Everything one training run holds between its steps."""
     cfg: Config
-    mode: str
     accelerator: Any
     out_dir: Path
-    task: Any              # the Task (unwrapped)
+    task: Any              # the Task (unwrapped; its class is the TaskType the run was given)
     model: Any             # the task as prepared by accelerate (DDP-wrapped when distributed)
     optimizer: Any
     scheduler: Any
@@ -121,12 +121,7 @@ class Run:
         """Publish the deployable model (weights, config and image processor together, atomically) at ``path``."""
         def write(tmp: Path) -> None:
             self.task.export(tmp)
-            student = self.task.student.model
-            multiple = family_spec(self.cfg.model.family).sides(student.config).multiple
-            save_image_processor(tmp, self.cfg.model.family, self.cfg.data.eval_size, self.cfg.data.max_size,
-                                 multiple)
-            if self.category_ids is not None:  # predict / ONNX write the dataset's category ids
-                write_category_ids(tmp, self.category_ids)
+            finish_model_dir(tmp, self.cfg, self.task.student.model.config, self.category_ids)
 
         need = sum(t.numel() * t.element_size() for t in self.task.student.state_dict().values())
         export_atomically(write, path, need)  # never half written, never without its processor
@@ -154,20 +149,23 @@ def _resume_state(run_dir: Path, task, optimizer, scheduler, accelerator, resume
     return state
 
 
-def setup_run(cfg: Config, mode: str = "train", resume: bool = False, overwrite: bool = False) -> Run:
-    """Output folder (checked and locked first; refused before any write when it holds another run and neither
-    ``resume`` nor ``overwrite`` is given), data, task, optimizer and schedule; restores the last checkpoint
-    with ``resume``; only then the run's first writes (``--overwrite``'s deletion, run.json, config.yaml)."""
+def setup_run(cfg: Config, task_type: TaskType, resume: bool = False, overwrite: bool = False) -> Run:
+    """Output folder (checked against ``task_type``'s inputs and locked first; refused before any write when it
+    holds another run and neither ``resume`` nor ``overwrite`` is given), data, the task
+    (``task_type.from_config``), optimizer and schedule; restores the last checkpoint with ``resume``; only then
+    the run's first writes (``--overwrite``'s deletion, run.json, config.yaml)."""
+    check_family(cfg.model.family)  # before anything is claimed or loaded
     accelerator = make_accelerator(cfg)
-    out_dir, resume, replace, lock = claim_output_dir(cfg, accelerator, mode, resume, overwrite)
+    out_dir, resume, replace, lock = claim_output_dir(cfg, accelerator, task_type, resume, overwrite)
     try:
-        return _setup_claimed(cfg, mode, accelerator, out_dir, resume, replace, lock)
+        return _setup_claimed(cfg, task_type, accelerator, out_dir, resume, replace, lock)
     except BaseException:
         lock.release()
         raise
 
 
-def _setup_claimed(cfg: Config, mode: str, accelerator, out_dir: Path, resume: bool, replace: bool, lock) -> Run:
+def _setup_claimed(cfg: Config, task_type: TaskType, accelerator, out_dir: Path, resume: bool, replace: bool,
+                   lock) -> Run:
     from accelerate.utils import set_seed
 
     from detrdistill.engine.run_identity import run_identity
@@ -175,7 +173,7 @@ def _setup_claimed(cfg: Config, mode: str, accelerator, out_dir: Path, resume: b
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     set_seed(cfg.train.seed)
     train_ds, val_ds = build_datasets(cfg, accelerator)
-    task = build_task(cfg, train_ds.id2label, mode)
+    task = task_type.from_config(cfg, train_ds.id2label)
     optimizer = build_optimizer(task, cfg.optim)
     steps_per_epoch = len(train_ds) // (cfg.train.batch_size * world)
     total = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
@@ -183,11 +181,11 @@ def _setup_claimed(cfg: Config, mode: str, accelerator, out_dir: Path, resume: b
     scheduler = build_scheduler(optimizer, lambda: plan["total"], cfg.optim)
     val_load = eval_loader(val_ds, collate_fn, cfg.train.batch_size, rank, world,
                            cfg.data.num_workers) if val_ds is not None else None
-    identity = run_identity(cfg, mode, train_ds)
+    identity = run_identity(cfg, task_type, train_ds)
     state = _resume_state(out_dir, task, optimizer, scheduler, accelerator, resume, identity)
-    commit_output_dir(cfg, accelerator, mode, replace)  # every check passed: the run's first writes
+    commit_output_dir(cfg, accelerator, task_type, replace)  # every check passed: the run's first writes
     from detrdistill.engine.tracking import start_trackers  # train.report_to, beside metrics.jsonl
-    metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=main, on_write=start_trackers(cfg, accelerator, mode))
+    metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=main, on_write=start_trackers(cfg, accelerator, task_type.name))
     if state["step"] > 0:
         plan["total"] = state.get("planned_total", total)
         metrics.truncate_after(state["step"])
@@ -198,9 +196,9 @@ def _setup_claimed(cfg: Config, mode: str, accelerator, out_dir: Path, resume: b
     model, optimizer = accelerator.prepare(task, optimizer)
     budget_s = cfg.train.time_budget_min * 60 if cfg.train.time_budget_min else math.inf
     from detrdistill.engine.run_summary import summary_lines
-    summary = summary_lines(cfg, mode, out_dir, len(train_ds), len(val_ds) if val_ds is not None else None,
+    summary = summary_lines(cfg, out_dir, len(train_ds), len(val_ds) if val_ds is not None else None,
                             steps_per_epoch, state["step"], plan["total"], task, accelerator)
-    return Run(cfg=cfg, mode=mode, accelerator=accelerator, out_dir=out_dir, task=accelerator.unwrap_model(model),
+    return Run(cfg=cfg, accelerator=accelerator, out_dir=out_dir, task=accelerator.unwrap_model(model),
                model=model, optimizer=optimizer, scheduler=scheduler,
                batches=iter(loader),  # endless: one iterator (and one set of workers) for the whole run
                val_ds=val_ds, val_load=val_load, metrics=metrics, state=state, plan=plan,
@@ -308,7 +306,8 @@ def finish_run(run: Run) -> dict:
                                                            "train_seconds": round(state["elapsed_s"], 2)})
         log.info("final eval: %s", json.dumps({k: round(v, 2) for k, v in final.items()}))
     if main:
-        write_model_card(run.cfg, run.out_dir / "model", final, run.mode)  # README.md (atomic), with the final stats
+        # README.md (atomic), with the final stats and the models the task learned from
+        write_model_card(run.cfg, run.out_dir / "model", final, run.task.inputs(run.cfg))
     acc.wait_for_everyone()
     run.model = run.optimizer = None
     acc.end_training()
@@ -318,19 +317,21 @@ def finish_run(run: Run) -> dict:
     return final or {}
 
 
-def run_training(cfg: Config, mode: str = "train", resume: bool = False, overwrite: bool = False) -> dict:
-    """Train (``mode='train'``) or distil (``mode='distill'``); returns the final evaluation stats.
+def run_training(cfg: Config, task_type: TaskType, resume: bool = False, overwrite: bool = False) -> dict:
+    """Train the task of ``task_type`` (:class:`~detrdistill.engine.tasks.DetectionTask`: a detector alone,
+    :class:`~detrdistill.distillation.task.DistillTask`: a student under its teacher); returns the final evaluation
+    stats.
 
     A folder holding another run needs ``resume`` or ``overwrite`` (see :mod:`detrdistill.engine.run_dir`);
     a run stopped by SIGINT/SIGTERM saves, then raises :class:`TrainingInterrupted`."""
-    run = setup_run(cfg, mode, resume, overwrite)
+    run = setup_run(cfg, task_type, resume, overwrite)
     try:
-        return _train(run, cfg, mode)
+        return _train(run, cfg)
     finally:
         run.lock.release()  # the output folder is free again (the OS frees it too if this process dies)
 
 
-def _train(run: Run, cfg: Config, mode: str) -> dict:
+def _train(run: Run, cfg: Config) -> dict:
     from detrdistill.progress import progress_bar
 
     run.old_handlers = _install_stop_handler(run.stop)
@@ -338,7 +339,7 @@ def _train(run: Run, cfg: Config, mode: str) -> dict:
         for line in run.summary:
             log.info("%s", line)
     run.clock = (time.monotonic(), run.state["elapsed_s"])
-    run.bar = progress_bar(total=run.plan["total"], initial=run.state["step"], desc=f"{mode} {run.out_dir.name}",
+    run.bar = progress_bar(total=run.plan["total"], initial=run.state["step"], desc=f"{run.task.name} {run.out_dir.name}",
                    disable=not (run.accelerator.is_main_process and cfg.train.progress), dynamic_ncols=True)
     run.model.train()
     while run.state["step"] < run.plan["total"] and not run.stop["stop"]:

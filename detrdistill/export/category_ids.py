@@ -10,11 +10,11 @@ index as the category id.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from detrdistill.errors import DetrDistillError
+from detrdistill.io_atomic import write_atomic
 
 KEY = "dataset_category_ids"
 
@@ -34,9 +34,7 @@ def write_category_ids(model_dir: str | Path, category_ids: list[int]) -> None:
     if len(ids) != n:
         raise CategoryIdsError(f"{path}: {len(ids)} dataset category ids for {n} classes")
     config[KEY] = ids
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def category_ids_from_config_dict(config: dict[str, Any], where: str = "config.json") -> dict[int, int] | None:

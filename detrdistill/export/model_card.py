@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 from detrdistill.config import Config
 
@@ -50,15 +51,18 @@ def _split_line(name: str, split) -> str:
     return f"- {name}: `{split.ann_file}` (images `{split.image_dir}`)" if split is not None else ""
 
 
-def render_model_card(cfg: Config, model_dir: str | Path, stats: dict | None, mode: str) -> str:
-    """Markdown text of the card. ``mode``: 'train' or 'distill'; ``stats``: final eval stats (AP in %) or None."""
+def render_model_card(cfg: Config, model_dir: str | Path, stats: dict | None,
+                      inputs: Sequence[tuple[str, str, str]] = ()) -> str:
+    """Markdown text of the card. ``stats``: final eval stats (AP in %) or None; ``inputs``: ``(what, config key,
+    model name)`` of the models the run learned from besides its data (a teacher; the task's inputs)."""
     model_dir = Path(model_dir)
     m, d = cfg.model, cfg.data
     labels = _labels(model_dir)
     params = count_saved_parameters(model_dir)
+    how = "distilled from " + ", ".join(f"a {what}" for what, _, _ in inputs) if inputs else "trained alone"
     lines = [f"# {model_dir.parent.name or 'detrdistill model'}", "",
              f"A `{m.family}` object detector trained with "
-             f"detrdistill ({'distilled from a teacher' if mode == 'distill' else 'trained alone'}).",
+             f"detrdistill ({how}).",
              "", "## Use", "", "```python", "from transformers import pipeline", *_registration_lines(m.family),
              f'detector = pipeline("object-detection", model="{model_dir}")',
              'detector("image.jpg", threshold=0.5)', "```", "",
@@ -78,9 +82,9 @@ def render_model_card(cfg: Config, model_dir: str | Path, stats: dict | None, mo
               f"- training: {cfg.train.max_steps or cfg.train.epochs} "
               f"{'steps' if cfg.train.max_steps else 'epochs'}, batch {cfg.train.batch_size}, lr {cfg.optim.lr}, "
               f"seed {cfg.train.seed}"]
-    if mode == "distill":
-        lines += ["", "## Teacher", "", f"- `{cfg.distill.teacher}` (DETRDistill: logits, feature, query-prior "
-                  "and contrastive terms as configured in the run's `config.yaml`)"]
+    for what, key, name in inputs:
+        lines += ["", f"## {what.capitalize()}", "", f"- `{name}` (`{key}`; the distillation terms as configured "
+                  "in the run's `config.yaml`)"]
     lines += ["", "## Evaluation (COCO bbox, val split)", ""]
     if stats:
         keys = [k for k in STAT_ORDER if k in stats]
@@ -91,10 +95,11 @@ def render_model_card(cfg: Config, model_dir: str | Path, stats: dict | None, mo
     return "\n".join(lines) + "\n"
 
 
-def write_model_card(cfg: Config, model_dir: str | Path, stats: dict | None, mode: str) -> Path:
-    """Write ``<model_dir>/README.md`` atomically; returns its path."""
+def write_model_card(cfg: Config, model_dir: str | Path, stats: dict | None,
+                     inputs: Sequence[tuple[str, str, str]] = ()) -> Path:
+    """Write ``<model_dir>/README.md`` atomically (:func:`render_model_card`); returns its path."""
     from detrdistill.io_atomic import write_atomic
-    return write_atomic(Path(model_dir) / "README.md", render_model_card(cfg, model_dir, stats, mode))
+    return write_atomic(Path(model_dir) / "README.md", render_model_card(cfg, model_dir, stats, inputs))
 
 
 def write_distilled_card(model_dir: str | Path, family: str, teacher: str, terms: list[str], recipe: str) -> Path:

@@ -46,6 +46,7 @@ from torch import nn
 
 from detrdistill.errors import DetrDistillError
 from detrdistill.export.onnx_metadata import OnnxModelInfo, preprocessing_metadata, with_metadata
+from detrdistill.models.families import spec_of
 
 log = logging.getLogger("detrdistill")
 DEFAULT_SIDE = 320  # traced height / width when none is given (and the family does not fix it)
@@ -177,23 +178,6 @@ def constant_position_embeddings(model: nn.Module, inputs: dict[str, torch.Tenso
     finally:
         for m in modules:
             vars(m).pop("interpolate_pos_encoding", None)
-
-
-def family_of(model: nn.Module) -> str:
-    from detrdistill.models.build import family_of_model_type
-
-    fam = family_of_model_type(getattr(getattr(model, "config", None), "model_type", None))
-    if fam is None:
-        raise OnnxExportError(f"model_type {getattr(getattr(model, 'config', None), 'model_type', None)!r} is not "
-                              "a supported family")
-    return fam
-
-
-def spec_of(model: nn.Module):
-    """The model's :class:`~detrdistill.models.families.FamilySpec`."""
-    from detrdistill.models.families import family_spec
-
-    return family_spec(family_of(model))
 
 
 def takes_pixel_mask(model: nn.Module) -> bool:
@@ -367,11 +351,12 @@ def export_model_dir(model_dir: str | Path, out: str | Path, height: int | None 
 
     model = load_detector(model_dir).eval()
     if processor is None:
-        from detrdistill.predict import PredictError, load_image_processor
+        from detrdistill.export.processor import load_image_processor
+        from detrdistill.models.model_dir import ModelDirError
 
         try:  # the model folder's processor (or one rebuilt from its run's config.yaml)
-            processor = load_image_processor(model_dir, family_of(model))
-        except PredictError as e:
+            processor = load_image_processor(model_dir, spec_of(model).name)
+        except ModelDirError as e:
             log.warning("%s; the ONNX metadata will have no pre-processing (predict refuses such a file)", e)
     with claim_output(Path(out).parent, [("model", model_dir)], "--out", written=out):
         path = export_onnx(model, out, height, width, opset, processor=processor)

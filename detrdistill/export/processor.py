@@ -28,14 +28,24 @@ bottom/right to the largest image of the batch and reads the pixel mask.
 RT-DETR: transformers' default RT-DETR processor stretches to 640x640 and does not normalise; we set
 ``size`` to shortest/longest edge and ``do_normalize=True`` (for every family alike).
 
+A model folder's processor is read back by :func:`load_image_processor` (``predict``, ``export``): the saved one, or
+for runs exported before it was saved one rebuilt from the run's ``config.yaml``.
+
 Known difference: when ``max_size`` caps the resize, transformers computes the long side from the
 unrounded short side (ours from the rounded one), so it may differ by one pixel.
 """
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import transformers
 
 from detrdistill.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from detrdistill.models.model_dir import ModelDirError
+
+log = logging.getLogger("detrdistill")
+
 
 def processor_class_name(family: str) -> str:
     """The processor class of ``family``, from the family registry (``FamilySpec.image_processor``)."""
@@ -99,3 +109,32 @@ def processor_from_dict(config: dict):
 def save_image_processor(model_dir, family: str, eval_size: int, max_size: int, multiple: int | None = None) -> None:
     """Write ``preprocessor_config.json`` into ``model_dir`` (transformers layout)."""
     build_image_processor(family, eval_size, max_size, multiple).save_pretrained(str(model_dir))
+
+
+def load_image_processor(model_dir: Path, family: str):
+    """The saved processor, else one built from the run's ``config.yaml`` (runs exported before it was saved)."""
+    if (model_dir / "preprocessor_config.json").is_file():
+        return load_saved_processor(model_dir)
+    run_cfg = model_dir.parent / "config.yaml"
+    if not run_cfg.is_file():
+        raise ModelDirError(f"{model_dir}: no preprocessor_config.json and no run config {run_cfg} to rebuild it from")
+    from detrdistill.config import load_config
+
+    data = load_config(run_cfg).data
+    log.info("%s has no image processor; using the eval transforms of %s", model_dir, run_cfg)
+    return build_image_processor(family, data.eval_size, data.max_size)
+
+
+def load_saved_processor(model_dir: Path):
+    """``preprocessor_config.json`` through ``AutoImageProcessor`` with ``trust_remote_code=False``: a processor
+    that names code shipped in the folder (``auto_map``) is refused in one line, never run."""
+    from transformers import AutoImageProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(str(model_dir), trust_remote_code=False)
+    except ValueError as e:
+        if "trust_remote_code" not in str(e) and "custom code" not in str(e):
+            raise
+        raise ModelDirError(f"{model_dir / 'preprocessor_config.json'}: names custom code shipped in the model "
+                            "folder (auto_map); detrdistill never runs a model folder's code. Remove auto_map to use "
+                            "the standard image processor") from None

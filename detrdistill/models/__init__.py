@@ -8,20 +8,17 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "DetectorAdapter": ".adapters", "UnsupportedFamilyError": ".adapters", "get_adapter": ".adapters",
-    "registered_families": ".adapters",
-    "build_model": ".build", "count_parameters": ".build", "load_detector": ".build", "supported_families": ".build",
+    "DetectorAdapter": ".adapters.base",
+    "family_names": ".families", "get_adapter": ".families",
+    "build_model": ".build", "count_parameters": ".build", "load_detector": ".build",
     "DetectorOutput": ".outputs", "GroupOutput": ".outputs", "QueryGroup": ".outputs", "class_probs": ".outputs",
     "QueryProjection": ".query_projection", "build_query_projection": ".query_projection",
 }
 
-__all__ = [*_EXPORTS, "SUPPORTED_FAMILIES"]
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str):
-    if name == "SUPPORTED_FAMILIES":  # read from the family registry when asked for
-        from .build import supported_families
-        return supported_families()
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
         globals()[name] = value

@@ -4,11 +4,8 @@
   transformers' own ``ResNetConfig`` backbone (optionally started from a pretrained transformers ResNet,
   ``model.backbone.pretrained``), or loads a checkpoint (local directory or hub id) when ``model_cfg.pretrained``
   is set. Names are resolved by :mod:`detrdistill.models.pretrained` (the user's ``HF_HUB_OFFLINE`` is honoured).
-* Either way the backbone freeze policy ``model_cfg.backbone.freeze`` is applied afterwards. transformers freezes
-  the whole HF-ResNet backbone of DETR / Conditional DETR / Deformable DETR by mistake (its name filter looks for
-  ``"stage.1"``, the parameters are called ``stages.1``), so we always unfreeze first and then freeze
-  ``"none"`` (nothing), ``"stem"`` (the ResNet embedder: first conv; its BatchNorm is frozen anyway) or
-  ``"all"`` (the whole ResNet).
+* Either way the backbone freeze policy ``model_cfg.backbone.freeze`` is applied afterwards
+  (:func:`detrdistill.models.backbone.apply_backbone_freeze`).
 * What is family-specific (transformers classes, config mapping, fix-ups) comes from the family registry
   (:mod:`detrdistill.models.families`).
 """
@@ -25,33 +22,21 @@ from transformers import PreTrainedModel
 
 from ..config import ModelConfig
 from ..errors import ConfigError, ModelError, PathNotFoundError, UnsupportedFamilyError
+from .backbone import apply_backbone_freeze, backbone_module
 from .families import all_specs, family_names, family_of, family_spec
+from .model_dir import weights_failure
 
 if TYPE_CHECKING:  # pragma: no cover
     from .pretrained import ModelSource
 
 log = logging.getLogger("detrdistill")
 
-__all__ = ["supported_families", "build_model", "load_detector", "apply_backbone_freeze", "count_parameters",
-           "ParamCount", "backbone_module", "backbone_parameter_ids", "stem_parameters", "hf_config_class",
-           "hf_model_class",
-           "family_of_model_type"]
+__all__ = ["build_model", "load_detector", "count_parameters", "ParamCount", "hf_config_class", "hf_model_class"]
 
 
 class ParamCount(NamedTuple):
     total: int
     trainable: int
-
-
-def supported_families() -> tuple[str, ...]:
-    """Every registered family (see :mod:`detrdistill.models.families`)."""
-    return family_names()
-
-
-def __getattr__(name: str):  # SUPPORTED_FAMILIES: derived from the registry when asked for
-    if name == "SUPPORTED_FAMILIES":
-        return family_names()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def hf_config_class(family: str) -> type:
@@ -146,14 +131,9 @@ def _normalise_labels(id2label: dict) -> dict[int, str]:
 
 
 # ----------------------------------------------------------------------------------------------- pretrained
-def family_of_model_type(model_type: str | None) -> str | None:
-    """Our family name for a saved model's ``config.model_type`` (``"dab-detr"`` -> ``"dab_detr"``), else None."""
-    return family_of(model_type)
-
-
 def _family_of_config(config: dict, where: str) -> str:
     model_type = config.get("model_type")
-    family = family_of_model_type(model_type)
+    family = family_of(model_type)
     if family is None:
         raise UnsupportedFamilyError(f"{where}: model_type {model_type!r} is not a supported family "
                                      f"({', '.join(family_names())})")
@@ -211,18 +191,6 @@ def _load_pretrained(name: "str | os.PathLike | ModelSource", id2label: dict[int
                      f"dataset; first differences: {details})")
 
 
-def weights_failure(e: BaseException) -> str:
-    """One line for a weights file transformers could not load (shapes that do not fit config.json, a pickled
-    ``pytorch_model.bin`` that ``torch.load(weights_only=True)`` refuses, a damaged file)."""
-    text = str(e)
-    if "mismatched" in text or "size mismatch" in text:
-        return "its weights do not fit its config.json (other tensor shapes)"
-    if isinstance(e, pickle.UnpicklingError) or "weights_only" in text or "Weights only" in text:
-        return "its pytorch_model.bin holds pickled objects other than tensors, which are never loaded (unsafe)"
-    first = (text.strip().splitlines() or [type(e).__name__])[0]
-    return f"its weights cannot be loaded ({type(e).__name__}: {first[:160]})"
-
-
 def load_detector(path: "str | os.PathLike | ModelSource", id2label: dict[int, str] | None = None,
                   freeze: str = "none", what: str = "model") -> PreTrainedModel:
     """Load a local directory or hub id of any supported family (e.g. a teacher), or the
@@ -231,73 +199,6 @@ def load_detector(path: "str | os.PathLike | ModelSource", id2label: dict[int, s
     model = _load_pretrained(path, id2label=id2label, what=what)
     apply_backbone_freeze(model, freeze)
     return model
-
-
-# ----------------------------------------------------------------------------------------------- freezing
-def _backbone_mixin() -> type:
-    """transformers' base class of every backbone network (ResNet, HGNetV2, ...)."""
-    try:
-        from transformers.backbone_utils import BackboneMixin
-    except ImportError:  # pragma: no cover - older layout
-        from transformers.utils.backbone_utils import BackboneMixin
-    return BackboneMixin
-
-
-def backbone_module(model: nn.Module) -> nn.Module:
-    """The transformers backbone network (e.g. ``ResNetBackbone``) inside ``model.model.backbone``, or anywhere in
-    ``model.model`` when it has no ``backbone`` (DEIMv2 keeps it in ``conv_encoder`` with its input projections)."""
-    BackboneMixin = _backbone_mixin()
-    container = getattr(model.model, "backbone", None)
-    container = model.model if container is None else container
-    for m in container.modules():
-        if isinstance(m, BackboneMixin):
-            return m
-    raise ModelError(f"no transformers backbone found in {type(container).__name__}")
-
-
-def backbone_parameter_ids(module: nn.Module) -> set[int]:
-    """``id()`` of every parameter of every transformers backbone network anywhere inside ``module`` (a detector,
-    a task, a distiller), whatever the attribute it lives under."""
-    BackboneMixin = _backbone_mixin()
-    return {id(p) for m in module.modules() if isinstance(m, BackboneMixin) for p in m.parameters()}
-
-
-def apply_backbone_freeze(model: nn.Module, freeze: str) -> None:
-    """Unfreeze the whole backbone (undoing transformers' freeze bug), then freeze per policy.
-
-    ``"none"``: everything trainable; ``"stem"``: the ResNet embedder (first conv) or a ViT's patch / position
-    embeddings fixed (:data:`STEM_PREFIXES`); ``"all"``: whole backbone fixed. The ResNets' BatchNorm layers are
-    transformers' FrozenBatchNorm2d in every family (buffers, never trained); ViT backbones use LayerNorm.
-    """
-    if freeze not in ("none", "stem", "all"):
-        raise ConfigError(f"model.backbone.freeze must be 'none', 'stem' or 'all', got {freeze!r}")
-    bb = backbone_module(model)
-    for p in bb.parameters():
-        p.requires_grad_(True)
-    if freeze == "all":
-        for p in bb.parameters():
-            p.requires_grad_(False)
-    elif freeze == "stem":
-        stem = stem_parameters(bb)
-        if not stem:
-            raise ModelError(f"{type(bb).__name__} has no stem ({' / '.join(STEM_PREFIXES)}) parameters to freeze")
-        for p in stem:
-            p.requires_grad_(False)
-
-
-#: where a backbone's stem lives: a ResNet's ``embedder`` (first conv), a ViT's ``embeddings`` (patch projection,
-#: position embeddings, class / mask tokens); the first prefix the backbone has is its stem
-STEM_PREFIXES = ("embedder.", "embeddings.")
-
-
-def stem_parameters(backbone: nn.Module) -> list[nn.Parameter]:
-    """The parameters ``backbone.freeze: stem`` fixes (see :data:`STEM_PREFIXES`); empty when there is no stem."""
-    named = list(backbone.named_parameters())
-    for prefix in STEM_PREFIXES:
-        stem = [p for n, p in named if n.startswith(prefix)]
-        if stem:
-            return stem
-    return []
 
 
 def count_parameters(model: nn.Module) -> ParamCount:

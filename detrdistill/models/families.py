@@ -5,7 +5,7 @@ under :mod:`detrdistill.models.adapters` (every module there is discovered on fi
 
 * ``adapter``: the :class:`~detrdistill.models.adapters.base.DetectorAdapter` subclass that views the model;
 * ``model_types``: the ``config.model_type`` values of saved checkpoints it handles (dispatch of
-  :func:`family_of`, :func:`~detrdistill.models.adapters.get_adapter` and checkpoint loading);
+  :func:`family_of`, :func:`spec_of`, :func:`get_adapter` and checkpoint loading);
 * ``config_class`` / ``model_class``: the model's config and ``*ForObjectDetection`` classes, given as classes
   (a family whose model is the project's own) or as names of ``transformers`` attributes (resolved lazily);
 * ``config_kwargs``: our :class:`~detrdistill.config.ModelConfig` -> the config class's keyword arguments;
@@ -29,8 +29,10 @@ under :mod:`detrdistill.models.adapters` (every module there is discovered on fi
 * ``input_sides``: the padded batch sizes a model of the family accepts (:class:`InputSides`, from its transformers
   config), when that is something else than sides that are multiples of ``size_multiple``.
 
-``model.family`` in a config, :func:`detrdistill.models.build.build_model`, :func:`family_of` and the adapter
-dispatch all read this registry; adding a family is one new adapter module plus its tests.
+``model.family`` (:func:`~detrdistill.models.family_index.check_family`), :func:`detrdistill.models.build.build_model`,
+:func:`family_of`, :func:`spec_of` and the adapter lookup (:func:`get_adapter`) all read this registry; adding a
+family is one new adapter module plus its tests. The adapter modules import this module (for :class:`FamilySpec`);
+the registry lists and imports them on first use (``_discover``).
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from ..errors import UnsupportedFamilyError
+from .family_index import unknown_family_error
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -47,8 +50,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..config import ModelConfig
 
 __all__ = ["FamilySpec", "Postprocessing", "InputSides", "CAPABILITIES", "DETECTIONS_PER_IMAGE", "register_family",
-           "unregister_family", "family_spec", "family_names",
-           "family_of", "all_specs"]
+           "unregister_family", "family_spec", "family_names", "family_of", "spec_of", "get_adapter", "adapter_class",
+           "all_specs"]
 
 # capability vocabulary, read instead of family names (who reads each one in brackets):
 # "query_table": a learned query table with the default config (tests/test_capabilities.py checks the adapter);
@@ -208,7 +211,7 @@ def family_spec(name: str) -> FamilySpec:
     _discover()
     spec = _SPECS.get(name)
     if spec is None:
-        raise UnsupportedFamilyError(f"unsupported model family {name!r}; supported: {', '.join(family_names())}")
+        raise unknown_family_error(name, family_names())
     return spec
 
 
@@ -218,3 +221,30 @@ def family_of(model_type: str | None) -> str | None:
         if model_type in spec.model_types:
             return spec.name
     return None
+
+
+def spec_of(model: "nn.Module") -> FamilySpec:
+    """The spec of a detector's family, by its ``config.model_type``; :class:`UnsupportedFamilyError` (listing the
+    supported families) for a model no family handles."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type is None:
+        raise UnsupportedFamilyError(f"{type(model).__name__} is not a transformers model (no config.model_type); "
+                                     f"supported families: {', '.join(family_names())}")
+    family = family_of(model_type)
+    if family is None:
+        raise UnsupportedFamilyError(f"no detector adapter for model_type {model_type!r} ({type(model).__name__}); "
+                                     f"supported families: {', '.join(family_names())}")
+    return _SPECS[family]
+
+
+def get_adapter(model: "nn.Module"):
+    """The :class:`~detrdistill.models.adapters.base.DetectorAdapter` of ``model``'s family wrapping ``model``
+    (build one first with :func:`detrdistill.models.build.build_model`)."""
+    return spec_of(model).adapter(model)
+
+
+def adapter_class(family_or_model_type: str) -> type | None:
+    """The adapter class of a family (or of a saved model's ``model_type``), or None when unknown."""
+    _discover()
+    spec = _SPECS.get(family_of(family_or_model_type) or family_or_model_type)
+    return spec.adapter if spec is not None else None

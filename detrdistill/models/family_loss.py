@@ -23,7 +23,9 @@ from typing import Callable, Iterator
 
 from torch import Tensor, nn
 
-__all__ = ["FamilyLoss", "summarize_family_losses", "RECIPES"]
+from ..ops.criterion import SetCriterion
+
+__all__ = ["FamilyLoss", "student_criterion", "summarize_family_losses", "RECIPES"]
 
 RECIPES = ("family", "set")
 
@@ -75,3 +77,15 @@ def summarize_family_losses(loss_dict: dict[str, Tensor]) -> dict[str, Tensor]:
         name = f"{kind}_{name}" if kind in ("dn", "enc") else name
         out[name] = out[name] + value if name in out else value
     return out
+
+
+def student_criterion(loss_cfg, adapter) -> nn.Module:
+    """The detection loss of ``adapter`` under a :class:`~detrdistill.config.LossConfig`: the set criterion (CE for
+    softmax families, focal otherwise), wrapped in a :class:`~detrdistill.models.family_loss.FamilyLoss` under
+    ``loss.recipe: family`` when the family has a training recipe of its own (the wrapped set criterion still serves
+    extra query groups). One builder for ``detrdistill train``, ``detrdistill distill`` and the Python API."""
+    class_loss = "ce" if adapter.class_activation == "softmax" else "focal"
+    criterion = SetCriterion.from_config(loss_cfg, adapter.num_classes, class_loss)
+    if loss_cfg.recipe == "family" and adapter.has_family_loss:
+        return FamilyLoss(criterion, aux_loss=loss_cfg.aux_loss)
+    return criterion

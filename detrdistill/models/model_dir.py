@@ -4,18 +4,20 @@ A model directory (a teacher, ``eval --model``, a run's ``model/``) needs ``conf
 object) and its weights: ``model.safetensors`` (or a sharded ``model.safetensors.index.json``, or a
 legacy ``pytorch_model.bin``). A missing, empty or truncated ``model.safetensors`` is detected from
 its header (safetensors checks that the header's tensors cover the file exactly) without reading the
-tensors, and raises :class:`ModelDirError` naming the file and what to do.
+tensors, and raises :class:`ModelDirError` naming the file and what to do. Weights that pass the check and still
+fail to load are described in one line by :func:`weights_failure`.
 """
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 from detrdistill.errors import DetrDistillError
 
 
 class ModelDirError(DetrDistillError, ValueError):
-    """A model directory whose config or weights cannot be read."""
+    """A model directory whose config, weights or image processor cannot be read."""
 
 
 class ModelDirMissing(ModelDirError, FileNotFoundError):
@@ -63,3 +65,15 @@ def check_model_dir(path: str | Path) -> None:
             _check_safetensors(p / shard)
     elif not (p / "pytorch_model.bin").is_file():
         raise ModelDirMissing(f"{single}: not found; the model directory has no weights (copy or export it again)")
+
+
+def weights_failure(e: BaseException) -> str:
+    """One line for a weights file transformers could not load (shapes that do not fit config.json, a pickled
+    ``pytorch_model.bin`` that ``torch.load(weights_only=True)`` refuses, a damaged file)."""
+    text = str(e)
+    if "mismatched" in text or "size mismatch" in text:
+        return "its weights do not fit its config.json (other tensor shapes)"
+    if isinstance(e, pickle.UnpicklingError) or "weights_only" in text or "Weights only" in text:
+        return "its pytorch_model.bin holds pickled objects other than tensors, which are never loaded (unsafe)"
+    first = (text.strip().splitlines() or [type(e).__name__])[0]
+    return f"its weights cannot be loaded ({type(e).__name__}: {first[:160]})"

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..config import BackboneConfig
 from ..errors import ModelError
+from .model_dir import weights_failure
 from .pretrained import ModelSource, resolve_model
 from .timm_resnet import is_timm_config, timm_resnet_arch, timm_to_transformers_state
 
@@ -81,7 +82,6 @@ def _transformers_resnet(source: ModelSource) -> nn.Module:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"model.backbone.pretrained: cannot load {source.name!r} ({first[:200]})") from None
     except (RuntimeError, ValueError, TypeError, KeyError, EOFError, pickle.UnpicklingError) as e:
-        from .build import weights_failure
         raise ModelError(f"model.backbone.pretrained: {source.name}: {weights_failure(e)}") from None
 
 

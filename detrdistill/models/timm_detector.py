@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ModelError
+from .backbone import backbone_module
 from .timm_resnet import TIMM_RESNETS, timm_resnet_arch, timm_to_transformers_state
 
 log = logging.getLogger("detrdistill")
@@ -177,7 +178,6 @@ def _quiet_transformers_loading():
 def load_timm_resnet_detector(model_cls: type, source, config, where: str):
     """``model_cls`` from ``source``'s weights under ``config`` (:func:`resnet_detector_config`), its ResNet backbone
     loaded from the checkpoint's timm-named tensors; every backbone tensor must be found and fit."""
-    from .build import backbone_module
 
     with _quiet_transformers_loading():
         model, info = model_cls.from_pretrained(source.load_arg, config=config, output_loading_info=True,

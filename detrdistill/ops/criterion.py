@@ -28,22 +28,27 @@ from .. import profiling
 from .matcher import HungarianMatcher, pad_targets
 
 
-def reduce_num_boxes(n: float, device: torch.device | str | None = None) -> float:
-    """Mean GT-box count per process, at least 1: ``max(sum_over_ranks(n) / world_size, 1)``.
+def mean_across_processes(counts: Tensor) -> Tensor:
+    """Element-wise mean of a count vector over processes, at least 1 (float64, on ``counts``' device).
 
     One SUM all-reduce when ``torch.distributed`` is initialised with world_size > 1 (this includes runs under
-    accelerate, which initialises it); otherwise ``max(n, 1)``.  transformers' ``ImageLoss`` uses accelerate's
-    ``reduce`` (already a mean) and divides by world_size again, shrinking num_boxes (and inflating the loss)
-    world_size times; this divides exactly once.  ``device`` must suit the backend (CUDA for NCCL); by default the
-    current CUDA device for NCCL, the CPU otherwise.
-    """
+    accelerate, which initialises it; moved to the current CUDA device for NCCL), divided by world_size exactly
+    once: transformers' ``ImageLoss`` uses accelerate's ``reduce`` (already a mean) and divides by world_size again,
+    shrinking num_boxes (and inflating the loss) world_size times. Otherwise the counts themselves."""
+    counts = counts.detach().to(torch.float64)
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        if device is None:
-            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-        t = torch.tensor([float(n)], dtype=torch.float64, device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        n = t.item() / dist.get_world_size()
-    return max(float(n), 1.0)
+        dev = counts.device
+        if dist.get_backend() == "nccl" and not counts.is_cuda:
+            counts = counts.cuda()
+        dist.all_reduce(counts, op=dist.ReduceOp.SUM)
+        counts = (counts / dist.get_world_size()).to(dev)
+    return counts.clamp(min=1.0)
+
+
+def reduce_num_boxes(n: float) -> float:
+    """The set loss's normaliser: the batch's GT-box count ``n`` averaged over processes, at least 1
+    (:func:`mean_across_processes` of one count, kept on the CPU: no device synchronisation on one process)."""
+    return float(mean_across_processes(torch.tensor([float(n)], dtype=torch.float64))[0])
 
 
 def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
@@ -195,7 +200,7 @@ class SetCriterion(nn.Module):
         else:
             assignments = self._check_assignments(assignments, (L, B, N), counts)
         if num_boxes is None:
-            num_boxes = reduce_num_boxes(float(sum(len(t["class_labels"]) for t in targets)), logits.device)
+            num_boxes = reduce_num_boxes(float(sum(len(t["class_labels"]) for t in targets)))
 
         matched = assignments >= 0
         if labels.shape[1] > 0:
@@ -214,17 +219,3 @@ class SetCriterion(nn.Module):
             num_boxes=float(num_boxes),
             losses={k: v.sum() for k, v in per_stage.items()},
         )
-
-
-def student_criterion(loss_cfg, adapter) -> nn.Module:
-    """The detection loss of ``adapter`` under a :class:`~detrdistill.config.LossConfig`: the set criterion (CE for
-    softmax families, focal otherwise), wrapped in a :class:`~detrdistill.models.family_loss.FamilyLoss` under
-    ``loss.recipe: family`` when the family has a training recipe of its own (the wrapped set criterion still serves
-    extra query groups). One builder for ``detrdistill train``, ``detrdistill distill`` and the Python API."""
-    from ..models.family_loss import FamilyLoss
-
-    class_loss = "ce" if adapter.class_activation == "softmax" else "focal"
-    criterion = SetCriterion.from_config(loss_cfg, adapter.num_classes, class_loss)
-    if loss_cfg.recipe == "family" and adapter.has_family_loss:
-        return FamilyLoss(criterion, aux_loss=loss_cfg.aux_loss)
-    return criterion
