@@ -4,7 +4,7 @@ Each family case builds transformers' own detector through :func:`build_model` a
 shapes of every DetectorOutput field (padded batch of two image sizes), per-stage outputs vs the model's own final
 outputs, the extra query group (own queries reproduce the normal predictions; 7 of 30 queries; broadcasting;
 gradients; a width-64 teacher feeding a width-32 student through QueryProjection), the criterion's assignment vs
-transformers' Hungarian matcher, backbone trainability after build and after from_pretrained, and errors.
+transformers' Hungarian matcher. Building and loading: tests/test_adapter_build.py.
 """
 from __future__ import annotations
 
@@ -17,12 +17,9 @@ from torch import nn
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from detrdistill.config import BackboneConfig, ModelConfig  # noqa: E402
-from detrdistill.errors import UnsupportedFamilyError  # noqa: E402
 from detrdistill.models import (QueryGroup, QueryProjection, build_model, build_query_projection,  # noqa: E402
                                 count_parameters, get_adapter)
 from detrdistill.models.adapters.base import expand_group  # noqa: E402
-from detrdistill.models.backbone import backbone_module  # noqa: E402
-from detrdistill.models.build import load_detector  # noqa: E402
 from detrdistill.models.families import adapter_class, family_names, family_spec  # noqa: E402
 from detrdistill.models.family_index import DECLARED_FAMILIES  # noqa: E402
 from detrdistill.models.outputs import DetectorOutput, GroupOutput  # noqa: E402
@@ -435,85 +432,3 @@ def test_no_criterion_no_loss():
     assert out.loss is None and out.assignments is None and out.loss_dict == {}
     with pytest.raises(ValueError, match="pixel_mask"):
         a(pix, mask[:, :10])
-
-
-# ----------------------------------------------------------------------------------------------- backbone / build
-@pytest.mark.parametrize("name", case_params())
-def test_backbone_trainable_and_pretrained_roundtrip(name, tmp_path):
-    a = make_adapter(name).eval()
-    bb = backbone_module(a.model)
-    assert all(p.requires_grad for p in bb.parameters()), "backbone must be trainable after build (freeze=none)"
-    pix, mask, _ = batch(name=name)
-    with torch.no_grad():
-        ref = a(pix, mask)
-    a.save_pretrained(tmp_path)
-    cfg = model_cfg(name).model_copy(update={"pretrained": str(tmp_path),
-                                             "backbone": BackboneConfig(embedding_size=16,
-                                                                        hidden_sizes=[16, 32, 64, 128],
-                                                                        depths=[1, 1, 1, 1], freeze="stem")})
-    loaded = get_adapter(build_model(cfg, ID2LABEL)).eval()
-    lbb = backbone_module(loaded.model)
-    stem = STEM.get(name, "embedder.")
-    for n, p in lbb.named_parameters():
-        assert p.requires_grad == (not n.startswith(stem)), n
-    assert any(not p.requires_grad for p in lbb.parameters())
-    with torch.no_grad():
-        out = loaded(pix, mask)
-    torch.testing.assert_close(out.logits, ref.logits, atol=1e-6, rtol=0)
-    torch.testing.assert_close(out.boxes, ref.boxes, atol=1e-6, rtol=0)
-    full = load_detector(tmp_path, freeze="all")
-    assert not any(p.requires_grad for p in backbone_module(full).parameters())
-    assert any(p.requires_grad for p in full.parameters())
-
-
-def test_pretrained_errors(tmp_path):
-    a = make_adapter("detr")
-    a.save_pretrained(tmp_path / "ckpt")
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        build_model(model_cfg("detr", pretrained=str(tmp_path / "missing")), ID2LABEL)
-    # other classes than the checkpoint's: re-headed by name (tests/test_pretrained.py), not refused
-    relabelled = build_model(model_cfg("detr", pretrained=str(tmp_path / "ckpt")), {0: "x", 1: "y"})
-    assert relabelled.config.id2label == {0: "x", 1: "y"}
-    with pytest.raises(ValueError, match="model.family"):
-        build_model(model_cfg("conditional_detr", pretrained=str(tmp_path / "ckpt")), ID2LABEL)
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="config.json"):
-        load_detector(tmp_path / "empty")
-    m = load_detector(tmp_path / "ckpt")
-    assert m.config.auxiliary_loss is False and m.config.id2label == ID2LABEL
-
-
-def test_build_config_mapping_and_overrides():
-    m = build_model(model_cfg("deformable_detr", hf_overrides={"decoder_n_points": 2}), ID2LABEL)
-    c = m.config
-    assert (c.d_model, c.decoder_layers, c.encoder_layers, c.num_queries, c.decoder_n_points) == (32, 2, 1, NQ, 2)
-    assert c.decoder_ffn_dim == 64 and c.decoder_attention_heads == 4 and c.num_feature_levels == 4
-    assert c.backbone_config.model_type == "resnet" and c.num_labels == NUM_CLASSES
-    with pytest.raises(ValueError, match="not_a_key"):
-        build_model(model_cfg("detr", hf_overrides={"not_a_key": 1}), ID2LABEL)
-    with pytest.raises(ValueError, match="id2label"):
-        build_model(model_cfg("detr"), None)
-    a = get_adapter(build_model(model_cfg("conditional_detr"), ID2LABEL))
-    assert a.family == "conditional_detr" and a.num_queries == NQ and a.model.config.auxiliary_loss is False
-    frozen = build_model(model_cfg("detr").model_copy(update={"backbone": BackboneConfig(
-        embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], freeze="all")}), ID2LABEL)
-    counts = count_parameters(frozen)
-    assert counts.trainable == counts.total - sum(p.numel() for p in backbone_module(frozen).parameters())
-
-
-# ----------------------------------------------------------------------------------------------- unsupported
-def test_unsupported_family_fails_at_get_adapter():
-    from transformers import YolosConfig, YolosForObjectDetection
-    yolos = YolosForObjectDetection(YolosConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                                intermediate_size=64, image_size=[64, 64], patch_size=16,
-                                                num_detection_tokens=5, num_labels=3))
-    with pytest.raises(UnsupportedFamilyError, match="yolos") as e:
-        get_adapter(yolos)
-    assert "deformable_detr" in str(e.value) and "detr" in str(e.value)
-    with pytest.raises(UnsupportedFamilyError):
-        get_adapter(nn.Linear(2, 2))
-    assert issubclass(UnsupportedFamilyError, ValueError)
-    # an adapter refuses a model of another family
-    from detrdistill.models.adapters.detr import DetrAdapter
-    with pytest.raises(UnsupportedFamilyError, match="deformable_detr"):
-        DetrAdapter(build_model(model_cfg("deformable_detr"), ID2LABEL))
