@@ -321,12 +321,36 @@ def onnx_session(path: str | Path, threads: int | None = None):
         raise OnnxExportError(f"{path}: onnxruntime cannot load it ({_first_line(e)})") from e
 
 
+def matched_query_order(got: list[torch.Tensor], ref: list[torch.Tensor]) -> torch.Tensor:
+    """Per image, the order of ``got``'s queries that best matches ``ref``'s: [B, N] indices into ``got``'s queries
+    (min-cost assignment on the summed |difference| of every output). Query order is not part of a detection, and a
+    family that selects its queries by top-k over the encoder's proposals (RT-DETR, D-FINE, ...) may select the same
+    queries in another order when scores nearly tie (random weights, noise input)."""
+    from scipy.optimize import linear_sum_assignment
+
+    order = []
+    for b in range(ref[0].shape[0]):
+        cost = sum(torch.cdist(r[b].flatten(1).double(), g[b].flatten(1).double(), p=1) for g, r in zip(got, ref))
+        rows, cols = linear_sum_assignment(cost.numpy())
+        order.append(torch.as_tensor(cols[rows.argsort()]))
+    return torch.stack(order)
+
+
 def max_abs_difference(model: nn.Module, session, inputs: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Largest |PyTorch - onnxruntime| of logits and boxes on ``inputs``."""
+    """Largest |PyTorch - onnxruntime| of logits and boxes on ``inputs``, each onnxruntime query compared with the
+    PyTorch query of the same image it matches (:func:`matched_query_order`): a reordering of the same queries is
+    not a difference, a wrong value is."""
     with torch.no_grad():
-        ref = DetectorForExport(model.eval(), "pixel_mask" in inputs)(**inputs)
-    got = session.run(None, {k: v.numpy() for k, v in inputs.items()})
-    return {name: float((torch.from_numpy(g) - r).abs().max()) for name, g, r in zip(("logits", "pred_boxes"), got, ref)}
+        ref = [t.float() for t in DetectorForExport(model.eval(), "pixel_mask" in inputs)(**inputs)]
+    got = [torch.from_numpy(g).float() for g in session.run(None, {k: v.numpy() for k, v in inputs.items()})]
+    names = ("logits", "pred_boxes")
+    plain = {name: float((g - r).abs().max()) for name, g, r in zip(names, got, ref)}
+    if max(plain.values()) < 1e-3:  # the same order: no assignment needed
+        return plain
+    order = matched_query_order(got, ref)
+    matched = {name: float((torch.stack([g[b, order[b]] for b in range(len(order))]) - r).abs().max())
+               for name, g, r in zip(names, got, ref)}
+    return min(plain, matched, key=lambda d: max(d.values()))
 
 
 def export_model_dir(model_dir: str | Path, out: str | Path, height: int | None = None, width: int | None = None,
