@@ -183,7 +183,7 @@ def reference_note(summary: dict, reference: dict | None) -> str:
     """What the reference column is, how it was measured, and this run's time and threads beside it."""
     if reference is None:
         return ""
-    from detrdistill.demo_reference import pm, reference_stats
+    from detrdistill.demo_reference import idle_sentence, pm, reference_stats
     from detrdistill.engine.run_summary import duration
 
     if not _comparable(summary, reference):
@@ -195,7 +195,8 @@ def reference_note(summary: dict, reference: dict | None) -> str:
     same = "" if threads == reference["threads"] else " (another thread count gives slightly other numbers)"
     return (f"README reference: `{reference['command']}`, seeds {', '.join(sorted(reference['seeds'], key=int))}, "
             f"{reference['threads']} thread{'s' if reference['threads'] != 1 else ''}, {reference['date']}; "
-            f"{wall} min per seed on {reference['device']} under load ({reference['load']}). "
+            f"{wall} min per seed on {reference['device']} under load ({reference['load']})"
+            f"{'; ' + idle_sentence(reference) if reference.get('idle') else '.'} "
             f"This run: {duration(here)}{' (stages reused)' if _reused(summary) else ''}, {threads} thread"
             f"{'s' if threads != 1 else ''}{same}.")
 

@@ -13,6 +13,7 @@ import statistics
 from importlib import resources
 
 __all__ = ["REFERENCE_FILE", "RUN_ORDER", "load_reference", "reference_stats", "readme_table", "reference_cells",
+           "idle_sentence",
            "mean_sd", "pm"]
 
 REFERENCE_FILE = "demo_reference.json"
@@ -61,8 +62,21 @@ def readme_table(ref: dict, names: dict[str, str]) -> str:
     lines += ["", f"Mean ± standard deviation over seeds {seeds} of `{ref['command']}` ({ref['threads']} thread"
               f"{'s' if ref['threads'] != 1 else ''}, {ref['device']}, {ref['date']}; "
               f"[details]({ref['details']})). Wall time {pm(st['wall_min'], '.1f')} min per seed, measured on a shared, "
-              f"loaded machine ({ref['load']}): an idle one is faster."]
+              f"loaded machine ({ref['load']})" + (f"; {idle_sentence(ref)}" if ref.get("idle") else
+                                                   ": an idle one is faster.")]
     return "\n".join(lines)
+
+
+def idle_sentence(ref: dict) -> str:
+    """How long one seed took on the idle machine (``ref["idle"]``, written by ``benchmarks/demo_table.py --idle``),
+    and whether it reproduced that seed's figures; "" when not measured."""
+    idle = ref.get("idle")
+    if not idle:
+        return ""
+    same = ("its figures identical to the seed's above" if idle["reproduced"] else
+            "its figures differ from the seed's above (another environment)")
+    return (f"on the idle machine ({idle['load']}, {idle['date']}) seed {idle['seed']} took "
+            f"{idle['wall_seconds'] / 60:.1f} min, {same}.")
 
 
 def reference_cells(ref: dict, seed: int | None) -> dict[str, str]:

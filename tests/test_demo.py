@@ -74,3 +74,33 @@ def test_the_readme_demo_table_is_rendered_from_the_reference():
     """README.md and the details file are exactly what benchmarks/demo_table.py renders from the committed JSON."""
     from benchmarks.demo_table import main as demo_table
     assert demo_table(["--check"]) == 0
+
+
+def test_an_idle_rerun_of_one_seed_is_recorded_beside_the_reference(tmp_path):
+    """benchmarks/demo_table.py --idle: the rerun's wall time and load go beside the reference, and whether it gave
+    that seed's figures; another thread count is refused. The README sentence and the demo's note say it."""
+    import copy
+
+    from benchmarks.demo_table import idle_record
+    from detrdistill.demo import reference_note
+    from detrdistill.demo_reference import load_reference, readme_table
+
+    ref = copy.deepcopy(load_reference())
+    seed0 = ref["seeds"]["0"]["runs"]
+    summary = {"seed": 0, "threads": ref["threads"], "preset": ref["preset"], "runs": copy.deepcopy(seed0)}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    rec = idle_record(tmp_path, 420.0, "load average 0.05", "2026-12-04", ref)
+    assert rec == {"seed": 0, "wall_seconds": 420.0, "load": "load average 0.05", "date": "2026-12-04",
+                   "reproduced": True}
+    summary["runs"]["distilled"]["AP"] += 0.01
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    assert idle_record(tmp_path, 420.0, "x", "2026-12-04", ref)["reproduced"] is False
+    summary["threads"] = ref["threads"] + 1
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(SystemExit, match="threads"):
+        idle_record(tmp_path, 420.0, "x", "2026-12-04", ref)
+    ref["idle"] = rec
+    assert "seed 0 took 7.0 min, its figures identical" in readme_table(ref, {r: r for r in seed0})
+    run = {"preset": ref["preset"], "seed": 0, "threads": ref["threads"], "total_seconds": 400.0,
+           "runs": {r: dict(v, wall_seconds=100.0) for r, v in seed0.items()}}
+    assert "seed 0 took 7.0 min" in reference_note(run, ref)
