@@ -10,8 +10,9 @@ Protocol (equal schedule): every method runs the student config's fixed number o
 batch size, same lr schedule); a time budget may size the teacher (``--teacher-set
 train.time_budget_min=...``), never a student, and a student override that sets one is refused. The one
 exception is ``baseline_long``, the equal-cost control: the student alone for as many steps as fit in the mean
-training time of the ``detrdistill`` runs of the same file (``steps * mean(detrdistill s) / mean(baseline s)``,
-fixed at its first run and recorded; its lr schedule stretched to that length). Each student's LAST checkpoint is
+training time of the ``detrdistill`` runs of the same file (``steps * mean(detrdistill s) / mean(baseline s)``, in
+CPU seconds of the training process when every run recorded them, else wall seconds; fixed at its first run and
+recorded; its lr schedule stretched to that length). Each student's LAST checkpoint is
 evaluated on the reported split (bccd: test; raccoon: val), with no selection on it. Every run records ``steps``,
 ``train_seconds`` (so the price of a method sits next to its gain), its AP-vs-step curve on the val split, the
 teacher it learned from, the environment it ran in (git commit and whether the checkout was dirty, python /
@@ -120,6 +121,7 @@ def train_student(args, work: Path, teacher: Path | None, method: str, seed: int
     return {"method": method, "seed": seed, **{k: ev[k] for k in STATS}, "split": split,
             "date": dt.date.today().isoformat(),  # the day this record was written
             "steps": run_info.get("step"), "train_seconds": run_info.get("train_seconds"),
+            "train_cpu_seconds": run_info.get("train_cpu_seconds"),
             "wall_seconds_this_invocation": round(time.monotonic() - t0, 1),
             "threads": args.threads, "parallel_runs": args.parallel,
             "teacher": (variant or "teacher") if spec.teacher else None,
@@ -135,15 +137,22 @@ def long_schedule(results: dict, args) -> dict:
         return results["baseline_long"]
     if args.long_steps:
         return {"steps": args.long_steps, "cost_ratio": None, "from": "--long-steps"}
-    secs = {m: [r["train_seconds"] for r in results["runs"] if r["method"] == m and r.get("train_seconds")]
-            for m in ("baseline", LONG_REFERENCE)}
-    steps = {r.get("steps") for r in results["runs"] if r["method"] == "baseline"}
-    if not secs["baseline"] or not secs[LONG_REFERENCE] or len(steps) != 1:
+    runs = {m: [r for r in results["runs"] if r["method"] == m] for m in ("baseline", LONG_REFERENCE)}
+    steps = {r.get("steps") for r in runs["baseline"]}
+    if not runs["baseline"] or not runs[LONG_REFERENCE] or len(steps) != 1:
         raise BenchmarkError(f"baseline_long needs finished baseline and {LONG_REFERENCE} runs in the file (their "
                              "training times set its length); run those first, or give --long-steps N")
-    ratio = statistics.mean(secs[LONG_REFERENCE]) / statistics.mean(secs["baseline"])
+    # CPU seconds when every run has them: a one-thread run's CPU time hardly depends on what else the machine
+    # runs, its wall time does (a baseline timed beside three other runs and a distilled run timed beside one
+    # are not comparable)
+    clock = "train_cpu_seconds" if all(r.get("train_cpu_seconds") for rs in runs.values() for r in rs) else \
+        "train_seconds"
+    if not all(r.get(clock) for rs in runs.values() for r in rs):
+        raise BenchmarkError(f"baseline_long: a baseline or {LONG_REFERENCE} run of the file has no training time; "
+                             "give --long-steps N")
+    ratio = statistics.mean(r[clock] for r in runs[LONG_REFERENCE]) / statistics.mean(r[clock] for r in runs["baseline"])
     return {"steps": round(steps.pop() * ratio), "cost_ratio": round(ratio, 3), "from": LONG_REFERENCE,
-            "runs": {m: len(v) for m, v in secs.items()}}
+            "clock": clock, "runs": {m: len(v) for m, v in runs.items()}}
 
 
 def parse_args(argv=None):

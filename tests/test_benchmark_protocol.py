@@ -106,8 +106,21 @@ def test_baseline_long_gets_the_training_time_of_the_distilled_runs():
     sched = distill.long_schedule(results, args)
     assert sched["steps"] == round(2400 * 280.0 / 105.0) and sched["cost_ratio"] == pytest.approx(280 / 105, 1e-3)
     assert distill.long_schedule({**results, "baseline_long": {"steps": 7}}, args) == {"steps": 7}  # fixed once
+    assert sched["clock"] == "train_seconds"  # not every run has CPU seconds
     with pytest.raises(BenchmarkError, match="baseline_long needs"):
         distill.long_schedule({"runs": results["runs"][:2]}, args)
+
+
+def test_baseline_long_uses_cpu_seconds_when_every_run_has_them():
+    """Wall seconds measured under other loads mislead (a baseline timed beside three runs looked as slow as a
+    distilled run timed beside one); CPU seconds of the training process set the length when all runs have them."""
+    args = distill.parse_args(["--dataset", "synthetic"])
+    runs = [dict(_run("baseline", 0, 1.0, secs=2459.0, steps=2400), train_cpu_seconds=700.0),
+            dict(_run("detrdistill", 0, 2.0, secs=2587.0, steps=2400), train_cpu_seconds=1890.0)]
+    sched = distill.long_schedule({"runs": runs}, args)
+    assert sched["clock"] == "train_cpu_seconds" and sched["steps"] == round(2400 * 1890.0 / 700.0)
+    runs[1] = {k: v for k, v in runs[1].items() if k != "train_cpu_seconds"}  # one run without: wall time for all
+    assert distill.long_schedule({"runs": runs}, args)["steps"] == round(2400 * 2587.0 / 2459.0)
 
 
 def test_teacher_variants_are_declared_and_checked():

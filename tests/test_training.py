@@ -64,6 +64,7 @@ def test_train_then_eval_writes_metrics_and_eval_json(synth_dir, tmp_path):
     assert any("eval/AP" in r for r in recs)
     ev = json.loads((out / "eval.json").read_text())
     assert set(STAT_KEYS) <= set(ev) and all(0.0 <= ev[k] <= 100.0 for k in STAT_KEYS)
+    assert ev["train_seconds"] > 0 and ev["train_cpu_seconds"] > 0  # the cost of the run, wall and CPU
     assert (out / "model" / "config.json").is_file()
     rc = main(["eval", "--model", str(out / "model"), "--eval-dir", str(tmp_path / "ev"),
                *sum((["--set", o] for o in tiny_overrides(out, synth_dir)), [])])
@@ -97,12 +98,15 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(synth_dir, tmp_path)
     proc.wait()
     killed_at = max(int(p.name.split("-")[1]) for p in ckpts.iterdir() if not p.name.endswith(".tmp"))
     assert killed_at < 12
+    saved_cpu = json.loads((ckpts / f"step-{killed_at:08d}" / "state.json").read_text())["cpu_s"]
     res = subprocess.run(_cli("train", *sets, "--resume"), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     losses = _train_losses(run / "metrics.jsonl")
     assert sorted(losses) == list(range(1, 13))  # lines after the checkpoint were replaced, none doubled
     for step in range(killed_at + 1, 13):
         assert losses[step] == pytest.approx(ref_losses[step], rel=1e-5, abs=1e-6), step
+    # the run's CPU seconds continue from the checkpoint's, they do not restart
+    assert 0 < saved_cpu < json.loads((run / "eval.json").read_text())["train_cpu_seconds"]
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")

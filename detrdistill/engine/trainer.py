@@ -97,7 +97,8 @@ class Run:
     bar: Any = None
     stop: dict = field(default_factory=lambda: {"stop": False})
     old_handlers: dict = field(default_factory=dict)
-    clock: tuple[float, float] = (0.0, 0.0)  # (monotonic start, elapsed_s at start)
+    # (monotonic start, elapsed_s at start, process CPU time at start, cpu_s at start or None when unknown)
+    clock: tuple[float, float, float, float | None] = (0.0, 0.0, 0.0, 0.0)
     plan_t0: float | None = None
     category_ids: list[int] | None = None  # the dataset's category id of each label, recorded in the exported model
     lock: Any = None       # the output folder's lock (detrdistill.output_folder), released when the run ends
@@ -137,14 +138,14 @@ class Run:
 
 
 def _resume_state(run_dir: Path, task, optimizer, scheduler, accelerator, resume: bool, identity: dict) -> dict:
-    state = {"step": 0, "elapsed_s": 0.0, "stopped_early": False}
+    state = {"step": 0, "elapsed_s": 0.0, "cpu_s": 0.0, "stopped_early": False}
     if resume:
         ckpt, loaded = load_latest_intact(run_dir, task, optimizer, scheduler, rank=accelerator.process_index,
                                           world_size=accelerator.num_processes, identity=identity)
         if ckpt is None:
             log.warning("--resume: no checkpoint in %s; starting from scratch", run_dir / "checkpoints")
         else:
-            state = loaded
+            state = {"cpu_s": None, **loaded}  # a checkpoint written before CPU time was kept: unknown from here on
             log.info("resumed from %s (step %d)", ckpt, state["step"])
     return state
 
@@ -229,8 +230,10 @@ def train_step(run: Run, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Ten
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     state["step"] += 1
-    start, start_elapsed = run.clock
+    start, start_elapsed, start_cpu, cpu_before = run.clock
     state["elapsed_s"] = start_elapsed + time.monotonic() - start
+    if cpu_before is not None:  # this process's CPU time (all its threads; not data-loader worker processes)
+        state["cpu_s"] = cpu_before + time.process_time() - start_cpu
     run.bar.update(1)
     return loss, loss_dict
 
@@ -303,7 +306,9 @@ def finish_run(run: Run) -> dict:
     if main and final is not None:
         write_eval_json(run.out_dir / "eval.json", final, {"step": state["step"], "split": "val",
                                                            "stopped_early": state["stopped_early"],
-                                                           "train_seconds": round(state["elapsed_s"], 2)})
+                                                           "train_seconds": round(state["elapsed_s"], 2),
+                                                           "train_cpu_seconds": None if state.get("cpu_s") is None
+                                                           else round(state["cpu_s"], 2)})
         log.info("final eval: %s", json.dumps({k: round(v, 2) for k, v in final.items()}))
     if main:
         # README.md (atomic), with the final stats and the models the task learned from
@@ -338,7 +343,7 @@ def _train(run: Run, cfg: Config) -> dict:
     if run.accelerator.is_main_process:
         for line in run.summary:
             log.info("%s", line)
-    run.clock = (time.monotonic(), run.state["elapsed_s"])
+    run.clock = (time.monotonic(), run.state["elapsed_s"], time.process_time(), run.state.get("cpu_s"))
     run.bar = progress_bar(total=run.plan["total"], initial=run.state["step"], desc=f"{run.task.name} {run.out_dir.name}",
                    disable=not (run.accelerator.is_main_process and cfg.train.progress), dynamic_ncols=True)
     run.model.train()
