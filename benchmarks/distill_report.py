@@ -45,8 +45,10 @@ def summarize(results: dict) -> str:
     by = _by_method(results)
     base = by.get("baseline")
     base_by_seed = {r["seed"]: r["AP"] for r in base} if base else {}
-    base_s = statistics.mean(r["train_seconds"] for r in base) if base and all(
-        r.get("train_seconds") for r in base) else None
+    # the cost is compared in CPU seconds when every run has them (wall seconds depend on the machine's load)
+    clock = "train_cpu_seconds" if results["runs"] and all(r.get("train_cpu_seconds") for r in results["runs"]) \
+        else "train_seconds"
+    base_s = statistics.mean(r[clock] for r in base) if base and all(r.get(clock) for r in base) else None
     t = results["teacher"]
     steps = sorted({r.get("steps") for r in results["runs"] if r["method"] != "baseline_long"},
                    key=lambda s: (s is None, s))
@@ -55,7 +57,7 @@ def summarize(results: dict) -> str:
     if "baseline_long" in by:
         bl = results.get("baseline_long", {})
         schedule += (f" (baseline_long: {bl.get('steps')} steps, the training time of {bl.get('from')} = "
-                     f"{bl.get('cost_ratio')}x the baseline's)")
+                     f"{bl.get('cost_ratio')}x the baseline's" + (f"; {bl['why']}" if bl.get("why") else "") + ")")
     lines = [f"# Distillation benchmark: {results['dataset']}", "",
              f"device: {results['device']}; dates: {', '.join(results.get('dates', [results.get('date', '')]))}; "
              f"split reported: {results.get('report_split')}; schedule: {schedule}; "
@@ -69,6 +71,8 @@ def summarize(results: dict) -> str:
              "", f"command: `{results['command']}`", "",
              "gain vs baseline: mean of the per-seed differences with its 95 % t-interval over the seeds both ran "
              "(benchmarks/stats.py); an interval that excludes 0 is decided by the seeds.", "",
+             f"cost vs baseline: mean {'CPU' if clock == 'train_cpu_seconds' else 'wall'} seconds of the training "
+             "process per run, over the baseline's.", "",
              "| method | seeds | AP (mean ± std) | AP50 | AP75 | gain vs baseline [95 % CI] | steps | train s / run | "
              "cost vs baseline |", "|---|---|---|---|---|---|---|---|---|"]
     for m, rs in by.items():
@@ -77,7 +81,8 @@ def summarize(results: dict) -> str:
         gain = "" if g is None else str(g)
         secs = [r["train_seconds"] for r in rs if r.get("train_seconds")]
         mean_s = statistics.mean(secs) if secs else None
-        cost = f"{mean_s / base_s:.2f}x" if mean_s and base_s else ""
+        costs = [r[clock] for r in rs if r.get(clock)]
+        cost = f"{statistics.mean(costs) / base_s:.2f}x" if costs and base_s else ""
         run_steps = ", ".join(str(s) for s in sorted({r.get("steps") for r in rs}, key=str))
         lines.append(f"| {m} | {len(rs)} | {ap:.2f} ± {sd:.2f} | {statistics.mean(r['AP50'] for r in rs):.2f} | "
                      f"{statistics.mean(r['AP75'] for r in rs):.2f} | {gain} | {run_steps} | {_fmt_s(mean_s)} | {cost} |")

@@ -75,6 +75,21 @@ def test_report_shows_the_environment_and_the_gain_interval():
     assert "MIXED: the runs come from 2 environments" in mixed and "fitnet s0" in mixed
 
 
+def test_report_cost_is_in_cpu_seconds_when_every_run_has_them():
+    def row(md, method):
+        return [ln for ln in md.splitlines() if ln.startswith(f"| {method} |")][0]
+
+    results = {"dataset": "bccd", "device": "cpu", "report_split": "test", "command": "c", "teacher": {"AP": 44.0},
+               "student": {"params": 1e6, "config": "s.yaml"},
+               "runs": [dict(_run("baseline", 0, 40.0, secs=500.0), train_cpu_seconds=100.0),
+                        dict(_run("detrdistill", 0, 45.0, secs=300.0), train_cpu_seconds=250.0)]}
+    md = summarize(results)
+    assert row(md, "detrdistill").endswith("| 2.50x |") and "mean CPU seconds" in md
+    del results["runs"][1]["train_cpu_seconds"]  # one run without: wall seconds for every run
+    md = summarize(results)
+    assert row(md, "detrdistill").endswith("| 0.60x |") and "mean wall seconds" in md
+
+
 def test_a_file_of_another_environment_is_refused_unless_mixing_is_asked(tmp_path):
     out = tmp_path / "r.json"
     out.write_text(json.dumps({"runs": [_run("baseline", 0, 1.0, env={**run_env.environment(1), "commit": "a" * 40})]}))
