@@ -1,4 +1,4 @@
-"""The D-FINE / DEIMv2 (and CPU RT-DETR) configs: they validate, build their family with a teacher clearly larger than
+"""The D-FINE / DEIMv2 / RT-DETR configs (synthetic, CPU and GPU sizes): they validate, build their family with a teacher clearly larger than
 its student, and the synthetic ones train and distill through the CLI (a D-FINE teacher distilled into a DEIMv2
 student, every DETRDistill term logged beside DEIMv2's own losses)."""
 from __future__ import annotations
@@ -15,7 +15,9 @@ from detrdistill.models import build_model, count_parameters
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PAIRS = [("synthetic_d_fine", "d_fine"), ("synthetic_deimv2", "deimv2"), ("cpu/bccd_d_fine", "d_fine"),
-         ("cpu/bccd_deimv2", "deimv2"), ("cpu/bccd_rt_detr", "rt_detr")]
+         ("cpu/bccd_deimv2", "deimv2"), ("cpu/bccd_rt_detr", "rt_detr"),
+         # the GPU pairs of benchmarks/gpu/realtime.sh
+         ("bccd_rt_detr", "rt_detr"), ("bccd_d_fine", "d_fine"), ("bccd_deimv2", "deimv2")]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE (device tool: carry [".whl", ".data"], timeout_s 600), from the repo root, one pair per call:
-#   bash benchmarks/gpu/realtime.sh rt_detr      # or d_fine
+#   bash benchmarks/gpu/realtime.sh rt_detr      # or d_fine, deimv2
 # A real-time pair of the bccd protocol at GPU size (configs/bccd_<family>_{teacher,student}.yaml: full-resolution
 # images, batch 16, bf16, 30 M / 3.5 M params): the teacher for TEACHER_MIN minutes (a time budget sizes only the
 # teacher), then 3 seeds x {student alone, DETRDistill} in parallel on the one GPU under ONE EQUAL STEP SCHEDULE
