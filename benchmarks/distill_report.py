@@ -37,8 +37,12 @@ def environments(results: dict) -> list[str]:
 
 def _teacher_line(name: str, t: dict) -> str:
     spec = f" ({t['spec']})" if t.get("spec") else ""
+    # a folder's teacher (dir:) was trained elsewhere: the config named is the one it was evaluated with
+    where = (f"evaluated with {t.get('config')}" + (f", trained with {t['trained_config']}" if t.get("trained_config")
+                                                    else "")) if str(t.get("spec", "")).startswith("dir:") \
+        else t.get("config")
     return (f"- {name}{spec}: AP {t.get('AP', float('nan')):.2f}, {t.get('params', 0) / 1e6:.2f} M params, "
-            f"{t.get('steps', 'n/a')} steps ({t.get('config')}); trained in: {run_env.describe(t.get('env'))}")
+            f"{t.get('steps', 'n/a')} steps ({where}); trained in: {run_env.describe(t.get('env'))}")
 
 
 def summarize(results: dict) -> str:

@@ -73,6 +73,10 @@ def test_report_shows_the_environment_and_the_gain_interval():
     results["runs"].append(_run("fitnet", 0, 43.0, env={**run_env.environment(1), "commit": "f" * 40}))
     mixed = summarize(results)
     assert "MIXED: the runs come from 2 environments" in mixed and "fitnet s0" in mixed
+    # a folder's teacher was trained elsewhere: the report does not pass the eval config off as its training config
+    results["teachers"] = {"other": {"spec": "dir:runs/t", "AP": 40.0, "params": 2e6, "steps": 9, "config": "e.yaml"}}
+    line = [ln for ln in summarize(results).splitlines() if ln.startswith("- other")][0]
+    assert "(evaluated with e.yaml)" in line
 
 
 def test_report_cost_is_in_cpu_seconds_when_every_run_has_them():
