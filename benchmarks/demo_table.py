@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python benchmarks/demo_table.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.readme_block import with_block  # noqa: E402
 from detrdistill.demo import DISPLAY_NAMES  # noqa: E402
 from detrdistill.demo_reference import (RUN_ORDER, REFERENCE_FILE, idle_sentence, mean_sd,  # noqa: E402
                                          readme_table)
@@ -95,11 +96,7 @@ def details_md(ref: dict) -> str:
 
 
 def readme_with_table(readme: str, ref: dict) -> str:
-    if BEGIN not in readme or END not in readme:
-        raise SystemExit(f"README.md has no {BEGIN} ... {END} block")
-    head, rest = readme.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{readme_table(ref, DISPLAY_NAMES)}\n{END}{tail}"
+    return with_block(readme, BEGIN, END, readme_table(ref, DISPLAY_NAMES))
 
 
 def idle_record(run_dir: Path, wall_seconds: float, load: str, date: str, ref: dict) -> dict:

@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import results_file, run_env, teachers  # noqa: E402
 from benchmarks.distill_report import bar_and_curve_chart, summarize  # noqa: E402
+from benchmarks.stats import cost_clock  # noqa: E402
 from benchmarks.runner import (STATS, BenchmarkError, child_env, cli, params_of, relative, resolve, run,  # noqa: E402
                                sets, val_curve)
 
@@ -142,11 +143,8 @@ def long_schedule(results: dict, args) -> dict:
     if not runs["baseline"] or not runs[LONG_REFERENCE] or len(steps) != 1:
         raise BenchmarkError(f"baseline_long needs finished baseline and {LONG_REFERENCE} runs in the file (their "
                              "training times set its length); run those first, or give --long-steps N")
-    # CPU seconds when every run has them: a one-thread run's CPU time hardly depends on what else the machine
-    # runs, its wall time does (a baseline timed beside three other runs and a distilled run timed beside one
-    # are not comparable)
-    clock = "train_cpu_seconds" if all(r.get("train_cpu_seconds") for rs in runs.values() for r in rs) else \
-        "train_seconds"
+    # a baseline timed beside three other runs and a distilled run timed beside one: wall seconds mislead
+    clock = cost_clock(runs["baseline"] + runs[LONG_REFERENCE])
     if not all(r.get(clock) for rs in runs.values() for r in rs):
         raise BenchmarkError(f"baseline_long: a baseline or {LONG_REFERENCE} run of the file has no training time; "
                              "give --long-steps N")

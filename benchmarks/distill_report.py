@@ -6,7 +6,7 @@ import statistics
 from pathlib import Path
 
 from benchmarks import results_file, run_env
-from benchmarks.stats import mean_sd, paired_gain
+from benchmarks.stats import cost_clock, mean_sd, paired_gain
 
 
 def _by_method(results: dict) -> dict[str, list[dict]]:
@@ -49,9 +49,7 @@ def summarize(results: dict) -> str:
     by = _by_method(results)
     base = by.get("baseline")
     base_by_seed = {r["seed"]: r["AP"] for r in base} if base else {}
-    # the cost is compared in CPU seconds when every run has them (wall seconds depend on the machine's load)
-    clock = "train_cpu_seconds" if results["runs"] and all(r.get("train_cpu_seconds") for r in results["runs"]) \
-        else "train_seconds"
+    clock = cost_clock(results["runs"])
     base_s = statistics.mean(r[clock] for r in base) if base and all(r.get(clock) for r in base) else None
     t = results["teacher"]
     steps = sorted({r.get("steps") for r in results["runs"] if r["method"] != "baseline_long"},

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python benchmarks/recipe_table.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.readme_block import read_block, with_block  # noqa: E402
 from benchmarks.stats import mean_sd, paired_gain  # noqa: E402
 from detrdistill.io_atomic import write_atomic  # noqa: E402
 
@@ -63,7 +64,7 @@ def row(results: dict, link: str) -> str:
 
 
 def render(files: list[Path]) -> str:
-    """The README block: a header line naming the command, then the table (files in the order given)."""
+    """The README block: the table, one row per file in the order given."""
     rows = []
     for f in files:
         results = json.loads(Path(f).read_text())
@@ -73,19 +74,12 @@ def render(files: list[Path]) -> str:
     return head + "\n" + "\n".join(rows)
 
 
-def _block(text: str) -> tuple[int, int]:
-    i, j = text.find(BEGIN), text.find(END)
-    if i < 0 or j < i:
-        raise SystemExit(f"{README}: no {BEGIN} ... {END} block")
-    return i + len(BEGIN), j
-
-
 def files_in_readme(text: str) -> list[Path]:
     """The results files the README block renders (its ``[file](...md)`` links, as ``.json``)."""
     import re
 
-    i, j = _block(text)
-    return [ROOT / Path(m).with_suffix(".json") for m in re.findall(r"\[file\]\(([^)]+\.md)\)", text[i:j])]
+    return [ROOT / Path(m).with_suffix(".json")
+            for m in re.findall(r"\[file\]\(([^)]+\.md)\)", read_block(text, BEGIN, END))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,17 +93,17 @@ def main(argv: list[str] | None = None) -> int:
     files = args.files or (files_in_readme(text) if args.check else [])
     if not files:
         ap.error("name the results files")
-    table = "\n" + render(files) + "\n"
+    table = render(files)
     if not (args.readme or args.check):
-        print(table.strip())
+        print(table)
         return 0
-    i, j = _block(text)
+    want = with_block(text, BEGIN, END, table)
     if args.check:
-        if text[i:j] != table:
+        if want != text:
             print("README recipe table is stale: run python benchmarks/recipe_table.py --readme FILES", file=sys.stderr)
             return 1
         return 0
-    write_atomic(README, text[:i] + table + text[j:])
+    write_atomic(README, want)
     return 0
 
 

@@ -14,6 +14,13 @@ from dataclasses import dataclass
 from scipy import stats as _st
 
 
+def cost_clock(runs: list[dict]) -> str:
+    """The field a cost comparison between ``runs`` reads: ``train_cpu_seconds`` (CPU time of the training process,
+    hardly load-dependent for a one-thread run) when every run recorded it, else ``train_seconds`` (wall time, only
+    comparable between runs made under the same load)."""
+    return "train_cpu_seconds" if runs and all(r.get("train_cpu_seconds") for r in runs) else "train_seconds"
+
+
 def mean_sd(xs: list[float]) -> tuple[float, float]:
     return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
