@@ -13,6 +13,8 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -279,6 +281,33 @@ def test_signal_saves_then_exits_non_zero(sig, code, synth_dir, tmp_path, monkey
     assert _run("train", out, synth_dir, "train.max_steps=5") == code
     assert (out / "checkpoints" / "step-00000001" / "state.json").is_file()  # saved before exiting
     assert json.loads((out / "eval.json").read_text())["stopped_early"]
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_to_the_whole_process_group_saves_too(sig, code, synth_dir, tmp_path, monkeypatch):
+    """Ctrl-C or a scheduler's stop reaches the data-loader workers as well as the main process: the stop-time
+    checkpoint is still written (a killed worker would make torch raise in the middle of that save)."""
+    import multiprocessing
+
+    from detrdistill.engine.metrics import MetricsLog
+
+    write, workers = MetricsLog.write, []
+
+    def write_then_signal_group(self, rec):
+        write(self, rec)
+        if rec.get("step") == 1 and "loss" in rec:
+            workers.extend(multiprocessing.active_children())
+            for w in workers:  # from another process, as a terminal or scheduler does (torch's workers exit
+                subprocess.run(["kill", f"-{int(sig)}", str(w.pid)], check=True)  # quietly on their parent's)
+            time.sleep(0.5)  # a worker the signal kills is dead, and torch told, before the main process's turn
+            os.kill(os.getpid(), sig)
+    monkeypatch.setattr(MetricsLog, "write", write_then_signal_group)
+    out = tmp_path / "run"
+    assert _run("train", out, synth_dir, "train.max_steps=5", "data.num_workers=1") == code
+    assert workers  # the loader had a worker process to signal
+    assert (out / "checkpoints" / "step-00000001" / "state.json").is_file()
+    assert not list((out / "checkpoints").glob("*.tmp"))
+    assert all(w.exitcode is not None and w.exitcode >= 0 for w in workers)  # none was killed by the signal
 
 
 def test_debug_is_accepted_anywhere(tmp_path, capsys):

@@ -7,16 +7,30 @@ So a run resumed at any step sees exactly the batches (and augmentations) an uni
 whatever the number of workers. Because the stream never ends, one DataLoader iterator (and its worker
 processes) lives for the whole run: no worker restart at epoch boundaries.
 Processes take interleaved slices of each global batch (rank r gets items r, r+W, ... of it).
+
+Worker processes ignore SIGINT and SIGTERM (:func:`ignore_stop_signals`). A SIGTERM sent to the whole process group
+(a scheduler or container stop, ``kill -TERM -PGID``) would otherwise kill them (torch's workers exit quietly only
+when their own parent signals them), and torch then raises "DataLoader worker ... killed by signal" in the main
+process in the middle of its stop-time checkpoint. Stopping is the main process's decision; workers exit when it
+shuts the loader down, or on their own once it is gone (torch's watchdog). The price: torch's last resort at shutdown,
+SIGTERM to a worker that did not exit within 5 s, no longer works, so a worker stuck in a read holds up the exit.
 """
 from __future__ import annotations
 
 import random
+import signal
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from detrdistill.errors import ConfigError
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """``worker_init_fn`` of every loader: SIGINT/SIGTERM are left to the main process (see the module note)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class SeededDataset(Dataset):
@@ -105,6 +119,7 @@ def train_loader(dataset, collate_fn, batch_size: int, seed: int, rank: int, wor
     sampler = StepSampler(len(dataset), batch_size, seed, rank, world_size, start_step=start_step)
     loader = DataLoader(SeededDataset(dataset, seed), batch_size=batch_size, sampler=sampler, collate_fn=collate_fn,
                         num_workers=num_workers, pin_memory=torch.cuda.is_available(), drop_last=True,
+                        worker_init_fn=ignore_stop_signals,
                         # its own generator: starting the iterator (after a resume too) never draws from the
                         # global RNG that model dropout uses; items are seeded by SeededDataset anyway
                         generator=torch.Generator().manual_seed(seed))
@@ -113,4 +128,4 @@ def train_loader(dataset, collate_fn, batch_size: int, seed: int, rank: int, wor
 
 def eval_loader(dataset, collate_fn, batch_size: int, rank: int, world_size: int, num_workers: int) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), rank, world_size),
-                      collate_fn=collate_fn, num_workers=num_workers)
+                      collate_fn=collate_fn, num_workers=num_workers, worker_init_fn=ignore_stop_signals)
