@@ -2,6 +2,12 @@
 (``benchmarks/demo_table.py``, ``benchmarks/recipe_table.py``) and checked by the tests to be what they render."""
 from __future__ import annotations
 
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Callable
+
 
 def _bounds(text: str, begin: str, end: str) -> tuple[int, int]:
     i = text.find(begin)
@@ -21,3 +27,39 @@ def with_block(text: str, begin: str, end: str, body: str) -> str:
     """``text`` with ``body`` (on lines of its own) between the markers."""
     i, j = _bounds(text, begin, end)
     return f"{text[:i]}\n{body}\n{text[j:]}"
+
+
+def linked_results(text: str, begin: str, end: str, root: Path) -> list[Path]:
+    """The results files a block renders: its ``[file](...md)`` links, as the ``.json`` beside each."""
+    return [root / Path(m).with_suffix(".json") for m in re.findall(r"\[file\]\(([^)]+\.md)\)",
+                                                                   read_block(text, begin, end))]
+
+
+def table_command(doc: str, readme: Path, begin: str, end: str, render: Callable[[list[Path]], str],
+                  argv: list[str] | None = None) -> int:
+    """The command line of a README table rendered from results files: print it, ``--readme`` rewrite the block,
+    ``--check`` exit 1 when the block is not what the files it links to render."""
+    from detrdistill.io_atomic import write_atomic
+
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("files", nargs="*", type=Path, help="results JSON files, one per row (--check: the README's)")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--readme", action="store_true", help="rewrite the README block")
+    mode.add_argument("--check", action="store_true", help="exit 1 when the README block is not what the files render")
+    args = ap.parse_args(argv)
+    text = readme.read_text()
+    files = args.files or (linked_results(text, begin, end, readme.parent) if args.check else [])
+    if not files:
+        ap.error("name the results files")
+    table = render(files)
+    if not (args.readme or args.check):
+        print(table)
+        return 0
+    want = with_block(text, begin, end, table)
+    if args.check:
+        if want != text:
+            print(f"README block {begin} is stale: rerun with --readme FILES", file=sys.stderr)
+            return 1
+        return 0
+    write_atomic(readme, want)
+    return 0

@@ -60,6 +60,26 @@ def read(out: Path) -> dict | None:
     return json.loads(out.read_text()) if out.is_file() else None
 
 
+def ap_by_seed(results: dict, method: str) -> dict[int, float]:
+    """seed -> AP of the file's runs of ``method``."""
+    return {r["seed"]: r["AP"] for r in results["runs"] if r["method"] == method}
+
+
+def family(results: dict, role: str = "student") -> str:
+    """The detector family of the file's ``role`` (``student`` / ``teacher``): ``model.family`` of the config it
+    records, else the config's name."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    config = Path((results.get(role) or {}).get("config") or "?")
+    path = config if config.is_absolute() else root / config
+    if path.is_file():
+        found = ((yaml.safe_load(path.read_text()) or {}).get("model") or {}).get("family")
+        if found:
+            return found
+    return config.stem
+
+
 def run_key(run: dict) -> tuple[str, int]:
     return run["method"], run["seed"]
 

@@ -28,7 +28,7 @@ def points(results: dict, method: str) -> list[dict]:
     rows = []
     for name, t in teachers.items():
         run_name = method if name == "teacher" else f"{method}@{name}"
-        by_seed = {r["seed"]: r["AP"] for r in results["runs"] if r["method"] == run_name}
+        by_seed = results_file.ap_by_seed(results, run_name)
         if by_seed and "AP" in t:
             rows.append({"teacher": name, "spec": t.get("spec", ""), "teacher_AP": t["AP"],
                          "steps": t.get("steps"), "students": by_seed})
@@ -36,7 +36,7 @@ def points(results: dict, method: str) -> list[dict]:
 
 
 def table(results: dict, method: str, rows: list[dict]) -> str:
-    base = {r["seed"]: r["AP"] for r in results["runs"] if r["method"] == "baseline"}
+    base = results_file.ap_by_seed(results, "baseline")
     bm, bsd = mean_sd(list(base.values())) if base else (float("nan"), 0.0)
     lines = [f"# Teacher strength: {results['dataset']} ({results.get('report_split')}), {method}", "",
              f"student alone: {bm:.2f} ± {bsd:.2f} ({len(base)} seeds). Gain: mean of the per-seed differences "

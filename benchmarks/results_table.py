@@ -1,0 +1,97 @@
+"""The README's headline results: one row per results file of ``benchmarks/distill.py`` (one dataset, one teacher,
+one student), every run of the file made on one commit and environment, rendered into the README block.
+
+    python benchmarks/results_table.py benchmarks/results/bccd-cpu-2026-12-04.json            # print
+    python benchmarks/results_table.py --readme benchmarks/results/bccd-cpu-2026-12-04.json   # rewrite the block
+    python benchmarks/results_table.py --check    # exit 1 when the block is not what the files it links to render
+
+Per method: mean ± std over its seeds (and how many). Gains are paired by seed (same initialisation and data order)
+with a 95 % t-interval (``benchmarks/stats.py``): DETRDistill over the student alone, and DETRDistill over the
+equal-cost control (``baseline_long``: the student alone for as long as a DETRDistill run costs), when the file has it.
+A file whose runs come from several commits or environments is refused: it is not one comparison.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python benchmarks/results_table.py` from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import run_env  # noqa: E402
+from benchmarks.readme_block import linked_results, table_command  # noqa: E402
+from benchmarks.results_file import ap_by_seed, family  # noqa: E402
+from benchmarks.stats import mean_sd, paired_gain  # noqa: E402
+
+README = ROOT / "README.md"
+BEGIN, END = "<!-- results-table:begin (benchmarks/results_table.py) -->", "<!-- results-table:end -->"
+ALONE, DISTILLED, EQUAL_COST = "baseline", "detrdistill", "baseline_long"
+OTHERS = ("fitnet", "logit_kd")  # the other distillation baselines, shown when the file has them
+HEAD = ("| dataset (split): teacher → student | steps | teacher | student alone | DETRDistill | gain [95 % CI] | FitNet | logit KD | "
+        "alone, equal cost | DETRDistill vs equal cost [95 % CI] | code | details |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def _cell(aps: dict[int, float]) -> str:
+    if not aps:
+        return "—"
+    m, sd = mean_sd(list(aps.values()))
+    return f"{m:.2f} ± {sd:.2f} (n={len(aps)})" if len(aps) > 1 else f"{m:.2f} (n=1)"
+
+
+def one_environment(results: dict, link: str) -> str:
+    """The short commit every run of the file was made on; SystemExit when the runs come from several."""
+    keys = {run_env.environment_key(r.get("env")) for r in results["runs"]}
+    envs = [r.get("env") for r in results["runs"]]
+    if not envs or any(not e or not e.get("commit") for e in envs):
+        raise SystemExit(f"{link}: a run records no commit (made before runs were pinned); rerun it on one commit")
+    if len(keys) > 1:
+        raise SystemExit(f"{link}: its runs come from {len(keys)} commits/environments; the README's rows are "
+                         "comparisons made on one (see the file's environment lines)")
+    return envs[0]["commit"][:7] + (" (dirty)" if envs[0].get("dirty") else "")
+
+
+def row(results: dict, link: str) -> str:
+    """One markdown row of a results file (``link``: its ``.md``, relative to the README)."""
+    alone, distilled = ap_by_seed(results, ALONE), ap_by_seed(results, DISTILLED)
+    if not alone or not distilled:
+        raise SystemExit(f"{link}: needs runs of both {ALONE!r} and {DISTILLED!r} "
+                         f"(has {sorted({r['method'] for r in results['runs']})})")
+    commit = one_environment(results, link)
+    steps = sorted({r.get("steps") for r in results["runs"] if r["method"] in (ALONE, DISTILLED)},
+                   key=lambda s: (s is None, s))
+    if len(steps) != 1:
+        raise SystemExit(f"{link}: {ALONE} and {DISTILLED} ran unequal step counts {steps}")
+    long = ap_by_seed(results, EQUAL_COST)
+    long_steps = (results.get(EQUAL_COST) or {}).get("steps")
+    teacher = (results.get("teacher") or {}).get("AP")
+    vs_long = paired_gain(distilled, long) if long else None
+    return " | ".join([
+        f"| {results['dataset']} ({results.get('report_split')}): {family(results, 'teacher')} → {family(results)}",
+        str(steps[0]),
+        "—" if teacher is None else f"{teacher:.2f}", _cell(alone), f"**{_cell(distilled)}**",
+        str(paired_gain(distilled, alone)), *(_cell(ap_by_seed(results, m)) for m in OTHERS),
+        _cell(long) + (f", {long_steps} steps" if long and long_steps else ""),
+        str(vs_long) if vs_long else "—", commit, f"[file]({link}) |"])
+
+
+def render(files: list[Path]) -> str:
+    """The README block: the table, one row per file in the order given."""
+    rows = [row(json.loads(Path(f).read_text()), Path(f).resolve().relative_to(ROOT).with_suffix(".md").as_posix())
+            for f in files]
+    return HEAD + "\n" + "\n".join(rows)
+
+
+def files_in_readme(text: str) -> list[Path]:
+    """The results files the README block renders."""
+    return linked_results(text, BEGIN, END, ROOT)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return table_command(__doc__, README, BEGIN, END, render, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

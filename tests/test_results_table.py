@@ -1,0 +1,71 @@
+"""benchmarks/results_table.py: the headline rows pair seeds, give the gain over the student alone and over the
+equal-cost control with intervals, refuse a file that is not one comparison on one commit, and the README's block is
+exactly what the committed files it links to render."""
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import results_table
+
+ENV = {"commit": "0123456789abcdef", "dirty": False, "python": "3.11.7", "torch": "2.13.0", "transformers": "5.25.0",
+       "accelerate": "1.16.0", "device": "cpu", "threads": 1}
+
+
+def _results(runs: dict[str, dict[int, float]], env=ENV, steps=None) -> dict:
+    steps = steps or {}
+    return {"dataset": "bccd", "report_split": "test", "teacher": {"AP": 44.0, "config": "configs/cpu/bccd_teacher.yaml"},
+            "student": {"config": "configs/cpu/bccd_student.yaml"}, "baseline_long": {"steps": 6000},
+            "runs": [{"method": m, "seed": s, "AP": ap, "steps": steps.get(m, 2400), "env": dict(env)}
+                     for m, by_seed in runs.items() for s, ap in by_seed.items()]}
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_row_gives_means_paired_gains_and_the_commit():
+    res = _results({"baseline": {0: 40.0, 1: 42.0, 2: 41.0}, "detrdistill": {0: 45.0, 1: 46.0, 2: 45.5},
+                    "baseline_long": {0: 47.0, 1: 46.0}, "fitnet": {0: 43.0}}, steps={"baseline_long": 6000})
+    cells = _cells(results_table.row(res, "x.md"))
+    assert cells[0] == "bccd (test): deformable_detr → deformable_detr"
+    assert cells[1] == "2400" and cells[2] == "44.00"
+    assert cells[3] == "41.00 ± 1.00 (n=3)" and cells[4] == "**45.50 ± 0.50 (n=3)**"
+    gain = cells[5]
+    assert gain.startswith("+4.50 [")  # paired differences 5, 4, 4.5
+    low, high = (float(x) for x in gain.split("[")[1].rstrip("]").split(","))
+    assert 0 < low < 4.5 < high
+    assert cells[6] == "43.00 (n=1)" and cells[7] == "—"  # FitNet one seed, logit KD none
+    assert cells[8] == "46.50 ± 0.71 (n=2), 6000 steps"
+    assert cells[9].startswith("-1.00 [")  # DETRDistill - equal cost over seeds 0, 1: -2.0, 0.0
+    assert cells[10] == "0123456"
+
+
+def test_row_without_an_equal_cost_control_says_so():
+    cells = _cells(results_table.row(_results({"baseline": {0: 1.0}, "detrdistill": {0: 2.0}}), "x.md"))
+    assert cells[8] == "—" and cells[9] == "—" and cells[5] == "+1.00 (n=1, no interval)"
+
+
+def test_row_refuses_runs_from_two_commits():
+    res = _results({"baseline": {0: 1.0, 1: 2.0}, "detrdistill": {0: 2.0, 1: 3.0}})
+    res["runs"][-1]["env"]["commit"] = "fedcba9876543210"
+    with pytest.raises(SystemExit, match="2 commits"):
+        results_table.row(res, "benchmarks/results/x.md")
+
+
+def test_row_refuses_unpinned_runs_unequal_steps_and_a_missing_arm():
+    unpinned = _results({"baseline": {0: 1.0}, "detrdistill": {0: 2.0}})
+    del unpinned["runs"][0]["env"]
+    with pytest.raises(SystemExit, match="records no commit"):
+        results_table.row(unpinned, "x.md")
+    with pytest.raises(SystemExit, match="unequal step counts"):
+        results_table.row(_results({"baseline": {0: 1.0}, "detrdistill": {0: 2.0}}, steps={"detrdistill": 1200}), "x.md")
+    with pytest.raises(SystemExit, match="detrdistill"):
+        results_table.row(_results({"baseline": {0: 1.0}}), "x.md")
+
+
+def test_readme_block_is_what_its_files_render():
+    text = results_table.README.read_text()
+    files = results_table.files_in_readme(text)
+    assert files, "the README's results block links no results file"
+    assert all(f.is_file() for f in files), files
+    assert results_table.main(["--check"]) == 0
