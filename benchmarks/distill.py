@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import results_file, run_env, teachers  # noqa: E402
 from benchmarks.distill_report import bar_and_curve_chart, summarize  # noqa: E402
 from benchmarks.stats import cost_clock  # noqa: E402
-from benchmarks.runner import (STATS, BenchmarkError, child_env, cli, params_of, relative, resolve, run,  # noqa: E402
+from benchmarks.runner import (STATS, BenchmarkError, child_env, cli, params_of, resolve, run,  # noqa: E402
                                sets, val_curve)
 
 
@@ -292,7 +292,7 @@ def main(argv=None) -> int:
     done = {results_file.run_key(r) for r in results["runs"]}
     # seed-major: every method of seed 0 first, so a chunk cut short still holds complete comparisons
     todo = [(m, s) for s in args.seeds for m in args.methods if (m, s) not in done][:args.max_runs]
-    print(f"{len(todo)} runs to do ({len(done)} already in {relative(out)})", flush=True)
+    print(f"{len(todo)} runs to do ({len(done)} already in {run_env.relative(out)})", flush=True)
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
         futures = {pool.submit(train_claimed, m, s): (m, s) for m, s in todo}
         for fut in as_completed(futures):

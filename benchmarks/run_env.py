@@ -102,17 +102,22 @@ def config_hash(config_yaml: Path) -> str | None:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def relative(path: str | Path) -> str:
+    """``path`` relative to the repository when inside it (what a results file records), also when it lies under
+    a link in the repository to a folder elsewhere (a teacher shared between work trees)."""
+    for p in (Path(path).absolute(), Path(path).resolve()):
+        try:
+            return str(p.relative_to(ROOT))
+        except ValueError:
+            pass
+    return str(path)
+
+
 def portable_command(argv: list[str]) -> list[str]:
     """``argv`` with paths inside the repository written relative to it (a results file names no folder of the
     machine that made it); the interpreter is written ``python``."""
     out = []
     for a in argv:
         key, eq, value = a.partition("=") if a.startswith("--") and "=" in a else ("", "", a)
-        p = Path(value)
-        if p.is_absolute():
-            try:
-                value = str(p.resolve().relative_to(ROOT))
-            except ValueError:
-                pass
-        out.append(f"{key}{eq}{value}")
+        out.append(f"{key}{eq}{relative(value) if Path(value).is_absolute() else value}")
     return out

@@ -55,14 +55,6 @@ def resolve(path: str | Path) -> Path:
     return p if p.is_absolute() else ROOT / p
 
 
-def relative(path: Path) -> str:
-    """``path`` relative to the repository when inside it (what a results file records)."""
-    try:
-        return str(Path(path).resolve().relative_to(ROOT))
-    except ValueError:
-        return str(path)
-
-
 def params_of(model_dir: Path) -> int:
     from detrdistill.models.build import count_parameters, load_detector
     return count_parameters(load_detector(model_dir)).total

@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 from benchmarks import results_file, run_env
-from benchmarks.runner import (STATS, BenchmarkError, child_env, cli, params_of, relative, resolve, run, sets,
+from benchmarks.runner import (STATS, BenchmarkError, child_env, cli, params_of, resolve, run, sets,
                                val_curve)
 
 KINDS = ("snapshot", "steps", "baseline", "dir")
@@ -133,7 +133,7 @@ def teacher_record(args, work: Path, teacher: Path, split: str, name: str = "tea
                 *sets(args.set)), work / f"{name}-eval.log", child_env(args.threads))
     stats = json.loads((t_eval / "eval.json").read_text())
     rec = {"config": config, **{k: stats[k] for k in STATS}, "params": params_of(teacher),
-           "model_dir": relative(teacher)}
+           "model_dir": run_env.relative(teacher)}
     folder = teacher.parent.parent if teacher.parent.name == "snapshots" else teacher.parent  # the run folder
     info = folder / "eval.json"  # a teacher trained by this project (here or passed with --teacher)
     if (folder / "metrics.jsonl").is_file() and info.is_file():
@@ -143,7 +143,7 @@ def teacher_record(args, work: Path, teacher: Path, split: str, name: str = "tea
                    curve_val=val_curve(folder / "metrics.jsonl"))
     rec["env"] = folder_env(folder)
     if (folder / "config.yaml").is_file():  # the resolved config it was trained with ("config" evaluated it)
-        rec["trained_config"] = relative(folder / "config.yaml")
+        rec["trained_config"] = run_env.relative(folder / "config.yaml")
     return rec
 
 

@@ -47,6 +47,20 @@ def test_portable_command_writes_repository_paths_relative():
     assert cmd == ["runs/bench", "--out=r.json", "/elsewhere/x", "plain"]
 
 
+def test_relative_keeps_a_path_under_a_link_in_the_repository_relative(tmp_path):
+    elsewhere = tmp_path / "teacher"
+    elsewhere.mkdir()
+    link = run_env.ROOT / "runs" / f"link-{tmp_path.name}"
+    link.parent.mkdir(exist_ok=True)
+    link.symlink_to(elsewhere)
+    try:
+        assert run_env.relative(link / "model") == f"runs/{link.name}/model"  # not the folder it points to
+        assert run_env.relative(elsewhere / "model") == str(elsewhere / "model")  # outside: as given
+        assert run_env.portable_command([str(link / "model")]) == [f"runs/{link.name}/model"]
+    finally:
+        link.unlink()
+
+
 def test_paired_gain_interval_is_the_t_interval_of_per_seed_differences():
     method = {0: 45.0, 1: 46.7, 2: 45.6, 5: 99.0}   # seed 5 has no baseline: not paired, not used
     base = {0: 39.8, 1: 42.1, 2: 42.9}
