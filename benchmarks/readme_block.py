@@ -30,9 +30,10 @@ def with_block(text: str, begin: str, end: str, body: str) -> str:
 
 
 def linked_results(text: str, begin: str, end: str, root: Path) -> list[Path]:
-    """The results files a block renders: its ``[file](...md)`` links, as the ``.json`` beside each."""
-    return [root / Path(m).with_suffix(".json") for m in re.findall(r"\[file\]\(([^)]+\.md)\)",
-                                                                   read_block(text, begin, end))]
+    """The results files a block renders: its ``[file](...md)`` links, as the ``.json`` beside each (a link's
+    ``#anchor`` kept: ``x.json#name`` names one part of a file, for a table that renders parts as rows)."""
+    return [root / (str(Path(md).with_suffix(".json")) + anchor)
+            for md, anchor in re.findall(r"\[file\]\(([^)#]+\.md)(#[^)]*)?\)", read_block(text, begin, end))]
 
 
 def table_command(doc: str, readme: Path, begin: str, end: str, render: Callable[[list[Path]], str],

@@ -9,6 +9,10 @@ Per method: mean ± std over its seeds (and how many). Gains are paired by seed 
 with a 95 % t-interval (``benchmarks/stats.py``): DETRDistill over the student alone, and DETRDistill over the
 equal-cost control (``baseline_long``: the student alone for as long as a DETRDistill run costs), when the file has it.
 A file whose runs come from several commits or environments is refused: it is not one comparison.
+
+``FILE#NAME`` is the row of the file's teacher variant ``NAME`` (``benchmarks/distill.py --teacher-variant``; e.g. a
+teacher of another family into the same student): ``detrdistill@NAME`` against the same student alone. The other
+methods and the equal-cost control were sized for the main teacher, so that row leaves them out.
 """
 from __future__ import annotations
 
@@ -53,34 +57,40 @@ def one_environment(results: dict, link: str) -> str:
     return envs[0]["commit"][:7] + (" (dirty)" if envs[0].get("dirty") else "")
 
 
-def row(results: dict, link: str) -> str:
-    """One markdown row of a results file (``link``: its ``.md``, relative to the README)."""
-    alone, distilled = ap_by_seed(results, ALONE), ap_by_seed(results, DISTILLED)
+def row(results: dict, link: str, variant: str | None = None) -> str:
+    """One markdown row of a results file (``link``: its ``.md``, relative to the README); ``variant``: the row of
+    that teacher variant instead of the main teacher."""
+    distilled_method = DISTILLED if variant is None else f"{DISTILLED}@{variant}"
+    alone, distilled = ap_by_seed(results, ALONE), ap_by_seed(results, distilled_method)
     if not alone or not distilled:
-        raise SystemExit(f"{link}: needs runs of both {ALONE!r} and {DISTILLED!r} "
+        raise SystemExit(f"{link}: needs runs of both {ALONE!r} and {distilled_method!r} "
                          f"(has {sorted({r['method'] for r in results['runs']})})")
     commit = one_environment(results, link)
-    steps = sorted({r.get("steps") for r in results["runs"] if r["method"] in (ALONE, DISTILLED)},
+    steps = sorted({r.get("steps") for r in results["runs"] if r["method"] in (ALONE, distilled_method)},
                    key=lambda s: (s is None, s))
     if len(steps) != 1:
-        raise SystemExit(f"{link}: {ALONE} and {DISTILLED} ran unequal step counts {steps}")
-    long = ap_by_seed(results, EQUAL_COST)
+        raise SystemExit(f"{link}: {ALONE} and {distilled_method} ran unequal step counts {steps}")
+    teacher = (results.get("teacher") if variant is None else results.get("teachers", {}).get(variant)) or {}
+    pair = f"{family(results, 'teacher') if variant is None else variant} → {family(results)}"
+    others = [ap_by_seed(results, m) if variant is None else {} for m in OTHERS]
+    long = ap_by_seed(results, EQUAL_COST) if variant is None else {}
     long_steps = (results.get(EQUAL_COST) or {}).get("steps")
-    teacher = (results.get("teacher") or {}).get("AP")
     vs_long = paired_gain(distilled, long) if long else None
     return " | ".join([
-        f"| {results['dataset']} ({results.get('report_split')}): {family(results, 'teacher')} → {family(results)}",
-        str(steps[0]),
-        "—" if teacher is None else f"{teacher:.2f}", _cell(alone), f"**{_cell(distilled)}**",
-        str(paired_gain(distilled, alone)), *(_cell(ap_by_seed(results, m)) for m in OTHERS),
+        f"| {results['dataset']} ({results.get('report_split')}): {pair}", str(steps[0]),
+        f"{teacher['AP']:.2f}" if "AP" in teacher else "—", _cell(alone), f"**{_cell(distilled)}**",
+        str(paired_gain(distilled, alone)), *(_cell(o) for o in others),
         _cell(long) + (f", {long_steps} steps" if long and long_steps else ""),
-        str(vs_long) if vs_long else "—", commit, f"[file]({link}) |"])
+        str(vs_long) if vs_long else "—", commit, f"[file]({link}{'#' + variant if variant else ''}) |"])
 
 
 def render(files: list[Path]) -> str:
-    """The README block: the table, one row per file in the order given."""
-    rows = [row(json.loads(Path(f).read_text()), Path(f).resolve().relative_to(ROOT).with_suffix(".md").as_posix())
-            for f in files]
+    """The README block: the table, one row per file (``FILE#NAME``: its teacher variant NAME) in the order given."""
+    rows = []
+    for f in files:
+        path, _, variant = str(f).partition("#")
+        link = Path(path).resolve().relative_to(ROOT).with_suffix(".md").as_posix()
+        rows.append(row(json.loads(Path(path).read_text()), link, variant or None))
     return HEAD + "\n" + "\n".join(rows)
 
 

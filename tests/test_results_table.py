@@ -3,9 +3,13 @@ equal-cost control with intervals, refuse a file that is not one comparison on o
 exactly what the committed files it links to render."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from benchmarks import results_table
+from benchmarks.readme_block import linked_results
 
 ENV = {"commit": "0123456789abcdef", "dirty": False, "python": "3.11.7", "torch": "2.13.0", "transformers": "5.25.0",
        "accelerate": "1.16.0", "device": "cpu", "threads": 1}
@@ -61,6 +65,24 @@ def test_row_refuses_unpinned_runs_unequal_steps_and_a_missing_arm():
         results_table.row(_results({"baseline": {0: 1.0}, "detrdistill": {0: 2.0}}, steps={"detrdistill": 1200}), "x.md")
     with pytest.raises(SystemExit, match="detrdistill"):
         results_table.row(_results({"baseline": {0: 1.0}}), "x.md")
+
+
+def test_variant_row_is_that_teacher_against_the_same_student_alone(tmp_path, monkeypatch):
+    res = _results({"baseline": {0: 40.0, 1: 42.0}, "detrdistill": {0: 30.0, 1: 31.0}, "fitnet": {0: 1.0},
+                    "detrdistill@deformable": {0: 44.0, 1: 45.0}, "baseline_long": {0: 47.0}})
+    res["teachers"] = {"deformable": {"spec": "dir:x", "AP": 50.0}}
+    cells = _cells(results_table.row(res, "x.md", "deformable"))
+    assert cells[0] == "bccd (test): deformable → deformable_detr"
+    assert cells[2] == "50.00" and cells[4] == "**44.50 ± 0.71 (n=2)**" and cells[5].startswith("+3.50 [")
+    assert cells[6:10] == ["—", "—", "—", "—"]  # sized for the main teacher: not this row's
+    assert cells[11] == "[file](x.md#deformable)"
+    with pytest.raises(SystemExit, match="detrdistill@other"):
+        results_table.row(res, "x.md", "other")
+    # FILE#NAME on the command line renders that row, and the README's link reads back as the same part
+    monkeypatch.setattr(results_table, "ROOT", tmp_path)
+    (tmp_path / "r.json").write_text(json.dumps(res))
+    block = results_table.render([tmp_path / "r.json", Path(f"{tmp_path / 'r.json'}#deformable")])
+    assert linked_results(f"<b>\n{block}\n</e>", "<b>", "</e>", tmp_path) == [tmp_path / "r.json", tmp_path / "r.json#deformable"]
 
 
 def test_readme_block_is_what_its_files_render():
