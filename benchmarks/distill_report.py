@@ -51,7 +51,7 @@ def summarize(results: dict) -> str:
     base_by_seed = {r["seed"]: r["AP"] for r in base} if base else {}
     clock = cost_clock(results["runs"])
     base_s = statistics.mean(r[clock] for r in base) if base and all(r.get(clock) for r in base) else None
-    t = results["teacher"]
+    t = results.get("teacher") or {}  # none when no method of the file distils
     steps = sorted({r.get("steps") for r in results["runs"] if r["method"] != "baseline_long"},
                    key=lambda s: (s is None, s))
     schedule = (f"{steps[0]} steps for every run" if len(steps) == 1
@@ -92,10 +92,15 @@ def summarize(results: dict) -> str:
     lines += ["", f"Time per part (training seconds, summed over seeds): teacher {_fmt_s(t.get('train_seconds'))}; "
               + "; ".join(f"{m} {sum(r.get('train_seconds') or 0 for r in rs):.0f}" for m, rs in by.items())
               + f"; total {total:.0f} s ({total / 3600:.2f} h of single-run time)."]
-    if results.get("superseded_by"):
-        lines[:0] = [f"> **Superseded** by [{results['superseded_by']}]({Path(results['superseded_by']).name}): "
-                     f"{results.get('superseded_why', '')}", ""]
-    return "\n".join(lines) + "\n"
+    return superseded_banner(results) + "\n".join(lines) + "\n"
+
+
+def superseded_banner(results: dict) -> str:
+    """The note that opens the report of a file a rerun replaced (``superseded_by``, ``superseded_why``), or ""."""
+    if not results.get("superseded_by"):
+        return ""
+    return (f"> **Superseded** by [{results['superseded_by']}]({Path(results['superseded_by']).name}): "
+            f"{results.get('superseded_why', '')}\n\n")
 
 
 def mean_curve(runs: list[dict]) -> tuple[list[int], list[float], list[float]]:
