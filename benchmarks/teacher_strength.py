@@ -53,6 +53,11 @@ def table(results: dict, method: str, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def is_self(row: dict) -> bool:
+    """A point whose teacher is a student-alone model (``baseline:SEED``): the self-distillation control."""
+    return str(row.get("spec", "")).startswith("baseline:")
+
+
 def chart(results: dict, method: str, rows: list[dict]) -> bytes:
     import matplotlib
     matplotlib.use("Agg")
@@ -66,8 +71,15 @@ def chart(results: dict, method: str, rows: list[dict]) -> bytes:
         ax.axhspan(bm - bsd, bm + bsd, color="grey", alpha=0.15)
     xs = [r["teacher_AP"] for r in rows]
     stats = [mean_sd(list(r["students"].values())) for r in rows]
-    ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], fmt="o-", color="tab:blue", capsize=4,
-                label=f"student + {method} (mean ± std over seeds)")
+    # the curve joins the teachers of the teacher's design (snapshots, the main one, longer ones); a student-alone
+    # model as teacher (baseline:SEED, the self-distillation control) is a point of its own
+    for selfish, fmt, color, label in ((False, "o-", "tab:blue", f"student + {method} (mean ± std over seeds)"),
+                                       (True, "s", "tab:orange", f"student + {method} from a student-alone model "
+                                                                  "(self-distillation control)")):
+        part = [(x, st) for r, x, st in zip(rows, xs, stats) if is_self(r) == selfish]
+        if part:
+            ax.errorbar([x for x, _ in part], [m for _, (m, _) in part], yerr=[sd for _, (_, sd) in part], fmt=fmt,
+                        color=color, capsize=4, label=label)
     for r, (m, _) in zip(rows, stats):
         ax.annotate(r["teacher"], (r["teacher_AP"], m), textcoords="offset points", xytext=(4, 6), fontsize=8)
     lo, hi = min(xs + [m for m, _ in stats]) - 2, max(xs + [m for m, _ in stats]) + 2

@@ -222,6 +222,7 @@ def test_teacher_strength_points_pair_each_teacher_with_the_students_it_taught(t
     rows = teacher_strength.points(results, "detrdistill")
     assert [r["teacher"] for r in rows] == ["t600", "self", "teacher"]  # by teacher AP; a teacher without runs: none
     assert rows[-1]["students"] == {0: 46.0, 1: 45.0, 2: 46.5}
+    assert [teacher_strength.is_self(r) for r in rows] == [False, True, False]  # the control: a point of its own
     md = teacher_strength.table(results, "detrdistill", rows)
     assert str(stats.paired_gain({0: 46.0, 1: 45.0, 2: 46.5}, {0: 40.0, 1: 42.0, 2: 41.0})) in md
     f = tmp_path / "r.json"
