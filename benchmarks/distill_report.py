@@ -99,7 +99,8 @@ def superseded_banner(results: dict) -> str:
     """The note that opens the report of a file a rerun replaced (``superseded_by``, ``superseded_why``), or ""."""
     if not results.get("superseded_by"):
         return ""
-    return (f"> **Superseded** by [{results['superseded_by']}]({Path(results['superseded_by']).name}): "
+    report = Path(results["superseded_by"]).with_suffix(".md").name
+    return (f"> **Superseded** by [{results['superseded_by']}]({report}): "
             f"{results.get('superseded_why', '')}\n\n")
 
 

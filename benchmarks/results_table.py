@@ -45,6 +45,14 @@ def _cell(aps: dict[int, float]) -> str:
     return f"{m:.2f} ± {sd:.2f} (n={len(aps)})" if len(aps) > 1 else f"{m:.2f} (n=1)"
 
 
+def _mean(aps: dict[int, float]) -> float:
+    return mean_sd(list(aps.values()))[0]
+
+
+def _bold_the_better(alone: str, distilled: str, distilled_better: bool) -> tuple[str, str]:
+    return (alone, f"**{distilled}**") if distilled_better else (f"**{alone}**", distilled)
+
+
 def one_environment(results: dict, link: str) -> str:
     """The short commit every run of the file was made on; SystemExit when the runs come from several."""
     keys = {run_env.environment_key(r.get("env")) for r in results["runs"]}
@@ -78,7 +86,8 @@ def row(results: dict, link: str, variant: str | None = None) -> str:
     vs_long = paired_gain(distilled, long) if long else None
     return " | ".join([
         f"| {results['dataset']} ({results.get('report_split')}): {pair}", str(steps[0]),
-        f"{teacher['AP']:.2f}" if "AP" in teacher else "—", _cell(alone), f"**{_cell(distilled)}**",
+        f"{teacher['AP']:.2f}" if "AP" in teacher else "—", *_bold_the_better(_cell(alone), _cell(distilled),
+                                                                         _mean(distilled) >= _mean(alone)),
         str(paired_gain(distilled, alone)), *(_cell(o) for o in others),
         _cell(long) + (f", {long_steps} steps" if long and long_steps else ""),
         str(vs_long) if vs_long else "—", commit, f"[file]({link}{'#' + variant if variant else ''}) |"])

@@ -29,13 +29,13 @@ def test_marks_the_old_file_and_opens_its_report_with_one_note(tmp_path):
     md = old.with_suffix(".md").read_text()
     assert md.count("**Superseded**") == 1 and "second reason" in md and "rerun on one commit" not in md
     assert md.endswith("# Distillation benchmark: bccd\n\n| table |\n")  # the report itself is kept
-    assert "(new.json)" in md
+    assert "(new.md)" in md  # the link opens the rerun's report
 
 
 def test_the_report_renders_the_same_note():
     results = {"superseded_by": "benchmarks/results/new.json", "superseded_why": "why", "runs": [], "teacher": None,
                "dataset": "d", "device": "cpu", "student": {}, "command": "c"}
-    assert summarize(results).startswith("> **Superseded** by [benchmarks/results/new.json](new.json): why\n\n")
+    assert summarize(results).startswith("> **Superseded** by [benchmarks/results/new.json](new.md): why\n\n")
 
 
 def test_refuses_a_missing_file_itself_and_an_empty_reason(tmp_path):
