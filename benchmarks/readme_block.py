@@ -1,10 +1,11 @@
 """A generated block of the README: the text between a begin and an end marker, rewritten from committed results
-(``benchmarks/demo_table.py``, ``benchmarks/recipe_table.py``) and checked by the tests to be what they render."""
+(``benchmarks/demo_table.py``, ``benchmarks/recipe_table.py``, ``benchmarks/results_table.py``) and checked by the tests to be what they render."""
 from __future__ import annotations
 
 import argparse
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -36,31 +37,49 @@ def linked_results(text: str, begin: str, end: str, root: Path) -> list[Path]:
             for md, anchor in re.findall(r"\[file\]\(([^)#]+\.md)(#[^)]*)?\)", read_block(text, begin, end))]
 
 
-def table_command(doc: str, readme: Path, begin: str, end: str, render: Callable[[list[Path]], str],
-                  argv: list[str] | None = None) -> int:
-    """The command line of a README table rendered from results files: print it, ``--readme`` rewrite the block,
-    ``--check`` exit 1 when the block is not what the files it links to render."""
-    from detrdistill.io_atomic import write_atomic
+def report_link(results_json: Path, root: Path) -> str:
+    """The link a table row gives to a results file: its ``.md`` report, relative to the repository ``root``."""
+    return Path(results_json).resolve().relative_to(root).with_suffix(".md").as_posix()
 
-    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
-    ap.add_argument("files", nargs="*", type=Path, help="results JSON files, one per row (--check: the README's)")
-    mode = ap.add_mutually_exclusive_group()
-    mode.add_argument("--readme", action="store_true", help="rewrite the README block")
-    mode.add_argument("--check", action="store_true", help="exit 1 when the README block is not what the files render")
-    args = ap.parse_args(argv)
-    text = readme.read_text()
-    files = args.files or (linked_results(text, begin, end, readme.parent) if args.check else [])
-    if not files:
-        ap.error("name the results files")
-    table = render(files)
-    if not (args.readme or args.check):
-        print(table)
+
+@dataclass(frozen=True)
+class ResultsBlock:
+    """A README table rendered from results files (``render``: the files -> the table) between two markers."""
+    doc: str  # the generating module's docstring (its first paragraph describes the command)
+    readme: Path
+    begin: str
+    end: str
+    render: Callable[[list[Path]], str]
+
+    def files(self, text: str) -> list[Path]:
+        """The results files the block in ``text`` renders."""
+        return linked_results(text, self.begin, self.end, self.readme.parent)
+
+    def main(self, argv: list[str] | None = None) -> int:
+        """The command line: print the table, ``--readme`` rewrite the block, ``--check`` exit 1 when the block is
+        not what the files it links to render."""
+        from detrdistill.io_atomic import write_atomic
+
+        ap = argparse.ArgumentParser(description=self.doc.split("\n\n")[0])
+        ap.add_argument("files", nargs="*", type=Path, help="results JSON files, one per row (--check: the README's)")
+        mode = ap.add_mutually_exclusive_group()
+        mode.add_argument("--readme", action="store_true", help="rewrite the README block")
+        mode.add_argument("--check", action="store_true",
+                          help="exit 1 when the README block is not what the files render")
+        args = ap.parse_args(argv)
+        text = self.readme.read_text()
+        files = args.files or (self.files(text) if args.check else [])
+        if not files:
+            ap.error("name the results files")
+        table = self.render(files)
+        if not (args.readme or args.check):
+            print(table)
+            return 0
+        want = with_block(text, self.begin, self.end, table)
+        if args.check:
+            if want != text:
+                print(f"README block {self.begin} is stale: rerun with --readme FILES", file=sys.stderr)
+                return 1
+            return 0
+        write_atomic(self.readme, want)
         return 0
-    want = with_block(text, begin, end, table)
-    if args.check:
-        if want != text:
-            print(f"README block {begin} is stale: rerun with --readme FILES", file=sys.stderr)
-            return 1
-        return 0
-    write_atomic(readme, want)
-    return 0

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python benchmarks/recipe_table.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.readme_block import linked_results, table_command  # noqa: E402
+from benchmarks.readme_block import ResultsBlock, report_link  # noqa: E402
 from benchmarks.results_file import ap_by_seed, family  # noqa: E402
 from benchmarks.stats import mean_sd, paired_gain  # noqa: E402
 
@@ -49,21 +49,13 @@ def render(files: list[Path]) -> str:
     """The README block: the table, one row per file in the order given."""
     rows = []
     for f in files:
-        results = json.loads(Path(f).read_text())
-        rows.append(row(results, Path(f).resolve().relative_to(ROOT).with_suffix(".md").as_posix()))
+        rows.append(row(json.loads(Path(f).read_text()), report_link(f, ROOT)))
     head = ("| student family | seeds | AP, own recipe (`family`) | AP, set criterion (`set`) | gain [95 % CI] | "
             "train s / run (family / set) | details |\n|---|---|---|---|---|---|---|")
     return head + "\n" + "\n".join(rows)
 
 
-def files_in_readme(text: str) -> list[Path]:
-    """The results files the README block renders."""
-    return linked_results(text, BEGIN, END, ROOT)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return table_command(__doc__, README, BEGIN, END, render, argv)
-
+TABLE = ResultsBlock(__doc__, README, BEGIN, END, render)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(TABLE.main())

@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:  # `python benchmarks/results_table.py` from anywh
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import run_env  # noqa: E402
-from benchmarks.readme_block import linked_results, table_command  # noqa: E402
+from benchmarks.readme_block import ResultsBlock, report_link  # noqa: E402
 from benchmarks.results_file import ap_by_seed, family  # noqa: E402
 from benchmarks.stats import mean_sd, paired_gain  # noqa: E402
 
@@ -98,19 +98,11 @@ def render(files: list[Path]) -> str:
     rows = []
     for f in files:
         path, _, variant = str(f).partition("#")
-        link = Path(path).resolve().relative_to(ROOT).with_suffix(".md").as_posix()
-        rows.append(row(json.loads(Path(path).read_text()), link, variant or None))
+        rows.append(row(json.loads(Path(path).read_text()), report_link(Path(path), ROOT), variant or None))
     return HEAD + "\n" + "\n".join(rows)
 
 
-def files_in_readme(text: str) -> list[Path]:
-    """The results files the README block renders."""
-    return linked_results(text, BEGIN, END, ROOT)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return table_command(__doc__, README, BEGIN, END, render, argv)
-
+TABLE = ResultsBlock(__doc__, README, BEGIN, END, render)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(TABLE.main())

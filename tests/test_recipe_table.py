@@ -40,7 +40,7 @@ def test_row_refuses_a_file_without_both_arms():
 
 def test_readme_block_is_what_its_files_render():
     text = recipe_table.README.read_text()
-    files = recipe_table.files_in_readme(text)
+    files = recipe_table.TABLE.files(text)
     assert files, "the README's recipe block links no results file"
     assert all(f.is_file() for f in files), files
-    assert recipe_table.main(["--check"]) == 0
+    assert recipe_table.TABLE.main(["--check"]) == 0

@@ -89,7 +89,7 @@ def test_variant_row_is_that_teacher_against_the_same_student_alone(tmp_path, mo
 
 def test_readme_block_is_what_its_files_render():
     text = results_table.README.read_text()
-    files = results_table.files_in_readme(text)
+    files = results_table.TABLE.files(text)
     assert files, "the README's results block links no results file"
     assert all(Path(str(f).partition("#")[0]).is_file() for f in files), files  # FILE#NAME: a part of FILE
-    assert results_table.main(["--check"]) == 0
+    assert results_table.TABLE.main(["--check"]) == 0
