@@ -186,6 +186,9 @@ class TrainConfig(_Section):
     keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept")
     device: Literal["auto", "cpu"] = Field("auto", description="'auto' = what accelerate finds (a GPU if any), 'cpu'")
     progress: bool = Field(True, description="progress bar on stderr (a plain line every 30 s when not a terminal)")
+    probe_gradients: bool = Field(True, description="distill: at the first step of a fresh run, measure each term's "
+                                  "gradient against the student's own loss (one extra backward per term, once), log "
+                                  "it, warn when a term dominates the clipped update; metrics.jsonl grad/*")
     report_to: list[Literal["tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "trackio",
                             "swanlab", "all"]] = Field(
         [], description="experiment trackers beside metrics.jsonl, through accelerate (e.g. [tensorboard]; "

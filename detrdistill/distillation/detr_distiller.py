@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence, Union
 
@@ -59,6 +59,9 @@ class DETRDistillerOutput:
     student_outputs: the student's per-stage outputs (:class:`~detrdistill.models.outputs.DetectorOutput`:
                      ``logits`` [L, B, N, C(+1)], ``boxes`` [L, B, N, 4] normalised cxcywh, features, queries).
     teacher_outputs: the teacher's, its logits already mapped to the student's classes.
+    parts:           ``loss`` split by source, with grad: ``student`` (its own loss) and one entry per active term
+                     (``logits``, ``feature``, ``query_prior``, ...), for
+                     :func:`detrdistill.engine.grad_balance.gradient_balance` (does a term dominate the update?).
 
     ``logits`` / ``pred_boxes`` are the student's last stage ([B, N, C(+1)] / [B, N, 4]), as a transformers detector
     returns them, so ``image_processor.post_process_object_detection(out, target_sizes=...)`` reads this output.
@@ -67,6 +70,7 @@ class DETRDistillerOutput:
     losses: dict[str, Tensor]
     student_outputs: DetectorOutput
     teacher_outputs: DetectorOutput
+    parts: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def logits(self) -> Tensor:
@@ -247,7 +251,7 @@ class DETRDistiller(nn.Module):
         targets = self.targets(labels, image_sizes, pixel_values.shape[0], pixel_values.device)
         out = self.distiller(pixel_values, pixel_mask, targets, self.criterion)
         return DETRDistillerOutput(loss=out.loss, losses=out.loss_dict, student_outputs=out.student,
-                                   teacher_outputs=out.teacher)
+                                   teacher_outputs=out.teacher, parts=out.parts)
 
     def student_forward(self, pixel_values: Tensor, pixel_mask: Tensor | None = None,
                         labels: Sequence | None = None, image_sizes: Any = None):

@@ -87,6 +87,9 @@ class DistillOutput:
                query_prior_giou, contrastive, fitnet, logit_kd``.
     student / teacher: the two DetectorOutputs; matching: [L_S, B, N_S] student -> teacher query (or None);
     stage_map: teacher stage of each student stage.
+    parts:     ``loss`` split by source, WITH grad: ``student`` (its own detection loss) and one entry per active term
+               (``logits``, ``feature``, ``query_prior``, ...: the sum of that term's components); they sum to
+               ``loss``. For :func:`~detrdistill.engine.grad_balance.gradient_balance`.
     """
     loss: Tensor
     loss_dict: dict[str, Tensor]
@@ -94,6 +97,7 @@ class DistillOutput:
     teacher: DetectorOutput
     matching: Tensor | None = None
     stage_map: list[int] = field(default_factory=list)
+    parts: dict[str, Tensor] = field(default_factory=dict)
 
 
 def _as_target(t):
@@ -291,13 +295,15 @@ class Distiller(nn.Module):
             with profiling.section("student_loss"):
                 self.student.attach_loss(s_out, targets, criterion, student_gt)
         total = s_out.loss if s_out.loss is not None else s_out.logits.new_zeros(())
+        parts = {"student": total}
         loss_dict: dict[str, Tensor] = {k: v.detach() for k, v in s_out.loss_dict.items()}
         for term in self.terms:
             with profiling.section(f"term:{term.name}"):
                 term_losses = term(ctx)
             for name, value in term_losses.items():
                 total = total + value
+                parts[term.name] = parts[term.name] + value if term.name in parts else value
                 loss_dict[name] = value.detach()
         t_out.assignments = ctx.cache.get(TEACHER_ASSIGNMENTS)
         return DistillOutput(loss=total, loss_dict=loss_dict, student=s_out, teacher=t_out,
-                             matching=ctx.cache.get(MATCHING), stage_map=list(ctx.stage_map))
+                             matching=ctx.cache.get(MATCHING), stage_map=list(ctx.stage_map), parts=parts)

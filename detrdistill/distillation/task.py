@@ -71,8 +71,14 @@ class DistillTask(nn.Module):
     def student(self) -> nn.Module:
         return self.detr_distiller.distiller.student
 
+    #: set by the engine for a step whose gradient balance it measures (:mod:`detrdistill.engine.grad_balance`):
+    #: that step's loss parts (with grad) are then kept in ``last_parts``
+    keep_parts = False
+    last_parts = None
+
     def forward(self, pixel_values, pixel_mask, targets):
         out = self.detr_distiller(pixel_values, pixel_mask, labels=targets)
+        self.last_parts = out.parts if self.keep_parts else None
         return out.loss, out.losses
 
     def named_trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:

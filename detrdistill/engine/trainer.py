@@ -27,13 +27,14 @@ from detrdistill.config import Config
 from detrdistill.data import collate_fn
 from detrdistill.engine.checkpoint import load_latest_intact, save_checkpoint
 from detrdistill.engine.evaluator import evaluate, write_eval_json
+from detrdistill.engine.grad_balance import gradient_balance
 from detrdistill.engine.loading import eval_loader, train_loader
 from detrdistill.engine.metrics import MetricsLog
 from detrdistill.engine.optim import build_optimizer, build_scheduler
 from detrdistill.engine.interrupt import TrainingInterrupted
 from detrdistill.engine.run_dir import export_atomically
 from detrdistill.engine.setup import build_datasets, claim_output_dir, commit_output_dir, make_accelerator
-from detrdistill.engine.task import TaskType
+from detrdistill.engine.task import TaskType, trainable_named_parameters
 from detrdistill.engine.tasks import move_targets
 from detrdistill.errors import NonFiniteLossError
 from detrdistill.export import finish_model_dir
@@ -106,6 +107,7 @@ class Run:
     summary: list[str] = field(default_factory=list)  # the start-up block (engine/run_summary.py)
     start_step: int = 0    # the step this process started from (> 0 after --resume)
     first_steps_s: list[float] = field(default_factory=list)  # elapsed_s after each of the first two steps
+    probe: bool = False    # measure the gradient balance of the next step's loss parts (engine/grad_balance.py)
 
     @property
     def world(self) -> int:
@@ -219,7 +221,12 @@ def train_step(run: Run, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Ten
     pv = batch["pixel_values"].to(acc.device, non_blocking=True)
     pm = batch["pixel_mask"].to(acc.device, non_blocking=True)
     targets = move_targets(batch["labels"], acc.device)
+    probe = run.probe
+    if probe:
+        run.task.keep_parts = True
     loss, loss_dict = run.model(pv, pm, targets)
+    if probe:
+        _probe_gradients(run)
     if not torch.isfinite(loss):  # a --resume would repeat it exactly: a new start with other settings is needed
         raise NonFiniteLossError(f"step {state['step'] + 1}: loss is {loss.item()} (training diverged); lower "
                                  "optim.lr or raise optim.warmup_steps and start over with --overwrite")
@@ -236,6 +243,27 @@ def train_step(run: Run, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Ten
         state["cpu_s"] = cpu_before + time.process_time() - start_cpu
     run.bar.update(1)
     return loss, loss_dict
+
+
+def _probe_gradients(run: Run) -> None:
+    """Gradient balance of the step's loss parts (the task kept them), logged and written to metrics.jsonl as
+    ``grad/*``; a warning names each part that dominates the update. Runs once; the step itself is unchanged."""
+    task = run.task
+    task.keep_parts, run.probe = False, False
+    parts, task.last_parts = task.last_parts, None
+    if not parts or len(parts) < 2 or not all(torch.isfinite(v) for v in parts.values()):
+        return
+    clip = run.cfg.optim.grad_clip
+    balance = gradient_balance(parts, [p for _, p in trainable_named_parameters(task)], max_norm=clip)
+    step = run.state["step"] + 1
+    run.metrics.write({"step": step, **balance.record()})
+    log.info("gradient balance at step %d: %s", step, balance.line())
+    for t in balance.dominant():
+        log.warning("the %s term's gradient is %.1fx the student's own at step %d (cos %+.2f): it steers the %s "
+                    "update, the student's own loss keeps %.0f %% of its progress. If the distilled student trails "
+                    "the student alone, lower its weights (distill.%s.*) or check its inputs", t.name, t.ratio,
+                    step, t.cos, f"clipped (optim.grad_clip={clip:g})" if clip > 0 else "unclipped",
+                    100 * balance.own_share, t.name)
 
 
 def _log_step(run: Run, loss: torch.Tensor, loss_dict: dict[str, torch.Tensor]) -> None:
@@ -347,6 +375,9 @@ def _train(run: Run, cfg: Config) -> dict:
     run.bar = progress_bar(total=run.plan["total"], initial=run.state["step"], desc=f"{run.task.name} {run.out_dir.name}",
                    disable=not (run.accelerator.is_main_process and cfg.train.progress), dynamic_ncols=True)
     run.model.train()
+    # the gradient balance of the first step of a fresh run; one process (a probe under DDP would need every rank)
+    run.probe = (cfg.train.probe_gradients and run.state["step"] == 0 and hasattr(run.task, "keep_parts")
+                 and run.world == 1)
     while run.state["step"] < run.plan["total"] and not run.stop["stop"]:
         loss, loss_dict = train_step(run, next(run.batches))
         if after_step(run, loss, loss_dict):

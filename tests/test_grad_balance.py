@@ -1,0 +1,99 @@
+"""The gradient balance probe (engine/grad_balance.py): ratios, cosines and the student's share of a clipped update
+against closed forms; it keeps the graph so the step's backward is unchanged; a distillation run logs it at step 1
+and trains exactly as without it."""
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from detrdistill.cli import main
+from detrdistill.engine.grad_balance import gradient_balance
+from detrdistill.engine.metrics import read_metrics
+from tests.conftest import tiny_overrides
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _sets(overrides):
+    return sum((["--set", o] for o in overrides), [])
+
+
+def _parts(w):
+    a, b = torch.tensor([3.0, 0.0, 0.0]), torch.tensor([0.0, 4.0, 0.0])
+    return {"student": w @ a, "double": 2 * (w @ a), "side": w @ b, "constant": torch.tensor(5.0)}
+
+
+def test_ratio_cosine_and_share_match_closed_forms():
+    w = torch.ones(3, requires_grad=True)
+    # gradients: own a = (3,0,0); double 2a; side b = (0,4,0) (orthogonal); constant: none
+    free = gradient_balance(_parts(w), [w], max_norm=0.0)
+    got = {t.name: t for t in free.terms}
+    assert free.own_norm == pytest.approx(3.0)
+    assert (got["double"].ratio, got["double"].cos) == (pytest.approx(2.0), pytest.approx(1.0))
+    assert (got["side"].ratio, got["side"].cos) == (pytest.approx(4 / 3), pytest.approx(0.0, abs=1e-6))
+    assert (got["constant"].ratio, got["constant"].cos) == (0.0, 0.0)
+    assert free.own_share == pytest.approx(3.0)  # unclipped: the parallel part triples the own progress
+    assert [t.name for t in free.dominant(1.5)] == ["double"]
+
+    # clipped at 1: total (9, 4, 0) -> scaled to norm 1; its component along a, over the clipped own alone (1)
+    clipped = gradient_balance(_parts(w), [w], max_norm=1.0)
+    assert clipped.own_share == pytest.approx(9 / math.hypot(9, 4), rel=1e-5)
+    assert clipped.record()["grad/side_ratio"] == pytest.approx(4 / 3)
+    assert "side 1.33x (cos +0.00)" in clipped.line()
+
+
+def test_the_probe_keeps_the_graph_and_leaves_the_gradient_alone():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    x = torch.randn(5, 4)
+
+    def parts():
+        y = net(x).squeeze(-1)
+        return {"student": (y - 1).pow(2).mean(), "term": y.abs().mean()}
+
+    sum(parts().values()).backward()
+    plain = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    p = parts()
+    balance = gradient_balance(p, net.parameters(), max_norm=1.0)
+    sum(p.values()).backward()  # the graph is still there after the probe
+    for g, ref in zip((q.grad for q in net.parameters()), plain):
+        torch.testing.assert_close(g, ref)
+    assert balance.own_norm > 0 and balance.terms[0].ratio > 0
+    with pytest.raises(ValueError, match="no part named"):
+        gradient_balance({"term": p["term"]}, net.parameters())
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(synth_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher")
+    extra = ["model.d_model=64", "model.decoder_layers=3", "model.num_queries=15", "train.eval_every_epochs=0",
+             "train.max_steps=2"]
+    assert main(["train", *_sets(tiny_overrides(out, synth_dir, *extra))]) == 0
+    return out / "model"
+
+
+def test_a_distillation_run_logs_the_balance_once_and_trains_as_without_it(synth_dir, teacher_dir, tmp_path, caplog):
+    common = ["train.max_steps=2", "train.eval_every_epochs=0", "train.log_every=1"]
+    runs = {}
+    for probe in ("true", "false"):
+        out = tmp_path / probe
+        with caplog.at_level(logging.INFO, logger="detrdistill"):
+            assert main(["distill", "--teacher", str(teacher_dir),
+                         *_sets(tiny_overrides(out, synth_dir, *common, f"train.probe_gradients={probe}"))]) == 0
+        runs[probe] = out
+    recs = read_metrics(runs["true"] / "metrics.jsonl")
+    grads = [r for r in recs if "grad/own_norm" in r]
+    assert len(grads) == 1 and grads[0]["step"] == 1 and grads[0]["grad/own_norm"] > 0
+    assert {"grad/logits_ratio", "grad/feature_ratio", "grad/query_prior_ratio"} <= set(grads[0])
+    assert -1.0 <= grads[0]["grad/query_prior_cos"] <= 1.0
+    assert not any("grad/own_norm" in r for r in read_metrics(runs["false"] / "metrics.jsonl"))
+    assert sum("gradient balance at step 1" in m for m in caplog.messages) == 1
+    losses = {k: [r["loss"] for r in read_metrics(v / "metrics.jsonl") if "loss" in r] for k, v in runs.items()}
+    assert losses["true"] == losses["false"] and len(losses["true"]) == 2
+    a, b = (load_file(str(runs[k] / "model" / "model.safetensors")) for k in ("true", "false"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the probe changed no update
