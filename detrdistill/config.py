@@ -236,6 +236,11 @@ class QueryPriorDistillConfig(_Section):
     enabled: bool = Field(True, description="use the query-prior term")
     weight: float = Field(1.0, description="weight of the query-prior term")
     reuse_memory: bool = Field(True, description="decode over the student's memory instead of a second encoder pass")
+    reference: Literal["teacher_boxes", "learned"] = Field(
+        "teacher_boxes", description="a student whose decoder starts from boxes (RT-DETR, D-FINE, AdaMixer, ...) "
+        "under a teacher whose queries carry none (DETR, Deformable DETR): 'teacher_boxes' = the box the teacher's "
+        "first decoder stage predicts for each query on the image; 'learned' = a trainable Linear from the teacher's "
+        "query embedding (starts untrained)")
 
 
 class ContrastiveDistillConfig(_Section):

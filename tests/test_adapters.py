@@ -341,24 +341,38 @@ def test_query_forms_that_cannot_be_derived_are_rejected():
 CROSS = [("dab_detr", "detr", {"position": "from_reference"}),
          ("rt_detr", "deformable_detr", {"position": "from_reference"}),
          ("dab_detr", "deformable_detr", {"content": "zeros", "position": "from_reference"}),
-         ("detr", "rt_detr", {"content": "zeros", "reference": "from_position"}),
-         ("deformable_detr", "adamixer", {"reference": "from_position"}),
+         ("detr", "rt_detr", {"content": "zeros", "reference": "from_teacher_boxes"}),
+         ("deformable_detr", "adamixer", {"reference": "from_teacher_boxes"}),
          ("adamixer", "dab_detr", {})]
+# the same two pairs with the learned reference connector (distill.query_prior.reference=learned)
+LEARNED = [("detr", "rt_detr", {"content": "zeros", "reference": "from_position"}),
+           ("deformable_detr", "adamixer", {"reference": "from_position"})]
 
 
-@pytest.mark.parametrize("t_name,s_name,derive", CROSS, ids=[f"{t}-to-{s}" for t, s, _ in CROSS])
-def test_cross_family_query_prior_derives_missing_fields(t_name, s_name, derive):
-    """A teacher's queries in another family's form reach the student's decoder: missing fields are derived by
-    trainable connectors that get gradients; the teacher gets none."""
+@pytest.mark.parametrize("t_name,s_name,derive,reference",
+                         [(*c, "teacher_boxes") for c in CROSS] + [(*c, "learned") for c in LEARNED],
+                         ids=[f"{t}-to-{s}" for t, s, _ in CROSS] + [f"{t}-to-{s}-learned" for t, s, _ in LEARNED])
+def test_cross_family_query_prior_derives_missing_fields(t_name, s_name, derive, reference):
+    """A teacher's queries in another family's form reach the student's decoder: missing fields are derived (by
+    trainable connectors that get gradients, or a reference from the teacher's first-stage boxes, exactly those
+    boxes); the teacher gets none."""
     if not (_registered(t_name) and _registered(s_name)):
         pytest.skip("adapter not registered")
     teacher = make_adapter(t_name, d_model=64, seed=1).eval()
     teacher.requires_grad_(False)
     student = make_adapter(s_name, d_model=32, seed=2).train()
     pix, mask, _ = batch()
-    proj = build_query_projection(teacher, student)
+    proj = build_query_projection(teacher, student, reference)
     assert proj.derive == derive
-    s_group = proj(own_queries(teacher, teacher(pix, mask)))
+    t_out = teacher(pix, mask)
+    boxes = t_out.boxes[0] if proj.needs_boxes else None
+    if boxes is not None:
+        with pytest.raises(ValueError, match="teacher's boxes"):
+            proj(own_queries(teacher, t_out))
+    s_group = proj(own_queries(teacher, t_out), boxes=boxes)
+    if boxes is not None:
+        assert "reference" not in proj.derived
+        assert torch.equal(s_group.reference, boxes[..., :s_group.reference.shape[-1]])
     for f in ("content", "position", "reference"):
         t = getattr(s_group, f)
         assert (t is not None) == (f in student.query_form)

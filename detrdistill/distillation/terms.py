@@ -151,8 +151,11 @@ class QueryPriorTerm(DistillTerm):
     def __call__(self, ctx: StepContext) -> dict[str, Tensor]:
         teacher, student = self._adapters
         group = ctx.teacher.queries if ctx.teacher.queries is not None else teacher.query_table()
+        # the teacher's first-stage boxes, where a student reference is derived from them (query_projection.py)
+        boxes = ctx.teacher.boxes[0] if getattr(self.projection, "needs_boxes", False) else None
         with profiling.section("query_prior_decode"):
-            g_out = student.decode_group(ctx.student, self.projection(group))
+            g_out = student.decode_group(ctx.student, self.projection(group, boxes=boxes) if boxes is not None
+                                         else self.projection(group))
         out = self.loss(g_out, ctx.teacher_assignments(), ctx.targets, ctx.stage_map, ctx.criterion)
         return out.losses
 
@@ -231,7 +234,8 @@ def _query_prior(env: TermEnv) -> DistillTerm:
             "memory of the student's own forward only (it differs from a re-run only by encoder dropout); "
             "set distill.query_prior.reuse_memory=true")
     return QueryPriorTerm(QueryPriorLoss(weight=env.cfg.query_prior.weight),
-                          build_query_projection(env.teacher, env.student), env.teacher, env.student)
+                          build_query_projection(env.teacher, env.student, env.cfg.query_prior.reference),
+                          env.teacher, env.student)
 
 
 def _contrastive(env: TermEnv) -> DistillTerm:

@@ -18,8 +18,12 @@ RT-DETR, AdaMixer ``content`` + ``reference`` (4-d boxes)
 
   - ``position`` from the teacher's ``reference``: sine embedding of the box (as DAB-DETR derives its positional
     queries from anchors) -> ``Linear - ReLU - Linear`` to the student's width;
-  - ``reference`` from the teacher's ``position`` (or ``content``): ``Linear(teacher_d, 4)`` -> sigmoid (as
-    Deformable DETR derives its reference points);
+  - ``reference`` from the teacher's boxes (``from_teacher_boxes``, the default of :func:`build_query_projection`):
+    the box the teacher's first decoder stage predicts for each of its queries on the image (detached; passed as
+    ``forward(group, boxes=...)``), so the student's decoder starts each teacher query where the teacher placed it;
+    or learned (``from_position`` / ``from_content``): ``Linear(teacher_d, 4)`` -> sigmoid (as Deformable DETR
+    derives its reference points), which starts untrained: from a Deformable teacher into an RT-DETR student its
+    query-prior gradient was 11x the student's own at step 1 (docs/distillation.md);
   - ``content`` as zeros (DETR's decoder starts from an empty content query);
 * fields the student does not use are dropped (None).
 
@@ -44,7 +48,7 @@ log = logging.getLogger("detrdistill")
 
 _PROJECTABLE = ("content", "position")
 _DERIVATIONS = {"content": ("zeros",), "position": ("from_reference",),
-                "reference": ("from_position", "from_content")}
+                "reference": ("from_teacher_boxes", "from_position", "from_content")}
 
 
 def box_sine_embedding(reference: Tensor, feats_per_coord: int, temperature: float = 10000.0) -> Tensor:
@@ -89,7 +93,14 @@ class QueryProjection(nn.Module):
         if self.derive.get("reference") in ("from_position", "from_content"):
             self.derived["reference"] = nn.Linear(self.teacher_d, self.reference_dim)
 
-    def forward(self, group: QueryGroup) -> QueryGroup:
+    @property
+    def needs_boxes(self) -> bool:
+        """True when :meth:`forward` needs the teacher's first-stage boxes of the group's queries."""
+        return self.keep_reference and self.derive.get("reference") == "from_teacher_boxes"
+
+    def forward(self, group: QueryGroup, boxes: Tensor | None = None) -> QueryGroup:
+        """group: the teacher's queries ([N, .] or [B, N, .]); boxes [B, N, 4]: the teacher's first-stage boxes of
+        those queries (normalised cxcywh), needed when :attr:`needs_boxes`."""
         out: dict[str, Tensor | None] = {f: None for f in _PROJECTABLE}
         for f in self.fields:
             how = self.derive.get(f)
@@ -109,13 +120,18 @@ class QueryProjection(nn.Module):
         reference = None
         if self.keep_reference:
             how = self.derive.get("reference")
-            if how is not None:
+            if how == "from_teacher_boxes":
+                if boxes is None:
+                    raise ValueError("QueryProjection: the reference comes from the teacher's boxes; pass "
+                                     "forward(group, boxes=<teacher first-stage boxes [B, N, 4]>)")
+                reference = boxes.detach()
+            elif how is not None:
                 src = self._need(group, "position" if how == "from_position" else "content")
                 reference = self.derived["reference"](src).sigmoid()
             else:
                 reference = group.reference  # None stays None: the student's decoder names what it lacks
-                if reference is not None and reference.shape[-1] > self.reference_dim:
-                    reference = reference[..., :self.reference_dim]  # box -> its centre
+            if reference is not None and reference.shape[-1] > self.reference_dim:
+                reference = reference[..., :self.reference_dim]  # box -> its centre
         return QueryGroup(content=out["content"], position=out["position"], reference=reference)
 
     @staticmethod
@@ -130,8 +146,13 @@ class QueryProjection(nn.Module):
                f"keep_reference={self.keep_reference}, derive={self.derive}"
 
 
-def build_query_projection(teacher_adapter, student_adapter) -> QueryProjection:
-    """A QueryProjection from the teacher's query form to the student's (clear error when it cannot be built)."""
+def build_query_projection(teacher_adapter, student_adapter, reference: str = "teacher_boxes") -> QueryProjection:
+    """A QueryProjection from the teacher's query form to the student's (clear error when it cannot be built).
+
+    reference: how a student reference the teacher's queries lack is derived (``distill.query_prior.reference``):
+    ``teacher_boxes`` (the teacher's first-stage boxes) or ``learned`` (a trainable Linear)."""
+    if reference not in ("teacher_boxes", "learned"):
+        raise ValueError(f"reference must be 'teacher_boxes' or 'learned', got {reference!r}")
     t_form: dict[str, int] = dict(teacher_adapter.query_form)
     s_form: dict[str, int] = dict(student_adapter.query_form)
     t_fam, s_fam = teacher_adapter.family, student_adapter.family
@@ -155,12 +176,14 @@ def build_query_projection(teacher_adapter, student_adapter) -> QueryProjection:
                 raise IncompatibleQueriesError(
                     f"teacher {t_fam} reference points are {t_form['reference']}-d, the student {s_fam} needs "
                     f"{s_form['reference']}-d")
+        elif reference == "teacher_boxes":
+            derive["reference"] = "from_teacher_boxes"
         elif "position" in t_form or "content" in t_form:
             derive["reference"] = "from_position" if "position" in t_form else "from_content"
         else:  # pragma: no cover - every family has a width field or a reference
             raise IncompatibleQueriesError(f"teacher {t_fam} queries {t_form} give no reference for {s_fam} {s_form}")
     if derive:
-        log.info("distill.query_prior: teacher %s queries %s -> student %s %s: derived %s (trainable connectors)",
+        log.info("distill.query_prior: teacher %s queries %s -> student %s %s: derived %s",
                  t_fam, sorted(t_form), s_fam, sorted(s_form),
                  ", ".join(f"{f} {how.replace('_', ' ')}" for f, how in derive.items()))
     fields = tuple(f for f in _PROJECTABLE if f in s_form)
