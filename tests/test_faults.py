@@ -283,6 +283,25 @@ def test_signal_saves_then_exits_non_zero(sig, code, synth_dir, tmp_path, monkey
     assert json.loads((out / "eval.json").read_text())["stopped_early"]
 
 
+def test_a_signal_during_a_checkpoint_still_marks_the_run_stopped_early(synth_dir, tmp_path, monkeypatch):
+    """A stop that lands while the periodic checkpoint is written (after the step's stop check) ends the loop at
+    once; eval.json must still say the run stopped early, or a benchmark would score a cut-short run as finished."""
+    from detrdistill.engine import checkpoint as ckpt, trainer
+
+    save, sent = ckpt.save_checkpoint, []
+
+    def save_then_signal(out_dir, *args, **kwargs):
+        save(out_dir, *args, **kwargs)
+        if args[3]["step"] == 2 and not sent:  # the periodic save of step 2 (the stop-time save follows it)
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGTERM)
+    monkeypatch.setattr(trainer, "save_checkpoint", save_then_signal)
+    out = tmp_path / "run"
+    assert _run("train", out, synth_dir, "train.max_steps=6", "train.checkpoint_every_steps=2") == 143
+    ev = json.loads((out / "eval.json").read_text())
+    assert ev["step"] == 2 and ev["stopped_early"]
+
+
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_to_the_whole_process_group_saves_too(sig, code, synth_dir, tmp_path, monkeypatch):
     """Ctrl-C or a scheduler's stop reaches the data-loader workers as well as the main process: the stop-time

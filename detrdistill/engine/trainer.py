@@ -298,7 +298,6 @@ def after_step(run: Run, loss: torch.Tensor, loss_dict: dict[str, torch.Tensor])
         halt = acc.reduce(torch.tensor([float(halt)], device=acc.device), "sum").item() > 0
     run.stop["stop"] = halt
     if run.stop["stop"] or step >= plan["total"]:
-        state["stopped_early"] = step < plan["total"]
         return True
     if step % (cfg.train.checkpoint_every_steps or run.steps_per_epoch) == 0:
         run.checkpoint()
@@ -382,6 +381,8 @@ def _train(run: Run, cfg: Config) -> dict:
         loss, loss_dict = train_step(run, next(run.batches))
         if after_step(run, loss, loss_dict):
             break
+    # here, not in after_step: a signal may also land after its stop check (during a checkpoint or an evaluation)
+    run.state["stopped_early"] = run.state["step"] < run.plan["total"]
     final = finish_run(run)
     if run.stop.get("signal"):  # saved by finish_run; report the interruption as a failure
         raise TrainingInterrupted(run.stop["signal"], run.state["step"], run.out_dir)
