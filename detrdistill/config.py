@@ -189,6 +189,8 @@ class TrainConfig(_Section):
     probe_gradients: bool = Field(True, description="distill: at the first step of a fresh run, measure each term's "
                                   "gradient against the student's own loss (one extra backward per term, once), log "
                                   "it, warn when a term dominates the clipped update; metrics.jsonl grad/*")
+    probe_gradients_every: int = Field(0, ge=0, description="distill: with probe_gradients, measure it again every N "
+                                       "steps (0: at the first step only), e.g. to see a term take over later")
     report_to: list[Literal["tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "trackio",
                             "swanlab", "all"]] = Field(
         [], description="experiment trackers beside metrics.jsonl, through accelerate (e.g. [tensorboard]; "

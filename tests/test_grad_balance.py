@@ -77,23 +77,24 @@ def teacher_dir(synth_dir, tmp_path_factory):
     return out / "model"
 
 
-def test_a_distillation_run_logs_the_balance_once_and_trains_as_without_it(synth_dir, teacher_dir, tmp_path, caplog):
-    common = ["train.max_steps=2", "train.eval_every_epochs=0", "train.log_every=1"]
+def test_a_distillation_run_logs_the_balance_when_asked_and_trains_as_without_it(synth_dir, teacher_dir, tmp_path,
+                                                                                  caplog):
+    common = ["train.max_steps=3", "train.eval_every_epochs=0", "train.log_every=1"]
     runs = {}
     for probe in ("true", "false"):
         out = tmp_path / probe
         with caplog.at_level(logging.INFO, logger="detrdistill"):
-            assert main(["distill", "--teacher", str(teacher_dir),
-                         *_sets(tiny_overrides(out, synth_dir, *common, f"train.probe_gradients={probe}"))]) == 0
+            assert main(["distill", "--teacher", str(teacher_dir), *_sets(tiny_overrides(
+                out, synth_dir, *common, f"train.probe_gradients={probe}", "train.probe_gradients_every=2"))]) == 0
         runs[probe] = out
     recs = read_metrics(runs["true"] / "metrics.jsonl")
     grads = [r for r in recs if "grad/own_norm" in r]
-    assert len(grads) == 1 and grads[0]["step"] == 1 and grads[0]["grad/own_norm"] > 0
+    assert [r["step"] for r in grads] == [1, 2] and grads[0]["grad/own_norm"] > 0  # the first step, then every 2nd
     assert {"grad/logits_ratio", "grad/feature_ratio", "grad/query_prior_ratio"} <= set(grads[0])
     assert -1.0 <= grads[0]["grad/query_prior_cos"] <= 1.0
     assert not any("grad/own_norm" in r for r in read_metrics(runs["false"] / "metrics.jsonl"))
     assert sum("gradient balance at step 1" in m for m in caplog.messages) == 1
     losses = {k: [r["loss"] for r in read_metrics(v / "metrics.jsonl") if "loss" in r] for k, v in runs.items()}
-    assert losses["true"] == losses["false"] and len(losses["true"]) == 2
+    assert losses["true"] == losses["false"] and len(losses["true"]) == 3
     a, b = (load_file(str(runs[k] / "model" / "model.safetensors")) for k in ("true", "false"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the probe changed no update

@@ -247,7 +247,7 @@ def train_step(run: Run, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Ten
 
 def _probe_gradients(run: Run) -> None:
     """Gradient balance of the step's loss parts (the task kept them), logged and written to metrics.jsonl as
-    ``grad/*``; a warning names each part that dominates the update. Runs once; the step itself is unchanged."""
+    ``grad/*``; a warning names each part that dominates the update. The step itself is unchanged."""
     task = run.task
     task.keep_parts, run.probe = False, False
     parts, task.last_parts = task.last_parts, None
@@ -374,10 +374,12 @@ def _train(run: Run, cfg: Config) -> dict:
     run.bar = progress_bar(total=run.plan["total"], initial=run.state["step"], desc=f"{run.task.name} {run.out_dir.name}",
                    disable=not (run.accelerator.is_main_process and cfg.train.progress), dynamic_ncols=True)
     run.model.train()
-    # the gradient balance of the first step of a fresh run; one process (a probe under DDP would need every rank)
-    run.probe = (cfg.train.probe_gradients and run.state["step"] == 0 and hasattr(run.task, "keep_parts")
-                 and run.world == 1)
+    # the gradient balance at the first step of a fresh run (and every probe_gradients_every steps); one process
+    # (a probe under DDP would need every rank)
+    probing = cfg.train.probe_gradients and hasattr(run.task, "keep_parts") and run.world == 1
+    every = cfg.train.probe_gradients_every
     while run.state["step"] < run.plan["total"] and not run.stop["stop"]:
+        run.probe = probing and (run.state["step"] == 0 or bool(every and (run.state["step"] + 1) % every == 0))
         loss, loss_dict = train_step(run, next(run.batches))
         if after_step(run, loss, loss_dict):
             break
