@@ -1,4 +1,4 @@
-"""Gradient balance of a loss made of named parts: how much each part pushes the trained parameters, measured once.
+"""Gradient balance of a loss made of named parts: how much each part pushes the trained parameters.
 
 A distillation step's loss is the student's own detection loss plus each distillation term. With gradient clipping
 (``optim.grad_clip``, max-norm), what a step does is the clipped SUM of their gradients: a term whose gradient is
@@ -8,8 +8,8 @@ term on unnormalised features, and the query prior of an RT-DETR student under a
 
 :func:`gradient_balance` measures it for one batch: one ``autograd.grad`` per part (the graph is kept for the real
 backward), so it costs one extra backward per part and changes nothing in the step. The engine runs it at the first
-step of a fresh run (``train.probe_gradients``), logs one line, warns when a part dominates, and writes the numbers
-to ``metrics.jsonl`` as ``grad/*``.
+step of a fresh run (``train.probe_gradients``) and every ``train.probe_gradients_every`` steps, logs one line, warns
+when a part dominates, and writes the numbers to ``metrics.jsonl`` as ``grad/*``.
 
 For parts ``own`` (the student's loss) and terms ``t`` with gradients ``g_own``, ``g_t`` over the trained parameters:
 
