@@ -152,10 +152,9 @@ class QueryPriorTerm(DistillTerm):
         teacher, student = self._adapters
         group = ctx.teacher.queries if ctx.teacher.queries is not None else teacher.query_table()
         # the teacher's first-stage boxes, where a student reference is derived from them (query_projection.py)
-        boxes = ctx.teacher.boxes[0] if getattr(self.projection, "needs_boxes", False) else None
+        boxes = ctx.teacher.boxes[0] if self.projection.needs_boxes else None
         with profiling.section("query_prior_decode"):
-            g_out = student.decode_group(ctx.student, self.projection(group, boxes=boxes) if boxes is not None
-                                         else self.projection(group))
+            g_out = student.decode_group(ctx.student, self.projection(group, boxes=boxes))
         out = self.loss(g_out, ctx.teacher_assignments(), ctx.targets, ctx.stage_map, ctx.criterion)
         return out.losses
 

@@ -107,7 +107,6 @@ class Run:
     summary: list[str] = field(default_factory=list)  # the start-up block (engine/run_summary.py)
     start_step: int = 0    # the step this process started from (> 0 after --resume)
     first_steps_s: list[float] = field(default_factory=list)  # elapsed_s after each of the first two steps
-    probe: bool = False    # measure the gradient balance of the next step's loss parts (engine/grad_balance.py)
 
     @property
     def world(self) -> int:
@@ -215,13 +214,13 @@ def dataset_category_ids(dataset) -> list[int] | None:
     return [int(label2cat[i]) for i in range(len(label2cat))] if label2cat else None
 
 
-def train_step(run: Run, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Forward, backward and optimizer step on one batch; advances ``run.state['step']`` and the clock."""
+def train_step(run: Run, batch: dict, probe: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Forward, backward and optimizer step on one batch; advances ``run.state['step']`` and the clock. ``probe``:
+    also measure the gradient balance of the step's loss parts (engine/grad_balance.py; the step is unchanged)."""
     acc, cfg, state = run.accelerator, run.cfg, run.state
     pv = batch["pixel_values"].to(acc.device, non_blocking=True)
     pm = batch["pixel_mask"].to(acc.device, non_blocking=True)
     targets = move_targets(batch["labels"], acc.device)
-    probe = run.probe
     if probe:
         run.task.keep_parts = True
     loss, loss_dict = run.model(pv, pm, targets)
@@ -249,7 +248,7 @@ def _probe_gradients(run: Run) -> None:
     """Gradient balance of the step's loss parts (the task kept them), logged and written to metrics.jsonl as
     ``grad/*``; a warning names each part that dominates the update. The step itself is unchanged."""
     task = run.task
-    task.keep_parts, run.probe = False, False
+    task.keep_parts = False
     parts, task.last_parts = task.last_parts, None
     if not parts or len(parts) < 2 or not all(torch.isfinite(v) for v in parts.values()):
         return
@@ -379,8 +378,8 @@ def _train(run: Run, cfg: Config) -> dict:
     probing = cfg.train.probe_gradients and hasattr(run.task, "keep_parts") and run.world == 1
     every = cfg.train.probe_gradients_every
     while run.state["step"] < run.plan["total"] and not run.stop["stop"]:
-        run.probe = probing and (run.state["step"] == 0 or bool(every and (run.state["step"] + 1) % every == 0))
-        loss, loss_dict = train_step(run, next(run.batches))
+        probe = probing and (run.state["step"] == 0 or bool(every and (run.state["step"] + 1) % every == 0))
+        loss, loss_dict = train_step(run, next(run.batches), probe)
         if after_step(run, loss, loss_dict):
             break
     # here, not in after_step: a signal may also land after its stop check (during a checkpoint or an evaluation)
