@@ -186,11 +186,13 @@ class TrainConfig(_Section):
     keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept")
     device: Literal["auto", "cpu"] = Field("auto", description="'auto' = what accelerate finds (a GPU if any), 'cpu'")
     progress: bool = Field(True, description="progress bar on stderr (a plain line every 30 s when not a terminal)")
-    probe_gradients: bool = Field(True, description="distill: at the first step of a fresh run, measure each term's "
-                                  "gradient against the student's own loss (one extra backward per term, once), log "
-                                  "it, warn when a term dominates the clipped update; metrics.jsonl grad/*")
-    probe_gradients_every: int = Field(0, ge=0, description="distill: with probe_gradients, measure it again every N "
-                                       "steps (0: at the first step only), e.g. to see a term take over later")
+    probe_gradients: bool = Field(True, description="distill: at the first step of a fresh run (and every "
+                                  "probe_gradients_every steps), measure each term's gradient against the student's "
+                                  "own loss, over all parameters and per module (one extra backward per term each "
+                                  "time), log it, warn when a term dominates; metrics.jsonl grad/*")
+    probe_gradients_every: int = Field(200, ge=0, description="distill: with probe_gradients, measure it again every "
+                                       "N steps (0: at the first step only): a term can take a module of the student "
+                                       "over later (per-module ratios, grad/<term>_ratio/<module>)")
     report_to: list[Literal["tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "trackio",
                             "swanlab", "all"]] = Field(
         [], description="experiment trackers beside metrics.jsonl, through accelerate (e.g. [tensorboard]; "

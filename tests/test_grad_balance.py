@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from detrdistill.cli import main
-from detrdistill.engine.grad_balance import gradient_balance
+from detrdistill.engine.grad_balance import gradient_balance, module_group
 from detrdistill.engine.metrics import read_metrics
 from tests.conftest import tiny_overrides
 
@@ -68,6 +68,37 @@ def test_the_probe_keeps_the_graph_and_leaves_the_gradient_alone():
         gradient_balance({"term": p["term"]}, net.parameters())
 
 
+@pytest.mark.parametrize("name, group", [
+    ("distiller.student.model.model.backbone.model.embedder.embedder.convolution.weight", "backbone"),
+    ("distiller.student.model.model.encoder_input_proj.0.1.weight", "encoder_input_proj"),
+    ("distiller.student.model.class_embed.0.bias", "class_embed"),
+    ("distiller.student.model.model.enc_score_head.weight", "enc_score_head"),
+    ("distiller.feature_loss.adapters.0.weight", "connectors"),
+    ("distiller.query_projection.proj.content.weight", "connectors"),
+    ("model.decoder.layers.0.fc1.weight", "decoder"),  # a bare model
+])
+def test_module_group_names_the_students_module(name, group):
+    assert module_group(name) == group
+
+
+def test_per_module_ratios_match_closed_forms_and_skip_modules_the_own_loss_does_not_reach():
+    back, head, conn = (torch.ones(2, requires_grad=True) for _ in range(3))
+    names = ["student.model.backbone.w", "student.model.class_embed.w", "distiller.feature_loss.adapters.0.w"]
+    parts = {"student": back @ torch.tensor([1.0, 0.0]) + head @ torch.tensor([0.0, 10.0]),
+             # the term: 6x the own gradient in the backbone, none in the head, and its connector
+             "feature": back @ torch.tensor([0.0, 6.0]) + conn @ torch.tensor([5.0, 5.0])}
+    b = gradient_balance(parts, [back, head, conn], names=names)
+    got = {(m.name, m.module): m.ratio for m in b.modules}
+    assert got == {("feature", "backbone"): pytest.approx(6.0), ("feature", "class_embed"): 0.0}  # no connectors
+    assert b.terms[0].ratio == pytest.approx(math.hypot(6, 5 * math.sqrt(2)) / math.hypot(1, 10))  # overall: ~0.9x
+    assert not b.dominant() and [(m.name, m.module) for m in b.dominant_modules()] == [("feature", "backbone")]
+    assert b.record()["grad/feature_ratio/backbone"] == pytest.approx(6.0)
+    assert "largest per module: feature 6.00x in backbone" in b.line()
+    assert not gradient_balance(parts, [back, head, conn]).modules  # no names: no per-module view
+    with pytest.raises(ValueError, match="2 names for 3 parameters"):
+        gradient_balance(parts, [back, head, conn], names=names[:2])
+
+
 @pytest.fixture(scope="module")
 def teacher_dir(synth_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("teacher")
@@ -91,6 +122,7 @@ def test_a_distillation_run_logs_the_balance_when_asked_and_trains_as_without_it
     grads = [r for r in recs if "grad/own_norm" in r]
     assert [r["step"] for r in grads] == [1, 2] and grads[0]["grad/own_norm"] > 0  # the first step, then every 2nd
     assert {"grad/logits_ratio", "grad/feature_ratio", "grad/query_prior_ratio"} <= set(grads[0])
+    assert {"grad/feature_ratio/backbone", "grad/logits_ratio/decoder"} <= set(grads[0])  # per module of the student
     assert -1.0 <= grads[0]["grad/query_prior_cos"] <= 1.0
     assert not any("grad/own_norm" in r for r in read_metrics(runs["false"] / "metrics.jsonl"))
     assert sum("gradient balance at step 1" in m for m in caplog.messages) == 1
@@ -98,3 +130,28 @@ def test_a_distillation_run_logs_the_balance_when_asked_and_trains_as_without_it
     assert losses["true"] == losses["false"] and len(losses["true"]) == 3
     a, b = (load_file(str(runs[k] / "model" / "model.safetensors")) for k in ("true", "false"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the probe changed no update
+
+
+def test_the_engine_warns_once_per_run_about_a_term_taking_a_module_over(caplog):
+    from types import SimpleNamespace
+
+    from detrdistill.engine.trainer import _probe_gradients
+
+    back, head = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+
+    class Task(torch.nn.Module):
+        def named_trainable_parameters(self):
+            return iter([("distiller.student.model.backbone.w", back), ("distiller.student.model.class_embed.w", head)])
+
+    task, written = Task(), []
+    run = SimpleNamespace(task=task, cfg=SimpleNamespace(optim=SimpleNamespace(grad_clip=1.0)), state={"step": 0},
+                          metrics=SimpleNamespace(write=written.append), warned=set())
+    with caplog.at_level(logging.WARNING, logger="detrdistill"):
+        for step in range(3):
+            run.state["step"] = step
+            task.last_parts = {"student": back @ torch.tensor([1.0, 0.0]) + head @ torch.tensor([0.0, 10.0]),
+                               "feature": back @ torch.tensor([0.0, 8.0])}
+            _probe_gradients(run)
+    assert [r["step"] for r in written] == [1, 2, 3] and written[0]["grad/feature_ratio/backbone"] == pytest.approx(8)
+    module_warnings = [m for m in caplog.messages if "in the student's backbone is 8.0x" in m]
+    assert len(module_warnings) == 1 and "distill.feature.weight" in module_warnings[0]

@@ -107,6 +107,7 @@ class Run:
     summary: list[str] = field(default_factory=list)  # the start-up block (engine/run_summary.py)
     start_step: int = 0    # the step this process started from (> 0 after --resume)
     first_steps_s: list[float] = field(default_factory=list)  # elapsed_s after each of the first two steps
+    warned: set = field(default_factory=set)  # (term, module) pairs the gradient-balance probe has warned about
 
     @property
     def world(self) -> int:
@@ -253,7 +254,8 @@ def _probe_gradients(run: Run) -> None:
     if not parts or len(parts) < 2 or not all(torch.isfinite(v) for v in parts.values()):
         return
     clip = run.cfg.optim.grad_clip
-    balance = gradient_balance(parts, [p for _, p in trainable_named_parameters(task)], max_norm=clip)
+    named = list(trainable_named_parameters(task))
+    balance = gradient_balance(parts, [p for _, p in named], max_norm=clip, names=[n for n, _ in named])
     step = run.state["step"] + 1
     run.metrics.write({"step": step, **balance.record()})
     log.info("gradient balance at step %d: %s", step, balance.line())
@@ -263,6 +265,14 @@ def _probe_gradients(run: Run) -> None:
                     "the student alone, lower its weights (distill.%s.*) or check its inputs", t.name, t.ratio,
                     step, t.cos, f"clipped (optim.grad_clip={clip:g})" if clip > 0 else "unclipped",
                     100 * balance.own_share, t.name)
+    for m in balance.dominant_modules():
+        if (m.name, m.module) in run.warned:
+            continue
+        run.warned.add((m.name, m.module))
+        log.warning("the %s term's gradient in the student's %s is %.1fx the student's own there at step %d: with "
+                    "per-parameter step sizes (AdamW) that module learns the term rather than the detection loss. If "
+                    "the distilled student trails the student alone, lower distill.%s.weight (once per run)",
+                    m.name, m.module, m.ratio, step, m.name)
 
 
 def _log_step(run: Run, loss: torch.Tensor, loss_dict: dict[str, torch.Tensor]) -> None:
