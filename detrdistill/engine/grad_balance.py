@@ -150,7 +150,7 @@ def gradient_balance(parts: Mapping[str, Tensor], params: Iterable[Tensor], own:
     params: the parameters the optimizer updates (those without ``requires_grad`` are skipped);
     max_norm: the clipping of the step (``optim.grad_clip``);
     names: the parameters' names, aligned with ``params``: adds the per-module ratios (:func:`module_group`;
-    modules where the student's own loss has no gradient are left out).
+    a module is left out where the student's own loss has no gradient, and for a part, where it has none).
     """
     params = list(params)
     if names is not None:
@@ -183,7 +183,7 @@ def gradient_balance(parts: Mapping[str, Tensor], params: Iterable[Tensor], own:
         ratio = float(g.norm()) / own_norm if own_norm > 0 else float("inf") if float(g.norm()) > 0 else 0.0
         cos = float(torch.nn.functional.cosine_similarity(g, g_own, dim=0)) if own_norm > 0 and g.norm() > 0 else 0.0
         terms.append(TermGradient(name, ratio, cos))
-        modules += [ModuleGradient(name, m, v / own_by_module[m]) for m, v in _module_norms(g, slices).items()]
+        modules += [ModuleGradient(name, m, v / own_by_module[m]) for m, v in _module_norms(g, slices).items() if v > 0]
     if own_norm > 0:
         unit = g_own / own_norm
         share = float(_clipped(total, max_norm) @ unit) / float(_clipped(g_own, max_norm) @ unit)
