@@ -6,8 +6,8 @@ one student), every run of the file made on one commit and environment, rendered
     python benchmarks/results_table.py --check    # exit 1 when the block is not what the files it links to render
 
 Per method: mean ± std over its seeds (and how many). Gains are paired by seed (same initialisation and data order)
-with a 95 % t-interval (``benchmarks/stats.py``): DETRDistill over the student alone, and DETRDistill over the
-equal-cost control (``baseline_long``: the student alone for as long as a DETRDistill run costs), when the file has it.
+with a 95 % t-interval (``benchmarks/stats.py``): DETRDistill, FitNet and logit KD over the student alone, and
+DETRDistill over the equal-cost control (``baseline_long``: the student alone for as long as a DETRDistill run costs), when the file has it.
 A file whose runs come from several commits or environments is refused: it is not one comparison.
 
 ``FILE#NAME`` is the row of the file's teacher variant ``NAME`` (``benchmarks/distill.py --teacher-variant``; e.g. a
@@ -33,7 +33,8 @@ README = ROOT / "README.md"
 BEGIN, END = "<!-- results-table:begin (benchmarks/results_table.py) -->", "<!-- results-table:end -->"
 ALONE, DISTILLED, EQUAL_COST = "baseline", "detrdistill", "baseline_long"
 OTHERS = ("fitnet", "logit_kd")  # the other distillation baselines, shown when the file has them
-HEAD = ("| dataset (split): teacher → student | steps | teacher | student alone | DETRDistill | gain [95 % CI] | FitNet | logit KD | "
+HEAD = ("| dataset (split): teacher → student | steps | teacher | student alone | DETRDistill | gain [95 % CI] | "
+        "FitNet; gain [95 % CI] | logit KD; gain [95 % CI] | "
         "alone, equal cost | DETRDistill vs equal cost [95 % CI] | code | details |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|---|")
 
@@ -43,6 +44,11 @@ def _cell(aps: dict[int, float]) -> str:
         return "—"
     m, sd = mean_sd(list(aps.values()))
     return f"{m:.2f} ± {sd:.2f} (n={len(aps)})" if len(aps) > 1 else f"{m:.2f} (n=1)"
+
+
+def _with_gain(aps: dict[int, float], alone: dict[int, float]) -> str:
+    """A baseline method's cell: its mean ± std and its gain over the student alone, paired by seed."""
+    return f"{_cell(aps)}; {paired_gain(aps, alone)}" if aps else "—"
 
 
 def _mean(aps: dict[int, float]) -> float:
@@ -88,7 +94,7 @@ def row(results: dict, link: str, variant: str | None = None) -> str:
         f"| {results['dataset']} ({results.get('report_split')}): {pair}", str(steps[0]),
         f"{teacher['AP']:.2f}" if "AP" in teacher else "—", *_bold_the_better(_cell(alone), _cell(distilled),
                                                                          _mean(distilled) >= _mean(alone)),
-        str(paired_gain(distilled, alone)), *(_cell(o) for o in others),
+        str(paired_gain(distilled, alone)), *(_with_gain(o, alone) for o in others),
         _cell(long) + (f", {long_steps} steps" if long and long_steps else ""),
         str(vs_long) if vs_long else "—", commit, f"[file]({link}{'#' + variant if variant else ''}) |"])
 

@@ -38,7 +38,7 @@ def test_row_gives_means_paired_gains_and_the_commit():
     assert gain.startswith("+4.50 [")  # paired differences 5, 4, 4.5
     low, high = (float(x) for x in gain.split("[")[1].rstrip("]").split(","))
     assert 0 < low < 4.5 < high
-    assert cells[6] == "43.00 (n=1)" and cells[7] == "—"  # FitNet one seed, logit KD none
+    assert cells[6] == "43.00 (n=1); +3.00 (n=1, no interval)" and cells[7] == "—"  # FitNet one seed, logit KD none
     assert cells[8] == "46.50 ± 0.71 (n=2), 6000 steps"
     assert cells[9].startswith("-1.00 [")  # DETRDistill - equal cost over seeds 0, 1: -2.0, 0.0
     assert cells[10] == "0123456"
