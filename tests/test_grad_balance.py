@@ -132,7 +132,7 @@ def test_a_distillation_run_logs_the_balance_when_asked_and_trains_as_without_it
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the probe changed no update
 
 
-def test_the_engine_warns_once_per_run_about_a_term_taking_a_module_over(caplog):
+def test_the_engine_warns_once_per_run_about_a_term_taking_the_update_or_a_module_over(caplog):
     from types import SimpleNamespace
 
     from detrdistill.engine.trainer import _probe_gradients
@@ -150,8 +150,11 @@ def test_the_engine_warns_once_per_run_about_a_term_taking_a_module_over(caplog)
         for step in range(3):
             run.state["step"] = step
             task.last_parts = {"student": back @ torch.tensor([1.0, 0.0]) + head @ torch.tensor([0.0, 10.0]),
-                               "feature": back @ torch.tensor([0.0, 8.0])}
+                               "feature": back @ torch.tensor([0.0, 8.0]),
+                               "query_prior": head @ torch.tensor([0.0, 40.0])}  # 4x overall
             _probe_gradients(run)
     assert [r["step"] for r in written] == [1, 2, 3] and written[0]["grad/feature_ratio/backbone"] == pytest.approx(8)
     module_warnings = [m for m in caplog.messages if "in the student's backbone is 8.0x" in m]
     assert len(module_warnings) == 1 and "distill.feature.weight" in module_warnings[0]
+    overall = [m for m in caplog.messages if "query_prior term's gradient is 4.0x" in m]
+    assert len(overall) == 1 and "at step 1" in overall[0]

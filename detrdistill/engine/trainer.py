@@ -107,7 +107,7 @@ class Run:
     summary: list[str] = field(default_factory=list)  # the start-up block (engine/run_summary.py)
     start_step: int = 0    # the step this process started from (> 0 after --resume)
     first_steps_s: list[float] = field(default_factory=list)  # elapsed_s after each of the first two steps
-    warned: set = field(default_factory=set)  # (term, module) pairs the gradient-balance probe has warned about
+    warned: set = field(default_factory=set)  # (term, module or None) the gradient-balance probe warned about
 
     @property
     def world(self) -> int:
@@ -259,19 +259,19 @@ def _probe_gradients(run: Run) -> None:
     step = run.state["step"] + 1
     run.metrics.write({"step": step, **balance.record()})
     log.info("gradient balance at step %d: %s", step, balance.line())
-    for t in balance.dominant():
+    # each warning once per run (the probe repeats every probe_gradients_every steps; the numbers are in the log)
+    for t in (t for t in balance.dominant() if (t.name, None) not in run.warned):
+        run.warned.add((t.name, None))
         log.warning("the %s term's gradient is %.1fx the student's own at step %d (cos %+.2f): it steers the %s "
                     "update, the student's own loss keeps %.0f %% of its progress. If the distilled student trails "
                     "the student alone, lower its weights (distill.%s.*) or check its inputs", t.name, t.ratio,
                     step, t.cos, f"clipped (optim.grad_clip={clip:g})" if clip > 0 else "unclipped",
                     100 * balance.own_share, t.name)
-    for m in balance.dominant_modules():
-        if (m.name, m.module) in run.warned:
-            continue
+    for m in (m for m in balance.dominant_modules() if (m.name, m.module) not in run.warned):
         run.warned.add((m.name, m.module))
         log.warning("the %s term's gradient in the student's %s is %.1fx the student's own there at step %d: with "
                     "per-parameter step sizes (AdamW) that module learns the term rather than the detection loss. If "
-                    "the distilled student trails the student alone, lower distill.%s.weight (once per run)",
+                    "the distilled student trails the student alone, lower distill.%s.weight",
                     m.name, m.module, m.ratio, step, m.name)
 
 
