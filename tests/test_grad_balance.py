@@ -93,6 +93,8 @@ def test_per_module_ratios_match_closed_forms_and_skip_modules_either_gradient_m
     assert b.terms[0].ratio == pytest.approx(math.hypot(6, 5 * math.sqrt(2)) / math.hypot(1, 10))  # overall: ~0.9x
     assert not b.dominant() and [(m.name, m.module) for m in b.dominant_modules()] == [("feature", "backbone")]
     assert b.record()["grad/feature_ratio/backbone"] == pytest.approx(6.0)
+    assert b.own_modules == {"backbone": pytest.approx(1.0), "class_embed": pytest.approx(10.0)}
+    assert b.record()["grad/own_norm/class_embed"] == pytest.approx(10.0)
     assert "largest per module: feature 6.00x in backbone" in b.line()
     assert not gradient_balance(parts, [back, head, conn]).modules  # no names: no per-module view
     with pytest.raises(ValueError, match="2 names for 3 parameters"):

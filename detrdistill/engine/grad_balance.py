@@ -85,6 +85,7 @@ class GradientBalance:
     own_share: float = 1.0
     max_norm: float = 0.0
     modules: list[ModuleGradient] = field(default_factory=list)
+    own_modules: dict[str, float] = field(default_factory=dict)  # |g_own| within each module of the student
 
     def dominant(self, ratio: float = DOMINANT_RATIO) -> list[TermGradient]:
         """The parts whose gradient is more than ``ratio`` times the student's own."""
@@ -114,11 +115,13 @@ class GradientBalance:
 
     def record(self) -> dict[str, float]:
         """Flat numbers for ``metrics.jsonl``: ``grad/own_norm``, ``grad/own_share``, ``grad/<part>_ratio|_cos``,
-        ``grad/<part>_ratio/<module>``."""
+        ``grad/own_norm/<module>``, ``grad/<part>_ratio/<module>``."""
         out = {"grad/own_norm": self.own_norm, "grad/own_share": self.own_share}
         for t in self.terms:
             out[f"grad/{t.name}_ratio"] = t.ratio
             out[f"grad/{t.name}_cos"] = t.cos
+        for module, norm in self.own_modules.items():
+            out[f"grad/own_norm/{module}"] = norm
         for m in self.modules:
             out[f"grad/{m.name}_ratio/{m.module}"] = m.ratio
         return out
@@ -190,4 +193,5 @@ def gradient_balance(parts: Mapping[str, Tensor], params: Iterable[Tensor], own:
         share = float(_clipped(total, max_norm) @ unit) / float(_clipped(g_own, max_norm) @ unit)
     else:
         share = 1.0
-    return GradientBalance(own_norm=own_norm, terms=terms, own_share=share, max_norm=max_norm, modules=modules)
+    return GradientBalance(own_norm=own_norm, terms=terms, own_share=share, max_norm=max_norm, modules=modules,
+                           own_modules=own_by_module)
