@@ -240,7 +240,8 @@ def main(argv=None) -> int:
     need_teacher = any(needs_teacher(m) and split_method(m)[1] is None for m in args.methods) or any(
         k == "snapshot" for k, _ in args.variants.values())
     teacher = teachers.main_teacher(args, work, need_teacher)
-    have_teacher = (teacher / "config.json").is_file() and (need_teacher or (teacher.parent / "eval.json").is_file())
+    # a teacher this benchmark trains counts once its training has finished (a stopped one has a model too)
+    have_teacher = (teacher / "config.json").is_file() if args.teacher else teachers.trained(teacher.parent)
     variants = sorted({v for m in args.methods if (v := split_method(m)[1])})
     header = {"date": results.get("date", date), "dataset": args.dataset, "device": run_env.device_name(),
               "report_split": split,

@@ -64,17 +64,27 @@ def folder_env(folder: Path) -> dict | None:
     return json.loads(f.read_text()) if f.is_file() else None
 
 
-def _trained(out: Path) -> bool:
+def trained(out: Path) -> bool:
+    """Whether the run folder ``out`` holds a finished training: its ``model`` and an ``eval.json`` not marked
+    ``stopped_early`` (a run stopped by a signal writes both too, marked, and continues from its checkpoint)."""
     ev = out / "eval.json"
     return (out / "model" / "config.json").is_file() and ev.is_file() and not json.loads(ev.read_text()).get(
         "stopped_early")
+
+
+def _eval_is_current(ev: Path, model: Path) -> bool:
+    """A cached evaluation of ``model`` made after its weights were last written (a teacher resumed or retrained
+    since is evaluated again)."""
+    weights = [f for f in model.glob("*.safetensors")] + [model / "config.json"]
+    newest = max((f.stat().st_mtime for f in weights if f.is_file()), default=0.0)
+    return ev.is_file() and ev.stat().st_mtime >= newest
 
 
 def train_teacher(args, work: Path, name: str = "teacher", extra: list[str] = ()) -> Path:
     """The teacher config trained into ``work/name`` (waits if another invocation trains it); its model dir."""
     out = work / name
     with results_file.claim(out, wait=True):  # another invocation may be training it: wait, then it is done
-        if not _trained(out):
+        if not trained(out):
             check_env(out, args.allow_mixed)
             run(cli("train", args.teacher_config, "--resume", "--output-dir", str(out),
                     *sets(args.set + args.teacher_set + list(extra))), out / "log.txt", child_env(args.threads))
@@ -85,7 +95,7 @@ def train_baseline_teacher(args, work: Path, seed: int) -> Path:
     """The student alone (seed ``seed``) in ``work/baseline-s<seed>``, the folder the baseline method uses."""
     out = work / f"baseline-s{seed}"
     with results_file.claim(out, wait=True):
-        if not _trained(out):
+        if not trained(out):
             check_env(out, args.allow_mixed)
             run(cli("train", args.student_config, "--output-dir", str(out), "--resume",
                     *sets(args.set + args.student_set + [f"train.seed={seed}"])), out / "log.txt",
@@ -128,7 +138,7 @@ def teacher_record(args, work: Path, teacher: Path, split: str, name: str = "tea
     folder is here, the resolved config it was trained with (``trained_config``)."""
     config = config or args.teacher_config
     t_eval = work / f"{name}-eval"
-    if not (t_eval / "eval.json").is_file():
+    if not _eval_is_current(t_eval / "eval.json", teacher):
         run(cli("eval", config, "--model", str(teacher), "--split", split, "--eval-dir", str(t_eval),
                 *sets(args.set)), work / f"{name}-eval.log", child_env(args.threads))
     stats = json.loads((t_eval / "eval.json").read_text())

@@ -2,7 +2,9 @@
 the equal-cost control, teacher variants, and ``--verify`` on a tiny real run."""
 import json
 import math
+import os
 import statistics
+from pathlib import Path
 
 import pytest
 import yaml
@@ -230,3 +232,40 @@ def test_teacher_strength_points_pair_each_teacher_with_the_students_it_taught(t
     assert teacher_strength.main([str(f)]) == 0
     assert (tmp_path / "r-teacher-strength.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "r-teacher-strength.md").read_text() == md
+
+
+def _fake_run_folder(folder, *, stopped: bool):
+    (folder / "model").mkdir(parents=True)
+    (folder / "model" / "config.json").write_text("{}")
+    (folder / "model" / "model.safetensors").write_bytes(b"x")
+    (folder / "eval.json").write_text(json.dumps({"AP": 0.0, **({"stopped_early": True} if stopped else {})}))
+
+
+def test_a_teacher_stopped_by_a_signal_is_not_trained_yet(tmp_path):
+    assert not teachers.trained(tmp_path / "none")
+    _fake_run_folder(tmp_path / "stopped", stopped=True)  # a stop writes a model and eval.json too, marked
+    assert not teachers.trained(tmp_path / "stopped")
+    _fake_run_folder(tmp_path / "done", stopped=False)
+    assert teachers.trained(tmp_path / "done")
+
+
+def test_a_teacher_evaluation_is_redone_after_its_weights_change(tmp_path, monkeypatch):
+    model = tmp_path / "teacher" / "model"
+    _fake_run_folder(tmp_path / "teacher", stopped=False)
+    evals = []
+
+    def fake_eval(cmd, log, env):
+        out = Path(cmd[cmd.index("--eval-dir") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        evals.append(len(evals) + 1.0)
+        (out / "eval.json").write_text(json.dumps({k: evals[-1] for k in teachers.STATS}))
+
+    monkeypatch.setattr(teachers, "run", fake_eval)
+    monkeypatch.setattr(teachers, "params_of", lambda m: 1)
+    args = distill.parse_args(["--dataset", "synthetic"])
+    assert teachers.teacher_record(args, tmp_path, model, "val")["AP"] == 1.0
+    assert teachers.teacher_record(args, tmp_path, model, "val")["AP"] == 1.0  # cached: not evaluated again
+    later = (tmp_path / "teacher-eval" / "eval.json").stat().st_mtime + 10
+    os.utime(model / "model.safetensors", (later, later))  # the teacher resumed and finished since
+    assert teachers.teacher_record(args, tmp_path, model, "val")["AP"] == 2.0
+    assert len(evals) == 2
