@@ -31,6 +31,11 @@ def test_merge_keeps_disk_runs_and_appends_new_ones_once():
     assert merged["teacher"] == {"AP": 1.0}  # a chunk without a teacher does not erase the recorded one
     assert merged["student"] == {"params": 5, "config": "s.yaml"}
     assert results_file.merge(merged, mine, [])["command"] == "a && b"  # each command once
+    skipped = {**mine, "command": "c"}  # an invocation that found every run done adds no command
+    assert results_file.merge(merged, skipped, [])["command"] == "a && b"
+    assert results_file.merge(merged, skipped, [_run("baseline", 0)])["command"] == "a && b"  # nor one it redid
+    assert results_file.merge(merged, skipped, [_run("baseline", 5)])["command"] == "a && b && c"
+    assert results_file.merge(None, skipped, [])["command"] == "c"  # the first invocation is recorded
 
 
 def test_write_atomic_never_leaves_a_half_written_file(tmp_path, monkeypatch):
