@@ -85,6 +85,10 @@ class BackboneConfig(_Section):
     layer_type: Literal["basic", "bottleneck"] = Field(
         "basic", description="'basic' blocks (ResNet-18/34) or 'bottleneck' blocks (ResNet-50 and deeper)")
     freeze: Literal["none", "stem", "all"] = Field("none", description="which backbone parameters stay fixed")
+    batch_norm: Literal["frozen", "train"] = Field(
+        "frozen", description="'frozen' = transformers' FrozenBatchNorm2d (fixed statistics: right for pretrained "
+        "weights, an identity in a backbone trained from scratch); 'train' = trainable BatchNorm2d with batch "
+        "statistics (for a backbone trained from scratch; a saved model loads back frozen at what it learned)")
 
 
 class ModelConfig(_Section):

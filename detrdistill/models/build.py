@@ -23,6 +23,7 @@ from transformers import PreTrainedModel
 from ..config import ModelConfig
 from ..errors import ConfigError, ModelError, PathNotFoundError, UnsupportedFamilyError
 from .backbone import apply_backbone_freeze, backbone_module
+from .backbone_norm import apply_batch_norm_policy
 from .families import all_specs, family_names, family_of, family_spec
 from .model_dir import weights_failure
 
@@ -66,6 +67,9 @@ def build_model(model_cfg: ModelConfig, id2label: dict[int, str] | None = None) 
         if not id2label:
             raise ModelError("build_model: id2label (class id -> name) is required to build a model from scratch")
         model = _build_from_scratch(model_cfg, id2label)
+    swapped = apply_batch_norm_policy(model, model_cfg.backbone.batch_norm, model_cfg.backbone.freeze)
+    if swapped:
+        log.info("model.backbone.batch_norm=train: %d frozen BatchNorm layers of the backbone made trainable", swapped)
     apply_backbone_freeze(model, model_cfg.backbone.freeze)
     return model
 
