@@ -8,7 +8,8 @@ one student), every run of the file made on one commit and environment, rendered
 Per method: mean ± std over its seeds (and how many). Gains are paired by seed (same initialisation and data order)
 with a 95 % t-interval (``benchmarks/stats.py``): DETRDistill, FitNet and logit KD over the student alone, and
 DETRDistill over the equal-cost control (``baseline_long``: the student alone for as long as a DETRDistill run costs), when the file has it.
-A file whose runs come from several commits or environments is refused: it is not one comparison.
+A file whose runs come from several commits or environments is refused: it is not one comparison. A file made with
+overrides (``--set`` / ``--student-set``, other than display ones) names them after its pair.
 
 ``FILE#NAME`` is the row of the file's teacher variant ``NAME`` (``benchmarks/distill.py --teacher-variant``; e.g. a
 teacher of another family into the same student): ``detrdistill@NAME`` against the same student alone. The other
@@ -71,6 +72,18 @@ def one_environment(results: dict, link: str) -> str:
     return envs[0]["commit"][:7] + (" (dirty)" if envs[0].get("dirty") else "")
 
 
+#: overrides that change how a run is shown or fed, not what it trains: left out of a row's label
+COSMETIC = ("train.progress", "data.num_workers", "data.cache_images")
+
+
+def overrides(results: dict) -> list[str]:
+    """The file's ``--set`` / ``--student-set`` overrides that change what its students train (shown in its row's
+    label, so two files of one pair that differ by an override are told apart)."""
+    given = results.get("overrides") or {}
+    return [o for o in [*given.get("set", []), *given.get("student_set", [])]
+            if o.split("=", 1)[0] not in COSMETIC]
+
+
 def row(results: dict, link: str, variant: str | None = None) -> str:
     """One markdown row of a results file (``link``: its ``.md``, relative to the README); ``variant``: the row of
     that teacher variant instead of the main teacher."""
@@ -86,6 +99,8 @@ def row(results: dict, link: str, variant: str | None = None) -> str:
         raise SystemExit(f"{link}: {ALONE} and {distilled_method} ran unequal step counts {steps}")
     teacher = (results.get("teacher") if variant is None else results.get("teachers", {}).get(variant)) or {}
     pair = f"{family(results, 'teacher') if variant is None else variant} → {family(results)}"
+    if changed := overrides(results):
+        pair += f" ({', '.join(changed)})"
     others = [ap_by_seed(results, m) if variant is None else {} for m in OTHERS]
     long = ap_by_seed(results, EQUAL_COST) if variant is None else {}
     long_steps = (results.get(EQUAL_COST) or {}).get("steps")

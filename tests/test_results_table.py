@@ -44,6 +44,15 @@ def test_row_gives_means_paired_gains_and_the_commit():
     assert cells[10] == "0123456"
 
 
+def test_row_names_the_overrides_that_change_training():
+    res = _results({"baseline": {0: 40.0}, "detrdistill": {0: 41.0}})
+    res["overrides"] = {"set": ["train.progress=false", "model.backbone.batch_norm=train"],
+                        "student_set": ["distill.feature.weight=0.1"], "teacher_set": ["train.max_steps=9"]}
+    label = _cells(results_table.row(res, "x.md"))[0]
+    assert label == ("bccd (test): deformable_detr → deformable_detr "
+                     "(model.backbone.batch_norm=train, distill.feature.weight=0.1)")
+
+
 def test_row_without_an_equal_cost_control_says_so():
     cells = _cells(results_table.row(_results({"baseline": {0: 1.0}, "detrdistill": {0: 2.0}}), "x.md"))
     assert cells[8] == "—" and cells[9] == "—" and cells[5] == "+1.00 (n=1, no interval)"
