@@ -101,7 +101,7 @@ def train_student(args, work: Path, teacher: Path | None, method: str, seed: int
     extra = [f"train.seed={seed}"] + ([f"train.max_steps={steps}"] if steps else [])
     common = ["--output-dir", str(out), "--resume", *sets(args.set + args.student_set + extra)]
     env = child_env(args.threads)
-    teachers.check_env(out, args.allow_mixed)
+    teachers.check_env(out, args.allow_mixed, args.threads)
     t0 = time.monotonic()
     spec = METHODS[base]
     if spec.teacher:

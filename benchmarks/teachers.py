@@ -45,9 +45,10 @@ def snapshot_steps(variants: dict[str, tuple[str, str]]) -> list[int]:
     return sorted(int(a) for k, a in variants.values() if k == "snapshot")
 
 
-def check_env(folder: Path, allow_mixed: bool) -> None:
-    """Record the environment a run folder is trained in; refuse to continue one begun in another environment."""
-    env = run_env.environment(None)
+def check_env(folder: Path, allow_mixed: bool, threads: int | None = None) -> None:
+    """Record the environment a run folder is trained in (``threads``: torch threads of its training process, None =
+    the default); refuse to continue one begun in another environment."""
+    env = run_env.environment(threads)
     f = folder / ENV_FILE
     if f.is_file():
         before = json.loads(f.read_text())
@@ -85,7 +86,7 @@ def train_teacher(args, work: Path, name: str = "teacher", extra: list[str] = ()
     out = work / name
     with results_file.claim(out, wait=True):  # another invocation may be training it: wait, then it is done
         if not trained(out):
-            check_env(out, args.allow_mixed)
+            check_env(out, args.allow_mixed, args.threads)
             run(cli("train", args.teacher_config, "--resume", "--output-dir", str(out),
                     *sets(args.set + args.teacher_set + list(extra))), out / "log.txt", child_env(args.threads))
     return out / "model"
@@ -96,7 +97,7 @@ def train_baseline_teacher(args, work: Path, seed: int) -> Path:
     out = work / f"baseline-s{seed}"
     with results_file.claim(out, wait=True):
         if not trained(out):
-            check_env(out, args.allow_mixed)
+            check_env(out, args.allow_mixed, args.threads)
             run(cli("train", args.student_config, "--output-dir", str(out), "--resume",
                     *sets(args.set + args.student_set + [f"train.seed={seed}"])), out / "log.txt",
                 child_env(args.threads))

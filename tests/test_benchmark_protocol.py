@@ -128,6 +128,9 @@ def test_a_run_folder_begun_in_another_environment_is_not_continued(tmp_path):
     teachers.check_env(folder, allow_mixed=False)
     assert run_env.environment_key(teachers.folder_env(folder)) == run_env.environment_key(run_env.environment(None))
     teachers.check_env(folder, allow_mixed=False)  # same environment: continues
+    threaded = tmp_path / "threaded"
+    teachers.check_env(threaded, allow_mixed=False, threads=1)  # a teacher's folder records its thread count
+    assert teachers.folder_env(threaded)["threads"] == 1
     (folder / teachers.ENV_FILE).write_text(json.dumps({**run_env.environment(None), "torch": "0.0"}))
     with pytest.raises(BenchmarkError, match="begun in another environment"):
         teachers.check_env(folder, allow_mixed=False)
