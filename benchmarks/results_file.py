@@ -90,7 +90,7 @@ def merge(on_disk: dict | None, mine: dict, new_runs: list[dict]) -> dict:
     ``on_disk``: what the file holds now (None if it does not exist); ``mine``: this invocation's header (dataset,
     device, teacher, ...; its ``runs`` are ignored); ``new_runs``: runs this invocation finished. The runs on disk
     are kept in their order and the new ones appended unless the file already has their (method, seed). Header
-    fields come from ``mine``, except that ``dates`` is the union and ``command`` the joined history of both (this
+    fields come from ``mine``, except that ``dates``, ``student`` and ``teachers`` are unions and ``command`` the joined history of both (this
     invocation's command joins it only once it adds a run, or when the file has none yet).
     """
     disk = on_disk or {}
@@ -106,6 +106,8 @@ def merge(on_disk: dict | None, mine: dict, new_runs: list[dict]) -> dict:
     old_dates = disk.get("dates", [disk["date"]] if "date" in disk else [])  # files before "dates" had one "date"
     merged["dates"] = sorted(set(old_dates) | set(mine.get("dates", [])))
     merged["student"] = {**disk.get("student", {}), **mine.get("student", {})}
+    # teacher variants recorded by another invocation since this one read the file stay recorded
+    merged["teachers"] = {**disk.get("teachers", {}), **mine.get("teachers", {})}
     # an invocation that adds no run (everything done or being trained elsewhere) leaves the history as it is
     merged["command"] = (join_commands(disk.get("command"), mine.get("command")) if added or not disk.get("command")
                          else disk["command"])

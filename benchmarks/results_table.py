@@ -105,11 +105,14 @@ def row(results: dict, link: str, variant: str | None = None) -> str:
     long = ap_by_seed(results, EQUAL_COST) if variant is None else {}
     long_steps = (results.get(EQUAL_COST) or {}).get("steps")
     vs_long = paired_gain(distilled, long) if long else None
+    gain = paired_gain(distilled, alone)
+    # the better arm by the paired gain (the seeds both ran), not by means over different seed sets
+    distilled_better = gain.mean >= 0 if gain is not None else _mean(distilled) >= _mean(alone)
     return " | ".join([
         f"| {results['dataset']} ({results.get('report_split')}): {pair}", str(steps[0]),
         f"{teacher['AP']:.2f}" if "AP" in teacher else "—", *_bold_the_better(_cell(alone), _cell(distilled),
-                                                                         _mean(distilled) >= _mean(alone)),
-        str(paired_gain(distilled, alone)), *(_with_gain(o, alone) for o in others),
+                                                                         distilled_better),
+        str(gain), *(_with_gain(o, alone) for o in others),
         _cell(long) + (f", {long_steps} steps" if long and long_steps else ""),
         str(vs_long) if vs_long else "—", commit, f"[file]({link}{'#' + variant if variant else ''}) |"])
 

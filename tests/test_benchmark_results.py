@@ -30,6 +30,9 @@ def test_merge_keeps_disk_runs_and_appends_new_ones_once():
     assert merged["command"] == "a && b"
     assert merged["teacher"] == {"AP": 1.0}  # a chunk without a teacher does not erase the recorded one
     assert merged["student"] == {"params": 5, "config": "s.yaml"}
+    # an invocation that read the file before another recorded a teacher variant does not erase it
+    assert results_file.merge({**merged, "teachers": {"deformable": {"AP": 45.0}}}, {**mine, "teachers": {}},
+                              [])["teachers"] == {"deformable": {"AP": 45.0}}
     assert results_file.merge(merged, mine, [])["command"] == "a && b"  # each command once
     skipped = {**mine, "command": "c"}  # an invocation that found every run done adds no command
     assert results_file.merge(merged, skipped, [])["command"] == "a && b"

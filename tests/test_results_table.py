@@ -53,6 +53,13 @@ def test_row_names_the_overrides_that_change_training():
                      "(model.backbone.batch_norm=train, distill.feature.weight=0.1)")
 
 
+def test_the_better_arm_is_judged_on_the_seeds_both_ran():
+    # the distilled seed 0 is below its student alone, although above the alone mean over seeds 0-1
+    res = _results({"baseline": {0: 25.0, 1: 20.0}, "detrdistill": {0: 24.0}})
+    cells = _cells(results_table.row(res, "x.md"))
+    assert cells[3] == "**22.50 ± 3.54 (n=2)**" and cells[4] == "24.00 (n=1)"
+
+
 def test_row_without_an_equal_cost_control_says_so():
     cells = _cells(results_table.row(_results({"baseline": {0: 1.0}, "detrdistill": {0: 2.0}}), "x.md"))
     assert cells[8] == "—" and cells[9] == "—" and cells[5] == "+1.00 (n=1, no interval)"
