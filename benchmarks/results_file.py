@@ -90,18 +90,17 @@ def merge(on_disk: dict | None, mine: dict, new_runs: list[dict]) -> dict:
     ``on_disk``: what the file holds now (None if it does not exist); ``mine``: this invocation's header (dataset,
     device, teacher, ...; its ``runs`` are ignored); ``new_runs``: runs this invocation finished. The runs on disk
     are kept in their order and the new ones appended unless the file already has their (method, seed). Header
-    fields come from ``mine``, except that ``dates``, ``student`` and ``teachers`` are unions and ``command`` the joined history of both (this
-    invocation's command joins it only once it adds a run, or when the file has none yet).
+    fields come from ``mine``, except that ``dates``, ``student`` and ``teachers`` are unions and ``command`` the
+    joined history of both (this invocation's command joins it only once it adds a run, or when the file has none).
     """
     disk = on_disk or {}
     runs = list(disk.get("runs", []))
     have = {run_key(r) for r in runs}
-    added = False
     for r in new_runs:
         if run_key(r) not in have:
             runs.append(r)
             have.add(run_key(r))
-            added = True
+    added = len(runs) > len(disk.get("runs", []))
     merged = {**disk, **{k: v for k, v in mine.items() if k != "runs"}, "runs": runs}
     old_dates = disk.get("dates", [disk["date"]] if "date" in disk else [])  # files before "dates" had one "date"
     merged["dates"] = sorted(set(old_dates) | set(mine.get("dates", [])))

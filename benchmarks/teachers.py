@@ -76,7 +76,7 @@ def trained(out: Path) -> bool:
 def _eval_is_current(ev: Path, model: Path) -> bool:
     """A cached evaluation of ``model`` made after its weights were last written (a teacher resumed or retrained
     since is evaluated again)."""
-    weights = [f for f in model.glob("*.safetensors")] + [model / "config.json"]
+    weights = [*model.glob("*.safetensors"), model / "config.json"]
     newest = max((f.stat().st_mtime for f in weights if f.is_file()), default=0.0)
     return ev.is_file() and ev.stat().st_mtime >= newest
 
