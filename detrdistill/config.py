@@ -88,7 +88,8 @@ class BackboneConfig(_Section):
     batch_norm: Literal["frozen", "train"] = Field(
         "frozen", description="'frozen' = transformers' FrozenBatchNorm2d (fixed statistics: right for pretrained "
         "weights, an identity in a backbone trained from scratch); 'train' = trainable BatchNorm2d with batch "
-        "statistics (for a backbone trained from scratch; a saved model loads back frozen at what it learned)")
+        "statistics (for a backbone trained from scratch; with freeze 'stem' the stem's norms stay frozen; a saved model "
+        "loads back frozen at what it learned)")
 
 
 class ModelConfig(_Section):

@@ -80,3 +80,22 @@ def test_trained_norms_learn_and_a_saved_model_loads_back_frozen_at_them(name, t
 def test_train_with_a_fixed_backbone_is_refused():
     with pytest.raises(ConfigError, match="batch_norm"):
         build_model(_cfg("deformable_detr", "train", freeze="all"), ID2LABEL)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_fixed_stem_keeps_its_norms_frozen_and_the_rest_train(name):
+    torch.manual_seed(0)
+    model = build_model(_cfg(name, "train", freeze="stem"), ID2LABEL).train()
+    backbone = backbone_module(model)
+    stem_prefix = next(p for p in ("embedder.", "embeddings.") if any(n.startswith(p) for n, _ in
+                                                                      backbone.named_parameters()))
+    stem = {n: m for n, m in backbone.named_modules() if (n + ".").startswith(stem_prefix)}
+    assert any(is_frozen_batch_norm(m) for m in stem.values())  # the stem's norms stay frozen ...
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in stem.values())
+    rest = [m for n, m in backbone.named_modules() if n not in stem]
+    assert any(isinstance(m, nn.BatchNorm2d) for m in rest) and not any(is_frozen_batch_norm(m) for m in rest)
+    stats = [m.running_mean.clone() for m in stem.values() if is_frozen_batch_norm(m)]
+    pix, mask, targets = batch(0, name)
+    model(pixel_values=pix, pixel_mask=mask, labels=targets).loss.backward()
+    after = [m.running_mean for m in stem.values() if is_frozen_batch_norm(m)]
+    assert all(torch.equal(a, b) for a, b in zip(stats, after))  # ... and their statistics do not move in training

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .backbone import backbone_module
+from .backbone import STEM_PREFIXES, backbone_module
 
 __all__ = ["is_frozen_batch_norm", "train_backbone_batch_norms", "apply_batch_norm_policy"]
 
@@ -31,13 +31,22 @@ def is_frozen_batch_norm(module: nn.Module) -> bool:
     return type(module).__name__.endswith("FrozenBatchNorm2d") and all(k in buffers for k in _FROZEN_BUFFERS)
 
 
+def _stem_prefix(backbone: nn.Module) -> str | None:
+    """The first of :data:`STEM_PREFIXES` some module of ``backbone`` lives under (what ``freeze: stem`` fixes)."""
+    names = [n + "." for n, _ in backbone.named_modules()]
+    return next((p for p in STEM_PREFIXES if any(n.startswith(p) for n in names)), None)
+
+
 @torch.no_grad()
-def train_backbone_batch_norms(model: nn.Module) -> int:
+def train_backbone_batch_norms(model: nn.Module, keep_stem: bool = False) -> int:
     """Swap every frozen BatchNorm of ``model``'s backbone for a trainable ``nn.BatchNorm2d`` with the same values
-    (same device and dtype; in the backbone's current train / eval mode); the number swapped."""
+    (same device and dtype; in the backbone's current train / eval mode); the number swapped. ``keep_stem`` leaves
+    the stem's norms frozen (``freeze: stem``: its parameters fixed, so its statistics must not move either)."""
     backbone = backbone_module(model)
-    swaps = [(parent, name, child) for parent in backbone.modules() for name, child in parent.named_children()
-             if is_frozen_batch_norm(child)]
+    stem = _stem_prefix(backbone) if keep_stem else None
+    swaps = [(parent, name, child) for pname, parent in backbone.named_modules()
+             for name, child in parent.named_children()
+             if is_frozen_batch_norm(child) and not (stem and f"{pname}.{name}.".lstrip(".").startswith(stem))]
     for parent, name, frozen in swaps:
         n = frozen.running_mean.numel()
         bn = nn.BatchNorm2d(n, eps=float(getattr(frozen, "eps", 1e-5))).to(frozen.running_mean)
@@ -52,8 +61,9 @@ def train_backbone_batch_norms(model: nn.Module) -> int:
 
 def apply_batch_norm_policy(model: nn.Module, policy: str, freeze: str) -> int:
     """``model.backbone.batch_norm``: ``"frozen"`` leaves the model as transformers built it, ``"train"`` swaps its
-    frozen backbone BatchNorms (:func:`train_backbone_batch_norms`); the number swapped. ``"train"`` with
-    ``model.backbone.freeze: all`` is refused (nothing of that backbone trains)."""
+    frozen backbone BatchNorms (:func:`train_backbone_batch_norms`; with ``freeze: stem`` all but the stem's, which
+    stays fixed, statistics included); the number swapped. ``"train"`` with ``model.backbone.freeze: all`` is
+    refused (nothing of that backbone trains)."""
     if policy not in ("frozen", "train"):
         raise ConfigError(f"model.backbone.batch_norm must be 'frozen' or 'train', got {policy!r}")
     if policy == "frozen":
@@ -61,4 +71,4 @@ def apply_batch_norm_policy(model: nn.Module, policy: str, freeze: str) -> int:
     if freeze == "all":
         raise ConfigError("model.backbone.batch_norm: train needs a backbone that trains, but model.backbone.freeze "
                           "is 'all'; set freeze to 'none' or 'stem', or batch_norm to 'frozen'")
-    return train_backbone_batch_norms(model)
+    return train_backbone_batch_norms(model, keep_stem=freeze == "stem")
