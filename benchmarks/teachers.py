@@ -107,7 +107,7 @@ def train_baseline_teacher(args, work: Path, seed: int) -> Path:
 def main_teacher(args, work: Path, need: bool) -> Path:
     """The main teacher's model dir (trained first when ``need`` and no ``--teacher`` was given)."""
     if args.teacher:
-        return resolve(args.teacher)
+        return given_model(resolve(args.teacher), "--teacher")
     snaps = snapshot_steps(args.variants)
     extra = [f"train.snapshot_steps={snaps}"] if snaps else []
     return train_teacher(args, work, extra=extra) if need else work / "teacher" / "model"
@@ -129,7 +129,18 @@ def variant_dir(args, work: Path, teacher: Path, name: str) -> Path:
         return train_teacher(args, work, f"teacher-{arg}steps", [f"train.max_steps={arg}"])
     if kind == "baseline":
         return train_baseline_teacher(args, work, int(arg))
-    return resolve(arg)
+    return given_model(resolve(arg), f"--teacher-variant {name}=dir:{arg}")
+
+
+def given_model(path: Path, option: str) -> Path:
+    """A teacher model dir named on the command line; refused when it is the ``model`` of a run folder whose
+    training was stopped by a signal (that run writes its model too, with an ``eval.json`` marked so)."""
+    ev = path.parent / "eval.json"
+    if path.name == "model" and ev.is_file() and json.loads(ev.read_text()).get("stopped_early"):
+        raise BenchmarkError(f"{option}: {path} is the model of a run stopped before the end of its schedule "
+                             f"({ev} is marked stopped_early); finish that run (rerun its command: it resumes from "
+                             f"its last checkpoint) or name another teacher")
+    return path
 
 
 def teacher_record(args, work: Path, teacher: Path, split: str, name: str = "teacher", config: str | None = None,

@@ -252,6 +252,19 @@ def test_a_teacher_stopped_by_a_signal_is_not_trained_yet(tmp_path):
     assert teachers.trained(tmp_path / "done")
 
 
+def test_a_named_teacher_stopped_by_a_signal_is_refused(tmp_path):
+    _fake_run_folder(tmp_path / "stopped", stopped=True)
+    _fake_run_folder(tmp_path / "done", stopped=False)
+    for option in (["--teacher", str(tmp_path / "stopped" / "model")],
+                   ["--teacher-variant", f"t=dir:{tmp_path / 'stopped' / 'model'}", "--methods", "detrdistill@t"]):
+        args = distill.parse_args(["--dataset", "synthetic", *option])
+        with pytest.raises(BenchmarkError, match="stopped_early"):
+            teachers.main_teacher(args, tmp_path, True) if "--teacher" in option else teachers.variant_dir(
+                args, tmp_path, tmp_path / "done" / "model", "t")
+    args = distill.parse_args(["--dataset", "synthetic", "--teacher", str(tmp_path / "done" / "model")])
+    assert teachers.main_teacher(args, tmp_path, True) == tmp_path / "done" / "model"
+
+
 def test_a_teacher_evaluation_is_redone_after_its_weights_change(tmp_path, monkeypatch):
     model = tmp_path / "teacher" / "model"
     _fake_run_folder(tmp_path / "teacher", stopped=False)
