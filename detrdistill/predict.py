@@ -164,6 +164,7 @@ def load_predictor(model: str | Path) -> Predictor:
 def _torch_predictor(model: str | Path) -> Predictor:
     from detrdistill.export.category_ids import category_ids_of
     from detrdistill.export.processor import load_image_processor
+    from detrdistill.models.adapters.base import boxes_to_real_frame
     from detrdistill.models.build import load_detector
     from detrdistill.models.families import spec_of
 
@@ -173,9 +174,12 @@ def _torch_predictor(model: str | Path) -> Predictor:
     processor = load_image_processor(model_dir, spec.name)
     post = spec.postprocessing
 
+    reads_mask = "pixel_mask" in spec.capabilities
+
     def forward(pixel_values, pixel_mask):
         out = net(pixel_values=pixel_values, pixel_mask=pixel_mask)
-        return out.logits, out.pred_boxes
+        # a mask-blind model (RT-DETR, D-FINE, DEIMv2) predicts fractions of the padded input: make them the image's
+        return out.logits, out.pred_boxes if reads_mask else boxes_to_real_frame(out.pred_boxes, pixel_mask)
     return Predictor(forward, processor, post.activation, post.top_k,
                      {int(k): v for k, v in net.config.id2label.items()}, category_ids_of(net.config))
 
@@ -187,7 +191,7 @@ def _onnx_predictor(path: Path) -> Predictor:
         raise PredictError(f"{path}: no such ONNX file")
     detector = OnnxDetector(path)
     info = detector.info
-    return Predictor(detector, detector.image_processor(), info.activation, info.top_k, info.id2label,
+    return Predictor(detector.real_frame, detector.image_processor(), info.activation, info.top_k, info.id2label,
                      info.category_ids)
 
 

@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from detrdistill.config import BackboneConfig, ModelConfig  # noqa: E402
 from detrdistill.models import (QueryGroup, QueryProjection, build_model, build_query_projection,  # noqa: E402
                                 count_parameters, get_adapter)
-from detrdistill.models.adapters.base import expand_group  # noqa: E402
+from detrdistill.models.adapters.base import expand_group, padded_frame_scale  # noqa: E402
 from detrdistill.models.families import adapter_class, family_names, family_spec  # noqa: E402
 from detrdistill.models.family_index import DECLARED_FAMILIES  # noqa: E402
 from detrdistill.models.outputs import DetectorOutput, GroupOutput  # noqa: E402
@@ -124,6 +124,30 @@ def batch(seed: int = 0, name: str | None = None):
     return pix, mask, targets
 
 
+def reads_mask(name: str) -> bool:
+    """Whether the family reads the pixel mask; one that does not (RT-DETR, D-FINE, DEIMv2) predicts boxes as
+    fractions of the padded input, which its adapter reports as fractions of each image's real pixels."""
+    return "pixel_mask" in family_spec(CASES[name][0] if name in CASES else name).capabilities
+
+
+def real_frame(name: str, boxes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """What the adapter reports for the model's own boxes ``[..., B, N, 4]`` on a batch with ``mask``: the same
+    boxes for a family that reads the mask, else divided by each image's real share of the input."""
+    scale = padded_frame_scale(mask)
+    if reads_mask(name) or scale is None:
+        return boxes
+    return boxes / scale[:, None]
+
+
+def model_frame_targets(name: str, targets: list[dict], mask: torch.Tensor) -> list[dict]:
+    """The targets as the model itself must see them (boxes as fractions of the padded input for a family that
+    ignores the mask), i.e. what transformers' own loss is given to match the adapter's."""
+    scale = padded_frame_scale(mask)
+    if reads_mask(name) or scale is None:
+        return targets
+    return [{**t, "boxes": t["boxes"] * s} for t, s in zip(targets, scale)]
+
+
 def own_queries(adapter, out: DetectorOutput) -> QueryGroup:
     """The queries the decoder started from: the learned table when there is one, else the per-image inputs."""
     return adapter.query_table() if adapter.has_query_table else out.queries
@@ -157,7 +181,9 @@ def test_output_shapes(name):
     assert out.logits.shape == (STAGES, 2, NQ, C)
     assert out.boxes.shape == (STAGES, 2, NQ, 4)
     assert out.embeddings.shape == (STAGES, 2, NQ, 32)
-    assert torch.isfinite(out.logits).all() and ((out.boxes >= 0) & (out.boxes <= 1)).all()
+    # fractions of each image's real pixels; beyond 1 only in the padding, for a family that never sees it
+    inside = out.boxes if reads_mask(name) else out.boxes * padded_frame_scale(mask)[:, None]
+    assert torch.isfinite(out.logits).all() and ((out.boxes >= 0) & (inside <= 1)).all()
     M = a.num_feature_levels
     assert len(out.encoder_inputs) == len(out.encoder_outputs) == len(out.feature_masks) == M == len(a.feature_channels)
     prev = None
@@ -186,6 +212,17 @@ def test_output_shapes(name):
         assert getattr(q, f) is not None and getattr(q, f).shape[-1] == width
 
 
+def test_padded_frame_scale_is_each_images_real_share_of_the_input():
+    pix, mask, _ = batch()
+    scale = padded_frame_scale(mask)
+    w_share, h_share = SMALL[1] / W, SMALL[0] / H
+    torch.testing.assert_close(scale, torch.tensor([[1.0, 1.0, 1.0, 1.0], [w_share, h_share, w_share, h_share]]))
+    whole = torch.tensor([0.5, 0.5, 1.0, 1.0])  # image 1's whole real area, as a fraction of the padded input:
+    cx, cy, bw, bh = (whole * scale[1]).tolist()
+    assert ((cx + bw / 2) * W, (cy + bh / 2) * H) == pytest.approx((SMALL[1], SMALL[0]))  # where its pixels end
+    assert padded_frame_scale(torch.ones_like(mask)) is None  # nothing padded: nothing to convert
+
+
 # ----------------------------------------------------------------------------------------------- final stage
 @pytest.mark.parametrize("name", case_params())
 def test_last_stage_equals_model_outputs(name):
@@ -195,7 +232,7 @@ def test_last_stage_equals_model_outputs(name):
         out = a(pix, mask)
         hf = a.model(pixel_values=pix, pixel_mask=mask)
     torch.testing.assert_close(out.logits[-1], hf.logits, atol=1e-5, rtol=0)
-    torch.testing.assert_close(out.boxes[-1], hf.pred_boxes, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.boxes[-1], real_frame(name, hf.pred_boxes, mask), atol=1e-5, rtol=0)
     # the intermediate stages are real predictions, not copies of the last one
     assert not torch.allclose(out.logits[0], out.logits[-1])
 
@@ -225,7 +262,8 @@ def test_intermediate_stages_equal_transformers_aux_outputs(name):
     assert len(hf.auxiliary_outputs) >= STAGES - 1
     for stage in range(STAGES - 1):
         torch.testing.assert_close(out.logits[stage], hf.auxiliary_outputs[stage]["logits"], atol=1e-5, rtol=0)
-        torch.testing.assert_close(out.boxes[stage], hf.auxiliary_outputs[stage]["pred_boxes"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(out.boxes[stage], real_frame(name, hf.auxiliary_outputs[stage]["pred_boxes"], mask),
+                                   atol=1e-5, rtol=0)
     torch.testing.assert_close(out.logits[-1], hf.logits, atol=1e-5, rtol=0)
     torch.testing.assert_close(g.logits, out.logits, atol=1e-5, rtol=0)
     torch.testing.assert_close(g.boxes, out.boxes, atol=1e-5, rtol=0)

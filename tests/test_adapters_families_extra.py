@@ -11,6 +11,7 @@ from torch import nn
 
 from detrdistill.config import BackboneConfig, ModelConfig
 from detrdistill.models.families import get_adapter
+from detrdistill.models.adapters.base import padded_frame_scale
 from detrdistill.models.adapters.dab_detr import DabDetrAdapter
 from detrdistill.models.adapters.rt_detr import RTDetrAdapter
 from detrdistill.models.build import build_model
@@ -103,6 +104,14 @@ def assert_close(a, b, atol=ATOL):
     assert diff <= atol, f"max |diff| {diff:.3e} > {atol}"
 
 
+def real_frame(adapter, boxes, pixel_mask):
+    """The model's own boxes as the adapter reports them: RT-DETR ignores the pixel mask, so its boxes are fractions
+    of the padded input and its adapter divides them by each image's real share of it (DAB-DETR reads the mask)."""
+    if adapter.family == "dab_detr":
+        return boxes
+    return boxes / padded_frame_scale(pixel_mask)[:, None]
+
+
 def random_group(adapter, n: int, batch: int = 1, requires_grad: bool = False, seed: int = 1) -> QueryGroup:
     """A group in the adapter's query form: references strictly inside (0, 1), content ~ N(0, 1)."""
     g = torch.Generator().manual_seed(seed)
@@ -125,7 +134,9 @@ def test_output_shapes(adapter, batch):
     L, B, N, C = adapter.num_stages, 2, adapter.num_queries, adapter.num_classes
     assert (L, N, C, adapter.d_model) == (LAYERS, NUM_QUERIES, NUM_CLASSES, D)
     assert out.logits.shape == (L, B, N, C) and out.class_activation == "sigmoid"
-    assert out.boxes.shape == (L, B, N, 4) and bool(((out.boxes >= 0) & (out.boxes <= 1)).all())
+    # fractions of each image's real pixels: inside the padded input, so beyond 1 only where the image is padded
+    scale = 1 if adapter.family == "dab_detr" else padded_frame_scale(pixel_mask)[:, None]
+    assert out.boxes.shape == (L, B, N, 4) and bool(((out.boxes >= 0) & (out.boxes * scale <= 1)).all())
     assert out.embeddings.shape == (L, B, N, D)
     assert out.loss is None and out.assignments is None
 
@@ -146,7 +157,7 @@ def test_output_shapes(adapter, batch):
         assert q.content is None and q.position is None and q.reference.shape == (1, N, 4)
     else:
         assert q.content.shape == (B, N, D) and q.position is None and q.reference.shape == (B, N, 4)
-    assert bool(((q.reference >= 0) & (q.reference <= 1)).all())
+    assert bool(((q.reference >= 0) & (q.reference * scale <= 1)).all())
     assert "decoder_kwargs" in out.state
 
 
@@ -157,7 +168,7 @@ def test_final_stage_equals_model_output(adapter, batch):
         out = adapter(pixel_values, pixel_mask)
         ref = adapter.model(pixel_values, pixel_mask=pixel_mask)
     assert_close(out.logits[-1], ref.logits, atol=1e-6)
-    assert_close(out.boxes[-1], ref.pred_boxes, atol=1e-6)
+    assert_close(out.boxes[-1], real_frame(adapter, ref.pred_boxes, pixel_mask), atol=1e-6)
 
 
 def test_dab_detr_every_stage_equals_transformers_auxiliary_outputs(batch):
@@ -185,9 +196,11 @@ def test_rt_detr_every_stage_equals_transformers_intermediate_outputs(batch):
         out = adapter(pixel_values, pixel_mask)
         ref = adapter.model(pixel_values, pixel_mask=pixel_mask)
     assert_close(out.logits, ref.intermediate_logits.transpose(0, 1), atol=0)
-    assert_close(out.boxes, ref.intermediate_reference_points.transpose(0, 1), atol=0)
+    assert_close(out.boxes, real_frame(adapter, ref.intermediate_reference_points.transpose(0, 1), pixel_mask),
+                 atol=1e-6)
     assert_close(out.embeddings, ref.intermediate_hidden_states.transpose(0, 1), atol=0)
-    assert_close(out.queries.reference, ref.init_reference_points.sigmoid(), atol=0)
+    assert_close(out.queries.reference, real_frame(adapter, ref.init_reference_points.sigmoid(), pixel_mask),
+                 atol=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------- extra groups
@@ -286,8 +299,10 @@ def test_gradients_reach_decoder_heads_memory_and_group(adapter, batch):
 
 def test_saturated_references_give_finite_outputs_and_gradients(adapter, batch):
     """A reference of exactly 1 (RT-DETR's top-k can pick an invalid anchor, whose logit is finfo.max) must not
-    turn into nan outputs or gradients when it goes through the adapter's logit."""
-    pixel_values, pixel_mask, _ = batch
+    turn into nan outputs or gradients when it goes through the adapter's logit. Without padding: on a padded image
+    a reference of 1 lies inside RT-DETR's padded input frame, not on its border."""
+    pixel_values, _, _ = batch
+    pixel_mask = torch.ones(pixel_values.shape[0], *pixel_values.shape[2:], dtype=torch.long)
     adapter.eval()
     out = adapter(pixel_values, pixel_mask)
     group = random_group(adapter, 5, batch=1)

@@ -17,7 +17,8 @@ from detrdistill.models import build_model, get_adapter
 from detrdistill.models.adapters.d_fine import DFineAdapter
 from detrdistill.models.adapters.deimv2 import Deimv2Adapter
 from detrdistill.models.backbone import apply_backbone_freeze, backbone_module
-from tests.test_adapters import ID2LABEL, NQ, STAGES, batch, make_adapter, model_cfg
+from tests.test_adapters import (ID2LABEL, NQ, STAGES, batch, make_adapter, model_cfg, model_frame_targets,
+                                 real_frame)
 
 DFINE_FAMILIES = ("d_fine", "deimv2")
 
@@ -63,11 +64,11 @@ def test_eval_mode_reports_every_stage_with_the_models_own_heads(family):
     assert hf.intermediate_logits.shape[1] == 1 and inner.intermediate_hidden_states.shape[0] == STAGES
     assert out.logits.shape[0] == STAGES
     torch.testing.assert_close(out.logits, logits, atol=1e-5, rtol=0)
-    torch.testing.assert_close(out.boxes, boxes, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.boxes, real_frame(family, boxes, mask), atol=1e-5, rtol=0)
     torch.testing.assert_close(out.embeddings, inner.intermediate_hidden_states, atol=0, rtol=0)
-    # the model's own prediction is unchanged (exactly), and the layers differ
+    # the model's own prediction is unchanged (exactly; boxes in the real image's frame), and the layers differ
     torch.testing.assert_close(out.logits[-1], hf.logits, atol=0, rtol=0)
-    torch.testing.assert_close(out.boxes[-1], hf.pred_boxes, atol=0, rtol=0)
+    torch.testing.assert_close(out.boxes[-1], real_frame(family, hf.pred_boxes, mask), atol=1e-6, rtol=0)
     assert not torch.allclose(out.boxes[0], out.boxes[-1])
     # the distributions are not trivial (else the box / LQE maths above would go untested)
     assert float(inner.intermediate_predicted_corners.abs().max()) > 0.1
@@ -103,12 +104,12 @@ def test_family_forward_reports_matching_layers_without_pre_bbox_or_denoising(fa
     out = a(pix, mask, targets=targets, criterion=crit)
     torch.manual_seed(5)
     a.model.config.auxiliary_loss = True
-    ref = a.model(pix, pixel_mask=mask, labels=targets)
+    ref = a.model(pix, pixel_mask=mask, labels=model_frame_targets(family, targets, mask))
     dn = int(ref.denoising_meta_values["dn_num_split"][0])
     assert dn > 0 and ref.intermediate_logits.shape[1] == STAGES + 1  # pre-bbox head + every layer
     torch.testing.assert_close(out.logits, ref.intermediate_logits[:, 1:, dn:].transpose(0, 1), atol=0, rtol=0)
-    torch.testing.assert_close(out.boxes, ref.intermediate_reference_points[:, 1:, dn:].transpose(0, 1), atol=0,
-                               rtol=0)
+    torch.testing.assert_close(out.boxes, real_frame(family, ref.intermediate_reference_points[:, 1:, dn:]
+                                                     .transpose(0, 1), mask), atol=1e-6, rtol=0)
     assert out.logits.shape[2] == NQ
     # D-FINE's own losses over the box distributions are part of the recipe, with the denoising groups' own
     classification = "mal" if family == "deimv2" else "vfl"

@@ -16,7 +16,7 @@ from detrdistill.engine.tasks import DetectionTask
 from detrdistill.models.family_loss import student_criterion
 from detrdistill.models.family_loss import FamilyLoss, summarize_family_losses
 from detrdistill.ops.criterion import SetCriterion
-from tests.test_adapters import CASES, batch, make_adapter, own_queries
+from tests.test_adapters import CASES, batch, make_adapter, model_frame_targets, own_queries
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -47,7 +47,9 @@ def test_family_loss_equals_transformers_own_loss(name):
     out = adapter(pix, mask, targets=targets, criterion=crit)
     torch.manual_seed(123)
     adapter.model.config.auxiliary_loss = True
-    ref = adapter.model(pix, pixel_mask=mask, labels=targets)
+    # transformers' own loss on the targets in the model's frame (fractions of the padded input for a family that
+    # ignores the pixel mask: the adapter converts them)
+    ref = adapter.model(pix, pixel_mask=mask, labels=model_frame_targets(name, targets, mask))
     assert torch.allclose(out.loss, ref.loss, rtol=1e-6, atol=1e-6)
     assert torch.allclose(sum(out.loss_dict.values()), out.loss, rtol=1e-5, atol=1e-5)
     assert any(k.startswith("dn_") for k in out.loss_dict) or not getattr(adapter.config, "num_denoising", 0), \

@@ -204,3 +204,26 @@ def test_export_model_dir_writes_category_ids_and_processor_metadata(tmp_path):
     info = read_metadata(result["path"])
     assert info.category_ids == {0: 7, 1: 3, 2: 12}
     assert info.preprocessing["resize"]["shortest_edge"] == DATA.eval_size
+
+
+@pytest.mark.parametrize("family", ["rt_detr", "d_fine", "deformable_detr"])
+def test_the_onnx_eval_adapter_reports_boxes_in_each_images_frame_as_the_pytorch_adapter(family, tmp_path):
+    """On a batch with a padded image, evaluation of the ONNX file reads the boxes the PyTorch adapter reports:
+    fractions of each image's real pixels, also for a graph that ignores padding (RT-DETR, D-FINE: it predicts
+    fractions of its padded input)."""
+    from detrdistill.export.onnx_runtime import OnnxAdapter, OnnxDetector
+    from detrdistill.models import get_adapter
+
+    model = tiny_family_model(family)
+    path = export_onnx(model, tmp_path / "m.onnx", *export_size(family),
+                       processor=build_image_processor(family, DATA.eval_size, DATA.max_size))
+    pixels = example_inputs(model, 2, 128, 96, seed=2)["pixel_values"]
+    mask = torch.ones(2, 128, 96, dtype=torch.long)
+    mask[1, 64:, :] = 0
+    mask[1, :, 64:] = 0
+    pixels = pixels * mask[:, None]
+    got = OnnxAdapter(OnnxDetector(path))(pixels, mask)
+    with torch.no_grad():
+        ref = get_adapter(model)(pixels, mask)
+    assert (got.boxes[-1] - ref.boxes[-1]).abs().max() < TOL
+    assert (got.logits[-1] - ref.logits[-1]).abs().max() < TOL

@@ -56,6 +56,17 @@ class OnnxDetector:
         logits, boxes = self.session.run(["logits", "pred_boxes"], feed)
         return torch.from_numpy(logits), torch.from_numpy(boxes)
 
+    def real_frame(self, pixel_values: Tensor, pixel_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """As calling it, with boxes as fractions of each image's real pixels: a graph without a ``pixel_mask`` input
+        (RT-DETR, D-FINE, DEIMv2) predicts fractions of its padded input, which this divides by each image's share
+        of it (what the PyTorch adapters and ``predict`` report)."""
+        logits, boxes = self(pixel_values, pixel_mask)
+        if "pixel_mask" not in self.input_names:
+            from detrdistill.models.adapters.base import boxes_to_real_frame
+
+            boxes = boxes_to_real_frame(boxes, pixel_mask)
+        return logits, boxes
+
     def image_processor(self):
         """The transformers image processor the model was exported with (from the metadata)."""
         config = self.info.preprocessor_config
@@ -110,7 +121,7 @@ class OnnxAdapter:
         size = self.detector.info.input_size
         if size is not None:
             pixel_values, pixel_mask = pad_to(pixel_values, pixel_mask, size)
-        logits, boxes = self.detector(pixel_values, pixel_mask)
+        logits, boxes = self.detector.real_frame(pixel_values, pixel_mask)
         return _StageOutputs(logits[None].to(pixel_values.device), boxes[None].to(pixel_values.device),
                              self.detector.info.activation)
 

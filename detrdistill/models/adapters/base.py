@@ -48,6 +48,8 @@ __all__ = [
     "split_mask",
     "default_pixel_mask",
     "downsample_mask",
+    "padded_frame_scale",
+    "boxes_to_real_frame",
 ]
 
 
@@ -133,6 +135,33 @@ def downsample_mask(pixel_mask: Tensor, size: Sequence[int]) -> Tensor:
     """Pixel mask ``[B, H, W]`` -> bool ``[B, h, w]`` at a feature level's size: nearest interpolation, the formula
     transformers' convolutional backbones use for the masks they return (for models that never compute one)."""
     return nn.functional.interpolate(pixel_mask[None].float(), size=tuple(int(s) for s in size)).bool()[0]
+
+
+def padded_frame_scale(pixel_mask: Tensor) -> Tensor | None:
+    """Per-image factors ``[B, 4]`` = (w/W, h/H, w/W, h/H) that take normalised cxcywh boxes relative to each image's
+    real pixels (``h`` x ``w``, top-left, padding bottom/right) to boxes relative to the padded ``H`` x ``W`` input;
+    None when no image of the batch is padded.
+
+    For models that never read the pixel mask (RT-DETR, D-FINE, DEIMv2): their boxes are fractions of the input
+    they see, padding included, while the project's targets and outputs are fractions of the real image. Their
+    adapters multiply targets by this on the way in and divide predicted boxes by it on the way out.
+    """
+    real = pixel_mask.bool()
+    h, w = real.shape[-2:]
+    rows = real.any(dim=2).sum(dim=1).clamp(min=1)  # [B] rows holding a real pixel
+    cols = real.any(dim=1).sum(dim=1).clamp(min=1)
+    if bool((rows == h).all()) and bool((cols == w).all()):
+        return None
+    sx, sy = cols.float() / w, rows.float() / h
+    return torch.stack([sx, sy, sx, sy], dim=-1)
+
+
+def boxes_to_real_frame(boxes: Tensor, pixel_mask: Tensor | None) -> Tensor:
+    """A mask-blind model's final boxes ``[B, N, 4]`` (fractions of its padded input) as fractions of each image's
+    real pixels (beyond 1 in the padding): what the adapters report, for callers of the plain transformers model
+    (predict, the ONNX runtime). Unchanged without a mask or padding."""
+    scale = None if pixel_mask is None else padded_frame_scale(pixel_mask)
+    return boxes if scale is None else boxes / scale[:, None].to(boxes)
 
 
 class ModuleInputCapture:

@@ -16,6 +16,12 @@ Layout of one RT-DETR forward, as exposed by :class:`RTDetrAdapter`:
   decoder's own inputs, ``content`` ``[B, N, d]`` (the top-k encoder features, detached by the model) and
   ``reference`` ``[B, N, 4]`` in sigmoid space; :meth:`query_table` raises (``learn_initial_query=True`` is
   refused: transformers' forward fails on it);
+* **boxes in the real image's frame**: RT-DETR never reads the pixel mask, so its boxes are fractions of the input
+  it sees, padding included. The adapter scales targets into that frame before the family loss and scales every
+  box it reports (per-stage boxes, ``queries.reference``, :meth:`decode_group`'s reference in and boxes out) back to
+  fractions of the real image, as every family reports them (:func:`~.base.padded_frame_scale`; nothing changes
+  for an unpadded batch). A saved model therefore predicts in its padded input's frame, as one trained by
+  transformers' own image processor (which converts annotations to the padded frame) does;
 * the model is called **without labels** (``loss.recipe: set``, inference, the teacher): no denoising queries.
   Under ``loss.recipe: family`` the training forward passes the labels: transformers adds its contrastive
   denoising groups in front of the matching queries and computes its varifocal + L1 + GIoU loss over both
@@ -40,7 +46,7 @@ from torch import Tensor, nn
 from ..outputs import DetectorOutput, GroupOutput, QueryGroup
 from ...errors import ConfigError, ModelError, NoQueryTableError
 from .base import (DetectorAdapter, ModuleInputCapture, ModuleOutputCapture, downsample_mask, expand_group,
-                   reference_logits)
+                   padded_frame_scale, reference_logits)
 from ..families import FamilySpec
 from ..family_loss import summarize_family_losses
 from ..hf_config import common_kwargs, resnet_config
@@ -104,6 +110,9 @@ class RTDetrAdapter(DetectorAdapter):
         return self._run(pixel_values, pixel_mask, labels=targets)
 
     def _run(self, pixel_values: Tensor, pixel_mask: Tensor, labels: list[dict] | None = None) -> DetectorOutput:
+        scale = padded_frame_scale(pixel_mask)  # [B, 4] real-image -> padded-input box fractions (None: no padding)
+        if scale is not None and labels is not None:
+            labels = [{**t, "boxes": t["boxes"] * s.to(t["boxes"])} for t, s in zip(labels, scale.to(pixel_values))]
         with ModuleInputCapture(self._decoder()) as dec_cap, \
                 ModuleOutputCapture(self._input_projections()) as in_cap, self._every_stage():
             model_out = self.model(pixel_values, pixel_mask=pixel_mask, labels=labels, return_dict=True)
@@ -121,12 +130,13 @@ class RTDetrAdapter(DetectorAdapter):
         reference = kwargs["reference_points"]  # [B, N, 4] logits (detached by the model)
         logits, boxes, embeddings = self._stages(model_out, keep)
         out = DetectorOutput(
-            logits=logits, boxes=boxes, embeddings=embeddings,
+            logits=logits, boxes=_to_real_frame(boxes, scale), embeddings=embeddings,
             encoder_inputs=encoder_inputs,
             encoder_outputs=list(model_out.encoder_last_hidden_state),
             feature_masks=masks,
-            queries=QueryGroup(content=kwargs["inputs_embeds"], reference=reference.sigmoid()),
-            state={"decoder_kwargs": kwargs},
+            queries=QueryGroup(content=kwargs["inputs_embeds"],
+                               reference=_to_real_frame(reference.sigmoid(), scale)),
+            state={"decoder_kwargs": kwargs, "frame_scale": scale},
         )
         if labels is not None:
             out.loss = model_out.loss
@@ -160,18 +170,27 @@ class RTDetrAdapter(DetectorAdapter):
         kwargs = out.state["decoder_kwargs"]
         memory = kwargs["encoder_hidden_states"]
         g = expand_group(group, memory.shape[0], memory.device, memory.dtype)
+        scale = out.state.get("frame_scale")
+        reference = g.reference if scale is None else g.reference * scale[:, None].to(g.reference)
         with self._every_stage():
             dec = self._decoder()(
                 inputs_embeds=g.content,
                 encoder_hidden_states=memory,
                 encoder_attention_mask=None,  # the decoder's self-attention mask (denoising groups): none here
-                reference_points=reference_logits(g.reference),
+                reference_points=reference_logits(reference),
                 spatial_shapes=kwargs["spatial_shapes"],
                 spatial_shapes_list=kwargs["spatial_shapes_list"],
                 level_start_index=kwargs["level_start_index"],
             )
         logits, boxes, embeddings = self._stages(dec, slice(None))
-        return GroupOutput(logits=logits, boxes=boxes, embeddings=embeddings)
+        return GroupOutput(logits=logits, boxes=_to_real_frame(boxes, scale), embeddings=embeddings)
+
+
+def _to_real_frame(boxes: Tensor, scale: Tensor | None) -> Tensor:
+    """Boxes ``[..., B, N, 4]`` as fractions of the padded input -> fractions of each image's real pixels (beyond 1
+    for a box in the padding: not clamped, so a student's :meth:`RTDetrAdapter.decode_group` on the same batch takes
+    a reference back exactly, and every path that converts the plain model's boxes agrees)."""
+    return boxes if scale is None else boxes / scale[:, None].to(boxes)
 
 
 def _denoising_count(model_out) -> int:
