@@ -68,9 +68,14 @@ def folder_env(folder: Path) -> dict | None:
 def trained(out: Path) -> bool:
     """Whether the run folder ``out`` holds a finished training: its ``model`` and an ``eval.json`` not marked
     ``stopped_early`` (a run stopped by a signal writes both too, marked, and continues from its checkpoint)."""
+    ev = _final_eval(out)
+    return (out / "model" / "config.json").is_file() and ev is not None and not ev.get("stopped_early")
+
+
+def _final_eval(out: Path) -> dict | None:
+    """The ``eval.json`` a run folder's training wrote at its end or at a stop (marked ``stopped_early``), if any."""
     ev = out / "eval.json"
-    return (out / "model" / "config.json").is_file() and ev.is_file() and not json.loads(ev.read_text()).get(
-        "stopped_early")
+    return json.loads(ev.read_text()) if ev.is_file() else None
 
 
 def _eval_is_current(ev: Path, model: Path) -> bool:
@@ -135,11 +140,10 @@ def variant_dir(args, work: Path, teacher: Path, name: str) -> Path:
 def given_model(path: Path, option: str) -> Path:
     """A teacher model dir named on the command line; refused when it is the ``model`` of a run folder whose
     training was stopped by a signal (that run writes its model too, with an ``eval.json`` marked so)."""
-    ev = path.parent / "eval.json"
-    if path.name == "model" and ev.is_file() and json.loads(ev.read_text()).get("stopped_early"):
+    if path.name == "model" and (_final_eval(path.parent) or {}).get("stopped_early"):
         raise BenchmarkError(f"{option}: {path} is the model of a run stopped before the end of its schedule "
-                             f"({ev} is marked stopped_early); finish that run (rerun its command: it resumes from "
-                             f"its last checkpoint) or name another teacher")
+                             f"({path.parent / 'eval.json'} is marked stopped_early); finish that run (rerun its "
+                             "command: it resumes from its last checkpoint) or name another teacher")
     return path
 
 

@@ -173,7 +173,6 @@ def _torch_predictor(model: str | Path) -> Predictor:
     spec = spec_of(net)
     processor = load_image_processor(model_dir, spec.name)
     post = spec.postprocessing
-
     reads_mask = "pixel_mask" in spec.capabilities
 
     def forward(pixel_values, pixel_mask):

@@ -17,6 +17,7 @@ from detrdistill.models.adapters.rt_detr import RTDetrAdapter
 from detrdistill.models.build import build_model
 from detrdistill.models.outputs import QueryGroup
 from detrdistill.ops.criterion import SetCriterion
+from tests.test_adapters import real_frame
 
 EXTRA_FAMILIES = ("dab_detr", "rt_detr", "rt_detr_v2")
 RT_FAMILIES = ("rt_detr", "rt_detr_v2")
@@ -104,14 +105,6 @@ def assert_close(a, b, atol=ATOL):
     assert diff <= atol, f"max |diff| {diff:.3e} > {atol}"
 
 
-def real_frame(adapter, boxes, pixel_mask):
-    """The model's own boxes as the adapter reports them: RT-DETR ignores the pixel mask, so its boxes are fractions
-    of the padded input and its adapter divides them by each image's real share of it (DAB-DETR reads the mask)."""
-    if adapter.family == "dab_detr":
-        return boxes
-    return boxes / padded_frame_scale(pixel_mask)[:, None]
-
-
 def random_group(adapter, n: int, batch: int = 1, requires_grad: bool = False, seed: int = 1) -> QueryGroup:
     """A group in the adapter's query form: references strictly inside (0, 1), content ~ N(0, 1)."""
     g = torch.Generator().manual_seed(seed)
@@ -168,7 +161,7 @@ def test_final_stage_equals_model_output(adapter, batch):
         out = adapter(pixel_values, pixel_mask)
         ref = adapter.model(pixel_values, pixel_mask=pixel_mask)
     assert_close(out.logits[-1], ref.logits, atol=1e-6)
-    assert_close(out.boxes[-1], real_frame(adapter, ref.pred_boxes, pixel_mask), atol=1e-6)
+    assert_close(out.boxes[-1], real_frame(adapter.family, ref.pred_boxes, pixel_mask), atol=1e-6)
 
 
 def test_dab_detr_every_stage_equals_transformers_auxiliary_outputs(batch):
@@ -196,10 +189,10 @@ def test_rt_detr_every_stage_equals_transformers_intermediate_outputs(batch):
         out = adapter(pixel_values, pixel_mask)
         ref = adapter.model(pixel_values, pixel_mask=pixel_mask)
     assert_close(out.logits, ref.intermediate_logits.transpose(0, 1), atol=0)
-    assert_close(out.boxes, real_frame(adapter, ref.intermediate_reference_points.transpose(0, 1), pixel_mask),
-                 atol=1e-6)
+    assert_close(out.boxes, real_frame(adapter.family, ref.intermediate_reference_points.transpose(0, 1),
+                                       pixel_mask), atol=1e-6)
     assert_close(out.embeddings, ref.intermediate_hidden_states.transpose(0, 1), atol=0)
-    assert_close(out.queries.reference, real_frame(adapter, ref.init_reference_points.sigmoid(), pixel_mask),
+    assert_close(out.queries.reference, real_frame(adapter.family, ref.init_reference_points.sigmoid(), pixel_mask),
                  atol=1e-6)
 
 

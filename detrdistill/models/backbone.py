@@ -10,7 +10,8 @@ from torch import nn
 
 from ..errors import ConfigError, ModelError
 
-__all__ = ["backbone_module", "backbone_parameter_ids", "apply_backbone_freeze", "stem_parameters", "STEM_PREFIXES"]
+__all__ = ["backbone_module", "backbone_parameter_ids", "apply_backbone_freeze", "stem_prefix", "stem_parameters",
+           "STEM_PREFIXES"]
 
 
 def _backbone_mixin() -> type:
@@ -69,11 +70,14 @@ def apply_backbone_freeze(model: nn.Module, freeze: str) -> None:
 STEM_PREFIXES = ("embedder.", "embeddings.")
 
 
+def stem_prefix(backbone: nn.Module) -> str | None:
+    """The first of :data:`STEM_PREFIXES` some parameter of ``backbone`` lives under: where ``backbone.freeze: stem``
+    applies; None when there is no stem."""
+    names = [n for n, _ in backbone.named_parameters()]
+    return next((p for p in STEM_PREFIXES if any(n.startswith(p) for n in names)), None)
+
+
 def stem_parameters(backbone: nn.Module) -> list[nn.Parameter]:
     """The parameters ``backbone.freeze: stem`` fixes (see :data:`STEM_PREFIXES`); empty when there is no stem."""
-    named = list(backbone.named_parameters())
-    for prefix in STEM_PREFIXES:
-        stem = [p for n, p in named if n.startswith(prefix)]
-        if stem:
-            return stem
-    return []
+    prefix = stem_prefix(backbone)
+    return [p for n, p in backbone.named_parameters() if prefix and n.startswith(prefix)]

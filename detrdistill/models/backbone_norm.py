@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .backbone import STEM_PREFIXES, backbone_module
+from .backbone import backbone_module, stem_prefix
 
 __all__ = ["is_frozen_batch_norm", "train_backbone_batch_norms", "apply_batch_norm_policy"]
 
@@ -31,19 +31,13 @@ def is_frozen_batch_norm(module: nn.Module) -> bool:
     return type(module).__name__.endswith("FrozenBatchNorm2d") and all(k in buffers for k in _FROZEN_BUFFERS)
 
 
-def _stem_prefix(backbone: nn.Module) -> str | None:
-    """The first of :data:`STEM_PREFIXES` some module of ``backbone`` lives under (what ``freeze: stem`` fixes)."""
-    names = [n + "." for n, _ in backbone.named_modules()]
-    return next((p for p in STEM_PREFIXES if any(n.startswith(p) for n in names)), None)
-
-
 @torch.no_grad()
 def train_backbone_batch_norms(model: nn.Module, keep_stem: bool = False) -> int:
     """Swap every frozen BatchNorm of ``model``'s backbone for a trainable ``nn.BatchNorm2d`` with the same values
     (same device and dtype; in the backbone's current train / eval mode); the number swapped. ``keep_stem`` leaves
     the stem's norms frozen (``freeze: stem``: its parameters fixed, so its statistics must not move either)."""
     backbone = backbone_module(model)
-    stem = _stem_prefix(backbone) if keep_stem else None
+    stem = stem_prefix(backbone) if keep_stem else None
     swaps = [(parent, name, child) for pname, parent in backbone.named_modules()
              for name, child in parent.named_children()
              if is_frozen_batch_norm(child) and not (stem and f"{pname}.{name}.".lstrip(".").startswith(stem))]

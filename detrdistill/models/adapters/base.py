@@ -50,6 +50,7 @@ __all__ = [
     "downsample_mask",
     "padded_frame_scale",
     "boxes_to_real_frame",
+    "scaled_to_real_frame",
 ]
 
 
@@ -160,7 +161,13 @@ def boxes_to_real_frame(boxes: Tensor, pixel_mask: Tensor | None) -> Tensor:
     """A mask-blind model's final boxes ``[B, N, 4]`` (fractions of its padded input) as fractions of each image's
     real pixels (beyond 1 in the padding): what the adapters report, for callers of the plain transformers model
     (predict, the ONNX runtime). Unchanged without a mask or padding."""
-    scale = None if pixel_mask is None else padded_frame_scale(pixel_mask)
+    return scaled_to_real_frame(boxes, None if pixel_mask is None else padded_frame_scale(pixel_mask))
+
+
+def scaled_to_real_frame(boxes: Tensor, scale: Tensor | None) -> Tensor:
+    """Boxes ``[..., B, N, 4]`` as fractions of the padded input -> fractions of each image's real pixels, given
+    :func:`padded_frame_scale` (None: unchanged). Not clamped: a box in the padding reaches beyond 1, so a reference
+    taken back into the padded frame on the same batch is exact, and every path that converts agrees."""
     return boxes if scale is None else boxes / scale[:, None].to(boxes)
 
 

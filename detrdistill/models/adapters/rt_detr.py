@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from ..outputs import DetectorOutput, GroupOutput, QueryGroup
 from ...errors import ConfigError, ModelError, NoQueryTableError
 from .base import (DetectorAdapter, ModuleInputCapture, ModuleOutputCapture, downsample_mask, expand_group,
-                   padded_frame_scale, reference_logits)
+                   padded_frame_scale, reference_logits, scaled_to_real_frame)
 from ..families import FamilySpec
 from ..family_loss import summarize_family_losses
 from ..hf_config import common_kwargs, resnet_config
@@ -112,7 +112,7 @@ class RTDetrAdapter(DetectorAdapter):
     def _run(self, pixel_values: Tensor, pixel_mask: Tensor, labels: list[dict] | None = None) -> DetectorOutput:
         scale = padded_frame_scale(pixel_mask)  # [B, 4] real-image -> padded-input box fractions (None: no padding)
         if scale is not None and labels is not None:
-            labels = [{**t, "boxes": t["boxes"] * s.to(t["boxes"])} for t, s in zip(labels, scale.to(pixel_values))]
+            labels = [{**t, "boxes": t["boxes"] * s.to(t["boxes"])} for t, s in zip(labels, scale)]
         with ModuleInputCapture(self._decoder()) as dec_cap, \
                 ModuleOutputCapture(self._input_projections()) as in_cap, self._every_stage():
             model_out = self.model(pixel_values, pixel_mask=pixel_mask, labels=labels, return_dict=True)
@@ -130,12 +130,12 @@ class RTDetrAdapter(DetectorAdapter):
         reference = kwargs["reference_points"]  # [B, N, 4] logits (detached by the model)
         logits, boxes, embeddings = self._stages(model_out, keep)
         out = DetectorOutput(
-            logits=logits, boxes=_to_real_frame(boxes, scale), embeddings=embeddings,
+            logits=logits, boxes=scaled_to_real_frame(boxes, scale), embeddings=embeddings,
             encoder_inputs=encoder_inputs,
             encoder_outputs=list(model_out.encoder_last_hidden_state),
             feature_masks=masks,
             queries=QueryGroup(content=kwargs["inputs_embeds"],
-                               reference=_to_real_frame(reference.sigmoid(), scale)),
+                               reference=scaled_to_real_frame(reference.sigmoid(), scale)),
             state={"decoder_kwargs": kwargs, "frame_scale": scale},
         )
         if labels is not None:
@@ -183,14 +183,7 @@ class RTDetrAdapter(DetectorAdapter):
                 level_start_index=kwargs["level_start_index"],
             )
         logits, boxes, embeddings = self._stages(dec, slice(None))
-        return GroupOutput(logits=logits, boxes=_to_real_frame(boxes, scale), embeddings=embeddings)
-
-
-def _to_real_frame(boxes: Tensor, scale: Tensor | None) -> Tensor:
-    """Boxes ``[..., B, N, 4]`` as fractions of the padded input -> fractions of each image's real pixels (beyond 1
-    for a box in the padding: not clamped, so a student's :meth:`RTDetrAdapter.decode_group` on the same batch takes
-    a reference back exactly, and every path that converts the plain model's boxes agrees)."""
-    return boxes if scale is None else boxes / scale[:, None].to(boxes)
+        return GroupOutput(logits=logits, boxes=scaled_to_real_frame(boxes, scale), embeddings=embeddings)
 
 
 def _denoising_count(model_out) -> int:
