@@ -74,6 +74,10 @@ METHODS: dict[str, Method] = {
     "detrdistill_pos_neg": Method(True, ("distill.logits.variant=pos_neg",)),
     "detrdistill_encoder_outputs": Method(True, ("distill.feature.source=encoder_outputs",)),
     "detrdistill_contrastive": Method(True, ("distill.contrastive.enabled=true",)),
+    # the full method less one term (leave-one-out, where a term alone says too little)
+    "detrdistill_no_query_prior": Method(True, ("distill.query_prior.enabled=false",)),
+    "detrdistill_pos_neg_no_query_prior": Method(True, ("distill.logits.variant=pos_neg",
+                                                        "distill.query_prior.enabled=false")),
 }
 # the protocol's order: the comparison first, then each DETRDistill term alone on the same seeds
 MAIN_METHODS = ["baseline", "detrdistill", "fitnet", "logit_kd", "logits", "feature", "query_prior"]
