@@ -29,6 +29,8 @@ from torch import Tensor, nn
 from .. import profiling
 from ..config import DistillConfig
 from ..errors import UnsupportedSettingError
+from ..models.family_loss import FamilyLoss
+from ..ops.criterion import reduce_num_boxes
 from .baselines import FitNetLoss, LogitKDLoss
 from .connectors import build_query_projection
 from .context import FULL_COST_MATCHING, MATCHING, StepContext
@@ -143,9 +145,10 @@ class QueryPriorTerm(DistillTerm):
     name = "query_prior"
     needs_teacher_assignments = True
 
-    def __init__(self, loss: QueryPriorLoss, projection: nn.Module, teacher: nn.Module, student: nn.Module):
+    def __init__(self, loss: QueryPriorLoss, projection: nn.Module, teacher: nn.Module, student: nn.Module,
+                 family_losses: bool = True):
         super().__init__({"query_projection": projection, "query_prior_loss": loss})
-        self.loss, self.projection = loss, projection
+        self.loss, self.projection, self.family_losses = loss, projection, family_losses
         self._adapters = (teacher, student)  # a tuple: the adapters are the distiller's, not this term's modules
 
     def __call__(self, ctx: StepContext) -> dict[str, Tensor]:
@@ -156,7 +159,12 @@ class QueryPriorTerm(DistillTerm):
         with profiling.section("query_prior_decode"):
             g_out = student.decode_group(ctx.student, self.projection(group, boxes=boxes))
         out = self.loss(g_out, ctx.teacher_assignments(), ctx.targets, ctx.stage_map, ctx.criterion)
-        return out.losses
+        if not (self.family_losses and isinstance(ctx.criterion, FamilyLoss) and student.has_family_loss):
+            return out.losses
+        # the group trained as the family trains its own queries (D-FINE / DEIMv2: FGL + DDF); same normaliser
+        num_boxes = reduce_num_boxes(float(sum(len(t["class_labels"]) for t in ctx.targets)))
+        extra = student.group_family_losses(g_out, ctx.targets, out.assignments, num_boxes)
+        return {**out.losses, **{f"{self.loss.prefix}{k}": self.loss.weight * v for k, v in extra.items()}}
 
 
 class ContrastiveTerm(DistillTerm):
@@ -234,7 +242,7 @@ def _query_prior(env: TermEnv) -> DistillTerm:
             "set distill.query_prior.reuse_memory=true")
     return QueryPriorTerm(QueryPriorLoss(weight=env.cfg.query_prior.weight),
                           build_query_projection(env.teacher, env.student, env.cfg.query_prior.reference),
-                          env.teacher, env.student)
+                          env.teacher, env.student, env.cfg.query_prior.family_losses)
 
 
 def _contrastive(env: TermEnv) -> DistillTerm:

@@ -33,10 +33,13 @@ class QueryGroup:
 
 @dataclass
 class GroupOutput:
-    """Per-stage predictions of one query group."""
+    """Per-stage predictions of one query group; ``state``: family-private tensors its
+    :meth:`~detrdistill.models.adapters.base.DetectorAdapter.group_family_losses` reads (e.g. D-FINE's box
+    distributions), empty for most families."""
     logits: Tensor      # [L, B, N, C]
     boxes: Tensor       # [L, B, N, 4] normalised cxcywh
     embeddings: Tensor  # [L, B, N, d]
+    state: dict = field(default_factory=dict)
 
 
 def class_probs(logits: Tensor, activation: str) -> Tensor:

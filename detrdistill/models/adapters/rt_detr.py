@@ -183,7 +183,12 @@ class RTDetrAdapter(DetectorAdapter):
                 level_start_index=kwargs["level_start_index"],
             )
         logits, boxes, embeddings = self._stages(dec, slice(None))
-        return GroupOutput(logits=logits, boxes=scaled_to_real_frame(boxes, scale), embeddings=embeddings)
+        return GroupOutput(logits=logits, boxes=scaled_to_real_frame(boxes, scale), embeddings=embeddings,
+                           state=self._group_state(dec, boxes, scale))
+
+    def _group_state(self, dec_out, boxes: Tensor, scale: Tensor | None) -> dict:
+        """What :meth:`group_family_losses` needs of a decoded group (``boxes``: per stage, the model's frame)."""
+        return {}
 
 
 def _denoising_count(model_out) -> int:
