@@ -245,10 +245,13 @@ class QueryPriorDistillConfig(_Section):
     enabled: bool = Field(True, description="use the query-prior term")
     weight: float = Field(1.0, description="weight of the query-prior term")
     reuse_memory: bool = Field(True, description="decode over the student's memory instead of a second encoder pass")
-    family_losses: bool = Field(
-        True, description="under loss.recipe=family, also give the group the losses the student's family puts on its "
-        "own queries beyond class + L1 + GIoU (D-FINE / DEIMv2: FGL + DDF on the box distributions, reported as "
-        "query_prior_fgl / _ddf); false = class + L1 + GIoU only (the project before 2026-12-05)")
+    group_loss: Literal["set", "set_distributions", "family"] = Field(
+        "set_distributions", description="how the group is supervised (with the teacher's fixed assignments): 'set' = "
+        "the set criterion (focal + L1 + GIoU; the official code); 'set_distributions' = the same plus, for a student "
+        "trained by its family's recipe whose boxes are distributions (D-FINE, DEIMv2), the family's FGL + DDF "
+        "(query_prior_fgl / _ddf); 'family' = under loss.recipe=family, the family's own loss instead (RT-DETR / "
+        "D-FINE: varifocal, DEIMv2: matchability-aware, + L1 + GIoU [+ FGL + DDF]); families without a recipe of "
+        "their own use the set criterion either way")
     reference: Literal["teacher_boxes", "learned"] = Field(
         "teacher_boxes", description="a student whose decoder starts from boxes (RT-DETR, D-FINE, AdaMixer, ...) "
         "under a teacher whose queries carry none (DETR, Deformable DETR): 'teacher_boxes' = the box the teacher's "

@@ -1,5 +1,6 @@
-"""The query-prior group of a D-FINE / DEIMv2 student gets its family's box-distribution losses (FGL + DDF) under
-the family recipe, as the student's own auxiliary layers do (detrdistill/models/adapters/d_fine_group_loss.py)."""
+"""The query-prior group of a student trained by its family's recipe: the family's box-distribution losses (FGL +
+DDF) beside the set criterion (``group_loss=set_distributions``, D-FINE / DEIMv2), or the family's whole loss
+(``group_loss=family``), as the student's own queries get them (detrdistill/models/adapters/group_family_loss.py)."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 
 from detrdistill.config import DistillConfig, LossConfig
 from detrdistill.distillation import Distiller
-from detrdistill.models.adapters.d_fine_group_loss import distribution_loss_module, group_distribution_losses
+from detrdistill.models.adapters.group_family_loss import family_loss_module, group_family_losses
 from detrdistill.models.family_loss import student_criterion
 from tests.test_adapters import batch, make_adapter
 
@@ -36,7 +37,7 @@ def test_a_distribution_student_s_group_gets_fgl_and_ddf(s_name):
 
 
 @pytest.mark.parametrize("s_name,config,recipe", [
-    ("d_fine", DistillConfig(query_prior={"family_losses": False}), "family"),
+    ("d_fine", DistillConfig(query_prior={"group_loss": "set"}), "family"),
     ("d_fine", DistillConfig(), "set"),          # the set criterion: the student's own queries get no FGL either
     ("rt_detr", DistillConfig(), "family"),       # no box distributions
 ], ids=["switched-off", "set-recipe", "rt_detr"])
@@ -61,10 +62,9 @@ def decoded_group():
     return student, group, targets, assignments
 
 
-def _losses(student, group, targets, assignments, state=None):
-    return group_distribution_losses(distribution_loss_module(student.model.config), state or group.state,
-                                     group.logits, targets, assignments, num_boxes=8.0, fgl_weight=1.0,
-                                     ddf_weight=1.0)
+def _losses(student, group, targets, assignments, state=None, terms=("local",)):
+    return group_family_losses(family_loss_module("DFineLoss", student.model.config), state or group.state,
+                               group.logits, targets, assignments, num_boxes=8.0, terms=terms)
 
 
 def test_fgl_reads_matched_queries_only_and_no_gt_gives_none(decoded_group):
@@ -86,12 +86,14 @@ def test_fgl_uses_the_model_frame_on_a_padded_batch(decoded_group):
     student, group, targets, assignments = decoded_group
     scale = group.state["frame_scale"]
     assert scale is not None and not torch.allclose(scale[1], torch.ones(4))  # image 1 is padded
-    with_frame = _losses(student, group, targets, assignments)
+    whole = ("vfl", "boxes", "local")
+    with_frame = _losses(student, group, targets, assignments, terms=whole)
     in_model_frame = [{**t, "boxes": t["boxes"] * s} for t, s in zip(targets, scale)]
-    direct = _losses(student, group, in_model_frame, assignments, {**group.state, "frame_scale": None})
-    unconverted = _losses(student, group, targets, assignments, {**group.state, "frame_scale": None})
-    assert torch.allclose(with_frame["fgl"], direct["fgl"], rtol=1e-5)
-    assert not torch.allclose(with_frame["fgl"], unconverted["fgl"], rtol=1e-3)
+    direct = _losses(student, group, in_model_frame, assignments, {**group.state, "frame_scale": None}, whole)
+    unconverted = _losses(student, group, targets, assignments, {**group.state, "frame_scale": None}, whole)
+    for key in ("fgl", "vfl", "bbox", "giou"):
+        assert torch.allclose(with_frame[key], direct[key], rtol=1e-5), key
+        assert not torch.allclose(with_frame[key], unconverted[key], rtol=1e-3), key
 
 
 def test_gradients_reach_every_distribution_head_but_the_last(decoded_group):
@@ -107,3 +109,44 @@ def test_gradients_reach_every_distribution_head_but_the_last(decoded_group):
         per_head.append(sum(0.0 if g is None else float(g.abs().sum()) for g in grads[i:i + n]))
         i += n
     assert all(v > 0 for v in per_head[:-1]) and per_head[-1] == 0.0
+
+
+@pytest.mark.parametrize("s_name,keys", [("d_fine", {"vfl", "bbox", "giou", "fgl", "ddf"}),
+                                         ("deimv2", {"mal", "bbox", "giou", "fgl", "ddf"}),
+                                         ("rt_detr", {"vfl", "bbox", "giou"})])
+def test_group_loss_family_trains_the_group_with_the_family_s_own_loss(s_name, keys):
+    dist, out = _step(s_name, DistillConfig(query_prior={"group_loss": "family"}))
+    got = {k.removeprefix("query_prior_") for k in out.loss_dict if k.startswith("query_prior_")}
+    assert got == keys  # the family's terms replace the set criterion's cls / bbox / giou
+    assert all(torch.isfinite(out.loss_dict[f"query_prior_{k}"]) for k in keys)
+    out.loss.backward()
+    grads = dict(dist.named_trainable_parameters())
+    assert any(p.grad is not None and bool(p.grad.abs().sum() > 0)
+               for n, p in grads.items() if n.startswith("query_projection."))
+
+
+def test_group_loss_family_equals_the_family_loss_on_the_student_s_own_queries():
+    """The group of the student's own queries, assigned by transformers' own matcher on the model's outputs, gets
+    exactly the matching queries' varifocal / box terms of transformers' loss on that layer."""
+    student = make_adapter("rt_detr", d_model=32, seed=2)
+    student.eval()  # no denoising groups, no dropout: the group's decode equals the model's own
+    pix, mask, targets = batch()
+    mask[:] = 1  # an unpadded batch: one frame
+    with torch.no_grad():
+        out = student(pix, mask)
+        group = student.decode_group(out, out.queries)
+    loss = family_loss_module("RTDetrLoss", student.model.config)
+    last = {"logits": group.logits[-1], "pred_boxes": group.boxes[-1]}
+    indices = loss.matcher(last, targets)
+    assignments = torch.full(group.logits.shape[:3], -1, dtype=torch.long)
+    for b, (q, t) in enumerate(indices):
+        assignments[:, b, q] = t
+    ours = group_family_losses(loss, group.state, group.logits, targets, assignments, 8.0, ("vfl", "boxes"))
+    theirs = {}
+    for layer in range(group.logits.shape[0]):
+        lay = {"logits": group.logits[layer], "pred_boxes": group.boxes[layer].clamp(0, 1)}
+        for term in ("vfl", "boxes"):
+            for k, v in loss.get_loss(term, lay, targets, indices, 8.0).items():
+                theirs[k] = theirs.get(k, 0) + loss.weight_dict[k] * v
+    for k, v in theirs.items():
+        assert torch.allclose(ours[k.removeprefix("loss_")], v, rtol=1e-5), k

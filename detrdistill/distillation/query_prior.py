@@ -52,6 +52,19 @@ class QueryPriorLoss(nn.Module):
         crit = criterion if criterion is not None else self.criterion
         if crit is None:
             raise ValueError("QueryPriorLoss needs a criterion (constructor or forward argument)")
+        assignments = self.stage_assignments(group, teacher_assignments, stage_map)
+        res = crit(group.logits, group.boxes, targets, assignments=assignments, num_boxes=num_boxes)
+        return QueryPriorOutput(
+            loss=self.weight * res.loss,
+            loss_dict={f"{self.prefix}{k}": self.weight * v.detach() for k, v in res.loss_dict.items()},
+            assignments=assignments,
+            losses={f"{self.prefix}{k}": self.weight * v for k, v in res.losses.items()})
+
+    @staticmethod
+    def stage_assignments(group: GroupOutput, teacher_assignments: Tensor,
+                          stage_map: list[int] | None = None) -> Tensor:
+        """The teacher's assignments [L_T, B, N_T] taken to the group's L_S stages by ``stage_map`` -> [L_S, B, N_T]
+        (on the group's device); checked against the group's shape."""
         L_S, B, N = group.logits.shape[:3]
         if teacher_assignments is None:
             raise ValueError("query-prior distillation needs the teacher's assignments (teacher forward with targets)")
@@ -62,10 +75,4 @@ class QueryPriorLoss(nn.Module):
         if stage_map is None:
             stage_map = map_stages(L_S, L_T)
         idx = torch.as_tensor(stage_map, dtype=torch.long, device=teacher_assignments.device)
-        assignments = teacher_assignments.index_select(0, idx).to(group.logits.device)
-        res = crit(group.logits, group.boxes, targets, assignments=assignments, num_boxes=num_boxes)
-        return QueryPriorOutput(
-            loss=self.weight * res.loss,
-            loss_dict={f"{self.prefix}{k}": self.weight * v.detach() for k, v in res.loss_dict.items()},
-            assignments=assignments,
-            losses={f"{self.prefix}{k}": self.weight * v for k, v in res.losses.items()})
+        return teacher_assignments.index_select(0, idx).to(group.logits.device)

@@ -146,9 +146,9 @@ class QueryPriorTerm(DistillTerm):
     needs_teacher_assignments = True
 
     def __init__(self, loss: QueryPriorLoss, projection: nn.Module, teacher: nn.Module, student: nn.Module,
-                 family_losses: bool = True):
+                 group_loss: str = "set_distributions"):
         super().__init__({"query_projection": projection, "query_prior_loss": loss})
-        self.loss, self.projection, self.family_losses = loss, projection, family_losses
+        self.loss, self.projection, self.group_loss = loss, projection, group_loss
         self._adapters = (teacher, student)  # a tuple: the adapters are the distiller's, not this term's modules
 
     def __call__(self, ctx: StepContext) -> dict[str, Tensor]:
@@ -158,13 +158,25 @@ class QueryPriorTerm(DistillTerm):
         boxes = ctx.teacher.boxes[0] if self.projection.needs_boxes else None
         with profiling.section("query_prior_decode"):
             g_out = student.decode_group(ctx.student, self.projection(group, boxes=boxes))
+        family = (self.group_loss != "set" and isinstance(ctx.criterion, FamilyLoss) and student.has_family_loss)
+        if family and self.group_loss == "family":  # the group trained as the family trains its own queries
+            assignments = self.loss.stage_assignments(g_out, ctx.teacher_assignments(), ctx.stage_map)
+            return self._weighted(student.group_family_losses(g_out, ctx.targets, assignments, _num_boxes(ctx)))
         out = self.loss(g_out, ctx.teacher_assignments(), ctx.targets, ctx.stage_map, ctx.criterion)
-        if not (self.family_losses and isinstance(ctx.criterion, FamilyLoss) and student.has_family_loss):
+        if not family:
             return out.losses
-        # the group trained as the family trains its own queries (D-FINE / DEIMv2: FGL + DDF); same normaliser
-        num_boxes = reduce_num_boxes(float(sum(len(t["class_labels"]) for t in ctx.targets)))
-        extra = student.group_family_losses(g_out, ctx.targets, out.assignments, num_boxes)
-        return {**out.losses, **{f"{self.loss.prefix}{k}": self.loss.weight * v for k, v in extra.items()}}
+        # set_distributions: plus the family's losses on the group's box distributions (D-FINE / DEIMv2: FGL + DDF)
+        extra = student.group_family_losses(g_out, ctx.targets, out.assignments, _num_boxes(ctx),
+                                            distributions_only=True)
+        return {**out.losses, **self._weighted(extra)}
+
+    def _weighted(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {f"{self.loss.prefix}{k}": self.loss.weight * v for k, v in losses.items()}
+
+
+def _num_boxes(ctx: StepContext) -> float:
+    """The batch's GT count averaged over processes (at least 1): the set criterion's normaliser."""
+    return reduce_num_boxes(float(sum(len(t["class_labels"]) for t in ctx.targets)))
 
 
 class ContrastiveTerm(DistillTerm):
@@ -242,7 +254,7 @@ def _query_prior(env: TermEnv) -> DistillTerm:
             "set distill.query_prior.reuse_memory=true")
     return QueryPriorTerm(QueryPriorLoss(weight=env.cfg.query_prior.weight),
                           build_query_projection(env.teacher, env.student, env.cfg.query_prior.reference),
-                          env.teacher, env.student, env.cfg.query_prior.family_losses)
+                          env.teacher, env.student, env.cfg.query_prior.group_loss)
 
 
 def _contrastive(env: TermEnv) -> DistillTerm:

@@ -417,12 +417,12 @@ class DetectorAdapter(nn.Module):
         """
         raise NotImplementedError
 
-    def group_family_losses(self, group: GroupOutput, targets: list[dict], assignments: Tensor,
-                            num_boxes: float) -> dict[str, Tensor]:
-        """Losses the family's own recipe puts on its queries beyond class + L1 + GIoU, for an extra group decoded by
-        :meth:`decode_group` and supervised with fixed ``assignments`` [L, B, N] (GT index, -1 = background):
-        ``{name: weighted loss with grad}``. None for most families (``{}``); D-FINE / DEIMv2 return their box
-        distributions' FGL / DDF. ``targets`` are the project's (fractions of each image's real pixels)."""
+    def group_family_losses(self, group: GroupOutput, targets: list[dict], assignments: Tensor, num_boxes: float,
+                            distributions_only: bool = False) -> dict[str, Tensor]:
+        """The family's own training loss (``loss.recipe: family``) on an extra group decoded by :meth:`decode_group`
+        and supervised with fixed ``assignments`` [L, B, N] (GT index, -1 = background): ``{name: weighted loss
+        with grad}``; ``distributions_only``: only the terms on box distributions (D-FINE / DEIMv2: FGL, DDF).
+        ``{}`` for a family without a recipe of its own. ``targets`` are the project's (real-image fractions)."""
         return {}
 
     def query_table(self) -> QueryGroup:

@@ -34,8 +34,6 @@ from torch import Tensor, nn
 
 from ...errors import ModelError
 from ..families import FamilySpec
-from ..outputs import GroupOutput
-from .d_fine_group_loss import distribution_loss_module, group_distribution_losses
 from .rt_detr import RTDetrAdapter, rt_detr_config_kwargs
 
 __all__ = ["FAMILY_SPECS", "DFineAdapter", "decoder_heads_on_every_layer"]
@@ -64,7 +62,7 @@ class DFineAdapter(RTDetrAdapter):
 
     family = "d_fine"
     model_types = ("d_fine",)
-    _distribution_loss: list | None = None  # transformers' DFineLoss, built on first use
+    family_loss_class = "DFineLoss"
 
     def _check_model(self) -> None:
         super()._check_model()
@@ -80,22 +78,9 @@ class DFineAdapter(RTDetrAdapter):
         return decoder_heads_on_every_layer(self._decoder())
 
     def _group_state(self, dec_out, boxes: Tensor, scale: Tensor | None) -> dict:
-        """The group's box distributions and their layer-0 reference (model frame), for :meth:`group_family_losses`."""
-        return {"corners": dec_out.intermediate_predicted_corners, "initial_reference": dec_out.initial_reference_points,
-                "boxes": boxes, "frame_scale": scale}
-
-    def group_family_losses(self, group: GroupOutput, targets: list[dict], assignments: Tensor,
-                            num_boxes: float) -> dict[str, Tensor]:
-        """D-FINE's FGL / DDF on the group's box distributions, weighted as the model's config weights them
-        (:mod:`.d_fine_group_loss`)."""
-        if "corners" not in group.state:
-            return {}
-        if self._distribution_loss is None:
-            self._distribution_loss = [distribution_loss_module(self.model.config)]  # a list: not a submodule
-        loss = self._distribution_loss[0].to(group.logits.device)
-        cfg = self.model.config
-        return group_distribution_losses(loss, group.state, group.logits, targets, assignments, num_boxes,
-                                         cfg.weight_loss_fgl, cfg.weight_loss_ddf)
+        """RT-DETR's, plus the group's box distributions and their layer-0 reference (model frame)."""
+        return {**super()._group_state(dec_out, boxes, scale), "corners": dec_out.intermediate_predicted_corners,
+                "initial_reference": dec_out.initial_reference_points}
 
     def _stages(self, dec_out, keep: slice) -> tuple[Tensor, Tensor, Tensor]:
         """``intermediate_logits`` / ``_reference_points`` ``[B, 1 + L, Q, ...]`` (pre-bbox head first, dropped),

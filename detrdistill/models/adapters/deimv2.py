@@ -32,6 +32,7 @@ class Deimv2Adapter(DFineAdapter):
 
     family = "deimv2"
     model_types = ("deimv2",)
+    family_loss_class = "Deimv2Loss"
 
     def _check_model(self) -> None:
         cfg = self.model.config

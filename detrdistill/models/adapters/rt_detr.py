@@ -50,6 +50,7 @@ from .base import (DetectorAdapter, ModuleInputCapture, ModuleOutputCapture, dow
 from ..families import FamilySpec
 from ..family_loss import summarize_family_losses
 from ..hf_config import common_kwargs, resnet_config
+from .group_family_loss import DISTRIBUTION_TERMS, family_loss_module, group_family_losses
 
 if TYPE_CHECKING:  # pragma: no cover
     from ...config import ModelConfig
@@ -99,6 +100,9 @@ class RTDetrAdapter(DetectorAdapter):
     @property
     def query_form(self) -> dict[str, int]:
         return {"content": self.d_model, "reference": 4}
+
+    family_loss_class = "RTDetrLoss"  # transformers' loss of the family (group_family_losses)
+    _family_loss: list | None = None  # built on first use
 
     # ------------------------------------------------------------------ forward
     def _forward(self, pixel_values: Tensor, pixel_mask: Tensor) -> DetectorOutput:
@@ -188,7 +192,19 @@ class RTDetrAdapter(DetectorAdapter):
 
     def _group_state(self, dec_out, boxes: Tensor, scale: Tensor | None) -> dict:
         """What :meth:`group_family_losses` needs of a decoded group (``boxes``: per stage, the model's frame)."""
-        return {}
+        return {"boxes": boxes, "frame_scale": scale}
+
+    def group_family_losses(self, group: GroupOutput, targets: list[dict], assignments: Tensor, num_boxes: float,
+                            distributions_only: bool = False) -> dict[str, Tensor]:
+        """The family's own loss terms (transformers' ``family_loss_class``, weighted by its ``weight_dict``) on a
+        group from :meth:`decode_group`, with fixed assignments (:mod:`.group_family_loss`)."""
+        if "boxes" not in group.state:
+            return {}
+        if self._family_loss is None:
+            self._family_loss = [family_loss_module(self.family_loss_class, self.model.config)]  # not a submodule
+        loss = self._family_loss[0].to(group.logits.device)
+        terms = tuple(t for t in loss.losses if t in DISTRIBUTION_TERMS) if distributions_only else tuple(loss.losses)
+        return group_family_losses(loss, group.state, group.logits, targets, assignments, num_boxes, terms)
 
 
 def _denoising_count(model_out) -> int:
