@@ -9,12 +9,15 @@ transforms, a fixed seed) and prints, per term (``student`` = its own loss), the
 ``--top`` parameters it moves most, each beside the student's own gradient norm on that parameter. For a student
 whose decoder predicts box distributions (D-FINE, DEIMv2) it also prints, per decoder layer, the mean probability
 mass on the two outer bins and the entropy, for the student's own queries and for the query-prior group (the two
-calls of each layer's distribution head in one step). Nothing is written; the run folder is read only.
+calls of each layer's distribution head in one step). ``--modules REGEX ...``: per batch, the cosine between each
+term's gradient and the student's own over the parameters whose name matches each regex, and its norm ratio.
+Nothing is written; the run folder is read only.
 """
 from __future__ import annotations
 
 import argparse
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -43,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    p.add_argument("--modules", nargs="*", default=[], metavar="REGEX",
+                   help="parameter-name patterns: per batch, each term's cosine with the student's own gradient there")
     args = p.parse_args(argv)
 
     from safetensors.torch import load_file
@@ -82,21 +87,37 @@ def main(argv: list[str] | None = None) -> int:
                         generator=torch.Generator().manual_seed(args.seed))
     params = list(dd.named_trainable_parameters())
     sq: dict[str, dict[str, float]] = {}
+    cosines: dict[tuple[str, str], list[str]] = {}
     for _, batch in zip(range(args.batches), loader):
         out = dd(batch["pixel_values"], pixel_mask=batch.get("pixel_mask"), labels=batch["labels"])
         print("losses:", {k: round(float(v), 3) for k, v in out.losses.items()})
+        flat: dict[str, dict[str, torch.Tensor]] = {}
         for part, value in out.parts.items():
             grads = torch.autograd.grad(value, [q for _, q in params], retain_graph=True, allow_unused=True)
-            for (name, _), g in zip(params, grads):
-                if g is not None:
-                    sq.setdefault(part, {}).setdefault(name, 0.0)
-                    sq[part][name] += float(g.norm() ** 2)
+            flat[part] = {name: (g if g is not None else torch.zeros_like(q)).flatten()
+                          for (name, q), g in zip(params, grads)}
+            for name, g in flat[part].items():
+                sq.setdefault(part, {}).setdefault(name, 0.0)
+                sq[part][name] += float(g.norm() ** 2)
+        for pattern in args.modules:
+            names = [n for n, _ in params if re.search(pattern, n)]
+            if not names or "student" not in flat:
+                continue
+            own_g = torch.cat([flat["student"][n] for n in names])
+            for part in flat:
+                if part != "student":
+                    g = torch.cat([flat[part][n] for n in names])
+                    cos = torch.nn.functional.cosine_similarity(own_g, g, dim=0).item()
+                    ratio = (g.norm() / own_g.norm().clamp_min(1e-12)).item()
+                    cosines.setdefault((pattern, part), []).append(f"cos {cos:+.2f}, {ratio:.2f}x")
     own = sq.get("student", {})
     for part, per in sq.items():
         total = sum(per.values()) ** 0.5
         print(f"\n{part}: gradient norm {total:.3f} (over {args.batches} batches)")
         for name, v in sorted(per.items(), key=lambda kv: -kv[1])[:args.top]:
             print(f"  {v ** 0.5:9.3f}  (own {own.get(name, 0.0) ** 0.5:8.3f})  {name}")
+    for (pattern, part), per_batch in cosines.items():
+        print(f"\n{part} vs the student's own on /{pattern}/ (per batch): " + "; ".join(per_batch))
     if calls:
         layers = len(heads)
         print("\nbox distributions (per layer: outer-bin mass, entropy); calls in order: own queries, then the group")

@@ -258,6 +258,20 @@ class QueryPriorDistillConfig(_Section):
         "first decoder stage predicts for each query on the image; 'learned' = a trainable Linear from the teacher's "
         "query embedding (starts untrained)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_family_losses(cls, raw: Any) -> Any:
+        """``family_losses`` (889e725 only) became ``group_loss``: true = ``set_distributions``, false = ``set``; a
+        ``group_loss`` given too (e.g. ``--set`` on a saved config) wins."""
+        if isinstance(raw, dict) and "family_losses" in raw:
+            old = raw["family_losses"]
+            if not isinstance(old, bool):
+                raise ValueError(f"distill.query_prior.family_losses: {old!r} is not true / false (its new name: "
+                                 "group_loss = set_distributions / set)")
+            raw = {k: v for k, v in raw.items() if k != "family_losses"}
+            raw.setdefault("group_loss", "set_distributions" if old else "set")
+        return raw
+
 
 class ContrastiveDistillConfig(_Section):
     """The paper's optional contrastive query term (off in the official code)."""

@@ -150,3 +150,11 @@ def test_group_loss_family_equals_the_family_loss_on_the_student_s_own_queries()
                 theirs[k] = theirs.get(k, 0) + loss.weight_dict[k] * v
     for k, v in theirs.items():
         assert torch.allclose(ours[k.removeprefix("loss_")], v, rtol=1e-5), k
+
+
+@pytest.mark.parametrize("old,new", [(True, "set_distributions"), (False, "set")])
+def test_a_config_saved_with_the_old_family_losses_key_still_loads(old, new):
+    assert DistillConfig(query_prior={"family_losses": old}).query_prior.group_loss == new
+    assert DistillConfig(query_prior={"family_losses": old, "group_loss": "family"}).query_prior.group_loss == "family"
+    with pytest.raises(Exception, match="not true / false"):
+        DistillConfig(query_prior={"family_losses": "yes"})
