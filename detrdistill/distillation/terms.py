@@ -30,7 +30,7 @@ from .. import profiling
 from ..config import DistillConfig
 from ..errors import UnsupportedSettingError
 from ..models.family_loss import FamilyLoss
-from ..ops.criterion import reduce_num_boxes
+from ..ops.criterion import batch_num_boxes
 from .baselines import FitNetLoss, LogitKDLoss
 from .connectors import build_query_projection
 from .context import FULL_COST_MATCHING, MATCHING, StepContext
@@ -159,24 +159,19 @@ class QueryPriorTerm(DistillTerm):
         with profiling.section("query_prior_decode"):
             g_out = student.decode_group(ctx.student, self.projection(group, boxes=boxes))
         family = (self.group_loss != "set" and isinstance(ctx.criterion, FamilyLoss) and student.has_family_loss)
-        if family and self.group_loss == "family":  # the group trained as the family trains its own queries
-            assignments = self.loss.stage_assignments(g_out, ctx.teacher_assignments(), ctx.stage_map)
-            return self._weighted(student.group_family_losses(g_out, ctx.targets, assignments, _num_boxes(ctx)))
-        out = self.loss(g_out, ctx.teacher_assignments(), ctx.targets, ctx.stage_map, ctx.criterion)
         if not family:
-            return out.losses
+            return self.loss(g_out, ctx.teacher_assignments(), ctx.targets, ctx.stage_map, ctx.criterion).losses
+        num_boxes = batch_num_boxes(ctx.targets)  # once: across processes it is a collective
+        if self.group_loss == "family":  # the group trained as the family trains its own queries
+            assignments = self.loss.stage_assignments(g_out, ctx.teacher_assignments(), ctx.stage_map)
+            return self._weighted(student.group_family_losses(g_out, ctx.targets, assignments, num_boxes))
+        out = self.loss(g_out, ctx.teacher_assignments(), ctx.targets, ctx.stage_map, ctx.criterion, num_boxes)
         # set_distributions: plus the family's losses on the group's box distributions (D-FINE / DEIMv2: FGL + DDF)
-        extra = student.group_family_losses(g_out, ctx.targets, out.assignments, _num_boxes(ctx),
-                                            distributions_only=True)
+        extra = student.group_family_losses(g_out, ctx.targets, out.assignments, num_boxes, distributions_only=True)
         return {**out.losses, **self._weighted(extra)}
 
     def _weighted(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
         return {f"{self.loss.prefix}{k}": self.loss.weight * v for k, v in losses.items()}
-
-
-def _num_boxes(ctx: StepContext) -> float:
-    """The batch's GT count averaged over processes (at least 1): the set criterion's normaliser."""
-    return reduce_num_boxes(float(sum(len(t["class_labels"]) for t in ctx.targets)))
 
 
 class ContrastiveTerm(DistillTerm):

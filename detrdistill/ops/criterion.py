@@ -45,6 +45,11 @@ def mean_across_processes(counts: Tensor) -> Tensor:
     return counts.clamp(min=1.0)
 
 
+def batch_num_boxes(targets: list[dict]) -> float:
+    """:func:`reduce_num_boxes` of the GT boxes in ``targets`` (one dict per image, ``class_labels`` [T])."""
+    return reduce_num_boxes(float(sum(len(t["class_labels"]) for t in targets)))
+
+
 def reduce_num_boxes(n: float) -> float:
     """The set loss's normaliser: the batch's GT-box count ``n`` averaged over processes, at least 1
     (:func:`mean_across_processes` of one count, kept on the CPU: no device synchronisation on one process)."""
@@ -200,7 +205,7 @@ class SetCriterion(nn.Module):
         else:
             assignments = self._check_assignments(assignments, (L, B, N), counts)
         if num_boxes is None:
-            num_boxes = reduce_num_boxes(float(sum(len(t["class_labels"]) for t in targets)))
+            num_boxes = batch_num_boxes(targets)
 
         matched = assignments >= 0
         if labels.shape[1] > 0:

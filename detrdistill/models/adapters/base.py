@@ -51,6 +51,7 @@ __all__ = [
     "padded_frame_scale",
     "boxes_to_real_frame",
     "scaled_to_real_frame",
+    "targets_in_padded_frame",
 ]
 
 
@@ -169,6 +170,14 @@ def scaled_to_real_frame(boxes: Tensor, scale: Tensor | None) -> Tensor:
     :func:`padded_frame_scale` (None: unchanged). Not clamped: a box in the padding reaches beyond 1, so a reference
     taken back into the padded frame on the same batch is exact, and every path that converts agrees."""
     return boxes if scale is None else boxes / scale[:, None].to(boxes)
+
+
+def targets_in_padded_frame(targets: list[dict], scale: Tensor | None) -> list[dict]:
+    """The inverse of :func:`scaled_to_real_frame` for targets: each image's ``boxes`` (fractions of its real pixels)
+    times its :func:`padded_frame_scale` row, as a model that never reads the mask sees them (None: unchanged)."""
+    if scale is None:
+        return targets
+    return [{**t, "boxes": t["boxes"] * s.to(t["boxes"])} for t, s in zip(targets, scale)]
 
 
 class ModuleInputCapture:

@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .base import targets_in_padded_frame
+
 __all__ = ["family_loss_module", "group_family_losses", "DISTRIBUTION_TERMS"]
 
 DISTRIBUTION_TERMS = ("local",)  # transformers' name of FGL + DDF in the D-FINE-style losses
@@ -56,9 +58,8 @@ def group_family_losses(loss: nn.Module, state: dict, logits: Tensor, targets: l
     ``initial_reference`` [B, L, N, 4]; logits: [L, B, N, C]; targets: the project's (real-image fractions);
     assignments: [L, B, N]; terms: names of ``loss.losses`` to apply (e.g. ``("vfl", "boxes", "local")``).
     """
-    boxes, scale, corners = state["boxes"], state["frame_scale"], state.get("corners")
-    if scale is not None:
-        targets = [{**t, "boxes": t["boxes"] * s.to(t["boxes"])} for t, s in zip(targets, scale)]
+    boxes, corners = state["boxes"], state.get("corners")
+    targets = targets_in_padded_frame(targets, state["frame_scale"])
     L = boxes.shape[0]
     out: dict[str, Tensor] = {}
     for layer in range(L):

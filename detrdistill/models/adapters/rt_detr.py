@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from ..outputs import DetectorOutput, GroupOutput, QueryGroup
 from ...errors import ConfigError, ModelError, NoQueryTableError
 from .base import (DetectorAdapter, ModuleInputCapture, ModuleOutputCapture, downsample_mask, expand_group,
-                   padded_frame_scale, reference_logits, scaled_to_real_frame)
+                   padded_frame_scale, reference_logits, scaled_to_real_frame, targets_in_padded_frame)
 from ..families import FamilySpec
 from ..family_loss import summarize_family_losses
 from ..hf_config import common_kwargs, resnet_config
@@ -115,8 +115,8 @@ class RTDetrAdapter(DetectorAdapter):
 
     def _run(self, pixel_values: Tensor, pixel_mask: Tensor, labels: list[dict] | None = None) -> DetectorOutput:
         scale = padded_frame_scale(pixel_mask)  # [B, 4] real-image -> padded-input box fractions (None: no padding)
-        if scale is not None and labels is not None:
-            labels = [{**t, "boxes": t["boxes"] * s.to(t["boxes"])} for t, s in zip(labels, scale)]
+        if labels is not None:
+            labels = targets_in_padded_frame(labels, scale)
         with ModuleInputCapture(self._decoder()) as dec_cap, \
                 ModuleOutputCapture(self._input_projections()) as in_cap, self._every_stage():
             model_out = self.model(pixel_values, pixel_mask=pixel_mask, labels=labels, return_dict=True)
