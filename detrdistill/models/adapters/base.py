@@ -31,7 +31,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 from torch import Tensor, nn
 
-from ...errors import ModelError, NoQueryTableError, TransformersAPIError, UnsupportedFamilyError
+from ...errors import NoQueryTableError, TransformersAPIError, UnsupportedFamilyError
 from ..family_loss import FamilyLoss
 from ..outputs import DetectorOutput, GroupOutput, QueryGroup
 
