@@ -246,12 +246,13 @@ class QueryPriorDistillConfig(_Section):
     weight: float = Field(1.0, description="weight of the query-prior term")
     reuse_memory: bool = Field(True, description="decode over the student's memory instead of a second encoder pass")
     group_loss: Literal["set", "set_distributions", "family"] = Field(
-        "set_distributions", description="how the group is supervised (with the teacher's fixed assignments): 'set' = "
-        "the set criterion (focal + L1 + GIoU; the official code); 'set_distributions' = the same plus, for a student "
-        "trained by its family's recipe whose boxes are distributions (D-FINE, DEIMv2), the family's FGL + DDF "
-        "(query_prior_fgl / _ddf); 'family' = under loss.recipe=family, the family's own loss instead (RT-DETR / "
-        "D-FINE: varifocal, DEIMv2: matchability-aware, + L1 + GIoU [+ FGL + DDF]); families without a recipe of "
-        "their own use the set criterion either way")
+        "family", description="how the group is supervised (with the teacher's fixed assignments) when the student is "
+        "trained by its family's recipe (loss.recipe=family: RT-DETR, D-FINE, DEIMv2): 'family' = the family's own "
+        "loss, as its own queries get it (RT-DETR / D-FINE: varifocal, DEIMv2: matchability-aware, + L1 + GIoU "
+        "[+ FGL + DDF]; query_prior_vfl / _mal / _bbox / _giou / _fgl / _ddf); 'set' = the set criterion (focal + L1 "
+        "+ GIoU; the official code); 'set_distributions' = the set criterion plus, for a student whose boxes are "
+        "distributions (D-FINE, DEIMv2), the family's FGL + DDF. Other students (and loss.recipe=set) use the set "
+        "criterion whatever this says")
     reference: Literal["teacher_boxes", "learned"] = Field(
         "teacher_boxes", description="a student whose decoder starts from boxes (RT-DETR, D-FINE, AdaMixer, ...) "
         "under a teacher whose queries carry none (DETR, Deformable DETR): 'teacher_boxes' = the box the teacher's "

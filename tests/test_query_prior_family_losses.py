@@ -26,8 +26,8 @@ def _step(s_name: str, config: DistillConfig, recipe: str = "family"):
 
 
 @pytest.mark.parametrize("s_name", ["d_fine", "deimv2"])
-def test_a_distribution_student_s_group_gets_fgl_and_ddf(s_name):
-    dist, out = _step(s_name, DistillConfig())
+def test_set_distributions_gives_a_distribution_student_s_group_fgl_and_ddf(s_name):
+    dist, out = _step(s_name, DistillConfig(query_prior={"group_loss": "set_distributions"}))
     assert GROUP_KEYS <= set(out.loss_dict)
     assert out.loss_dict["query_prior_fgl"] > 0 and torch.isfinite(out.loss_dict["query_prior_ddf"])
     # they are part of the query-prior term (its weight included) and of the total
@@ -39,12 +39,12 @@ def test_a_distribution_student_s_group_gets_fgl_and_ddf(s_name):
 @pytest.mark.parametrize("s_name,config,recipe", [
     ("d_fine", DistillConfig(query_prior={"group_loss": "set"}), "family"),
     ("d_fine", DistillConfig(), "set"),          # the set criterion: the student's own queries get no FGL either
-    ("rt_detr", DistillConfig(), "family"),       # no box distributions
+    ("rt_detr", DistillConfig(query_prior={"group_loss": "set_distributions"}), "family"),  # no box distributions
 ], ids=["switched-off", "set-recipe", "rt_detr"])
 def test_no_group_distribution_losses_otherwise(s_name, config, recipe):
     _, out = _step(s_name, config, recipe)
     assert not GROUP_KEYS & set(out.loss_dict)
-    assert "query_prior_bbox" in out.loss_dict
+    assert {"query_prior_cls", "query_prior_bbox"} <= set(out.loss_dict)  # the set criterion's keys
 
 
 @pytest.fixture
@@ -115,7 +115,8 @@ def test_gradients_reach_every_distribution_head_but_the_last(decoded_group):
                                          ("deimv2", {"mal", "bbox", "giou", "fgl", "ddf"}),
                                          ("rt_detr", {"vfl", "bbox", "giou"})])
 def test_group_loss_family_trains_the_group_with_the_family_s_own_loss(s_name, keys):
-    dist, out = _step(s_name, DistillConfig(query_prior={"group_loss": "family"}))
+    dist, out = _step(s_name, DistillConfig())  # family is the default
+    assert DistillConfig().query_prior.group_loss == "family"
     got = {k.removeprefix("query_prior_") for k in out.loss_dict if k.startswith("query_prior_")}
     assert got == keys  # the family's terms replace the set criterion's cls / bbox / giou
     assert all(torch.isfinite(out.loss_dict[f"query_prior_{k}"]) for k in keys)
@@ -158,3 +159,19 @@ def test_a_config_saved_with_the_old_family_losses_key_still_loads(old, new):
     assert DistillConfig(query_prior={"family_losses": old, "group_loss": "family"}).query_prior.group_loss == "family"
     with pytest.raises(Exception, match="not true / false"):
         DistillConfig(query_prior={"family_losses": "yes"})
+
+
+@pytest.mark.parametrize("s_name", ["lw_detr", "rf_detr"])
+def test_a_recipe_family_without_a_group_loss_keeps_the_set_criterion_for_the_group(s_name):
+    """LW-DETR / RF-DETR train with their own transformers loss but have no group loss here: under group_loss=family
+    their group is trained by the set criterion, not left without a loss."""
+    teacher = make_adapter("rt_detr", d_model=64, seed=1)
+    student = make_adapter(s_name, d_model=32, seed=2)
+    assert student.has_family_loss and not student.has_group_family_loss
+    dist = Distiller(teacher, student, DistillConfig(query_prior={"group_loss": "family"}))
+    dist.train()
+    pix, mask, targets = batch(name="rf_detr")
+    out = dist(pix, mask, targets, student_criterion(LossConfig(recipe="family"), student))
+    got = {k for k in out.loss_dict if k.startswith("query_prior_")}
+    assert got == {"query_prior_cls", "query_prior_bbox", "query_prior_giou"}
+    assert out.parts["query_prior"] > 0

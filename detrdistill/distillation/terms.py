@@ -146,7 +146,7 @@ class QueryPriorTerm(DistillTerm):
     needs_teacher_assignments = True
 
     def __init__(self, loss: QueryPriorLoss, projection: nn.Module, teacher: nn.Module, student: nn.Module,
-                 group_loss: str = "set_distributions"):
+                 group_loss: str = "family"):
         super().__init__({"query_projection": projection, "query_prior_loss": loss})
         self.loss, self.projection, self.group_loss = loss, projection, group_loss
         self._adapters = (teacher, student)  # a tuple: the adapters are the distiller's, not this term's modules
@@ -158,7 +158,7 @@ class QueryPriorTerm(DistillTerm):
         boxes = ctx.teacher.boxes[0] if self.projection.needs_boxes else None
         with profiling.section("query_prior_decode"):
             g_out = student.decode_group(ctx.student, self.projection(group, boxes=boxes))
-        family = (self.group_loss != "set" and isinstance(ctx.criterion, FamilyLoss) and student.has_family_loss)
+        family = (self.group_loss != "set" and isinstance(ctx.criterion, FamilyLoss) and student.has_group_family_loss)
         if not family:
             return self.loss(g_out, ctx.teacher_assignments(), ctx.targets, ctx.stage_map, ctx.criterion).losses
         num_boxes = batch_num_boxes(ctx.targets)  # once: across processes it is a collective

@@ -426,6 +426,13 @@ class DetectorAdapter(nn.Module):
         """
         raise NotImplementedError
 
+    @property
+    def has_group_family_loss(self) -> bool:
+        """Whether :meth:`group_family_losses` can train an extra query group with the family's own loss (RT-DETR,
+        D-FINE, DEIMv2); a family with a recipe but without it (LW-DETR, RF-DETR) has its group trained by the set
+        criterion."""
+        return type(self).group_family_losses is not DetectorAdapter.group_family_losses
+
     def group_family_losses(self, group: GroupOutput, targets: list[dict], assignments: Tensor, num_boxes: float,
                             distributions_only: bool = False) -> dict[str, Tensor]:
         """The family's own training loss (``loss.recipe: family``) on an extra group decoded by :meth:`decode_group`
