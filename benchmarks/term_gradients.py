@@ -88,19 +88,22 @@ def main(argv: list[str] | None = None) -> int:
     params = list(dd.named_trainable_parameters())
     sq: dict[str, dict[str, float]] = {}
     cosines: dict[tuple[str, str], list[str]] = {}
+    # --modules: the parameters each pattern names (fixed), and of those only, flattened gradients kept per batch
+    module_names = {pattern: [n for n, _ in params if re.search(pattern, n)] for pattern in args.modules}
+    kept = {n for names in module_names.values() for n in names}
     for _, batch in zip(range(args.batches), loader):
         out = dd(batch["pixel_values"], pixel_mask=batch.get("pixel_mask"), labels=batch["labels"])
         print("losses:", {k: round(float(v), 3) for k, v in out.losses.items()})
         flat: dict[str, dict[str, torch.Tensor]] = {}
         for part, value in out.parts.items():
             grads = torch.autograd.grad(value, [q for _, q in params], retain_graph=True, allow_unused=True)
-            flat[part] = {name: (g if g is not None else torch.zeros_like(q)).flatten()
-                          for (name, q), g in zip(params, grads)}
-            for name, g in flat[part].items():
-                sq.setdefault(part, {}).setdefault(name, 0.0)
-                sq[part][name] += float(g.norm() ** 2)
-        for pattern in args.modules:
-            names = [n for n, _ in params if re.search(pattern, n)]
+            for (name, q), g in zip(params, grads):
+                if g is not None:
+                    sq.setdefault(part, {}).setdefault(name, 0.0)
+                    sq[part][name] += float(g.norm() ** 2)
+                if name in kept:
+                    flat.setdefault(part, {})[name] = (g if g is not None else torch.zeros_like(q)).flatten()
+        for pattern, names in module_names.items():
             if not names or "student" not in flat:
                 continue
             own_g = torch.cat([flat["student"][n] for n in names])
