@@ -75,6 +75,8 @@ METHODS: dict[str, Method] = {
     "detrdistill_encoder_outputs": Method(True, ("distill.feature.source=encoder_outputs",)),
     "detrdistill_contrastive": Method(True, ("distill.contrastive.enabled=true",)),
     # the full method less one term (leave-one-out, where a term alone says too little)
+    "detrdistill_no_logits": Method(True, ("distill.logits.enabled=false",)),
+    "detrdistill_no_feature": Method(True, ("distill.feature.enabled=false",)),
     "detrdistill_no_query_prior": Method(True, ("distill.query_prior.enabled=false",)),
     "detrdistill_pos_neg_no_query_prior": Method(True, ("distill.logits.variant=pos_neg",
                                                         "distill.query_prior.enabled=false")),

@@ -285,3 +285,13 @@ def test_a_teacher_evaluation_is_redone_after_its_weights_change(tmp_path, monke
     os.utime(model / "model.safetensors", (later, later))  # the teacher resumed and finished since
     assert teachers.teacher_record(args, tmp_path, model, "val")["AP"] == 2.0
     assert len(evals) == 2
+
+
+def test_every_benchmark_method_resolves_to_a_valid_config_and_leave_one_out_drops_only_its_term():
+    from detrdistill.config import load_config
+    terms = ("logits", "feature", "query_prior")
+    for name, method in distill.METHODS.items():
+        cfg = load_config("configs/cpu/bccd_d_fine_student.yaml", list(method.overrides))
+        if name.startswith("detrdistill_no_"):
+            dropped = name.removeprefix("detrdistill_no_")
+            assert {t: getattr(cfg.distill, t).enabled for t in terms} == {t: t != dropped for t in terms}, name
