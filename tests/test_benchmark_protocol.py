@@ -287,8 +287,11 @@ def test_a_teacher_evaluation_is_redone_after_its_weights_change(tmp_path, monke
     assert len(evals) == 2
 
 
-def test_every_benchmark_method_resolves_to_a_valid_config_and_leave_one_out_drops_only_its_term():
+def test_every_benchmark_method_resolves_to_a_valid_config_and_leave_one_out_drops_only_its_term(tmp_path,
+                                                                                                 monkeypatch):
     from detrdistill.config import load_config
+    if not os.environ.get("DETRDISTILL_DATA"):  # the config's data paths are resolved, never opened, here
+        monkeypatch.setenv("DETRDISTILL_DATA", str(tmp_path))
     terms = ("logits", "feature", "query_prior")
     for name, method in distill.METHODS.items():
         cfg = load_config("configs/cpu/bccd_d_fine_student.yaml", list(method.overrides))
