@@ -56,6 +56,11 @@ def claim(run_dir: Path, wait: bool = False):
     return _flock(run_dir / ".benchmark.lock", wait=wait)
 
 
+def exclusive(lock_file: Path):
+    """Wait for, then hold, ``lock_file``: one process at a time does the step it guards (a teacher's evaluation)."""
+    return _flock(lock_file, wait=True)
+
+
 def read(out: Path) -> dict | None:
     return json.loads(out.read_text()) if out.is_file() else None
 

@@ -154,9 +154,11 @@ def teacher_record(args, work: Path, teacher: Path, split: str, name: str = "tea
     folder is here, the resolved config it was trained with (``trained_config``)."""
     config = config or args.teacher_config
     t_eval = work / f"{name}-eval"
-    if not _eval_is_current(t_eval / "eval.json", teacher):
-        run(cli("eval", config, "--model", str(teacher), "--split", split, "--eval-dir", str(t_eval),
-                *sets(args.set)), work / f"{name}-eval.log", child_env(args.threads))
+    # two invocations sharing a work dir start together: one evaluates, the other waits and reads its result
+    with results_file.exclusive(work / f"{name}-eval.lock"):
+        if not _eval_is_current(t_eval / "eval.json", teacher):
+            run(cli("eval", config, "--model", str(teacher), "--split", split, "--eval-dir", str(t_eval),
+                    *sets(args.set)), work / f"{name}-eval.log", child_env(args.threads))
     stats = json.loads((t_eval / "eval.json").read_text())
     rec = {"config": config, **{k: stats[k] for k in STATS}, "params": params_of(teacher),
            "model_dir": run_env.relative(teacher)}

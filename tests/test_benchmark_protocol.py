@@ -287,6 +287,40 @@ def test_a_teacher_evaluation_is_redone_after_its_weights_change(tmp_path, monke
     assert len(evals) == 2
 
 
+def test_two_invocations_recording_one_teacher_at_once_evaluate_it_once(tmp_path, monkeypatch):
+    import threading
+    import time
+    model = tmp_path / "teacher" / "model"
+    _fake_run_folder(tmp_path / "teacher", stopped=False)
+    evals = []
+
+    def slow_eval(cmd, log, env):  # the second caller arrives while the first evaluates
+        out = Path(cmd[cmd.index("--eval-dir") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        evals.append(1)
+        time.sleep(0.3)
+        (out / "eval.json").write_text(json.dumps({k: 1.0 for k in teachers.STATS}))
+
+    monkeypatch.setattr(teachers, "run", slow_eval)
+    monkeypatch.setattr(teachers, "params_of", lambda m: 1)
+    args = distill.parse_args(["--dataset", "synthetic"])
+    aps, errors = [], []
+
+    def record():
+        try:
+            aps.append(teachers.teacher_record(args, tmp_path, model, "val")["AP"])
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=record) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and aps == [1.0, 1.0]
+    assert len(evals) == 1
+
+
 def test_every_benchmark_method_resolves_to_a_valid_config_and_leave_one_out_drops_only_its_term(tmp_path,
                                                                                                  monkeypatch):
     from detrdistill.config import load_config
