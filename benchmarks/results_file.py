@@ -7,8 +7,9 @@ folder. Both are done with advisory file locks (``fcntl.flock``; POSIX):
 * ``locked(out)``: held while the JSON is read, merged and rewritten, so a save never overwrites a run another
   invocation saved since this one read the file (``merge``);
 * ``claim(run_dir)``: taken, without waiting, for the whole training of one run; an invocation that finds it
-  held skips that run (another process is training it) and goes on with the next. The teacher's folder is
-  claimed with ``wait=True``: a second invocation waits for the teacher the first one trains.
+  held skips that run (another process is training it) and goes on with the next. The teacher's folder and its
+  evaluation folder are claimed with ``wait=True``: a second invocation waits for the teacher the first one trains
+  or evaluates, then uses its result.
 
 Where ``fcntl`` does not exist (Windows) both locks are no-ops: run one invocation per results file there.
 """
@@ -52,13 +53,9 @@ def locked(out: Path):
 
 def claim(run_dir: Path, wait: bool = False):
     """Take one run's folder for training. ``wait=False``: yields False at once if another process trains it;
-    ``wait=True`` (the teacher, which every other run needs): waits until that process is done."""
+    ``wait=True`` (the teacher, which every other run needs, and its evaluation folder): waits until that process
+    is done."""
     return _flock(run_dir / ".benchmark.lock", wait=wait)
-
-
-def exclusive(lock_file: Path):
-    """Wait for, then hold, ``lock_file``: one process at a time does the step it guards (a teacher's evaluation)."""
-    return _flock(lock_file, wait=True)
 
 
 def read(out: Path) -> dict | None:

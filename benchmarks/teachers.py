@@ -155,7 +155,7 @@ def teacher_record(args, work: Path, teacher: Path, split: str, name: str = "tea
     config = config or args.teacher_config
     t_eval = work / f"{name}-eval"
     # two invocations sharing a work dir start together: one evaluates, the other waits and reads its result
-    with results_file.exclusive(work / f"{name}-eval.lock"):
+    with results_file.claim(t_eval, wait=True):
         if not _eval_is_current(t_eval / "eval.json", teacher):
             run(cli("eval", config, "--model", str(teacher), "--split", split, "--eval-dir", str(t_eval),
                     *sets(args.set)), work / f"{name}-eval.log", child_env(args.threads))

@@ -60,5 +60,6 @@ def test_synthetic_configs_train_and_distill_from_the_cli(synth_dir, tmp_path):
                  "--output-dir", str(student), *_sets(tiny)]) == 0
     recs = [r for r in read_metrics(student / "metrics.jsonl") if "loss" in r]
     logged = {k.split("/", 1)[1] for k in recs[-1] if k.startswith("loss/")}
-    assert {"mal", "fgl", "dn_mal", "logits_cls", "logits_bbox", "feature", "query_prior_mal", "query_prior_fgl"} <= logged
+    assert {"mal", "fgl", "dn_mal", "logits_cls", "logits_bbox", "feature", "query_prior_mal",
+            "query_prior_fgl"} <= logged
     assert sum(v for k, v in recs[-1].items() if k.startswith("loss/")) == pytest.approx(recs[-1]["loss"], rel=1e-4)
