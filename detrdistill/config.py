@@ -317,6 +317,9 @@ class DistillConfig(_Section):
         "uniform", description="student stage -> teacher stage: 'uniform' = same relative depth (identity for equal "
         "depths, official), 'last' = align the final stages, 'final' = every stage learns from the teacher's last")
     teacher_matcher: TeacherMatcherConfig = TeacherMatcherConfig()
+    warmup_steps: int = Field(
+        0, ge=0, description="the distillation terms ramp linearly from 0 to their full weight over the first N "
+        "training steps (the student's own loss is never scaled); 0 = full weight from the first step (official)")
     logits: LogitsDistillConfig = LogitsDistillConfig()
     feature: FeatureDistillConfig = FeatureDistillConfig()
     query_prior: QueryPriorDistillConfig = QueryPriorDistillConfig()

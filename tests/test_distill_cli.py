@@ -28,6 +28,29 @@ def teacher_dir(synth_dir, tmp_path_factory):
     return out / "model"
 
 
+def test_the_distillation_warmup_follows_the_engine_step_across_a_resume(synth_dir, teacher_dir, tmp_path,
+                                                                         monkeypatch):
+    from detrdistill.distillation.task import DistillTask
+    seen, scales = [], []
+    set_step = DistillTask.set_step
+
+    def record(self, step):
+        set_step(self, step)
+        seen.append(step)
+        scales.append(self.distiller.term_scale())
+
+    monkeypatch.setattr(DistillTask, "set_step", record)
+    common = ["train.eval_every_epochs=0", "train.checkpoint_every_steps=1", "distill.warmup_steps=4"]
+    run = tmp_path / "run"
+    assert main(["distill", "--teacher", str(teacher_dir),
+                 *_sets(tiny_overrides(run, synth_dir, *common, "train.max_steps=2"))]) == 0
+    assert seen == [0, 1] and scales == [0.25, 0.5]
+    seen.clear(), scales.clear()
+    assert main(["distill", "--teacher", str(teacher_dir), "--resume",
+                 *_sets(tiny_overrides(run, synth_dir, *common, "train.max_steps=5"))]) == 0
+    assert seen == [2, 3, 4] and scales == [0.75, 1.0, 1.0]  # continues from the checkpoint, not from 0
+
+
 @pytest.mark.slow  # every term through the CLI, stopped and resumed
 def test_distill_every_term_logs_resumes_and_exports(synth_dir, teacher_dir, tmp_path):
     common = ["train.max_steps=8", "train.checkpoint_every_steps=2", "train.eval_every_epochs=0", *ALL_TERMS]

@@ -189,3 +189,27 @@ def test_level_count_mismatch_and_bf16_teacher(teacher, batch, criterion):
     assert all(torch.isfinite(v) for v in out.loss_dict.values()) and out.loss_dict["feature"] > 0
     out.loss.backward()
     assert dist.feature_loss.adapters[0].weight.grad.abs().sum() > 0
+
+
+def test_warmup_ramps_the_distillation_terms_not_the_student_loss(teacher, batch, criterion):
+    dist = Distiller(teacher, make(model_cfg()), DistillConfig(warmup_steps=4))
+    dist.train()
+    outs = {}
+    for step in (0, 1, 3, 10):
+        dist.step = step
+        outs[step] = dist(*batch, criterion).loss_dict
+    full = outs[10]
+    terms = [k for k in full if k not in DETECTION_KEYS]
+    assert terms and all(full[k] > 0 for k in terms)
+    for step, frac in ((0, 0.25), (1, 0.5), (3, 1.0)):
+        for k in terms:
+            assert torch.allclose(outs[step][k], frac * full[k], rtol=1e-4), (step, k)
+        for k in DETECTION_KEYS:
+            assert torch.allclose(outs[step][k], full[k], rtol=1e-5), (step, k)
+    dist.step = 0
+    assert dist.term_scale() == 0.25
+    dist.eval()
+    assert dist.term_scale() == 1.0
+    no_warmup = Distiller(teacher, make(model_cfg()), DistillConfig())
+    no_warmup.train()
+    assert no_warmup.term_scale() == 1.0

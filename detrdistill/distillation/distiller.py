@@ -11,7 +11,8 @@ Total loss = student detection loss (``criterion`` on the student's own queries,
            + feature distillation (``feature``, every teacher stage's mask)
            + query-prior distillation (``query_prior_cls`` / ``_bbox`` / ``_giou``)
            + optional ``contrastive``, ``fitnet``, ``logit_kd``.
-Every weight is in the config (defaults = the official values) and every term can be disabled. The terms are
+Every weight is in the config (defaults = the official values) and every term can be disabled; ``warmup_steps``
+ramps all distillation terms in from 0 over the first steps (:meth:`Distiller.term_scale`). The terms are
 composed from the config (:mod:`.terms`); each reads the step's :class:`~.context.StepContext` and returns named
 losses.
 
@@ -171,6 +172,9 @@ class Distiller(nn.Module):
         if (cfg.feature.enabled or cfg.fitnet.enabled) and student.num_feature_levels != teacher.num_feature_levels:
             level_pairs = self._probe_level_pairs(cfg.feature.source, probe_size)
         self.terms = build_terms(TermEnv(cfg, teacher, student, level_pairs))
+        #: 0-based index of the training step about to run, set by the engine (``DistillTask.set_step``) or a user's
+        #: loop; it only matters under ``cfg.warmup_steps`` (:meth:`term_scale`)
+        self.step = 0
         self.batch_matchings = True  # False: each matching solved where it is used (same results, for comparison)
         self.cost_logged = False  # the first forward logs both input sizes and forward times (teacher_pixels.py)
         self.matching_needs = step_needs(self.terms)
@@ -265,6 +269,14 @@ class Distiller(nn.Module):
             return map_stages(s_out.num_stages, t_out.num_stages, self.cfg.stage_mapping)
         return self.stage_map
 
+    def term_scale(self) -> float:
+        """Weight of every distillation term at :attr:`step`: ``min(1, (step + 1) / cfg.warmup_steps)`` while
+        training, 1 without a warm-up or in eval mode."""
+        warmup = self.cfg.warmup_steps
+        if not warmup or not self.training:
+            return 1.0
+        return min(1.0, (self.step + 1) / warmup)
+
     # ------------------------------------------------------------------ forward
     def forward(self, pixel_values: Tensor, pixel_mask: Tensor | None, targets: list[dict],
                 criterion: Callable | None = None) -> DistillOutput:
@@ -297,10 +309,12 @@ class Distiller(nn.Module):
         total = s_out.loss if s_out.loss is not None else s_out.logits.new_zeros(())
         parts = {"student": total}
         loss_dict: dict[str, Tensor] = {k: v.detach() for k, v in s_out.loss_dict.items()}
+        scale = self.term_scale()
         for term in self.terms:
             with profiling.section(f"term:{term.name}"):
                 term_losses = term(ctx)
             for name, value in term_losses.items():
+                value = value * scale if scale != 1.0 else value
                 total = total + value
                 parts[term.name] = parts[term.name] + value if term.name in parts else value
                 loss_dict[name] = value.detach()

@@ -76,6 +76,11 @@ class DistillTask(nn.Module):
     keep_parts = False
     last_parts = None
 
+    def set_step(self, step: int) -> None:
+        """The engine's 0-based index of the step about to run (the distillation warm-up, ``distill.warmup_steps``,
+        follows it; after ``--resume`` it continues from the restored step)."""
+        self.distiller.step = int(step)
+
     def forward(self, pixel_values, pixel_mask, targets):
         out = self.detr_distiller(pixel_values, pixel_mask, labels=targets)
         self.last_parts = out.parts if self.keep_parts else None

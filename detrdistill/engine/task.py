@@ -11,7 +11,9 @@ A task is an ``nn.Module`` with:
 * ``named_trainable_parameters()``: ``(name, parameter)`` of everything the optimizer updates;
 * ``checkpoint_state_dict()`` / ``load_checkpoint_state_dict(state)``: what a resumable checkpoint holds,
   and its strict inverse (raises :class:`~detrdistill.errors.CheckpointError` when the state does not fit);
-* ``export(path)``: write the deployable model as a plain transformers model directory.
+* ``export(path)``: write the deployable model as a plain transformers model directory;
+* optional ``set_step(step)``: called before each training step with its 0-based index (restored on
+  ``--resume``), for schedules inside the task (the distillation warm-up).
 
 The engine is given the task's *class* (:class:`TaskType`), which says before anything is loaded what kind of run
 it is and which models it reads, and builds the task once the output folder is claimed. The CLI and the Python API

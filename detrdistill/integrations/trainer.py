@@ -113,6 +113,7 @@ class DistillationTrainer(Trainer):
         The student alone (evaluation, see :meth:`prediction_step`): the Trainer's own computation."""
         if not isinstance(self.accelerator.unwrap_model(model), DETRDistiller):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        self._distiller(model).distiller.step = self.state.global_step  # the distillation warm-up follows it
         out = model(**inputs)
         for name, value in out.losses.items():
             value = value.detach().float()
