@@ -28,6 +28,23 @@ def teacher_dir(synth_dir, tmp_path_factory):
     return out / "model"
 
 
+@pytest.mark.parametrize("family", ["deformable_detr", "d_fine"])
+def test_distill_with_every_term_off_trains_exactly_as_train(synth_dir, teacher_dir, tmp_path, family):
+    """The distill path itself (teacher forward, the family recipe through the distiller) leaves the student's
+    training unchanged: what a distilled run gains or loses comes from its terms."""
+    common = ["train.max_steps=4", "train.eval_every_epochs=0", f"model.family={family}", "model.dropout=0.1"]
+    off = ["distill.logits.enabled=false", "distill.feature.enabled=false", "distill.query_prior.enabled=false"]
+    assert main(["train", *_sets(tiny_overrides(tmp_path / "train", synth_dir, *common))]) == 0
+    assert main(["distill", "--teacher", str(teacher_dir),
+                 *_sets(tiny_overrides(tmp_path / "distill", synth_dir, *common, *off))]) == 0
+    train = [r for r in read_metrics(tmp_path / "train" / "metrics.jsonl") if "loss" in r]
+    distill = [r for r in read_metrics(tmp_path / "distill" / "metrics.jsonl") if "loss" in r]
+    assert [r["step"] for r in train] == [r["step"] for r in distill] == [1, 2, 3, 4]
+    for a, b in zip(train, distill):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-6, abs=1e-7), a["step"]
+    assert train[0]["loss"] != train[-1]["loss"]  # it trained
+
+
 def test_the_distillation_warmup_follows_the_engine_step_across_a_resume(synth_dir, teacher_dir, tmp_path,
                                                                          monkeypatch):
     from detrdistill.distillation.task import DistillTask
