@@ -84,6 +84,15 @@ def overrides(results: dict) -> list[str]:
             if o.split("=", 1)[0] not in COSMETIC]
 
 
+def _sized(name: str, model: dict | None) -> str:
+    """``name`` and the model's parameter count when the file records it (``d_fine 0.24 M``): two pairs of one
+    family differ by their sizes."""
+    params = (model or {}).get("params")
+    if not params:
+        return name
+    return f"{name} {params / 1e6:.1f} M" if params >= 1e6 else f"{name} {params / 1e6:.2f} M"
+
+
 def row(results: dict, link: str, variant: str | None = None) -> str:
     """One markdown row of a results file (``link``: its ``.md``, relative to the README); ``variant``: the row of
     that teacher variant instead of the main teacher."""
@@ -98,7 +107,8 @@ def row(results: dict, link: str, variant: str | None = None) -> str:
     if len(steps) != 1:
         raise SystemExit(f"{link}: {ALONE} and {distilled_method} ran unequal step counts {steps}")
     teacher = (results.get("teacher") if variant is None else results.get("teachers", {}).get(variant)) or {}
-    pair = f"{family(results, 'teacher') if variant is None else variant} → {family(results)}"
+    pair = f"{_sized(family(results, 'teacher') if variant is None else variant, teacher)} → " \
+           f"{_sized(family(results), results.get('student'))}"
     if changed := overrides(results):
         pair += f" ({', '.join(changed)})"
     others = [ap_by_seed(results, m) if variant is None else {} for m in OTHERS]

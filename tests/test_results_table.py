@@ -53,6 +53,12 @@ def test_row_names_the_overrides_that_change_training():
                      "(model.backbone.batch_norm=train, distill.feature.weight=0.1)")
 
 
+def test_row_names_each_model_size_when_recorded():
+    res = _results({"baseline": {0: 40.0}, "detrdistill": {0: 41.0}})
+    res["teacher"]["params"], res["student"]["params"] = 5_012_345, 236_653
+    assert _cells(results_table.row(res, "x.md"))[0] == "bccd (test): deformable_detr 5.0 M → deformable_detr 0.24 M"
+
+
 def test_the_better_arm_is_judged_on_the_seeds_both_ran():
     # the distilled seed 0 is below its student alone, although above the alone mean over seeds 0-1
     res = _results({"baseline": {0: 25.0, 1: 20.0}, "detrdistill": {0: 24.0}})
