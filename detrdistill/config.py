@@ -223,6 +223,13 @@ class LogitsDistillConfig(_Section):
     neg_weight: float = Field(1.0, ge=0, description="pos_neg: weight of the background term on teacher negatives")
     pos_threshold: float = Field(0.5, ge=0, le=1, description="pos_neg on images without GT: teacher max class "
                                  "probability >= this makes a positive")
+    class_loss: Literal["bce", "quality_focal"] = Field(
+        "bce", description="'bce' = official soft BCE; 'quality_focal' = soft BCE x |p - q|^focal_gamma, normalised by "
+        "the matched teacher scores' sum (sigmoid models; not in the paper)")
+    focal_gamma: float = Field(2.0, ge=0, description="class_loss=quality_focal: the exponent of |p - q|")
+    box_weighting: Literal["uniform", "teacher_score"] = Field(
+        "uniform", description="'uniform' = official (every matched pair counts 1); 'teacher_score' = L1 + GIoU of "
+        "each pair weighted by the teacher's max class probability of its box, normalised by their sum")
 
 
 class FeatureDistillConfig(_Section):

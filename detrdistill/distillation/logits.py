@@ -42,6 +42,18 @@ Decisions (documented deviations / choices):
      scores, NO box term (a negative's box is not an object), normalised by the local number of negative pairs
      (Eq. 4, reported as ``logits_neg``).
   Student queries matched to neither (N_S > N_T) get nothing.
+
+Weightings (not in the paper or the official code; the defaults are the official form):
+
+* **class_loss="quality_focal"** multiplies the soft BCE of each class by ``|p - q| ** focal_gamma`` (the quality
+  focal loss of GFL, the soft-target form of the focal loss that DETR-family students are trained with): pairs the
+  student already agrees with, most of them background, stop dominating the term (the factor is a weight without
+  gradient, as RT-DETR's and D-FINE's varifocal losses treat theirs).  Normalised by the matched
+  teacher predictions' summed score (see below) instead of the matched count.  Sigmoid ("bce" mode) only.
+* **box_weighting="teacher_score"** weights each matched pair's L1 and GIoU by the teacher's score of its box,
+  ``s_j = max_c p_jc`` (IoU-aware for the RT-DETR / D-FINE / DEIM families), and normalises by ``Σ s_j`` over the
+  matched pairs of the stage (averaged over processes, at least 1): a confident teacher box is a pseudo ground
+  truth at the weight of a real one, a background query's box (which no metric scores) hardly counts.
 """
 from __future__ import annotations
 
@@ -230,11 +242,16 @@ class HungarianLogitsDistillLoss(nn.Module):
 
     def __init__(self, class_weight: float = 1.0, bbox_weight: float = 5.0, giou_weight: float = 2.0,
                  variant: str = "all", neg_weight: float = 1.0, pos_threshold: float = 0.5,
-                 class_cost: float = _D.class_cost, bbox_cost: float = _D.bbox_cost, giou_cost: float = _D.giou_cost
-                 ):
+                 class_cost: float = _D.class_cost, bbox_cost: float = _D.bbox_cost, giou_cost: float = _D.giou_cost,
+                 class_loss: str = "bce", focal_gamma: float = 2.0, box_weighting: str = "uniform"):
         super().__init__()
         if variant not in ("all", "pos_neg"):
             raise ValueError(f"variant must be 'all' or 'pos_neg', got {variant!r}")
+        if class_loss not in ("bce", "quality_focal"):
+            raise ValueError(f"class_loss must be 'bce' or 'quality_focal', got {class_loss!r}")
+        if box_weighting not in ("uniform", "teacher_score"):
+            raise ValueError(f"box_weighting must be 'uniform' or 'teacher_score', got {box_weighting!r}")
+        self.class_loss, self.focal_gamma, self.box_weighting = class_loss, focal_gamma, box_weighting
         self.class_weight, self.bbox_weight, self.giou_weight = class_weight, bbox_weight, giou_weight
         self.variant, self.neg_weight, self.pos_threshold = variant, neg_weight, pos_threshold
         self.class_cost, self.bbox_cost, self.giou_cost = class_cost, bbox_cost, giou_cost
@@ -246,7 +263,8 @@ class HungarianLogitsDistillLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"variant={self.variant!r}, weights=(cls {self.class_weight}, bbox {self.bbox_weight}, "
-                f"giou {self.giou_weight}, neg {self.neg_weight})")
+                f"giou {self.giou_weight}, neg {self.neg_weight}), class_loss={self.class_loss!r}, "
+                f"box_weighting={self.box_weighting!r}")
 
     @torch.no_grad()
     def teacher_positives(self, teacher_logits: Tensor, teacher_activation: str,
@@ -314,7 +332,14 @@ class HungarianLogitsDistillLoss(nn.Module):
         ``shape`` = (L_S, B, N_S)."""
         idx = match.clamp(min=0)
         tgt = _gather_rows(terms.target, idx)
-        cls = paired_class_loss(terms.log_q, tgt, None if terms.log_1mq is None else terms.log_1mq)  # [K, N_S]
+        if self.class_loss == "quality_focal":
+            if terms.log_1mq is None:
+                raise ValueError("class_loss='quality_focal' needs a sigmoid student or teacher (both are softmax)")
+            q = terms.log_q.exp()
+            focal = (tgt - q).abs().detach().pow(self.focal_gamma)
+            cls = -(focal * (tgt * terms.log_q + (1 - tgt) * terms.log_1mq)).sum(-1)       # [K, N_S]
+        else:
+            cls = paired_class_loss(terms.log_q, tgt, terms.log_1mq)                     # [K, N_S]
         pos_f = positive.to(cls.dtype)
         t_matched = _gather_rows(t_boxes, idx)                                          # [K, N_S, 4]
         l1 = (s_boxes - t_matched).abs().sum(-1)
@@ -326,10 +351,19 @@ class HungarianLogitsDistillLoss(nn.Module):
         n_pos = per_stage(pos_f)
         n_pos_global = mean_across_processes(n_pos).to(cls.dtype)
         cls_norm = n_pos.clamp(min=1) if self.variant == "all" else n_pos_global  # "all": local count (official)
+        box_w, box_norm = pos_f, n_pos_global
+        if self.class_loss == "quality_focal" or self.box_weighting == "teacher_score":
+            fg = tgt[..., :-1] if terms.mode == "ce" else tgt                           # foreground classes
+            score = fg.detach().amax(-1) * pos_f                                         # [K, N_S] s_j, matched
+            n_soft = mean_across_processes(per_stage(score)).to(cls.dtype).clamp(min=1)
+            if self.class_loss == "quality_focal":
+                cls_norm = n_soft
+            if self.box_weighting == "teacher_score":
+                box_w, box_norm = score, n_soft
         losses = {
             "logits_cls": self.class_weight * (per_stage(cls * pos_f) / cls_norm).sum(),
-            "logits_bbox": self.bbox_weight * (per_stage(l1 * pos_f) / n_pos_global).sum(),
-            "logits_giou": self.giou_weight * (per_stage(giou * pos_f) / n_pos_global).sum(),
+            "logits_bbox": self.bbox_weight * (per_stage(l1 * box_w) / box_norm).sum(),
+            "logits_giou": self.giou_weight * (per_stage(giou * box_w) / box_norm).sum(),
         }
         if self.variant == "pos_neg":
             neg_f = negative.to(cls.dtype)

@@ -210,7 +210,8 @@ def _logits(env: TermEnv) -> DistillTerm:
     lc = env.cfg.logits
     return LogitsTerm(HungarianLogitsDistillLoss(
         class_weight=lc.class_weight, bbox_weight=lc.bbox_weight, giou_weight=lc.giou_weight, variant=lc.variant,
-        neg_weight=lc.neg_weight, pos_threshold=lc.pos_threshold))
+        neg_weight=lc.neg_weight, pos_threshold=lc.pos_threshold, class_loss=lc.class_loss,
+        focal_gamma=lc.focal_gamma, box_weighting=lc.box_weighting))
 
 
 def normalize_features(env: TermEnv) -> bool:
