@@ -36,7 +36,7 @@ def _recipe():
     return module
 
 
-def make_trainer(models, synth_dir, out, seed=0, **arguments):  # noqa: F811
+def make_trainer(models, synth_dir, out, seed=0, distill_config=None, **arguments):  # noqa: F811
     from transformers import AutoImageProcessor, AutoModelForObjectDetection, TrainingArguments
 
     recipe = _recipe()
@@ -51,7 +51,8 @@ def make_trainer(models, synth_dir, out, seed=0, **arguments):  # noqa: F811
                              eval_do_concat_batches=False, per_device_train_batch_size=2, per_device_eval_batch_size=4,
                              learning_rate=1e-3, logging_steps=1, dataloader_num_workers=0, seed=seed, **arguments)
     trainer = DistillationTrainer(model=student, teacher=str(models / "teacher"), args=args, train_dataset=train,
-                                  eval_dataset=val, data_collator=recipe.collate_fn, processing_class=processor)
+                                  eval_dataset=val, data_collator=recipe.collate_fn, processing_class=processor,
+                                  distill_config=distill_config)
     return trainer, student, recipe
 
 
@@ -80,6 +81,23 @@ def test_gradient_accumulation_averages_the_micro_batches(models, synth_dir, tmp
     terms = trainer._term_counts
     assert set(terms) >= {"cls", "logits_cls", "feature", "query_prior_cls"} and set(terms.values()) == {2}  # both micro-batches, kept for the next log
     assert all(torch.isfinite(v) for v in logged)
+
+
+def test_the_distillation_warm_up_follows_the_trainers_step(models, synth_dir, tmp_path):  # noqa: F811
+    trainer, _, recipe = make_trainer(models, synth_dir, tmp_path, distill_config={"warmup_steps": 4})
+    batch = recipe.collate_fn([trainer.train_dataset[0], trainer.train_dataset[1]])
+    model = trainer.model.train()
+    losses = {}
+    for step in (0, 1, 3, 7):
+        trainer.state.global_step = step
+        torch.manual_seed(0)  # the same dropout and denoising draws at every step
+        with torch.no_grad():
+            _, out = trainer.compute_loss(model, batch, return_outputs=True)
+        losses[step] = {k: v.item() for k, v in out.losses.items()}
+    for step, scale in ((0, 0.25), (1, 0.5), (3, 1.0)):  # min(1, (step + 1) / 4)
+        assert losses[step]["cls"] == pytest.approx(losses[7]["cls"], rel=1e-6)  # the student's own: never scaled
+        assert losses[step]["logits_cls"] == pytest.approx(scale * losses[7]["logits_cls"], rel=1e-5)
+        assert losses[step]["feature"] == pytest.approx(scale * losses[7]["feature"], rel=1e-5)
 
 
 def test_evaluation_is_the_student_alone(models, synth_dir, tmp_path):  # noqa: F811
