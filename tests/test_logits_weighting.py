@@ -11,13 +11,7 @@ from detrdistill.config import DistillConfig
 from detrdistill.distillation import HungarianLogitsDistillLoss
 from detrdistill.distillation.terms import TermEnv, build_terms
 from detrdistill.ops.boxes import cxcywh_to_xyxy, generalized_box_iou_pairs
-
-
-def rand_boxes(*shape, g=None):
-    """Normalised cxcywh boxes inside the image (clipping the teacher's changes nothing)."""
-    c = torch.rand(*shape, 2, generator=g) * 0.4 + 0.3
-    wh = torch.rand(*shape, 2, generator=g) * 0.25 + 0.05
-    return torch.cat([c, wh], -1)
+from tests.test_distill_losses import rand_boxes
 
 
 def _case(seed=0, L=2, B=2, N=6, C=3):
