@@ -69,16 +69,17 @@ def ap_by_seed(results: dict, method: str) -> dict[int, float]:
 
 def family(results: dict, role: str = "student") -> str:
     """The detector family of the file's ``role`` (``student`` / ``teacher``): ``model.family`` of the config it
-    records, else the config's name."""
+    records (the config's default family when it names none), else, without the file, the config's name."""
     import yaml
+
+    from detrdistill.config import ModelConfig
 
     root = Path(__file__).resolve().parents[1]
     config = Path((results.get(role) or {}).get("config") or "?")
     path = config if config.is_absolute() else root / config
     if path.is_file():
         found = ((yaml.safe_load(path.read_text()) or {}).get("model") or {}).get("family")
-        if found:
-            return found
+        return found or ModelConfig.model_fields["family"].default
     return config.stem
 
 

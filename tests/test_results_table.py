@@ -10,6 +10,7 @@ import pytest
 
 from benchmarks import results_table
 from benchmarks.readme_block import linked_results
+from benchmarks.results_file import family
 
 ENV = {"commit": "0123456789abcdef", "dirty": False, "python": "3.11.7", "torch": "2.13.0", "transformers": "5.25.0",
        "accelerate": "1.16.0", "device": "cpu", "threads": 1}
@@ -115,3 +116,13 @@ def test_readme_block_is_what_its_files_render():
     assert files, "the README's results block links no results file"
     assert all(Path(str(f).partition("#")[0]).is_file() for f in files), files  # FILE#NAME: a part of FILE
     assert results_table.TABLE.main(["--check"]) == 0
+
+
+def test_a_config_without_model_family_is_named_by_the_default_family(tmp_path):
+    config = tmp_path / "synthetic_student.yaml"
+    config.write_text("model:\n  d_model: 32\n")  # the synthetic configs name no family: deformable_detr
+    named = tmp_path / "named.yaml"
+    named.write_text("model:\n  family: d_fine\n")
+    assert family({"student": {"config": str(config)}}) == "deformable_detr"
+    assert family({"student": {"config": str(named)}}) == "d_fine"
+    assert family({"student": {"config": "configs/not_here.yaml"}}) == "not_here"  # no file: its name
