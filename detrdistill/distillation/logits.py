@@ -54,6 +54,8 @@ Weightings (not in the paper or the official code; the defaults are the official
   ``s_j = max_c p_jc`` (IoU-aware for the RT-DETR / D-FINE / DEIM families), and normalises by ``Σ s_j`` over the
   matched pairs of the stage (averaged over processes, at least 1): a confident teacher box is a pseudo ground
   truth at the weight of a real one, a background query's box (which no metric scores) hardly counts.
+
+Both change the loss on the matched pairs only: the student -> teacher matching keeps the official costs.
 """
 from __future__ import annotations
 
