@@ -146,11 +146,14 @@ def pairwise_class_cost(terms: SoftClassTerms) -> Tensor:
              + terms.log_1mq.sum(-1)[:, :, None])
 
 
-def paired_class_loss(log_q: Tensor, target: Tensor, log_1mq: Tensor | None) -> Tensor:
-    """Soft class loss of aligned pairs, summed over classes: [..., C'] -> [...]."""
+def paired_class_loss(log_q: Tensor, target: Tensor, log_1mq: Tensor | None,
+                      class_weight: Tensor | None = None) -> Tensor:
+    """Soft class loss of aligned pairs, summed over classes: [..., C'] -> [...]; ``class_weight`` [..., C']
+    (optional, "bce" only) weights each class's BCE before the sum."""
     if log_1mq is None:  # "ce"
         return -(target * log_q).sum(-1)
-    return -(target * log_q + (1 - target) * log_1mq).sum(-1)
+    bce = target * log_q + (1 - target) * log_1mq
+    return -(bce if class_weight is None else class_weight * bce).sum(-1)
 
 
 def clip_boxes(boxes: Tensor) -> Tensor:
@@ -334,14 +337,12 @@ class HungarianLogitsDistillLoss(nn.Module):
         ``shape`` = (L_S, B, N_S)."""
         idx = match.clamp(min=0)
         tgt = _gather_rows(terms.target, idx)
+        focal = None
         if self.class_loss == "quality_focal":
             if terms.log_1mq is None:
                 raise ValueError("class_loss='quality_focal' needs a sigmoid student or teacher (both are softmax)")
-            q = terms.log_q.exp()
-            focal = (tgt - q).abs().detach().pow(self.focal_gamma)
-            cls = -(focal * (tgt * terms.log_q + (1 - tgt) * terms.log_1mq)).sum(-1)       # [K, N_S]
-        else:
-            cls = paired_class_loss(terms.log_q, tgt, terms.log_1mq)                     # [K, N_S]
+            focal = (tgt - terms.log_q.exp()).abs().detach().pow(self.focal_gamma)
+        cls = paired_class_loss(terms.log_q, tgt, terms.log_1mq, focal)                 # [K, N_S]
         pos_f = positive.to(cls.dtype)
         t_matched = _gather_rows(t_boxes, idx)                                          # [K, N_S, 4]
         l1 = (s_boxes - t_matched).abs().sum(-1)
