@@ -81,6 +81,12 @@ def environment_key(env: dict | None) -> tuple:
     return tuple(env.get(k) for k in ENV_KEYS)
 
 
+def differences(here: dict | None, then: dict | None) -> list[str]:
+    """The fields of two run records that differ, as ``name: then -> here`` (thread count included)."""
+    here, then = here or {}, then or {}
+    return [f"{k}: {then.get(k)} -> {here.get(k)}" for k in (*ENV_KEYS, "threads") if here.get(k) != then.get(k)]
+
+
 def describe(env: dict | None) -> str:
     """One line: ``commit 1a2b3c4 (dirty), python 3.11.7, torch 2.13.0, ..., <device>, 1 thread(s)``."""
     if not env:

@@ -66,9 +66,8 @@ def verify(args) -> int:
     here, then = new["env"], committed.get("env")
     print(f"committed: AP {committed['AP']:.4f} ({run_env.describe(then)})")
     print(f"rerun:     AP {new['AP']:.4f} ({run_env.describe(here)})")
-    same_env = run_env.environment_key(here) == run_env.environment_key(then) and \
-        (here or {}).get("threads") == (then or {}).get("threads")
-    if same_env:
+    differs = run_env.differences(here, then)
+    if not differs:
         if new["AP"] == committed["AP"]:
             print("identical")
             return 0
@@ -78,6 +77,7 @@ def verify(args) -> int:
     low, high = spread(values)
     m, sd = mean_sd(values)
     inside = low <= new["AP"] <= high
-    print(f"environment differs: the rerun's AP lies {'inside' if inside else 'OUTSIDE'} the committed spread of "
-          f"{args.method}: {m:.2f} ± 2 × {sd:.2f} = [{low:.2f}, {high:.2f}] over {len(values)} seed(s)")
+    print(f"environment differs ({'; '.join(differs)}): the rerun's AP lies {'inside' if inside else 'OUTSIDE'} "
+          f"the committed spread of {args.method}: {m:.2f} ± 2 × {sd:.2f} = [{low:.2f}, {high:.2f}] "
+          f"over {len(values)} seed(s)")
     return 0 if inside else 1

@@ -35,6 +35,14 @@ def test_environment_names_commit_versions_device_and_threads():
     assert run_env.environment_key({**env, "threads": 2}) == run_env.environment_key(env)  # threads: checked apart
 
 
+def test_differences_name_exactly_the_fields_that_differ():
+    env = run_env.environment(1)
+    assert run_env.differences(env, dict(env)) == []
+    moved = {**env, "device": "no real CPU", "threads": 2}
+    assert run_env.differences(moved, env) == [f"device: {env['device']} -> no real CPU", "threads: 1 -> 2"]
+    assert run_env.differences(env, None)  # a run that recorded nothing differs in everything it would record
+
+
 def test_config_hash_ignores_the_output_folder_only(tmp_path):
     a, b, c = tmp_path / "a.yaml", tmp_path / "b.yaml", tmp_path / "c.yaml"
     a.write_text(yaml.safe_dump({"train": {"output_dir": "x", "seed": 0}, "model": {"d_model": 32}}))
@@ -208,7 +216,8 @@ def test_verify_reruns_a_committed_run_identically_here_and_judges_the_spread_el
     out.write_text(json.dumps(saved))
     code = distill.main(verify + ["--work-dir", str(tmp_path / "v2")])
     text = capsys.readouterr().out
-    assert "environment differs" in text and "committed spread of baseline" in text
+    assert "environment differs (commit: " + "e" * 40 in text and "committed spread of baseline" in text
+    assert "device:" not in text.split("environment differs")[1]  # only what differs is named
     assert code == (0 if "lies inside" in text else 1)
 
 
