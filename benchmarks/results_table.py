@@ -36,7 +36,7 @@ ALONE, DISTILLED, EQUAL_COST = "baseline", "detrdistill", "baseline_long"
 OTHERS = ("fitnet", "logit_kd")  # the other distillation baselines, shown when the file has them
 HEAD = ("| dataset (split): teacher → student | steps | teacher | student alone | DETRDistill | gain [95 % CI] | "
         "FitNet; gain [95 % CI] | logit KD; gain [95 % CI] | "
-        "alone, equal cost | DETRDistill vs equal cost [95 % CI] | code | details |\n"
+        "alone, equal cost | DETRDistill vs equal cost [95 % CI] | code, machine | details |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
@@ -61,7 +61,8 @@ def _bold_the_better(alone: str, distilled: str, distilled_better: bool) -> tupl
 
 
 def one_environment(results: dict, link: str) -> str:
-    """The short commit every run of the file was made on; SystemExit when the runs come from several."""
+    """The short commit and the device every run of the file was made on; SystemExit when the runs come from
+    several."""
     keys = {run_env.environment_key(r.get("env")) for r in results["runs"]}
     envs = [r.get("env") for r in results["runs"]]
     if not envs or any(not e or not e.get("commit") for e in envs):
@@ -69,7 +70,8 @@ def one_environment(results: dict, link: str) -> str:
     if len(keys) > 1:
         raise SystemExit(f"{link}: its runs come from {len(keys)} commits/environments; the README's rows are "
                          "comparisons made on one (see the file's environment lines)")
-    return envs[0]["commit"][:7] + (" (dirty)" if envs[0].get("dirty") else "")
+    return envs[0]["commit"][:7] + (" (dirty)" if envs[0].get("dirty") else "") + \
+        f", {run_env.short_device(envs[0].get('device'))}"
 
 
 #: overrides that change how a run is shown or fed, not what it trains: left out of a row's label

@@ -47,6 +47,16 @@ def device_name() -> str:
     return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
+def short_device(name: str | None) -> str:
+    """A device name without trademark marks and filler words: ``Intel(R) Xeon(R) Processor, 2 cores`` ->
+    ``Intel Xeon, 2 cores`` (for tables; the full name stays in the run's record)."""
+    if not name:
+        return "device not recorded"
+    for mark in ("(R)", "(TM)", "(tm)", " Processor", " CPU"):
+        name = name.replace(mark, "")
+    return " ".join(name.split()).replace(" ,", ",")
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -35,6 +35,13 @@ def test_environment_names_commit_versions_device_and_threads():
     assert run_env.environment_key({**env, "threads": 2}) == run_env.environment_key(env)  # threads: checked apart
 
 
+def test_short_device_drops_trademarks_and_filler_words_only():
+    assert run_env.short_device("Intel(R) Xeon(R) Processor, 2 cores") == "Intel Xeon, 2 cores"
+    assert run_env.short_device("AMD EPYC, 2 cores") == "AMD EPYC, 2 cores"
+    assert run_env.short_device("NVIDIA H200") == "NVIDIA H200"
+    assert run_env.short_device(None) == "device not recorded"
+
+
 def test_differences_name_exactly_the_fields_that_differ():
     env = run_env.environment(1)
     assert run_env.differences(env, dict(env)) == []

@@ -42,7 +42,7 @@ def test_row_gives_means_paired_gains_and_the_commit():
     assert cells[6] == "43.00 (n=1); +3.00 (n=1, no interval)" and cells[7] == "—"  # FitNet one seed, logit KD none
     assert cells[8] == "46.50 ± 0.71 (n=2), 6000 steps"
     assert cells[9].startswith("-1.00 [")  # DETRDistill - equal cost over seeds 0, 1: -2.0, 0.0
-    assert cells[10] == "0123456"
+    assert cells[10] == "0123456, cpu"  # the commit and the machine of every run
 
 
 def test_row_names_the_overrides_that_change_training():
