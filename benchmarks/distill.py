@@ -219,14 +219,16 @@ def parse_args(argv=None):
 
 def check_one_environment(results: dict, out: Path, allow_mixed: bool) -> None:
     """Refuse to add runs to a file whose runs were made in another environment (unless ``allow_mixed``)."""
-    here = run_env.environment_key(run_env.environment(None))
+    env = run_env.environment(None)
+    here = run_env.environment_key(env)
     other = [r for r in results.get("runs", []) if run_env.environment_key(r.get("env")) != here]
     if other and not allow_mixed:
+        differs = "; ".join(run_env.differences(env, other[0].get("env"), keys=run_env.ENV_KEYS))
         raise BenchmarkError(
             f"{out} holds {len(other)} run(s) made in another environment (e.g. {other[0]['method']} seed "
             f"{other[0]['seed']}: {run_env.describe(other[0].get('env'))}); this checkout is "
-            f"{run_env.describe(run_env.environment(None))}. A comparison is made on one commit and environment: "
-            "write to a new --out, or pass --allow-mixed (the report then shows the mix)")
+            f"{run_env.describe(env)}; they differ in {differs}. A comparison is made on one commit and "
+            "environment: write to a new --out, or pass --allow-mixed (the report then shows the mix)")
 
 
 def main(argv=None) -> int:

@@ -3,7 +3,8 @@ the thread count, and a hash of the resolved config (see benchmarks/distill.py).
 
 Training here is deterministic for one code version, environment and thread count (a retrained teacher matches
 its record to the last digit on the machine that made it), and not across them. So a comparison is made on one
-:func:`environment_key`, and ``--verify`` calls a rerun "identical" only when that key matches.
+:func:`environment_key`, and ``--verify`` calls a rerun "identical" only when that key and the thread count match
+(:func:`differences` names what does not).
 """
 from __future__ import annotations
 
@@ -91,10 +92,11 @@ def environment_key(env: dict | None) -> tuple:
     return tuple(env.get(k) for k in ENV_KEYS)
 
 
-def differences(here: dict | None, then: dict | None) -> list[str]:
-    """The fields of two run records that differ, as ``name: then -> here`` (thread count included)."""
+def differences(here: dict | None, then: dict | None, keys: tuple[str, ...] = (*ENV_KEYS, "threads")) -> list[str]:
+    """The ``keys`` of two run records that differ, as ``name: then -> here`` (default: the environment key and the
+    thread count, what an "identical" rerun needs)."""
     here, then = here or {}, then or {}
-    return [f"{k}: {then.get(k)} -> {here.get(k)}" for k in (*ENV_KEYS, "threads") if here.get(k) != then.get(k)]
+    return [f"{k}: {then.get(k)} -> {here.get(k)}" for k in keys if here.get(k) != then.get(k)]
 
 
 def describe(env: dict | None) -> str:

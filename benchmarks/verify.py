@@ -4,10 +4,10 @@ The run is retrained with the file's configs, overrides, teacher and thread coun
 ``runs/verify/<file name>``; the teacher recorded in the file is reused when its folder is here, else retrained
 from its config). Then:
 
-* same environment as the committed run (commit, versions, device, threads: ``run_env.environment_key``) ->
+* same environment as the committed run (commit, versions, device, threads: ``run_env.differences`` is empty) ->
   ``identical`` when the AP is equal to the last digit (training is deterministic there), else a failure;
-* another environment -> whether the new AP lies inside the committed spread of that method
-  (mean ± 2 sd over its seeds: another machine or library version acts like a new seed).
+* another environment (the differing fields are named) -> whether the new AP lies inside the committed spread of
+  that method (mean ± 2 sd over its seeds: another machine or library version acts like a new seed).
 
 Exit code 0 for "identical" or "inside the spread", 1 otherwise.
 """

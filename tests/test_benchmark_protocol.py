@@ -128,8 +128,10 @@ def test_report_cost_is_in_cpu_seconds_when_every_run_has_them():
 def test_a_file_of_another_environment_is_refused_unless_mixing_is_asked(tmp_path):
     out = tmp_path / "r.json"
     out.write_text(json.dumps({"runs": [_run("baseline", 0, 1.0, env={**run_env.environment(1), "commit": "a" * 40})]}))
-    with pytest.raises(BenchmarkError, match="another environment.*--allow-mixed"):
+    with pytest.raises(BenchmarkError, match="another environment.*--allow-mixed") as refused:
         distill.check_one_environment(json.loads(out.read_text()), out, allow_mixed=False)
+    assert "they differ in commit: " + "a" * 40 + " -> " in str(refused.value)  # only the commit differs
+    assert "device:" not in str(refused.value).split("they differ in")[1]
     distill.check_one_environment(json.loads(out.read_text()), out, allow_mixed=True)
     same = {"runs": [_run("baseline", 0, 1.0)]}
     distill.check_one_environment(same, out, allow_mixed=False)  # one environment: accepted
