@@ -63,7 +63,8 @@ def summarize(results: dict) -> str:
     lines = [f"# Distillation benchmark: {results['dataset']}", "",
              f"device: {results['device']}; dates: {', '.join(results.get('dates', [results.get('date', '')]))}; "
              f"split reported: {results.get('report_split')}; schedule: {schedule}; "
-             f"{results.get('parallel_runs') or 1} runs in parallel, "
+             f"{results.get('parallel_runs') or 1} run(s) in parallel per invocation (invocations sharing the file "
+             "add theirs), "
              f"{results.get('threads_per_run') or 'default'} torch thread(s) each", "",
              *environments(results), "",
              "teachers:" if t or results.get("teachers") else "teachers: none (no method here distils)",

@@ -53,8 +53,9 @@ def check_env(folder: Path, allow_mixed: bool, threads: int | None = None) -> No
     if f.is_file():
         before = json.loads(f.read_text())
         if run_env.environment_key(before) != run_env.environment_key(env) and not allow_mixed:
-            raise BenchmarkError(f"{folder} was begun in another environment ({run_env.describe(before)}; this is "
-                                 f"{run_env.describe(env)}): delete the folder, or pass --allow-mixed")
+            differ = "; ".join(run_env.differences(env, before, keys=run_env.ENV_KEYS))
+            raise BenchmarkError(f"{folder} was begun in another environment (they differ in {differ}): delete the "
+                                 "folder, or pass --allow-mixed")
         return
     folder.mkdir(parents=True, exist_ok=True)
     results_file.write_atomic(f, env)

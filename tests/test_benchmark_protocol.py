@@ -149,8 +149,9 @@ def test_a_run_folder_begun_in_another_environment_is_not_continued(tmp_path):
     teachers.check_env(threaded, allow_mixed=False, threads=1)  # a teacher's folder records its thread count
     assert teachers.folder_env(threaded)["threads"] == 1
     (folder / teachers.ENV_FILE).write_text(json.dumps({**run_env.environment(None), "torch": "0.0"}))
-    with pytest.raises(BenchmarkError, match="begun in another environment"):
+    with pytest.raises(BenchmarkError, match="begun in another environment") as refused:
         teachers.check_env(folder, allow_mixed=False)
+    assert "they differ in torch: 0.0 -> " in str(refused.value) and "device:" not in str(refused.value)
 
 
 def test_baseline_long_gets_the_training_time_of_the_distilled_runs():
