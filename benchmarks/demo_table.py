@@ -35,12 +35,7 @@ BEGIN, END = "<!-- demo-table:begin (benchmarks/demo_table.py) -->", "<!-- demo-
 def collect(run_dirs: list[Path], wall_seconds: list[float] | None, load: str, date: str, command: str,
             note: str = "") -> dict:
     """The reference JSON from the ``summary.json`` of one demo output folder per seed."""
-    import platform
-
-    import torch
-    import transformers
-
-    from benchmarks.run_env import device_name
+    from detrdistill.machine import device_name, library_versions
 
     seeds = {}
     for i, d in enumerate(run_dirs):
@@ -57,8 +52,7 @@ def collect(run_dirs: list[Path], wall_seconds: list[float] | None, load: str, d
     preset = presets.pop()
     return {"benchmark": f"detrdistill demo --preset {preset}, {len(seeds)} seeds", "command": command,
             "preset": preset, "threads": threads.pop(), "date": date, "device": device_name(),
-            "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                         "transformers": transformers.__version__},
+            "versions": library_versions(),
             "load": load, "note": note, "details": f"benchmarks/results/demo-{preset}-{date}.md", "seeds": seeds}
 
 

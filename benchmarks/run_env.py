@@ -11,10 +11,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import platform
 import subprocess
 from pathlib import Path
+
+from detrdistill.machine import device_name
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("torch", "transformers", "accelerate", "numpy", "scipy", "pycocotools")
@@ -40,14 +41,6 @@ def code_version() -> dict:
             "diff_sha": hashlib.sha256(diff.encode()).hexdigest()[:12] if diff else None}
 
 
-def device_name() -> str:
-    """The GPU's name, else the CPU model and core count."""
-    import torch
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"{cpu_model()}, {os.cpu_count()} cores"
-
-
 def short_device(name: str | None) -> str:
     """A device name without trademark marks and filler words: ``Intel(R) Xeon(R) Processor, 2 cores`` ->
     ``Intel Xeon, 2 cores`` (for tables; the full name stays in the run's record)."""
@@ -56,16 +49,6 @@ def short_device(name: str | None) -> str:
     for mark in ("(R)", "(TM)", "(tm)", " Processor", " CPU"):
         name = name.replace(mark, "")
     return " ".join(name.split()).replace(" ,", ",")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 @functools.lru_cache(maxsize=1)

@@ -117,7 +117,10 @@ def _run_demo(out: Path, preset: str, seed: int = 0) -> dict:
 
     cfgs = demo_configs(out, preset, seed)
     tasks = {"teacher": DetectionTask, "baseline": DetectionTask, "distilled": DistillTask}
-    summary = {"preset": preset, "seed": seed, "threads": torch.get_num_threads(), "runs": {}}
+    from detrdistill.machine import device_name, library_versions
+
+    summary = {"preset": preset, "seed": seed, "threads": torch.get_num_threads(), "device": device_name(),
+               "versions": library_versions(), "runs": {}}
     t_start = time.monotonic()
     for i, (name, cfg) in enumerate(cfgs.items(), 1):
         print(f"[{i}/3] {name}: {tasks[name].name} -> {cfg.train.output_dir}", flush=True)
@@ -185,6 +188,7 @@ def reference_note(summary: dict, reference: dict | None) -> str:
         return ""
     from detrdistill.demo_reference import idle_sentence, pm, reference_stats
     from detrdistill.engine.run_summary import duration
+    from detrdistill.machine import differences
 
     if not _comparable(summary, reference):
         return (f"README reference figures are for --preset {reference['preset']}; this run used --preset "
@@ -192,7 +196,14 @@ def reference_note(summary: dict, reference: dict | None) -> str:
     wall = pm(reference_stats(reference)["wall_min"], ".1f")
     here = summary.get("total_seconds")
     threads = summary.get("threads")
-    same = "" if threads == reference["threads"] else " (another thread count gives slightly other numbers)"
+    differ = differences(summary, reference)
+    if differ:
+        same = (f"; it differs from the reference in {'; '.join(differ)}, so expect other figures than its seed's, "
+                "as from another seed")
+    elif summary.get("device"):
+        same = "; the reference's device model, versions and threads, so its seed's figures should be equal"
+    else:
+        same = ""
     return (f"README reference: `{reference['command']}`, seeds {', '.join(sorted(reference['seeds'], key=int))}, "
             f"{reference['threads']} thread{'s' if reference['threads'] != 1 else ''}, {reference['date']}; "
             f"{wall} min per seed on {reference['device']} under load ({reference['load']})"

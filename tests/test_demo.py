@@ -67,7 +67,27 @@ def test_the_demo_prints_the_readme_reference_beside_its_own_figures():
     assert f"{m:.2f} ± {sd:.2f} (seed 1: {ref['seeds']['1']['runs']['teacher']['AP']:.2f})" in row
     assert "README reference AP" in table.splitlines()[0]
     note = reference_note(summary, ref)
-    assert ref["command"] in note and "This run: 3.3 min, 2 threads" in note and "another thread count" in note
+    assert ref["command"] in note and "This run: 3.3 min, 2 threads" in note and "threads: 1 -> 2" in note
+
+
+def test_the_demo_says_whether_its_figures_should_equal_the_reference():
+    """Same device model, library versions and threads as the reference: its seed's figures should be equal; another
+    CPU model (an AMD and an Intel CPU give other numbers for one command) or version: named, and a spread verdict."""
+    from detrdistill.demo import reference_note
+    from detrdistill.demo_reference import load_reference
+    from detrdistill.machine import differences
+
+    ref = load_reference()
+    run = {"preset": ref["preset"], "seed": 0, "threads": ref["threads"], "device": ref["device"],
+           "versions": dict(ref["versions"]), "total_seconds": 400.0,
+           "runs": {r: dict(v, wall_seconds=100.0) for r, v in ref["seeds"]["0"]["runs"].items()}}
+    assert differences(run, ref) == []
+    assert "its seed's figures should be equal" in reference_note(run, ref)
+    run["device"] = "AMD EPYC, 2 cores"
+    run["versions"]["torch"] = "9.9.9"
+    note = reference_note(run, ref)
+    assert f"device: {ref['device']} -> AMD EPYC, 2 cores" in note and f"torch: {ref['versions']['torch']} -> 9.9.9" in note
+    assert "expect other figures than its seed's" in note and "should be equal" not in note
 
 
 def test_the_readme_demo_table_is_rendered_from_the_reference():
