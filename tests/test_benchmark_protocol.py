@@ -348,6 +348,10 @@ def test_every_benchmark_method_resolves_to_a_valid_config_and_leave_one_out_dro
     terms = ("logits", "feature", "query_prior")
     for name, method in distill.METHODS.items():
         cfg = load_config("configs/cpu/bccd_d_fine_student.yaml", list(method.overrides))
+        if name == "detrdistill_quality_warmup":
+            assert (cfg.distill.logits.class_loss, cfg.distill.logits.box_weighting, cfg.distill.warmup_steps) == (
+                "quality_focal", "teacher_score", 600)
+            assert all(getattr(cfg.distill, t).enabled for t in terms)
         if name.startswith("detrdistill_no_"):
             dropped = name.removeprefix("detrdistill_no_")
             assert {t: getattr(cfg.distill, t).enabled for t in terms} == {t: t != dropped for t in terms}, name
