@@ -12,33 +12,14 @@ import functools
 import hashlib
 import json
 import platform
-import subprocess
 from pathlib import Path
 
-from detrdistill.machine import device_name
+from detrdistill.machine import code_version, device_name
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("torch", "transformers", "accelerate", "numpy", "scipy", "pycocotools")
 # what must agree for two runs to be "the same environment" (the date, the dirty diff's content do not count)
 ENV_KEYS = ("commit", "dirty", "python", "torch", "transformers", "accelerate", "device")
-
-
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-
-
-@functools.lru_cache(maxsize=1)
-def code_version() -> dict:
-    """``{"commit": sha or "unknown", "dirty": bool, "diff_sha": sha of the uncommitted diff or None}``.
-
-    Dirty = a tracked file differs from the commit (untracked files do not count: run folders, results)."""
-    commit = _git("rev-parse", "HEAD") or "unknown"
-    diff = _git("diff", "HEAD", "--", ".", ":(exclude)benchmarks/results")
-    return {"commit": commit, "dirty": bool(diff),
-            "diff_sha": hashlib.sha256(diff.encode()).hexdigest()[:12] if diff else None}
 
 
 def short_device(name: str | None) -> str:

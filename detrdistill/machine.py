@@ -6,11 +6,17 @@ Used by ``detrdistill demo`` to say whether its figures should equal the README 
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import platform
+import subprocess
 from pathlib import Path
 
-__all__ = ["cpu_model", "device_name", "library_versions", "differences"]
+__all__ = ["cpu_model", "device_name", "library_versions", "code_version", "differences"]
+
+#: the checkout this package runs from, when it runs from one (an installed wheel has no git history)
+SOURCE_ROOT = Path(__file__).resolve().parents[1]
 
 LIBRARIES = ("torch", "transformers")
 
@@ -48,10 +54,34 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=SOURCE_ROOT, capture_output=True, text=True, check=True,
+                              timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> dict:
+    """``{"commit": sha or "unknown", "dirty": bool, "diff_sha": sha of the uncommitted diff or None}`` of the checkout
+    the package runs from ("unknown" for an installed package outside one).
+
+    Dirty = a tracked file differs from the commit (untracked files do not count: run folders, results; nor do the
+    committed benchmark results, which a run may be writing)."""
+    commit = _git("rev-parse", "HEAD") or "unknown"
+    diff = _git("diff", "HEAD", "--", ".", ":(exclude)benchmarks/results") if commit != "unknown" else ""
+    return {"commit": commit, "dirty": bool(diff),
+            "diff_sha": hashlib.sha256(diff.encode()).hexdigest()[:12] if diff else None}
+
+
 def differences(here: dict, then: dict) -> list[str]:
     """What differs between two ``{"device": ..., "versions": {...}, "threads": ...}`` records, as ``name: then ->
     here`` (only the fields both record)."""
     out = []
+    hc, tc = (here.get("code") or {}).get("commit"), (then.get("code") or {}).get("commit")
+    if hc and tc and hc != tc:
+        out.append(f"commit: {tc[:7]} -> {hc[:7]}")
     for key in ("device", "threads"):
         if key in here and key in then and here[key] != then[key]:
             out.append(f"{key}: {then[key]} -> {here[key]}")

@@ -124,3 +124,39 @@ def test_an_idle_rerun_of_one_seed_is_recorded_beside_the_reference(tmp_path):
     run = {"preset": ref["preset"], "seed": 0, "threads": ref["threads"], "total_seconds": 400.0,
            "runs": {r: dict(v, wall_seconds=100.0) for r, v in seed0.items()}}
     assert "seed 0 took 7.0 min" in reference_note(run, ref)
+
+
+def test_a_demo_reference_is_collected_from_runs_of_one_commit_and_machine(tmp_path):
+    """benchmarks/demo_table.py --collect: the reference records the commit and device its seeds ran on, and refuses
+    seeds made on different commits; the demo then names a commit that differs from the reference's."""
+    from benchmarks.demo_table import code_line, collect
+    from detrdistill.demo import reference_note
+    from detrdistill.demo_reference import load_reference
+    from detrdistill.machine import code_version, differences
+
+    runs = {r: {"AP": 1.0, "AP50": 2.0, "AP75": 0.5, "params": 1000, "train_seconds": 60.0}
+            for r in ("teacher", "baseline", "distilled")}
+    code = {"commit": "a" * 40, "dirty": False, "diff_sha": None}
+    dirs = []
+    for seed in (0, 1):
+        d = tmp_path / f"s{seed}"
+        d.mkdir()
+        (d / "summary.json").write_text(json.dumps({"seed": seed, "threads": 1, "preset": "cpu", "runs": runs,
+                                                    "total_seconds": 300.0, "code": code, "device": "CPU X, 2 cores"}))
+        dirs.append(d)
+    ref = collect(dirs, None, "idle", "2026-12-06", "detrdistill demo --seed SEED")
+    assert ref["code"] == code and ref["device"] == "CPU X, 2 cores" and set(ref["seeds"]) == {"0", "1"}
+    assert code_line(ref["code"]) == "commit aaaaaaa" and "not recorded" in code_line(None)
+    other = json.loads((dirs[1] / "summary.json").read_text())
+    (dirs[1] / "summary.json").write_text(json.dumps({**other, "code": {**code, "commit": "b" * 40}}))
+    with pytest.raises(SystemExit, match="one commit and machine"):
+        collect(dirs, None, "idle", "2026-12-06", "detrdistill demo --seed SEED")
+    here = {"code": {**code, "commit": "c" * 40}, "device": ref["device"], "threads": 1}
+    assert differences(here, ref) == ["commit: aaaaaaa -> ccccccc"]
+    assert differences({"device": "d"}, {**ref, "device": "d"}) == []  # a reference without a commit: not compared
+    assert set(code_version()) == {"commit", "dirty", "diff_sha"}
+    real = load_reference()
+    run = {"preset": real["preset"], "seed": 0, "threads": real["threads"], "device": real["device"],
+           "versions": real["versions"], "code": here["code"], "total_seconds": 1.0,
+           "runs": {r: dict(v, wall_seconds=1.0) for r, v in real["seeds"]["0"]["runs"].items()}}
+    assert ("commit:" in reference_note(run, {**real, "code": code})) and "commit:" not in reference_note(run, real)
