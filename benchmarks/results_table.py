@@ -11,6 +11,9 @@ DETRDistill over the equal-cost control (``baseline_long``: the student alone fo
 A file whose runs come from several commits or environments is refused: it is not one comparison. A file made with
 overrides (``--set`` / ``--student-set``, other than display ones) names them after its pair.
 
+A file without plain ``detrdistill`` runs but with one variant of the full method (``detrdistill_quality_warmup``...)
+shows that variant in the DETRDistill column, named in its label.
+
 ``FILE#NAME`` is the row of the file's teacher variant ``NAME`` (``benchmarks/distill.py --teacher-variant``; e.g. a
 teacher of another family into the same student): ``detrdistill@NAME`` against the same student alone. The other
 methods and the equal-cost control were sized for the main teacher, so that row leaves them out.
@@ -95,10 +98,20 @@ def _sized(name: str, model: dict | None) -> str:
     return f"{name} {params / 1e6:.1f} M" if params >= 1e6 else f"{name} {params / 1e6:.2f} M"
 
 
+def full_method_variant(results: dict) -> str | None:
+    """The one variant of the full method (``detrdistill_*`` in benchmarks/distill.py, e.g.
+    ``detrdistill_quality_warmup``) of a file that has no plain ``detrdistill`` runs: its DETRDistill column, named in
+    the row's label. None when there is not exactly one."""
+    found = sorted({r["method"] for r in results["runs"] if r["method"].startswith(DISTILLED + "_")})
+    return found[0] if len(found) == 1 else None
+
+
 def row(results: dict, link: str, variant: str | None = None) -> str:
     """One markdown row of a results file (``link``: its ``.md``, relative to the README); ``variant``: the row of
     that teacher variant instead of the main teacher."""
     distilled_method = DISTILLED if variant is None else f"{DISTILLED}@{variant}"
+    if variant is None and not ap_by_seed(results, DISTILLED):
+        distilled_method = full_method_variant(results) or DISTILLED
     alone, distilled = ap_by_seed(results, ALONE), ap_by_seed(results, distilled_method)
     if not alone or not distilled:
         raise SystemExit(f"{link}: needs runs of both {ALONE!r} and {distilled_method!r} "
@@ -111,7 +124,9 @@ def row(results: dict, link: str, variant: str | None = None) -> str:
     teacher = (results.get("teacher") if variant is None else results.get("teachers", {}).get(variant)) or {}
     pair = f"{_sized(family(results, 'teacher') if variant is None else variant, teacher)} → " \
            f"{_sized(family(results), results.get('student'))}"
-    if changed := overrides(results):
+    changed = overrides(results) + ([f"method {distilled_method}"] if distilled_method != DISTILLED and variant is None
+                                     else [])
+    if changed:
         pair += f" ({', '.join(changed)})"
     others = [ap_by_seed(results, m) if variant is None else {} for m in OTHERS]
     long = ap_by_seed(results, EQUAL_COST) if variant is None else {}

@@ -54,6 +54,16 @@ def test_row_names_the_overrides_that_change_training():
                      "(model.backbone.batch_norm=train, distill.feature.weight=0.1)")
 
 
+def test_a_file_of_one_full_method_variant_shows_it_as_detrdistill_and_names_it():
+    res = _results({"baseline": {0: 40.0, 1: 41.0}, "detrdistill_quality_warmup": {0: 42.0, 1: 44.0}})
+    cells = _cells(results_table.row(res, "x.md"))
+    assert cells[0] == "bccd (test): deformable_detr → deformable_detr (method detrdistill_quality_warmup)"
+    assert cells[4] == "**43.00 ± 1.41 (n=2)**" and cells[5].startswith("+2.50 [")
+    two = _results({"baseline": {0: 40.0}, "detrdistill_no_logits": {0: 41.0}, "detrdistill_no_feature": {0: 41.0}})
+    with pytest.raises(SystemExit, match="needs runs of both"):  # two variants: which one is the row is not clear
+        results_table.row(two, "x.md")
+
+
 def test_row_names_each_model_size_when_recorded():
     res = _results({"baseline": {0: 40.0}, "detrdistill": {0: 41.0}})
     res["teacher"]["params"], res["student"]["params"] = 5_012_345, 236_653
