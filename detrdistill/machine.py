@@ -69,7 +69,11 @@ def code_version() -> dict:
 
     Dirty = a tracked file differs from the commit (untracked files do not count: run folders, results; nor do the
     committed benchmark results, which a run may be writing)."""
-    commit = _git("rev-parse", "HEAD") or "unknown"
+    # only this project's own checkout: an installed package inside another repository (a venv in a user's project)
+    # must not report that repository's commit
+    top = _git("rev-parse", "--show-toplevel")
+    ours = bool(top) and Path(top).resolve() == SOURCE_ROOT
+    commit = (_git("rev-parse", "HEAD") or "unknown") if ours else "unknown"
     diff = _git("diff", "HEAD", "--", ".", ":(exclude)benchmarks/results") if commit != "unknown" else ""
     return {"commit": commit, "dirty": bool(diff),
             "diff_sha": hashlib.sha256(diff.encode()).hexdigest()[:12] if diff else None}

@@ -160,3 +160,25 @@ def test_a_demo_reference_is_collected_from_runs_of_one_commit_and_machine(tmp_p
            "versions": real["versions"], "code": here["code"], "total_seconds": 1.0,
            "runs": {r: dict(v, wall_seconds=1.0) for r, v in real["seeds"]["0"]["runs"].items()}}
     assert ("commit:" in reference_note(run, {**real, "code": code})) and "commit:" not in reference_note(run, real)
+
+
+def test_the_code_version_is_only_this_checkouts(monkeypatch):
+    """A package installed inside another git repository (a venv in a user's project) reports no commit, not that
+    repository's; from its own checkout it reports the checkout's HEAD."""
+    import subprocess
+
+    from detrdistill import machine
+
+    root = machine.SOURCE_ROOT
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    machine.code_version.cache_clear()
+    try:
+        assert machine.code_version()["commit"] == head
+        monkeypatch.setattr(machine, "SOURCE_ROOT", root / "detrdistill")  # inside the repository, not its top
+        machine.code_version.cache_clear()
+        assert machine.code_version() == {"commit": "unknown", "dirty": False, "diff_sha": None}
+    finally:
+        monkeypatch.undo()
+        machine.code_version.cache_clear()
