@@ -11,10 +11,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import platform
 from pathlib import Path
 
-from detrdistill.machine import code_version, device_name
+from detrdistill.machine import code_version, device_name, library_versions
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("torch", "transformers", "accelerate", "numpy", "scipy", "pycocotools")
@@ -34,15 +33,8 @@ def short_device(name: str | None) -> str:
 
 @functools.lru_cache(maxsize=1)
 def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
+    """python and every package of :data:`PACKAGES` (None: not installed)."""
+    return library_versions(PACKAGES)
 
 
 def environment(threads: int | None) -> dict:

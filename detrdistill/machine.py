@@ -41,16 +41,17 @@ def device_name() -> str:
     return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
-def library_versions() -> dict[str, str]:
-    """``{"python": ..., "torch": ..., "transformers": ...}``: the versions a run's numbers depend on."""
+def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str | None]:
+    """``{"python": ..., "torch": ..., "transformers": ...}``: the versions a run's numbers depend on (``names``: the
+    packages; None for one not installed)."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for name in LIBRARIES:
+    for name in names:
         try:
             out[name] = version(name)
         except PackageNotFoundError:
-            out[name] = "not installed"
+            out[name] = None
     return out
 
 
@@ -80,8 +81,9 @@ def code_version() -> dict:
 
 
 def differences(here: dict, then: dict) -> list[str]:
-    """What differs between two ``{"device": ..., "versions": {...}, "threads": ...}`` records, as ``name: then ->
-    here`` (only the fields both record)."""
+    """What differs between two demo records (``{"code": {...}, "device": ..., "versions": {...}, "threads": ...}``: a
+    demo's summary, its README reference), as ``name: then -> here`` (only the fields both record). Benchmark runs
+    keep a flat record; ``benchmarks/run_env.differences`` compares those."""
     out = []
     hc, tc = (here.get("code") or {}).get("commit"), (then.get("code") or {}).get("commit")
     if hc and tc and hc != tc:
