@@ -10,7 +10,8 @@ Protocol (equal schedule): every method runs the student config's fixed number o
 batch size, same lr schedule); a time budget may size the teacher (``--teacher-set
 train.time_budget_min=...``), never a student, and a student override that sets one is refused. The one
 exception is ``baseline_long``, the equal-cost control: the student alone for as many steps as fit in the mean
-training time of the ``detrdistill`` runs of the same file (``steps * mean(detrdistill s) / mean(baseline s)``, in
+training time of the DETRDistill runs of the same file (``detrdistill``, or in a file without them its one
+``detrdistill_*`` variant; ``steps * mean(detrdistill s) / mean(baseline s)``, in
 CPU seconds of the training process when every run recorded them, else wall seconds; fixed at its first run and
 recorded; its lr schedule stretched to that length). Each student's LAST checkpoint is
 evaluated on the reported split (bccd: test; raccoon: val), with no selection on it. Every run records ``steps``,
@@ -89,7 +90,6 @@ METHODS: dict[str, Method] = {
 # the protocol's order: the comparison first, then each DETRDistill term alone on the same seeds
 MAIN_METHODS = ["baseline", "detrdistill", "fitnet", "logit_kd", "logits", "feature", "query_prior"]
 REPORT_SPLIT = {"bccd": "test", "raccoon": "val", "synthetic": "val"}
-LONG_REFERENCE = "detrdistill"  # baseline_long gets the training time of this method
 
 
 class Skipped(Exception):
@@ -149,18 +149,19 @@ def long_schedule(results: dict, args) -> dict:
         return results["baseline_long"]
     if args.long_steps:
         return {"steps": args.long_steps, "cost_ratio": None, "from": "--long-steps"}
-    runs = {m: [r for r in results["runs"] if r["method"] == m] for m in ("baseline", LONG_REFERENCE)}
+    reference = results_file.full_method(results) or results_file.FULL_METHOD
+    runs = {m: [r for r in results["runs"] if r["method"] == m] for m in ("baseline", reference)}
     steps = {r.get("steps") for r in runs["baseline"]}
-    if not runs["baseline"] or not runs[LONG_REFERENCE] or len(steps) != 1:
-        raise BenchmarkError(f"baseline_long needs finished baseline and {LONG_REFERENCE} runs in the file (their "
+    if not runs["baseline"] or not runs[reference] or len(steps) != 1:
+        raise BenchmarkError(f"baseline_long needs finished baseline and {reference} runs in the file (their "
                              "training times set its length); run those first, or give --long-steps N")
     # a baseline timed beside three other runs and a distilled run timed beside one: wall seconds mislead
-    clock = cost_clock(runs["baseline"] + runs[LONG_REFERENCE])
+    clock = cost_clock(runs["baseline"] + runs[reference])
     if not all(r.get(clock) for rs in runs.values() for r in rs):
-        raise BenchmarkError(f"baseline_long: a baseline or {LONG_REFERENCE} run of the file has no training time; "
+        raise BenchmarkError(f"baseline_long: a baseline or {reference} run of the file has no training time; "
                              "give --long-steps N")
-    ratio = statistics.mean(r[clock] for r in runs[LONG_REFERENCE]) / statistics.mean(r[clock] for r in runs["baseline"])
-    return {"steps": round(steps.pop() * ratio), "cost_ratio": round(ratio, 3), "from": LONG_REFERENCE,
+    ratio = statistics.mean(r[clock] for r in runs[reference]) / statistics.mean(r[clock] for r in runs["baseline"])
+    return {"steps": round(steps.pop() * ratio), "cost_ratio": round(ratio, 3), "from": reference,
             "clock": clock, "runs": {m: len(v) for m, v in runs.items()}}
 
 

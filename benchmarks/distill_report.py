@@ -58,8 +58,10 @@ def summarize(results: dict) -> str:
                 else f"UNEQUAL step counts {steps}: not a valid comparison")
     if "baseline_long" in by:
         bl = results.get("baseline_long", {})
-        schedule += (f" (baseline_long: {bl.get('steps')} steps, the training time of {bl.get('from')} = "
-                     f"{bl.get('cost_ratio')}x the baseline's" + (f"; {bl['why']}" if bl.get("why") else "") + ")")
+        sized = (f"the training time of {bl.get('from')} = {bl.get('cost_ratio')}x the baseline's"
+                 if bl.get("cost_ratio") else f"given by {bl.get('from')}")
+        schedule += (f" (baseline_long: {bl.get('steps')} steps, {sized}"
+                     + (f"; {bl['why']}" if bl.get("why") else "") + ")")
     lines = [f"# Distillation benchmark: {results['dataset']}", "",
              f"device: {results['device']}; dates: {', '.join(results.get('dates', [results.get('date', '')]))}; "
              f"split reported: {results.get('report_split')}; schedule: {schedule}; "

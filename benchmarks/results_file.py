@@ -67,6 +67,20 @@ def ap_by_seed(results: dict, method: str) -> dict[int, float]:
     return {r["seed"]: r["AP"] for r in results["runs"] if r["method"] == method}
 
 
+FULL_METHOD = "detrdistill"
+
+
+def full_method(results: dict) -> str | None:
+    """The file's DETRDistill arm: ``detrdistill`` when it has such runs, else its one variant of the full method
+    (``detrdistill_*`` in benchmarks/distill.py, e.g. ``detrdistill_quality_warmup``); None when there is none, or
+    several variants and no plain one (which of them is the arm is not clear)."""
+    methods = {r["method"] for r in results["runs"]}
+    if FULL_METHOD in methods:
+        return FULL_METHOD
+    variants = sorted(m for m in methods if m.startswith(FULL_METHOD + "_"))
+    return variants[0] if len(variants) == 1 else None
+
+
 def family(results: dict, role: str = "student") -> str:
     """The detector family of the file's ``role`` (``student`` / ``teacher``): ``model.family`` of the config it
     records (the config's default family when it names none), else, without the file, the config's name."""

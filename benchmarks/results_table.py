@@ -30,7 +30,7 @@ if str(ROOT) not in sys.path:  # `python benchmarks/results_table.py` from anywh
 
 from benchmarks import run_env  # noqa: E402
 from benchmarks.readme_block import ResultsBlock, report_link  # noqa: E402
-from benchmarks.results_file import ap_by_seed, family  # noqa: E402
+from benchmarks.results_file import ap_by_seed, family, full_method  # noqa: E402
 from benchmarks.stats import mean_sd, paired_gain  # noqa: E402
 
 README = ROOT / "README.md"
@@ -98,20 +98,12 @@ def _sized(name: str, model: dict | None) -> str:
     return f"{name} {params / 1e6:.1f} M" if params >= 1e6 else f"{name} {params / 1e6:.2f} M"
 
 
-def full_method_variant(results: dict) -> str | None:
-    """The one variant of the full method (``detrdistill_*`` in benchmarks/distill.py, e.g.
-    ``detrdistill_quality_warmup``) of a file that has no plain ``detrdistill`` runs: its DETRDistill column, named in
-    the row's label. None when there is not exactly one."""
-    found = sorted({r["method"] for r in results["runs"] if r["method"].startswith(DISTILLED + "_")})
-    return found[0] if len(found) == 1 else None
-
-
 def row(results: dict, link: str, variant: str | None = None) -> str:
     """One markdown row of a results file (``link``: its ``.md``, relative to the README); ``variant``: the row of
     that teacher variant instead of the main teacher."""
     distilled_method = DISTILLED if variant is None else f"{DISTILLED}@{variant}"
-    if variant is None and not ap_by_seed(results, DISTILLED):
-        distilled_method = full_method_variant(results) or DISTILLED
+    if variant is None:
+        distilled_method = full_method(results) or DISTILLED
     alone, distilled = ap_by_seed(results, ALONE), ap_by_seed(results, distilled_method)
     if not alone or not distilled:
         raise SystemExit(f"{link}: needs runs of both {ALONE!r} and {distilled_method!r} "

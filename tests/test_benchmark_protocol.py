@@ -125,6 +125,19 @@ def test_report_cost_is_in_cpu_seconds_when_every_run_has_them():
     assert row(md, "detrdistill").endswith("| 0.60x |") and "mean wall seconds" in md
 
 
+def test_report_says_how_the_equal_cost_length_was_set():
+    def schedule(bl):
+        results = {"dataset": "bccd", "device": "cpu", "report_split": "test", "command": "c", "teacher": None,
+                   "student": {"params": 1e6, "config": "s.yaml"}, "baseline_long": bl,
+                   "runs": [_run("baseline", 0, 40.0, steps=2400), _run("baseline_long", 0, 41.0, steps=6642)]}
+        return summarize(results).split("schedule: ", 1)[1].split("\n", 1)[0]
+
+    measured = schedule({"steps": 6642, "cost_ratio": 2.767, "from": "detrdistill_quality_warmup"})
+    assert "6642 steps, the training time of detrdistill_quality_warmup = 2.767x the baseline's" in measured
+    given = schedule({"steps": 6642, "cost_ratio": None, "from": "--long-steps", "why": "2400 x 2.767"})
+    assert "6642 steps, given by --long-steps; 2400 x 2.767" in given and "None" not in given
+
+
 def test_a_file_of_another_environment_is_refused_unless_mixing_is_asked(tmp_path):
     out = tmp_path / "r.json"
     out.write_text(json.dumps({"runs": [_run("baseline", 0, 1.0, env={**run_env.environment(1), "commit": "a" * 40})]}))
@@ -177,6 +190,20 @@ def test_baseline_long_uses_cpu_seconds_when_every_run_has_them():
     assert sched["clock"] == "train_cpu_seconds" and sched["steps"] == round(2400 * 1890.0 / 700.0)
     runs[1] = {k: v for k, v in runs[1].items() if k != "train_cpu_seconds"}  # one run without: wall time for all
     assert distill.long_schedule({"runs": runs}, args)["steps"] == round(2400 * 2587.0 / 2459.0)
+
+
+def test_baseline_long_of_a_file_whose_full_method_is_one_variant_takes_that_variants_cost():
+    args = distill.parse_args(["--dataset", "synthetic"])
+    runs = [_run("baseline", 0, 1.0, secs=100.0, steps=2400),
+            _run("detrdistill_quality_warmup", 0, 2.0, secs=300.0, steps=2400)]
+    sched = distill.long_schedule({"runs": runs}, args)
+    assert sched["from"] == "detrdistill_quality_warmup" and sched["steps"] == 7200
+    # a plain detrdistill arm is the reference whatever variants sit beside it
+    runs.append(_run("detrdistill", 0, 2.0, secs=200.0, steps=2400))
+    assert distill.long_schedule({"runs": runs}, args)["steps"] == 4800
+    two = [runs[0], runs[1], _run("detrdistill_other", 0, 2.0, secs=250.0, steps=2400)]
+    with pytest.raises(BenchmarkError, match="needs finished baseline and detrdistill runs"):
+        distill.long_schedule({"runs": two}, args)  # two variants, no plain arm: which one is not clear
 
 
 def test_teacher_variants_are_declared_and_checked():
