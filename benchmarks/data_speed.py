@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from benchmarks import results_file  # noqa: E402
+from benchmarks import results_file, run_env  # noqa: E402
 
 
 def bench(path: str, rounds: int) -> dict:
@@ -57,7 +57,8 @@ def bench(path: str, rounds: int) -> dict:
 
 def markdown(res: dict) -> str:
     lines = [f"# Data pipeline: {res['device']}, {res['date']}, torch {res['torch']}", "",
-             f"command: `{res['command']}`", ""] + ([f"note: {res['note']}", ""] if res.get("note") else [])
+             f"command: `{res['command']}`", "", f"environment: {run_env.describe(res.get('environment'))}", ""] + (
+                 [f"note: {res['note']}", ""] if res.get("note") else [])
     lines += ["| config | images | uncached ms/image | cached ms/image | saved ms/image | saved s/step | identical |",
               "|---|---|---|---|---|---|---|"]
     for r in res["configs"]:
@@ -79,6 +80,7 @@ def main(argv=None) -> int:
 
     date = dt.date.today().isoformat()
     res = {"device": device_name(), "date": date, "torch": torch.__version__, "note": args.note,
+           "environment": run_env.environment(1),
            "command": shlex.join(["python", "benchmarks/data_speed.py", *sys.argv[1:]]), "configs": []}
     for c in args.configs:
         res["configs"].append(bench(c, args.rounds))

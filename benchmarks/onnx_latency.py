@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from benchmarks import results_file  # noqa: E402
+from benchmarks import results_file, run_env  # noqa: E402
 from detrdistill.config import load_config  # noqa: E402
 
 PAIRS = ("synthetic", "raccoon", "bccd")
@@ -102,6 +102,7 @@ def write_markdown(res: dict, out: Path) -> None:
     lines = [f"# ONNX latency: CPU, {res['date']}", "", f"command: `{res['command']}`", "",
              f"device: {res['device']}; {res['threads']} intra-op thread(s), batch 1, median of {res['runs']} runs "
              f"after {res['warmup']} warm-up runs; random-init models built from each config.", "",
+             f"environment: {run_env.describe(res.get('environment'))}", "",
              "| config | family | params | image | onnxruntime ms | PyTorch ms | max abs diff logits / boxes |",
              "|---|---|---|---|---|---|---|"]
     for r in res["models"]:
@@ -141,6 +142,7 @@ def main() -> int:
     res = {"command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "date": date,
            "device": f"CPU ({platform.machine()}, {torch.get_num_threads()} torch threads of {__import__('os').cpu_count()} "
                      f"cores), torch {torch.__version__}, onnxruntime {onnxruntime.__version__}",
+           "environment": run_env.environment(args.threads),
            "threads": args.threads, "runs": args.runs, "warmup": args.warmup, "models": []}
     with tempfile.TemporaryDirectory() as tmp:
         for path in args.configs or default_configs():

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from benchmarks import results_file  # noqa: E402
+from benchmarks import results_file, run_env  # noqa: E402
 from detrdistill.config import load_config  # noqa: E402
 
 
@@ -365,6 +365,7 @@ def main() -> int:
 
     date = dt.date.today().isoformat()
     res = {"device": device_name(), "date": date, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+           "environment": run_env.environment(torch.get_num_threads()),
            "command": shlex.join(["python", "benchmarks/speed.py", *sys.argv[1:]]), "note": args.note,
            "models": [], "distill": []}
     for c in args.configs if "models" in args.parts else []:
@@ -427,7 +428,8 @@ def _distill_tables(rows: list[dict]) -> list[str]:
 
 
 def markdown(res: dict) -> str:
-    lines = [f"# Speed: {res['device']}, {res['date']}, torch {res['torch']}", "", f"command: `{res['command']}`", ""]
+    lines = [f"# Speed: {res['device']}, {res['date']}, torch {res['torch']}", "", f"command: `{res['command']}`", "",
+             f"environment: {run_env.describe(res.get('environment'))}", ""]
     if res.get("note"):
         lines += [f"note: {res['note']}", ""]
     if res["models"]:
