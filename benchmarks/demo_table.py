@@ -45,20 +45,22 @@ def collect(run_dirs: list[Path], wall_seconds: list[float] | None, load: str, d
                                                                           "train_seconds")} for r in RUN_ORDER},
                                  "wall_seconds": wall, "threads": s["threads"], "preset": s["preset"],
                                  "code": json.dumps(s.get("code")), "device": s.get("device"),
+                                 "versions": json.dumps(s.get("versions"), sort_keys=True),
                                  "chunks": []}  # how the seed's wall time was made up, filled in by hand
     presets = {v.pop("preset") for v in seeds.values()}
     threads = {v.pop("threads") for v in seeds.values()}
     codes = {v.pop("code") for v in seeds.values()}
     devices = {v.pop("device") for v in seeds.values()}
-    if len(presets) != 1 or len(threads) != 1 or len(codes) != 1 or len(devices) > 1:
-        raise SystemExit(f"the runs differ in preset {presets}, threads {threads}, code {codes} or device {devices}: "
-                         "a reference is made on one commit and machine")
+    versions = {v.pop("versions") for v in seeds.values()}
+    if len(presets) != 1 or len(threads) != 1 or len(codes) != 1 or len(devices) > 1 or len(versions) != 1:
+        raise SystemExit(f"the runs differ in preset {presets}, threads {threads}, code {codes}, device {devices} or "
+                         f"versions {versions}: a reference is made on one commit and machine")
     code = json.loads(codes.pop())
     preset = presets.pop()
     return {"benchmark": f"detrdistill demo --preset {preset}, {len(seeds)} seeds", "command": command,
             "preset": preset, "threads": threads.pop(), "date": date, "device": devices.pop() or device_name(),
             "code": code,
-            "versions": library_versions(),
+            "versions": json.loads(versions.pop()) or library_versions(),  # the seeds' (older demos: this one's)
             "load": load, "note": note, "details": f"benchmarks/results/demo-{preset}-{date}.md", "seeds": seeds}
 
 

@@ -151,6 +151,9 @@ def test_a_demo_reference_is_collected_from_runs_of_one_commit_and_machine(tmp_p
     (dirs[1] / "summary.json").write_text(json.dumps({**other, "code": {**code, "commit": "b" * 40}}))
     with pytest.raises(SystemExit, match="one commit and machine"):
         collect(dirs, None, "idle", "2026-12-06", "detrdistill demo --seed SEED")
+    (dirs[1] / "summary.json").write_text(json.dumps({**other, "versions": {"torch": "9.9.9"}}))
+    with pytest.raises(SystemExit, match="versions"):  # the seeds' own library versions, not the collector's
+        collect(dirs, None, "idle", "2026-12-06", "detrdistill demo --seed SEED")
     here = {"code": {**code, "commit": "c" * 40}, "device": ref["device"], "threads": 1}
     assert differences(here, ref) == ["commit: aaaaaaa -> ccccccc"]
     assert differences({"device": "d"}, {**ref, "device": "d"}) == []  # a reference without a commit: not compared
