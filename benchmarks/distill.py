@@ -149,7 +149,7 @@ def long_schedule(results: dict, args) -> dict:
         return results["baseline_long"]
     if args.long_steps:
         return {"steps": args.long_steps, "cost_ratio": None, "from": "--long-steps"}
-    reference = results_file.full_method(results) or results_file.FULL_METHOD
+    reference = results_file.full_method(results)
     runs = {m: [r for r in results["runs"] if r["method"] == m] for m in ("baseline", reference)}
     steps = {r.get("steps") for r in runs["baseline"]}
     if not runs["baseline"] or not runs[reference] or len(steps) != 1:

@@ -70,15 +70,13 @@ def ap_by_seed(results: dict, method: str) -> dict[int, float]:
 FULL_METHOD = "detrdistill"
 
 
-def full_method(results: dict) -> str | None:
+def full_method(results: dict) -> str:
     """The file's DETRDistill arm: ``detrdistill`` when it has such runs, else its one variant of the full method
-    (``detrdistill_*`` in benchmarks/distill.py, e.g. ``detrdistill_quality_warmup``); None when there is none, or
-    several variants and no plain one (which of them is the arm is not clear)."""
+    (``detrdistill_*`` in benchmarks/distill.py, e.g. ``detrdistill_quality_warmup``); ``detrdistill`` too when there
+    is none, or several variants and no plain one (which of them is the arm is not clear: the caller finds no runs)."""
     methods = {r["method"] for r in results["runs"]}
-    if FULL_METHOD in methods:
-        return FULL_METHOD
     variants = sorted(m for m in methods if m.startswith(FULL_METHOD + "_"))
-    return variants[0] if len(variants) == 1 else None
+    return variants[0] if FULL_METHOD not in methods and len(variants) == 1 else FULL_METHOD
 
 
 def family(results: dict, role: str = "student") -> str:

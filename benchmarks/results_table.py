@@ -30,12 +30,12 @@ if str(ROOT) not in sys.path:  # `python benchmarks/results_table.py` from anywh
 
 from benchmarks import run_env  # noqa: E402
 from benchmarks.readme_block import ResultsBlock, report_link  # noqa: E402
-from benchmarks.results_file import ap_by_seed, family, full_method  # noqa: E402
+from benchmarks.results_file import FULL_METHOD, ap_by_seed, family, full_method  # noqa: E402
 from benchmarks.stats import mean_sd, paired_gain  # noqa: E402
 
 README = ROOT / "README.md"
 BEGIN, END = "<!-- results-table:begin (benchmarks/results_table.py) -->", "<!-- results-table:end -->"
-ALONE, DISTILLED, EQUAL_COST = "baseline", "detrdistill", "baseline_long"
+ALONE, DISTILLED, EQUAL_COST = "baseline", FULL_METHOD, "baseline_long"
 OTHERS = ("fitnet", "logit_kd")  # the other distillation baselines, shown when the file has them
 HEAD = ("| dataset (split): teacher → student | steps | teacher | student alone | DETRDistill | gain [95 % CI] | "
         "FitNet; gain [95 % CI] | logit KD; gain [95 % CI] | "
@@ -101,9 +101,7 @@ def _sized(name: str, model: dict | None) -> str:
 def row(results: dict, link: str, variant: str | None = None) -> str:
     """One markdown row of a results file (``link``: its ``.md``, relative to the README); ``variant``: the row of
     that teacher variant instead of the main teacher."""
-    distilled_method = DISTILLED if variant is None else f"{DISTILLED}@{variant}"
-    if variant is None:
-        distilled_method = full_method(results) or DISTILLED
+    distilled_method = full_method(results) if variant is None else f"{DISTILLED}@{variant}"
     alone, distilled = ap_by_seed(results, ALONE), ap_by_seed(results, distilled_method)
     if not alone or not distilled:
         raise SystemExit(f"{link}: needs runs of both {ALONE!r} and {distilled_method!r} "
