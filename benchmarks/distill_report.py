@@ -46,6 +46,8 @@ def _teacher_line(name: str, t: dict) -> str:
 
 
 def summarize(results: dict) -> str:
+    """The file's Markdown report: header (device, schedule, environment, teachers, student, command, and the file's
+    ``notes``: what its runs' records cannot say, e.g. runs brought in from another file), one row per method."""
     by = _by_method(results)
     base = by.get("baseline")
     base_by_seed = {r["seed"]: r["AP"] for r in base} if base else {}
@@ -74,6 +76,7 @@ def summarize(results: dict) -> str:
              *[_teacher_line(n, v) for n, v in results.get("teachers", {}).items()], "",
              f"student: {results['student'].get('params', 0) / 1e6:.2f} M params ({results['student'].get('config')})",
              "", f"command: `{results['command']}`", "",
+             *([*(f"note: {n}" for n in results["notes"]), ""] if results.get("notes") else []),
              "gain vs baseline: mean of the per-seed differences with its 95 % t-interval over the seeds both ran "
              "(benchmarks/stats.py); an interval that excludes 0 is decided by the seeds.", "",
              f"cost vs baseline: mean {'CPU' if clock == 'train_cpu_seconds' else 'wall'} seconds of the training "

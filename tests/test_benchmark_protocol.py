@@ -382,3 +382,13 @@ def test_every_benchmark_method_resolves_to_a_valid_config_and_leave_one_out_dro
         if name.startswith("detrdistill_no_"):
             dropped = name.removeprefix("detrdistill_no_")
             assert {t: getattr(cfg.distill, t).enabled for t in terms} == {t: t != dropped for t in terms}, name
+
+
+def test_report_shows_the_files_notes_after_its_command():
+    results = {"dataset": "bccd", "device": "cpu", "report_split": "test", "command": "c", "teacher": None,
+               "student": {"params": 1e6, "config": "s.yaml"}, "runs": [_run("baseline", 0, 40.0)]}
+    assert "note:" not in summarize(results)
+    results["notes"] = ["baseline runs: brought in from another file", "second"]
+    lines = summarize(results).splitlines()
+    at = lines.index("command: `c`")
+    assert lines[at + 2:at + 4] == ["note: baseline runs: brought in from another file", "note: second"]
