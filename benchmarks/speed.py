@@ -10,7 +10,8 @@ criterion, optimizer, grad clipping) measured on a real DataLoader. Matching: 16
 real training loop (``run_training``) across 3 epoch boundaries, next to the isolated ``full_step_s``.
 Results: ``benchmarks/results/speed-<device>-<date>.json`` and ``.md``.
 
-Distilled step (``distill`` rows, for each ``X_teacher.yaml`` / ``X_student.yaml`` pair among ``--configs``): the
+Distilled step (``distill`` rows, for each ``X_teacher.yaml`` / ``X_student.yaml`` pair among ``--configs`` and each
+``--pair TEACHER STUDENT``): the
 student's own step, the teacher forward and the distilled step on one fixed batch, interleaved round by round
 (medians), then the distilled step once more under :mod:`detrdistill.profiling` for seconds per part. Matching
 ``threads`` rows: a per-image loop vs our matcher with 1 and ``--threads`` solver threads.
@@ -348,7 +349,11 @@ def bench_matching_threads(B: int, L: int, N: int, T: int, device, threads: int,
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--configs", nargs="+", default=["configs/bccd_teacher.yaml", "configs/bccd_student.yaml"])
+    p.add_argument("--configs", nargs="+", default=None,
+                   help="configs to time (default configs/bccd_{teacher,student}.yaml unless --pair is given); "
+                        "X_teacher.yaml with X_student.yaml also make a distilled-step pair")
+    p.add_argument("--pair", nargs=2, action="append", default=[], metavar=("TEACHER", "STUDENT"),
+                   help="a distilled-step pair whose names do not follow X_teacher / X_student (repeatable)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--set", action="append", default=[])
@@ -359,12 +364,13 @@ def main() -> int:
     p.add_argument("--note", default="", help="free text stored in the results (e.g. CPU contention)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
+    if args.configs is None:
+        args.configs = [] if args.pair else ["configs/bccd_teacher.yaml", "configs/bccd_student.yaml"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    from benchmarks.distill import device_name
     from benchmarks.bench_matching import benchmark_matching
 
     date = dt.date.today().isoformat()
-    res = {"device": device_name(), "date": date, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+    res = {"device": run_env.device_name(), "date": date, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
            "environment": run_env.environment(torch.get_num_threads()),
            "command": shlex.join(["python", "benchmarks/speed.py", *sys.argv[1:]]), "note": args.note,
            "models": [], "distill": []}
@@ -376,7 +382,7 @@ def main() -> int:
             m["engine_over_full"] = m["engine_step_s"] / m["full_step_s"]
             m["engine_over_full_mean"] = m["engine_step_s"] / m["full_step_mean_s"]
         print(json.dumps(res["models"][-1]), flush=True)
-    for t, s in config_pairs(args.configs) if "distill" in args.parts else []:
+    for t, s in config_pairs(args.configs) + [tuple(p) for p in args.pair] if "distill" in args.parts else []:
         res["distill"].append(bench_distill(t, s, device, args.batch_size, args.steps, args.set))
         print(json.dumps(res["distill"][-1]), flush=True)
     B, L, N, T = args.match
@@ -455,4 +461,10 @@ def markdown(res: dict) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from detrdistill.errors import DetrDistillError
+
+    try:
+        sys.exit(main())
+    except DetrDistillError as e:  # a bad config or data path: one line, not a trace from deep inside the build
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -98,3 +98,23 @@ def test_unsupported_family_fails_at_get_adapter():
     from detrdistill.models.adapters.detr import DetrAdapter
     with pytest.raises(UnsupportedFamilyError, match="deformable_detr"):
         DetrAdapter(build_model(model_cfg("deformable_detr"), ID2LABEL))
+
+
+
+@pytest.mark.parametrize("family", ["deformable_detr", "d_fine", "rt_detr"])
+def test_a_one_layer_decoder_builds_or_is_refused_by_name(family):
+    """transformers cannot build some families with one decoder layer (it ties the later layers' box heads to the
+    first and refuses a model with none): the user gets a ConfigError naming model.decoder_layers, never
+    transformers' tie_weights_keys trace; a family that can build it does, with one stage."""
+    from detrdistill.errors import ConfigError
+    from tests.registry_models import tiny_family_cfg
+
+    cfg = tiny_family_cfg(family).model_copy(update={"decoder_layers": 1})
+    try:
+        model = build_model(cfg, ID2LABEL)
+    except ConfigError as e:
+        assert str(e).startswith("model.decoder_layers=1:") and "use model.decoder_layers >= 2" in str(e)
+        assert family != "rt_detr"  # RT-DETR builds a one-layer decoder (measured): it must not be refused
+    else:
+        assert family == "rt_detr", f"{family} built a one-layer decoder; update the refusal's wording"
+        assert get_adapter(model).num_stages == 1

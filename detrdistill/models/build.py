@@ -91,7 +91,15 @@ def _build_from_scratch(model_cfg: ModelConfig, id2label: dict[int, str]) -> Pre
             raise ConfigError(f"model.hf_overrides: unknown key {key!r} for {config_cls.__name__}")
     kwargs.update(_merge_subconfig_overrides(kwargs, model_cfg.hf_overrides))
     kwargs.update(id2label=id2label, label2id={v: k for k, v in id2label.items()})
-    model = model_cls(config_cls(**kwargs))
+    try:
+        model = model_cls(config_cls(**kwargs))
+    except ValueError as e:
+        if "tie_weights_keys" in str(e) and model_cfg.decoder_layers < 2:
+            # transformers ties the box heads of decoder layers 1..L-1 to layer 0's and refuses a model with none
+            raise ConfigError(f"model.decoder_layers={model_cfg.decoder_layers}: transformers cannot build a "
+                              f"{model_cfg.family} with fewer than 2 decoder layers (it ties the later layers' "
+                              "box heads to the first); use model.decoder_layers >= 2") from None
+        raise
     if spec.after_build is not None:
         spec.after_build(model)
     if backbone_source is not None:
