@@ -76,10 +76,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    from benchmarks.distill import device_name
 
     date = dt.date.today().isoformat()
-    res = {"device": device_name(), "date": date, "torch": torch.__version__, "note": args.note,
+    res = {"device": run_env.device_name(), "date": date, "torch": torch.__version__, "note": args.note,
            "environment": run_env.environment(1),
            "command": shlex.join(["python", "benchmarks/data_speed.py", *sys.argv[1:]]), "configs": []}
     for c in args.configs:

@@ -1,6 +1,9 @@
 """The timing benchmarks (speed, data pipeline, ONNX latency) record the environment they ran in, as the
 distillation benchmark's runs do, and their reports show it (an older record without one says so)."""
+import json
+
 import pytest
+import torch
 
 from benchmarks import data_speed, run_env, speed
 
@@ -29,3 +32,20 @@ def test_onnx_latency_report_shows_the_environment(tmp_path):
     out = tmp_path / "lat.md"
     onnx_latency.write_markdown(res, out)
     assert f"environment: {run_env.describe(env)}" in out.read_text()
+
+
+def test_data_speed_runs_end_to_end_on_a_small_coco_set(tmp_path, synth_dir):
+    """The data benchmark's main path (a config, its training split, cached vs uncached) runs and writes its files."""
+    cfg = tmp_path / "student.yaml"
+    cfg.write_text(f"data:\n  train: {{ann_file: {synth_dir / 'train.json'}, image_dir: {synth_dir / 'images'}}}\n"
+                   f"  val: {{ann_file: {synth_dir / 'val.json'}, image_dir: {synth_dir / 'images'}}}\n"
+                   "  min_size: [64]\n  max_size: 64\n  eval_size: 64\n")
+    out = tmp_path / "data.json"
+    threads = torch.get_num_threads()
+    try:
+        assert data_speed.main(["--configs", str(cfg), "--rounds", "2", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)  # main() runs one thread; the tests after this one keep their count
+    (row,) = json.loads(out.read_text())["configs"]
+    assert row["images"] == 16 and row["identical_items"] is True and row["cached_ms_per_image"] > 0
+    assert "environment: " in out.with_suffix(".md").read_text()
