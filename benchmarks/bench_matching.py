@@ -1,6 +1,6 @@
 """Micro-benchmark of Hungarian matching: our batched matcher vs a per-image loop vs transformers' matcher.
 
-    python -m benchmarks.bench_matching                 # B=16, L=6, N=300, T=300 on the CPU
+    python -m benchmarks.bench_matching [THREADS]       # B=16, L=6, N=300, T=300 and T=20 on the CPU
     from benchmarks.bench_matching import benchmark_matching
     benchmark_matching(B=16, L=6, N=300, T=20, device="cuda")
 """
@@ -133,10 +133,11 @@ def _padded_vs_submatrix(K: int = 96, N: int = 300, T: int = 300, repeats: int =
 
 
 if __name__ == "__main__":
+    import argparse
     import json
 
-    import sys
-
-    threads = int(sys.argv[1]) if len(sys.argv) > 1 else None
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("threads", nargs="?", type=int, default=None, help="solver threads (default: the matcher's own)")
+    args = p.parse_args()
     for t in (300, 20):
-        print(json.dumps(benchmark_matching(T=t, num_threads=threads)))
+        print(json.dumps(benchmark_matching(T=t, num_threads=args.threads)))
