@@ -213,3 +213,24 @@ def test_warmup_ramps_the_distillation_terms_not_the_student_loss(teacher, batch
     no_warmup = Distiller(teacher, make(model_cfg()), DistillConfig())
     no_warmup.train()
     assert no_warmup.term_scale() == 1.0
+
+
+def test_a_warmup_nobody_steps_counts_the_training_forwards(teacher, batch, criterion):
+    """A user's own loop that never sets ``distiller.step`` still gets the ramp (1/4, 2/4, ... per training forward),
+    not 1/N for the whole run; an eval forward does not count; once the step is set, it is the caller's."""
+    dist = Distiller(teacher, make(model_cfg()), DistillConfig(warmup_steps=4))
+    dist.train()
+    seen = []
+    for _ in range(5):
+        seen.append(dist.term_scale())
+        dist(*batch, criterion)
+    assert seen == [0.25, 0.5, 0.75, 1.0, 1.0]
+    dist.eval()
+    with torch.no_grad():
+        dist(*batch, criterion)
+    assert dist.step == 5
+    dist.train()
+    dist.step = 1  # the engine / a user's loop takes over: forwards no longer advance it
+    dist(*batch, criterion)
+    dist(*batch, criterion)
+    assert dist.step == 1 and dist.term_scale() == 0.5

@@ -172,9 +172,8 @@ class Distiller(nn.Module):
         if (cfg.feature.enabled or cfg.fitnet.enabled) and student.num_feature_levels != teacher.num_feature_levels:
             level_pairs = self._probe_level_pairs(cfg.feature.source, probe_size)
         self.terms = build_terms(TermEnv(cfg, teacher, student, level_pairs))
-        #: 0-based index of the training step about to run, set by the engine (``DistillTask.set_step``) or a user's
-        #: loop; it only matters under ``cfg.warmup_steps`` (:meth:`term_scale`)
-        self.step = 0
+        # the training step about to run (:attr:`step`); until someone sets it, counted by the training forwards
+        self._step, self._step_given = 0, False
         self.batch_matchings = True  # False: each matching solved where it is used (same results, for comparison)
         self.cost_logged = False  # the first forward logs both input sizes and forward times (teacher_pixels.py)
         self.matching_needs = step_needs(self.terms)
@@ -269,6 +268,18 @@ class Distiller(nn.Module):
             return map_stages(s_out.num_stages, t_out.num_stages, self.cfg.stage_mapping)
         return self.stage_map
 
+    @property
+    def step(self) -> int:
+        """0-based index of the training step about to run; it only matters under ``cfg.warmup_steps``
+        (:meth:`term_scale`). Set by the engine (``DistillTask.set_step``), ``DistillationTrainer`` or a user's loop;
+        never set, it counts the forwards made in training mode (one per step without gradient accumulation), so a
+        warm-up cannot stay at its first step's 1/N weight in a loop that does not know of it."""
+        return self._step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self._step, self._step_given = int(value), True
+
     def term_scale(self) -> float:
         """Weight of every distillation term at :attr:`step`: ``min(1, (step + 1) / cfg.warmup_steps)`` while
         training, 1 without a warm-up or in eval mode."""
@@ -319,5 +330,7 @@ class Distiller(nn.Module):
                 parts[term.name] = parts[term.name] + value if term.name in parts else value
                 loss_dict[name] = value.detach()
         t_out.assignments = ctx.cache.get(TEACHER_ASSIGNMENTS)
+        if self.training and not self._step_given:
+            self._step += 1  # nobody tells this distiller the step: the next forward is the next step
         return DistillOutput(loss=total, loss_dict=loss_dict, student=s_out, teacher=t_out,
                              matching=ctx.cache.get(MATCHING), stage_map=list(ctx.stage_map), parts=parts)
