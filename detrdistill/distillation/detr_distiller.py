@@ -235,20 +235,37 @@ class DETRDistiller(nn.Module):
 
     # ------------------------------------------------------------------ one step
     def targets(self, labels: Sequence, image_sizes: Any = None, batch_size: int | None = None,
-                device=None) -> list[dict]:
+                device=None, pixel_mask: Tensor | None = None, input_size: Sequence[int] | None = None) -> list[dict]:
         """``labels`` (transformers or COCO format, see :mod:`detrdistill.data.labels`) as transformers targets
-        on ``device``, checked against the student's classes."""
+        on ``device``, checked against the student's classes, boxes as fractions of each image's real pixels (a
+        padding processor's labels are taken there when ``pixel_mask`` and ``input_size``, the batch's (H, W), are
+        given)."""
         from ..data.labels import to_targets
 
         return to_targets(labels, image_sizes, self.category_ids, num_classes=self.distiller.student.num_classes,
-                          batch_size=batch_size, device=device)
+                          batch_size=batch_size, device=device, pixel_mask=pixel_mask, input_size=input_size)
+
+    def model_labels(self, labels: Sequence, pixel_values: Tensor, pixel_mask: Tensor | None = None,
+                     image_sizes: Any = None) -> list[dict]:
+        """``labels`` as the plain student model takes them (``self.student_model(..., labels=)``): the targets of
+        :meth:`targets`, in the frame the model predicts in (a model that never reads the pixel mask, e.g. RT-DETR
+        or D-FINE, predicts fractions of the padded input: its targets are scaled to that)."""
+        from ..models.adapters.base import padded_frame_scale, targets_in_padded_frame
+        from ..models.families import family_spec
+
+        targets = self.targets(labels, image_sizes, pixel_values.shape[0], pixel_values.device, pixel_mask,
+                               pixel_values.shape[-2:])
+        if pixel_mask is None or "pixel_mask" in family_spec(self.distiller.student.family).capabilities:
+            return targets
+        return targets_in_padded_frame(targets, padded_frame_scale(pixel_mask))
 
     def forward(self, pixel_values: Tensor, pixel_mask: Tensor | None = None, labels: Sequence | None = None,
                 image_sizes: Any = None) -> DETRDistillerOutput:
         """pixel_values [B, 3, H, W] as the student's processor made them; pixel_mask [B, H, W] (1 = real pixel,
         None = all real); labels: B entries, transformers targets or COCO annotation lists; image_sizes: [B, 2]
         (height, width) of each image in the pixels of its COCO ``bbox`` values (COCO labels only)."""
-        targets = self.targets(labels, image_sizes, pixel_values.shape[0], pixel_values.device)
+        targets = self.targets(labels, image_sizes, pixel_values.shape[0], pixel_values.device, pixel_mask,
+                               pixel_values.shape[-2:])
         out = self.distiller(pixel_values, pixel_mask, targets, self.criterion)
         return DETRDistillerOutput(loss=out.loss, losses=out.loss_dict, student_outputs=out.student,
                                    teacher_outputs=out.teacher, parts=out.parts)
@@ -256,10 +273,12 @@ class DETRDistiller(nn.Module):
     def student_forward(self, pixel_values: Tensor, pixel_mask: Tensor | None = None,
                         labels: Sequence | None = None, image_sizes: Any = None):
         """The student alone, as transformers runs it: its ``*ForObjectDetection`` output (``logits``,
-        ``pred_boxes``; with labels also its own transformers ``loss`` / ``loss_dict``). Evaluation uses this."""
+        ``pred_boxes``, the latter as the model predicts them: for a model that never reads the pixel mask, e.g.
+        RT-DETR or D-FINE, fractions of the padded input; with labels also its own transformers ``loss`` /
+        ``loss_dict``, the labels given in the model's frame, :meth:`model_labels`). Evaluation uses this."""
         kwargs = {} if pixel_mask is None else {"pixel_mask": pixel_mask}
         if labels is not None:
-            kwargs["labels"] = self.targets(labels, image_sizes, pixel_values.shape[0], pixel_values.device)
+            kwargs["labels"] = self.model_labels(labels, pixel_values, pixel_mask, image_sizes)
         return self.student_model(pixel_values=pixel_values, **kwargs)
 
     # ------------------------------------------------------------------ training state

@@ -140,9 +140,9 @@ class DistillationTrainer(Trainer):
         student = distiller.student_model
         inputs = dict(inputs)
         image_sizes = inputs.pop("image_sizes", None)
-        if inputs.get("labels") is not None:
-            pv = inputs["pixel_values"]
-            inputs["labels"] = distiller.targets(inputs["labels"], image_sizes, pv.shape[0], pv.device)
+        if inputs.get("labels") is not None:  # in the frame the plain student predicts in (model_labels)
+            inputs["labels"] = distiller.model_labels(inputs["labels"], inputs["pixel_values"],
+                                                      inputs.get("pixel_mask"), image_sizes)
         if ignore_keys is None:
             ignore_keys = getattr(student.config, "keys_to_ignore_at_inference", ["cache"])
         with self.accelerator.autocast():
