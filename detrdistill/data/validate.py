@@ -180,8 +180,9 @@ def check_structure(data: Any, file: str) -> None:
                 if f not in entry:
                     raise DatasetError(f"{file}: {key}[{i}] is missing field '{f}'")
                 v = entry[f]
-                if (f == "id" or f.endswith("_id")) and (isinstance(v, bool) or not isinstance(v, (int, str))):
-                    raise DatasetError(f"{file}: {key}[{i}]: field '{f}' must be an integer, got {v!r}")
+                if (f == "id" or f.endswith("_id")) and (isinstance(v, bool) or not isinstance(v, int)):
+                    raise DatasetError(f"{file}: {key}[{i}]: field '{f}' must be an integer, got {v!r} (COCO ids are "
+                                       "integers: the evaluation matches detections to images and classes by them)")
             if key == "images":
                 for f in ("width", "height"):
                     v = entry[f]

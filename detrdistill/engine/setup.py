@@ -70,4 +70,24 @@ def build_datasets(cfg: Config, accelerator, need_train: bool = True):
     val = build_dataset(data.val, data, train=False) if data.val else None
     if need_train and train is None:
         raise ConfigError("config: data.train is not set")
+    if train is not None and val is not None:
+        check_same_classes(train, val, data.train.ann_file, data.val.ann_file)
     return train, val
+
+
+def check_same_classes(train, val, train_file: str, val_file: str) -> None:
+    """The model is built with the training split's classes and scored on the validation split's: the two
+    ``categories`` lists must name the same classes (ids may differ: each split maps its own), else every
+    evaluation would silently score one class as another, or fail on a class the split does not list."""
+    from detrdistill.data.validate import DatasetError
+
+    if dict(train.id2label) == dict(val.id2label):
+        return
+    t, v = dict(train.id2label), dict(val.id2label)
+    only_t, only_v = sorted(set(t.values()) - set(v.values())), sorted(set(v.values()) - set(t.values()))
+    what = (f"only in {train_file}: {only_t}; only in {val_file}: {only_v}" if only_t or only_v else
+            "the same names in another order: " + ", ".join(f"label {i} is {t[i]!r} in train, {v.get(i)!r} in val"
+                                                         for i in sorted(t) if t[i] != v.get(i))[:300])
+    raise DatasetError(f"{val_file}: its categories differ from the training split's ({what}); the model is "
+                       "trained on the training split's classes and scored on these: give both files the same "
+                       "'categories' list")
