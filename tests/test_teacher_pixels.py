@@ -134,7 +134,7 @@ def test_sampling_on_the_teacher_grid_aligns_the_two_views():
     view = build_teacher_pixels(dict(size={"shortest_edge": 80, "longest_edge": 400}, image_mean=list(IMAGENET_MEAN),
                                      image_std=list(IMAGENET_STD)), STUDENT, student_resize=STUDENT_RESIZE,
                                 mode="processor")(x, mask)
-    assert view.affine is not None and view.pixel_values.shape[-2:] == (80, 106)
+    assert view.affine is not None and view.pixel_values.shape[-2:] == (96, 128)  # 80 x 106, rounded up to 32s
 
     def position_map(real_hw, canvas_hw):  # [B, 2, H, W]: (y, x) / real side at pixel centres, 0 on padding
         H, W = canvas_hw
@@ -149,10 +149,45 @@ def test_sampling_on_the_teacher_grid_aligns_the_two_views():
     got = sample_on_teacher_grid(student_map, view.affine, tuple(want.shape[-2:]))
     for i, (h, w) in enumerate(t_real):  # inside (one pixel off the border, where bilinear meets the padding)
         torch.testing.assert_close(got[i, :, 1:h - 1, 1:w - 1], want[i, :, 1:h - 1, 1:w - 1], atol=1e-4, rtol=0)
-    # identity geometry = a plain bilinear resize, as without a view
-    plain = sample_on_teacher_grid(student_map, torch.ones(2, 2), (24, 32))
+    # the teacher's real side half the student's on a map of half the cells = a plain bilinear resize
+    plain = sample_on_teacher_grid(student_map, torch.full((2, 2), 2.0), (24, 32))
     torch.testing.assert_close(plain, torch.nn.functional.interpolate(student_map, size=(24, 32), mode="bilinear",
                                                                       align_corners=False), atol=1e-5, rtol=0)
+
+
+def test_sampling_is_exact_on_strided_maps_that_overhang_their_canvas():
+    """Maps of one stride (here 64: a Deformable DETR extra level) have ceil(side / 64) cells, which may span more
+    pixels than the canvas (2 cells = 128 px of a 96-px student canvas, 1 cell = 64 px of the teacher's). A student
+    map holding each cell centre's position in the real image, sampled on the teacher's grid, gives the teacher cell
+    centre's position in the same image."""
+    x = torch.zeros(1, 3, 96, 96)
+    mask = torch.ones(1, 96, 96, dtype=torch.long)
+    view = build_teacher_pixels(dict(size={"shortest_edge": 50, "longest_edge": 50}, image_mean=[0.5] * 3,
+                                     image_std=[0.5] * 3), STUDENT, student_resize=STUDENT_RESIZE)(x, mask)
+    assert view.pixel_values.shape[-2:] == (64, 64) and int(view.pixel_mask[0].sum()) == 50 * 50
+    stride = 64
+    student_cells = (torch.arange(2) + 0.5) * stride / 96  # cell centres, as fractions of the 96-px real image
+    student_map = torch.stack([student_cells[:, None].expand(2, 2), student_cells[None, :].expand(2, 2)])[None]
+    got = sample_on_teacher_grid(student_map, view.affine, (1, 1))
+    want = 0.5 * stride / 50  # the teacher's one cell centre (32 px of its 50-px real image)
+    torch.testing.assert_close(got[0, :, 0, 0], torch.tensor([want, want]), atol=1e-5, rtol=0)
+
+
+def test_a_real_time_teacher_takes_its_resized_view():
+    """An RT-DETR teacher (its encoder refuses sides that are not multiples of 32) fed a view shrunk by its
+    processor's rule to 64 x 112: the canvas is rounded up to 32s and the teacher runs."""
+    from tests.registry_models import tiny_family_model
+    from detrdistill.models.families import get_adapter
+
+    tp = build_teacher_pixels(dict(size={"shortest_edge": 64, "longest_edge": 200}, image_mean=[0.5] * 3,
+                                   image_std=[0.5] * 3), STUDENT, student_resize=STUDENT_RESIZE)
+    x, mask = torch.randn(2, 3, 128, 224), torch.ones(2, 128, 224, dtype=torch.long)
+    view = tp(x, mask)
+    assert view.pixel_values.shape[-2:] == (64, 128) and int(view.pixel_mask[0].any(0).sum()) == 112
+    teacher = get_adapter(tiny_family_model("rt_detr"))
+    with torch.no_grad():
+        out = teacher(view.pixel_values, view.pixel_mask)
+    assert torch.isfinite(out.boxes).all()
 
 
 def test_distilling_from_a_resized_teacher_view_trains_the_student(criterion):
@@ -188,10 +223,11 @@ def test_auto_never_enlarges_small_images_but_shrinks_large_ones():
     norm_only = build_teacher_pixels(dict(hub, do_resize=False), STUDENT)(x, mask)
     torch.testing.assert_close(view.pixel_values, norm_only.pixel_values)  # still normalised the teacher's way
     enlarged = build_teacher_pixels(hub, STUDENT, student_resize=STUDENT_RESIZE, mode="processor")(x, mask)
-    assert enlarged.pixel_values.shape[-2:] == ResizeRule("shortest_longest", 800, 1333).output_size(64, 48)
+    oh, ow = ResizeRule("shortest_longest", 800, 1333).output_size(64, 48)
+    assert enlarged.pixel_values.shape[-2:] == (-(-oh // 32) * 32, -(-ow // 32) * 32)  # its canvas: 32s
     small_rule = dict(hub, size={"shortest_edge": 32, "longest_edge": 40})
     shrunk = build_teacher_pixels(small_rule, STUDENT, student_resize=STUDENT_RESIZE)(x, mask)
-    assert shrunk.affine is not None and shrunk.pixel_values.shape[-2:] == (40, 32)
+    assert shrunk.affine is not None and shrunk.pixel_values.shape[-2:] == (64, 32)  # 40 x 32 -> 64 x 32
     real = [(int(m.any(1).sum()), int(m.any(0).sum())) for m in shrunk.pixel_mask.bool()]
     assert real == [(32, 32), ResizeRule("shortest_longest", 32, 40).output_size(64, 48)]
 

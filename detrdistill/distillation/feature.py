@@ -142,12 +142,14 @@ def level_pairs_by_resolution(student_sizes: Sequence[tuple[int, int]],
 
 
 def sample_on_teacher_grid(x: Tensor, affine: Tensor, size: tuple[int, int]) -> Tensor:
-    """x [B, C, H, W] (student grid), affine [B, 2] (a_y, a_x) -> [B, C, *size] sampled at the teacher grid's points.
+    """x [B, C, H, W] (a student map), affine [B, 2] (student real side / teacher real side, y and x) -> [B, C,
+    *size] sampled at the points of a teacher map of ``size`` (the same stride as ``x``).
 
-    Normalised coordinates (``align_corners=False``): ``u_S = (u_T + 1) * a - 1`` per axis, i.e. both canvases
-    anchored at their top-left corner, the teacher's real region mapped onto the student's.
+    Normalised coordinates (``align_corners=False``): ``u_S = (u_T + 1) * a - 1`` per axis with ``a = affine *
+    (teacher map side / student map side)``: both maps anchored at their top-left corner, each spanning its map side
+    times the stride in pixels (which may overhang its canvas), the teacher's real region mapped onto the student's.
     """
-    a = affine.to(x.device, x.dtype)
+    a = affine.to(x.device, x.dtype) * x.new_tensor([size[0] / x.shape[-2], size[1] / x.shape[-1]])
     theta = x.new_zeros(x.shape[0], 2, 3)
     theta[:, 0, 0], theta[:, 0, 2] = a[:, 1], a[:, 1] - 1   # x (width) row
     theta[:, 1, 1], theta[:, 1, 2] = a[:, 0], a[:, 0] - 1   # y (height) row
@@ -188,7 +190,7 @@ class FeatureDistillLoss(nn.Module):
               affine: Tensor | None = None) -> list[Tensor]:
         """Adapted student maps, one per level pair, at the teacher's spatial size (float32).
 
-        affine [B, 2] (a_y, a_x): teacher canvas -> student canvas per image (:class:`~.teacher_pixels.TeacherInput`);
+        affine [B, 2]: student real side / teacher real side per image (:class:`~.teacher_pixels.TeacherInput`);
         None = the two canvases show the same image region (a plain resize when the sizes differ)."""
         out = []
         for (s, t), adapter in zip(self.level_pairs, self.adapters):

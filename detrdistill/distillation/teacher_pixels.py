@@ -12,12 +12,13 @@ student's batch, so both views come from the same augmented image:
 * **Resizing.** Each image's real region (from ``pixel_mask``) is resized bilinearly (antialiased) by the
   processor's ``size`` rule -- ``shortest_edge``/``longest_edge``, ``height``/``width`` (stretch),
   ``max_height``/``max_width``, computed with transformers' own size functions -- and zero-padded bottom/right
-  to the batch's largest side (or the processor's ``pad_size``). The geometry is kept as a per-image affine
-  ``affine [B, 2] = (a_y, a_x)`` from the teacher canvas to the student canvas, in ``grid_sample``'s normalised
-  coordinates ``u_S = (u_T + 1) * a - 1`` with ``a = (student real side / teacher real side) * (teacher canvas /
-  student canvas)``, so feature terms can sample the student's maps on the teacher's grid
-  (:meth:`~.feature.FeatureDistillLoss.adapt`). Boxes are normalised to the real image region in every family,
-  so logits, boxes and queries need no conversion.
+  to the batch's largest side (or the processor's ``pad_size``), rounded up to a multiple of 32 as the data
+  pipeline rounds the student's (RT-DETR-style teachers refuse other sides). The geometry is kept per image as
+  ``affine [B, 2] = (student real side / teacher real side)`` per axis (y, x); a feature term samples a student map
+  on a teacher map's grid with, in ``grid_sample``'s normalised coordinates, ``u_S = (u_T + 1) * a - 1`` and
+  ``a = affine * (teacher map side / student map side)`` (:func:`~.feature.sample_on_teacher_grid`): exact for every
+  level of equal stride, also one whose map overhangs its canvas (a stride-64 level of a 96-px canvas). Boxes are
+  normalised to the real image region in every family, so logits, boxes and queries need no conversion.
 
 Which of the two applies is ``distill.teacher_input``:
 
@@ -136,7 +137,8 @@ class ResizeRule:
 
 class TeacherInput(NamedTuple):
     """What the teacher is fed: pixel_values [B, 3, H_T, W_T], pixel_mask [B, H_T, W_T] or None, and ``affine``
-    [B, 2] (teacher canvas -> student canvas, see the module docstring) or None when the two grids coincide."""
+    [B, 2] (student real side / teacher real side per axis, see the module docstring) or None when the two grids
+    coincide."""
     pixel_values: Tensor
     pixel_mask: Tensor | None
     affine: Tensor | None = None
@@ -154,14 +156,15 @@ class TeacherPixels(nn.Module):
 
     student / teacher: the two normalisations (``teacher=None``: unchanged); resize: the teacher's size rule
     (None: the student's grid); pad_size: the processor's fixed canvas (H, W), if any; enlarge: False keeps an image
-    the rule would make larger at its own size (``distill.teacher_input=auto``).
+    the rule would make larger at its own size (``distill.teacher_input=auto``); size_divisor: the resized canvas's
+    sides are rounded up to a multiple of it (the data pipeline's, :func:`~detrdistill.data.collate_fn`).
     """
 
     def __init__(self, student: PixelNorm, teacher: PixelNorm | None = None, resize: ResizeRule | None = None,
-                 pad_size: tuple[int, int] | None = None, enlarge: bool = True):
+                 pad_size: tuple[int, int] | None = None, enlarge: bool = True, size_divisor: int = 32):
         super().__init__()
         self.student, self.teacher, self.resize, self.pad_size = student, teacher, resize, pad_size
-        self.enlarge = enlarge
+        self.enlarge, self.size_divisor = enlarge, max(1, int(size_divisor))
         self.normalises = teacher is not None and not teacher.close_to(student)
         teacher = teacher or student
         # x_T = x_S * a + b, per channel
@@ -199,6 +202,8 @@ class TeacherPixels(nn.Module):
         Wt = max(w for _, w in out_sizes)
         if self.pad_size is not None:
             Ht, Wt = max(Ht, self.pad_size[0]), max(Wt, self.pad_size[1])
+        d = self.size_divisor
+        Ht, Wt = -(-Ht // d) * d, -(-Wt // d) * d
         y = x.new_zeros(B, x.shape[1], Ht, Wt)
         mask = torch.zeros(B, Ht, Wt, dtype=pixel_mask.dtype if pixel_mask is not None else torch.long,
                            device=x.device)
@@ -208,8 +213,8 @@ class TeacherPixels(nn.Module):
                 y[i, :, :oh, :ow] = F.interpolate(x[i:i + 1, :, :h, :w], size=(oh, ow), mode="bilinear",
                                                   align_corners=False, antialias=True)[0]
             mask[i, :oh, :ow] = 1
-            affine[i, 0] = (h / max(oh, 1)) * (Ht / H)
-            affine[i, 1] = (w / max(ow, 1)) * (Wt / W)
+            affine[i, 0] = h / max(oh, 1)
+            affine[i, 1] = w / max(ow, 1)
         return TeacherInput(y, mask, affine.to(x.device))
 
 
