@@ -33,7 +33,7 @@ from ..models.families import get_adapter
 from ..models.outputs import DetectorOutput
 from ..state_loading import load_state_strictly
 from .distiller import Distiller
-from .teacher_pixels import PixelNorm, ResizeRule, build_teacher_pixels
+from .teacher_pixels import PixelNorm, ResizeRule, build_teacher_pixels, warn_no_teacher_processor
 
 log = logging.getLogger("detrdistill")
 
@@ -192,6 +192,8 @@ class DETRDistiller(nn.Module):
         self._student_processor = student_processor if hasattr(student_processor, "save_pretrained") else None
         student_view = processor_settings(student_processor, "student_processor") or s.processor
         teacher_view = processor_settings(teacher_processor, "teacher_processor") or t.processor
+        if teacher_view is None and isinstance(teacher, (str, os.PathLike)):
+            warn_no_teacher_processor("teacher", t.name)
         pixels = build_teacher_pixels(
             teacher_view, PixelNorm.from_processor_config(student_view or {}, "student_processor"),
             teacher_name=t.name, student_resize=_resize_rule(student_view), mode=cfg.teacher_input)

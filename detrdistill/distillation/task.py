@@ -50,14 +50,20 @@ class DistillTask(nn.Module):
         from ..models.pretrained import resolve_model
 
         student = get_adapter(build_model(cfg.model, id2label))  # first: the seed's draws initialise the student
+        from ..models.pixel_norm import warn_pretrained_pixels
+        warn_pretrained_pixels(cfg.model.pretrained)
         if not cfg.distill.teacher:
             raise ConfigError("distill.teacher is not set: give the teacher's model directory (--teacher DIR)")
         source = resolve_model(cfg.distill.teacher, what="distill.teacher")
         teacher = load_detector(source, what="distill.teacher")
+        processor = source.read_json("preprocessor_config.json")
+        if processor is None:
+            from .teacher_pixels import warn_no_teacher_processor
+            warn_no_teacher_processor("distill.teacher", source.name)
         return cls(DETRDistiller(
             teacher, student, teacher_distill_config(cfg), loss=cfg.loss,
             student_processor=image_processor_settings(cfg.model.family, cfg.data.eval_size, cfg.data.max_size),
-            teacher_processor=source.read_json("preprocessor_config.json"), dataset_id2label=id2label))
+            teacher_processor=processor, dataset_id2label=id2label))
 
     @property
     def distiller(self):

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence, get_args
+from typing import NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
@@ -48,48 +48,17 @@ from torch import Tensor, nn
 
 from ..config import TeacherInputMode
 from ..errors import ModelError
+from ..models.pixel_norm import PixelNorm, with_class_defaults
 
 log = logging.getLogger("detrdistill")
 
 __all__ = ["PixelNorm", "ResizeRule", "TeacherInput", "TeacherPixels", "build_teacher_pixels", "TEACHER_INPUT_MODES",
-           "log_first_step_cost", "LARGE_VIEW_RATIO"]
+           "log_first_step_cost", "LARGE_VIEW_RATIO", "warn_no_teacher_processor"]
 
 #: a teacher view with at least this many times the student's pixels gets the distill.teacher_input hint
 LARGE_VIEW_RATIO = 4.0
 
 TEACHER_INPUT_MODES: tuple[str, ...] = get_args(TeacherInputMode)
-
-
-@dataclass(frozen=True)
-class PixelNorm:
-    """How a [0, 1] image becomes model input: ``(raw * scale - mean) / std``."""
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    scale: float = 1.0
-
-    @classmethod
-    def from_processor_config(cls, d: dict, where: str = "preprocessor_config.json") -> "PixelNorm":
-        scale = 255.0 * float(d.get("rescale_factor", 1 / 255)) if d.get("do_rescale", True) else 255.0
-        if not d.get("do_normalize", True):
-            return cls((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), scale)
-        mean, std = _triple(d.get("image_mean", (0.485, 0.456, 0.406))), _triple(d.get("image_std", (0.229, 0.224, 0.225)))
-        if mean is None or std is None or min(std) <= 0:
-            raise ModelError(f"{where}: image_mean / image_std must be 3 numbers (std > 0), got "
-                             f"{d.get('image_mean')!r} / {d.get('image_std')!r}")
-        return cls(mean, std, scale)
-
-    def close_to(self, other: "PixelNorm", tol: float = 1e-6) -> bool:
-        a = (*self.mean, *self.std, self.scale)
-        b = (*other.mean, *other.std, other.scale)
-        return all(abs(x - y) <= tol for x, y in zip(a, b))
-
-
-def _triple(v) -> tuple[float, float, float] | None:
-    if isinstance(v, (int, float)):
-        return (float(v),) * 3
-    if isinstance(v, Sequence) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v):
-        return tuple(float(x) for x in v)
-    return None
 
 
 @dataclass(frozen=True)
@@ -229,6 +198,7 @@ def build_teacher_pixels(processor_config: dict | None, student: PixelNorm, teac
         raise ValueError(f"teacher_input must be one of {TEACHER_INPUT_MODES}, got {mode!r}")
     if not processor_config or mode == "student":
         return None
+    processor_config = with_class_defaults(processor_config)
     where = f"{teacher_name}/preprocessor_config.json"
     teacher = PixelNorm.from_processor_config(processor_config, where)
     resize = ResizeRule.from_processor_config(processor_config, where)
@@ -253,6 +223,15 @@ def build_teacher_pixels(processor_config: dict | None, student: PixelNorm, teac
                  "(distill.teacher_input=processor enlarges them, at the teacher's cost)", teacher_name, resize.kind,
                  resize.a, resize.b)
     return TeacherPixels(student, teacher, resize, pad, enlarge=enlarge)
+
+
+def warn_no_teacher_processor(what: str, name: str) -> None:
+    """A teacher loaded from a folder or hub id without a ``preprocessor_config.json`` (never saved beside it, or not
+    in the hub cache: ``from_pretrained`` does not fetch it) is fed the student's pixels as they are: say so once."""
+    log.warning("%s %s: no preprocessor_config.json (not saved beside the model, or not in the hub cache): it is fed "
+                "the student's pixels as they are (ImageNet mean/std); if it was trained on other pixels (e.g. an "
+                "RT-DETR checkpoint's [0, 1] pixels), save its image processor beside it or pass teacher_processor=",
+                what, name)
 
 
 def _pixels(shape) -> int:
