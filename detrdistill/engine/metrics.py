@@ -20,6 +20,25 @@ from detrdistill.io_atomic import write_atomic, write_guard
 log = logging.getLogger("detrdistill")
 
 
+def mean_over_processes(accelerator, named: dict) -> dict[str, float]:
+    """``{name: scalar tensor}`` -> ``{name: mean over processes}``, one collective. The processes may hold
+    different names (a family's denoising losses exist only on a process whose batch has boxes): the names are
+    agreed first (one object gather, only with several processes), a name a process lacks counts 0 there."""
+    import torch
+
+    names = list(named)
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        names = sorted(set().union(*gather_object([names])))
+    if not names:
+        return {}
+    device = next(iter(named.values())).device if named else accelerator.device
+    values = torch.stack([named[k].detach().float().reshape(()) if k in named else
+                          torch.zeros((), device=device) for k in names])
+    return dict(zip(names, accelerator.reduce(values, "mean").tolist()))
+
+
 class MetricsError(DetrDistillError):
     """metrics.jsonl holds a line that is not JSON (other than a torn last line)."""
 

@@ -29,7 +29,7 @@ from detrdistill.engine.checkpoint import load_latest_intact, save_checkpoint
 from detrdistill.engine.evaluator import evaluate, write_eval_json
 from detrdistill.engine.grad_balance import gradient_balance
 from detrdistill.engine.loading import eval_loader, train_loader
-from detrdistill.engine.metrics import MetricsLog
+from detrdistill.engine.metrics import MetricsLog, mean_over_processes
 from detrdistill.engine.optim import build_optimizer, build_scheduler
 from detrdistill.engine.interrupt import TrainingInterrupted
 from detrdistill.engine.run_dir import export_atomically
@@ -279,13 +279,13 @@ def _probe_gradients(run: Run) -> None:
 
 def _log_step(run: Run, loss: torch.Tensor, loss_dict: dict[str, torch.Tensor]) -> None:
     step = run.state["step"]
-    comps = torch.stack([loss.detach().float()] + [v.detach().float() for v in loss_dict.values()])
-    comps = run.accelerator.reduce(comps, "mean").tolist()
+    # by name: processes may log different components (no denoising losses on a process whose batch has no boxes)
+    comps = mean_over_processes(run.accelerator, {"__total__": loss, **loss_dict})
+    total = comps.pop("__total__")
     rec = {"step": step, "epoch": step / run.steps_per_epoch, "time_s": round(run.state["elapsed_s"], 3),
-           "lr": run.scheduler.get_last_lr()[-1], "loss": comps[0],
-           **{f"loss/{k}": v for k, v in zip(loss_dict, comps[1:])}}
+           "lr": run.scheduler.get_last_lr()[-1], "loss": total, **{f"loss/{k}": v for k, v in comps.items()}}
     run.metrics.write(rec)
-    run.bar.set_postfix(loss=f"{comps[0]:.3f}")
+    run.bar.set_postfix(loss=f"{total:.3f}")
 
 
 def after_step(run: Run, loss: torch.Tensor, loss_dict: dict[str, torch.Tensor]) -> bool:

@@ -125,10 +125,12 @@ class DistillationTrainer(Trainer):
         """A training log (it has ``loss``) also gets ``loss/<name>``: each component's mean over the batches since
         the last log, averaged over processes."""
         if "loss" in logs and self._term_counts:
-            names = sorted(self._term_counts)
-            means = torch.stack([self._term_sums[k] / self._term_counts[k] for k in names])
-            means = self.accelerator.gather(means[None]).reshape(-1, len(names)).mean(0)
-            logs.update({f"loss/{k}": v for k, v in zip(names, means.tolist())})
+            from ..engine.metrics import mean_over_processes
+
+            # by name: processes may hold different components (no denoising losses without boxes)
+            means = mean_over_processes(self.accelerator, {k: self._term_sums[k] / self._term_counts[k]
+                                                           for k in sorted(self._term_counts)})
+            logs.update({f"loss/{k}": v for k, v in means.items()})
             self._term_sums, self._term_counts = {}, {}
         super().log(logs, start_time)
 
