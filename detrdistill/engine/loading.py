@@ -113,9 +113,7 @@ class ShardSampler(Sampler[int]):
 def train_loader(dataset, collate_fn, batch_size: int, seed: int, rank: int, world_size: int,
                  num_workers: int, start_step: int = 0) -> tuple[DataLoader, StepSampler]:
     """An endless loader of this process's batches from global step ``start_step`` on; iterate it once."""
-    if len(dataset) < batch_size * world_size:
-        raise ConfigError(f"the training set has {len(dataset)} images, fewer than one global batch "
-                         f"({batch_size} x {world_size} processes); lower train.batch_size")
+    check_batch_fits(dataset, batch_size, world_size)
     sampler = StepSampler(len(dataset), batch_size, seed, rank, world_size, start_step=start_step)
     loader = DataLoader(SeededDataset(dataset, seed), batch_size=batch_size, sampler=sampler, collate_fn=collate_fn,
                         num_workers=num_workers, pin_memory=torch.cuda.is_available(), drop_last=True,
@@ -126,6 +124,17 @@ def train_loader(dataset, collate_fn, batch_size: int, seed: int, rank: int, wor
     return loader, sampler
 
 
+def check_batch_fits(dataset, batch_size: int, world_size: int) -> None:
+    """A training set smaller than one global batch is refused (before a run writes anything)."""
+    if len(dataset) < batch_size * world_size:
+        raise ConfigError(f"the training set has {len(dataset)} images, fewer than one global batch "
+                         f"({batch_size} x {world_size} processes); lower train.batch_size")
+
+
 def eval_loader(dataset, collate_fn, batch_size: int, rank: int, world_size: int, num_workers: int) -> DataLoader:
+    """This process's share of ``dataset``, each image once. Its own generator: starting it (an evaluation in the
+    middle of training) never draws from the global RNG, so a run resumed from the checkpoint saved before an
+    evaluation continues exactly as the uninterrupted run (dropout, denoising noise)."""
     return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), rank, world_size),
-                      collate_fn=collate_fn, num_workers=num_workers, worker_init_fn=ignore_stop_signals)
+                      collate_fn=collate_fn, num_workers=num_workers, worker_init_fn=ignore_stop_signals,
+                      generator=torch.Generator())

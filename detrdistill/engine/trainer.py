@@ -28,7 +28,7 @@ from detrdistill.data import collate_fn
 from detrdistill.engine.checkpoint import load_latest_intact, save_checkpoint
 from detrdistill.engine.evaluator import evaluate, write_eval_json
 from detrdistill.engine.grad_balance import gradient_balance
-from detrdistill.engine.loading import eval_loader, train_loader
+from detrdistill.engine.loading import check_batch_fits, eval_loader, train_loader
 from detrdistill.engine.metrics import MetricsLog, mean_over_processes
 from detrdistill.engine.optim import build_optimizer, build_scheduler
 from detrdistill.engine.interrupt import TrainingInterrupted
@@ -46,18 +46,41 @@ log = logging.getLogger("detrdistill")
 PLAN_WARMUP, PLAN_STEPS = 10, 20  # a time-budgeted run times steps 11-30, after warm-up, to fix its length
 
 
+def _steps_that_fit(state: dict, budget_s: float, per_step: float, reserve_s: float, accelerator) -> int:
+    """The step count at which a run at ``per_step`` seconds a step ends inside the budget, ``reserve_s`` (one
+    evaluation or checkpoint) kept back; the same number on every process (their clocks differ slightly)."""
+    fits = state["step"] + int(max(0.0, budget_s - state["elapsed_s"] - reserve_s) / max(per_step, 1e-9))
+    return int(accelerator.reduce(torch.tensor([float(fits)], device=accelerator.device), "mean").item())
+
+
 def _plan_to_budget(state: dict, plan: dict, budget_s: float, per_step: float, accelerator) -> None:
     """Time budget: fix the run's length (and so its lr schedule) from the step time measured after
     warm-up, so the schedule completes within the budget instead of being cut mid-way. Saved in
-    checkpoints for --resume."""
-    per_step = torch.tensor([per_step], device=accelerator.device)
-    per_step = accelerator.reduce(per_step, "mean").item()
-    fits = state["step"] + int(max(0.0, budget_s - state["elapsed_s"]) / per_step)
-    planned = max(state["step"], min(plan["total"], fits))
+    checkpoints for --resume (with what it was planned for: a resume with another budget or length plans again)."""
+    per_step = accelerator.reduce(torch.tensor([per_step], device=accelerator.device), "mean").item()
+    planned = max(state["step"], min(plan["total"], _steps_that_fit(state, budget_s, per_step, 0.0, accelerator)))
     if planned < plan["total"]:
         log.info("time budget %.1f min at %.3f s/step: %d steps instead of %d", budget_s / 60, per_step, planned,
                  plan["total"])
     plan["total"] = state["planned_total"] = planned
+
+
+def _replan_after_overhead(run: "Run", spent_s: float) -> None:
+    """After a checkpoint or an evaluation (``spent_s`` seconds the step timing did not see): shorten a budgeted
+    run's plan to what fits at the mean time per step since timing began, overheads included, with the longest
+    overhead seen kept in reserve, so the run ends its schedule inside the budget instead of being stopped early."""
+    run.overhead_s = max(run.overhead_s, spent_s)
+    state, plan = run.state, run.plan
+    if run.budget_s == math.inf or "planned_total" not in state or run.plan_t0 is None:
+        return
+    now = {**state, "elapsed_s": state["elapsed_s"] + spent_s}
+    per_step = (now["elapsed_s"] - run.plan_t0) / max(1, state["step"] - run.plan_s0)
+    fits = max(state["step"] + 1, _steps_that_fit(now, run.budget_s, per_step, run.overhead_s, run.accelerator))
+    if fits < plan["total"]:
+        log.info("time budget: evaluations and checkpoints take time too, %d steps instead of %d", fits, plan["total"])
+        plan["total"] = state["planned_total"] = fits
+        if run.bar is not None:
+            run.bar.total = fits
 
 
 def _install_stop_handler(flag: dict) -> dict:
@@ -100,7 +123,10 @@ class Run:
     old_handlers: dict = field(default_factory=dict)
     # (monotonic start, elapsed_s at start, process CPU time at start, cpu_s at start or None when unknown)
     clock: tuple[float, float, float, float | None] = (0.0, 0.0, 0.0, 0.0)
-    plan_t0: float | None = None
+    plan_t0: float | None = None   # elapsed_s when the budget's step timing began, at step plan_s0
+    plan_s0: int = 0
+    overhead_s: float = 0.0        # the longest checkpoint or evaluation so far (kept in reserve by the plan)
+    configured_total: int = 0      # the length the config asks for (train.max_steps or epochs), before any plan
     category_ids: list[int] | None = None  # the dataset's category id of each label, recorded in the exported model
     lock: Any = None       # the output folder's lock (detrdistill.output_folder), released when the run ends
     identity: dict = field(default_factory=dict)  # what the run trains on (engine/run_identity.py), in checkpoints
@@ -186,10 +212,16 @@ def _setup_claimed(cfg: Config, task_type: TaskType, accelerator, out_dir: Path,
                            cfg.data.num_workers) if val_ds is not None else None
     identity = run_identity(cfg, task_type, train_ds)
     state = _resume_state(out_dir, task, optimizer, scheduler, accelerator, resume, identity)
+    check_batch_fits(train_ds, cfg.train.batch_size, world)
     commit_output_dir(cfg, accelerator, task_type, replace)  # every check passed: the run's first writes
     from detrdistill.engine.tracking import start_trackers  # train.report_to, beside metrics.jsonl
     metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=main, on_write=start_trackers(cfg, accelerator, task_type.name))
     if state["step"] > 0:
+        budget = cfg.train.time_budget_min * 60 if cfg.train.time_budget_min else None
+        if "planned_total" in state and state.get("plan_inputs") != [total, budget]:
+            # resumed with another length or budget (allowed): plan again from this run's step times
+            log.info("--resume with another train.max_steps / time_budget_min: the time budget plans again")
+            del state["planned_total"]
         plan["total"] = state.get("planned_total", total)
         metrics.truncate_after(state["step"])
     elif main and (out_dir / "metrics.jsonl").exists():
@@ -206,7 +238,7 @@ def _setup_claimed(cfg: Config, task_type: TaskType, accelerator, out_dir: Path,
                batches=iter(loader),  # endless: one iterator (and one set of workers) for the whole run
                val_ds=val_ds, val_load=val_load, metrics=metrics, state=state, plan=plan,
                steps_per_epoch=steps_per_epoch, budget_s=budget_s, category_ids=dataset_category_ids(train_ds),
-               lock=lock, identity=identity, summary=summary, start_step=state["step"])
+               lock=lock, identity=identity, summary=summary, start_step=state["step"], configured_total=total)
 
 
 def dataset_category_ids(dataset) -> list[int] | None:
@@ -294,11 +326,14 @@ def after_step(run: Run, loss: torch.Tensor, loss_dict: dict[str, torch.Tensor])
     step = state["step"]
     if step - run.start_step <= 2:
         _time_first_steps(run)
-    if run.budget_s < math.inf and "planned_total" not in state:
-        if step == PLAN_WARMUP:
-            run.plan_t0 = state["elapsed_s"]
-        elif run.plan_t0 is not None and step == PLAN_WARMUP + PLAN_STEPS:
+    if run.budget_s < math.inf:
+        # time steps from PLAN_WARMUP steps after this process started (a fresh run: steps 11-30; a resumed run
+        # too, wherever it resumed), and plan once, unless the checkpoint brought a plan
+        if run.plan_t0 is None and step >= run.start_step + PLAN_WARMUP:
+            run.plan_t0, run.plan_s0 = state["elapsed_s"], step
+        elif "planned_total" not in state and run.plan_t0 is not None and step == run.plan_s0 + PLAN_STEPS:
             _plan_to_budget(state, plan, run.budget_s, (state["elapsed_s"] - run.plan_t0) / PLAN_STEPS, acc)
+            state["plan_inputs"] = [run.configured_total, run.budget_s]
             run.bar.total = plan["total"]
     if step % cfg.train.log_every == 0 or step == 1 or step == plan["total"]:
         _log_step(run, loss, loss_dict)
@@ -310,13 +345,18 @@ def after_step(run: Run, loss: torch.Tensor, loss_dict: dict[str, torch.Tensor])
     run.stop["stop"] = halt
     if run.stop["stop"] or step >= plan["total"]:
         return True
+    t0, overhead = time.monotonic(), False
     if step % (cfg.train.checkpoint_every_steps or run.steps_per_epoch) == 0:
         run.checkpoint()
+        overhead = True
     if step % run.steps_per_epoch == 0:
         ep = step // run.steps_per_epoch
         if cfg.train.eval_every_epochs and ep % cfg.train.eval_every_epochs == 0:
             run.evaluate(f"eval epoch {ep}")
             run.model.train()
+            overhead = True
+    if overhead:  # decided by the step alone: every process replans at the same steps (it reduces across them)
+        _replan_after_overhead(run, time.monotonic() - t0)
     return False
 
 
