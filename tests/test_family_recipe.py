@@ -46,7 +46,8 @@ def test_family_loss_equals_transformers_own_loss(name):
     torch.manual_seed(123)
     out = adapter(pix, mask, targets=targets, criterion=crit)
     torch.manual_seed(123)
-    adapter.model.config.auxiliary_loss = True
+    # the model as built (and saved) keeps transformers' auxiliary_loss: its own loss is the family's whole loss
+    assert adapter.model.config.auxiliary_loss is True
     # transformers' own loss on the targets in the model's frame (fractions of the padded input for a family that
     # ignores the pixel mask: the adapter converts them)
     ref = adapter.model(pix, pixel_mask=mask, labels=model_frame_targets(name, targets, mask))

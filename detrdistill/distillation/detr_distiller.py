@@ -53,7 +53,7 @@ class DETRDistillerOutput:
 
     loss:            scalar, with grad: the student's detection loss + every enabled, weighted distillation term.
     losses:          each component of ``loss``, detached, by name: the student's own (``cls`` / ``bbox`` / ``giou``
-                     under the set criterion; the family's own, e.g. ``vfl`` / ``dn_vfl`` / ``enc_vfl`` ..., under
+                     under the set criterion; the family's own, e.g. ``vfl`` / ``dn_vfl`` / ``fgl`` ..., under
                      ``loss.recipe=family``) and the enabled terms' (``logits_cls``, ``logits_bbox``, ``logits_giou``,
                      ``feature``, ``query_prior_cls`` / ``_bbox`` / ``_giou``, ...). They sum to ``loss``.
     student_outputs: the student's per-stage outputs (:class:`~detrdistill.models.outputs.DetectorOutput`:

@@ -232,7 +232,8 @@ def decoder_config_kwargs(cfg: "ModelConfig") -> dict:
     two-stage and predict every stage's boxes from the same references (no capability for either switch)."""
     return dict(d_model=cfg.d_model, num_queries=cfg.num_queries, decoder_layers=cfg.decoder_layers,
                 decoder_ffn_dim=cfg.ffn_dim, decoder_self_attention_heads=cfg.num_heads,
-                decoder_cross_attention_heads=cfg.num_heads, dropout=cfg.dropout, auxiliary_loss=False)
+                decoder_cross_attention_heads=cfg.num_heads, dropout=cfg.dropout,
+                auxiliary_loss=True)  # transformers' default: only a forward with labels reads it (the saved model)
 
 
 def vit_backbone_kwargs(cfg: "ModelConfig") -> dict:

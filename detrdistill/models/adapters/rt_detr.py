@@ -214,13 +214,16 @@ def _denoising_count(model_out) -> int:
 
 
 def rt_detr_config_kwargs(cfg: "ModelConfig") -> dict:
-    """Hybrid encoder over C3-C5 (3 levels, fixed); ``encoder_layers`` = AIFI transformer layers."""
+    """Hybrid encoder over C3-C5 (3 levels, fixed); ``encoder_layers`` = AIFI transformer layers. ``auxiliary_loss``
+    keeps transformers' default (True): it only shapes the loss of a forward with labels (the family recipe sets
+    it per call, :class:`~detrdistill.models.family_loss.FamilyLoss`), so a saved model trains on with transformers
+    as the family does (every stage, the encoder and the denoising groups), not on its last stage alone."""
     if len(cfg.backbone.hidden_sizes) < 3:
         raise ConfigError(f"model.backbone.hidden_sizes: {cfg.family} needs a backbone of at least 3 stages (C3-C5)")
     return dict(common_kwargs(cfg), d_model=cfg.d_model, encoder_hidden_dim=cfg.d_model,
                 encoder_in_channels=list(cfg.backbone.hidden_sizes[-3:]), feat_strides=[8, 16, 32],
                 decoder_in_channels=[cfg.d_model] * 3, num_feature_levels=3,
-                backbone_config=resnet_config(cfg.backbone, 3))
+                backbone_config=resnet_config(cfg.backbone, 3), auxiliary_loss=True)
 
 
 def unit_batch_norms(model: nn.Module) -> None:
