@@ -100,6 +100,24 @@ def test_param_groups_apply_backbone_multiplier():
     assert n_opt == sum(p.numel() for p in net.parameters() if p.requires_grad)
 
 
+@pytest.mark.parametrize("family", ["lw_detr", "rf_detr", "deformable_detr"])
+def test_a_neck_named_under_backbone_trains_at_the_base_rate(family):
+    """LW-DETR / RF-DETR keep their projector (the neck) at ``model.backbone.projector``: the backbone multiplier is
+    for the backbone the adapter names (the ViT), not for every parameter whose name says backbone."""
+    from detrdistill.engine.optim import param_groups
+    from detrdistill.models.backbone import backbone_parameter_ids
+    from detrdistill.models.families import get_adapter
+    from tests.registry_models import tiny_family_model
+
+    adapter = get_adapter(tiny_family_model(family)).train()
+    groups = {g["name"]: g for g in param_groups(adapter, OptimConfig(lr=1e-3, backbone_lr_mult=0.1))}
+    ids = backbone_parameter_ids(adapter)
+    assert {id(p) for p in groups["backbone"]["params"]} == ids
+    names = {id(p): n for n, p in adapter.named_parameters()}
+    rest = [names[id(p)] for p in groups["rest"]["params"]]
+    assert any(".projector." in n for n in rest) == (family != "deformable_detr")
+
+
 def test_checkpoint_roundtrip_and_tmp_ignored(tmp_path):
     torch.manual_seed(0)
     net = torch.nn.Linear(3, 2)

@@ -25,7 +25,10 @@ def param_groups(task: nn.Module, cfg: OptimConfig) -> list[dict]:
     groups = {"backbone": [], "linear_proj": [], "rest": []}
     backbone_ids = backbone_parameter_ids(task)  # the transformers backbone wherever a family keeps it
     for name, p in trainable_named_parameters(task):
-        if id(p) in backbone_ids or (any(k in name for k in BACKBONE_KEYS) and "query" not in name):
+        # the name rule only for a module no family adapter describes: LW-DETR / RF-DETR keep their neck (the
+        # projector) under ``backbone`` in their names, and it trains at the base rate, as the families do
+        by_name = not backbone_ids and any(k in name for k in BACKBONE_KEYS) and "query" not in name
+        if id(p) in backbone_ids or by_name:
             groups["backbone"].append(p)
         elif any(k in name for k in LINEAR_PROJ_KEYS):
             groups["linear_proj"].append(p)
