@@ -100,6 +100,27 @@ def test_param_groups_apply_backbone_multiplier():
     assert n_opt == sum(p.numel() for p in net.parameters() if p.requires_grad)
 
 
+def test_the_fp16_gradient_scaler_state_travels_with_the_checkpoint(tmp_path):
+    """fp16's scaler backs its scale off after overflows; a resume must continue from that scale, not 65536."""
+    net = torch.nn.Linear(3, 2)
+    cfg = OptimConfig(warmup_steps=2)
+    opt, scaler = build_optimizer(net, cfg), torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    sched = build_scheduler(opt, 10, cfg)
+    scaler.load_state_dict({**scaler.state_dict(), "scale": 512.0, "_growth_tracker": 7})  # after some overflows
+    save_checkpoint(tmp_path, net, opt, sched, {"step": 1, "elapsed_s": 0.0}, scaler=scaler)
+    fresh = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    fresh.scale(torch.ones(()))  # a scaler in use has its scale tensor (as accelerate's by the first step)
+    load_checkpoint(latest_checkpoint(tmp_path), torch.nn.Linear(3, 2), build_optimizer(net, cfg),
+                    build_scheduler(opt, 10, cfg), scaler=fresh)
+    assert fresh.get_scale() == 512.0 and fresh.state_dict()["_growth_tracker"] == 7
+    # a checkpoint without one (bf16 / fp32 runs) leaves the scaler as it is
+    save_checkpoint(tmp_path / "b", net, opt, sched, {"step": 1, "elapsed_s": 0.0})
+    other = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    load_checkpoint(latest_checkpoint(tmp_path / "b"), torch.nn.Linear(3, 2), build_optimizer(net, cfg),
+                    build_scheduler(opt, 10, cfg), scaler=other)
+    assert other.get_scale() == 2.0 ** 16
+
+
 @pytest.mark.parametrize("family", ["lw_detr", "rf_detr", "deformable_detr"])
 def test_a_neck_named_under_backbone_trains_at_the_base_rate(family):
     """LW-DETR / RF-DETR keep their projector (the neck) at ``model.backbone.projector``: the backbone multiplier is

@@ -7,6 +7,7 @@ Layout of ``<output_dir>/checkpoints/step-<N>/`` (format 2)::
     scheduler.pt          lr scheduler state  } ``torch.load(weights_only=True)``, which refuses to
     rng-<rank>.pt         python / numpy / torch (cpu + cuda) generator states, per process, as
                           tensors and lists (see :func:`rng_state`)
+    grad_scaler.pt        fp16 mixed precision only: the gradient scaler's scale and growth tracker
     state.json            {"step", "epoch", "elapsed_s", "format": 2, "files": {name: sha256},
                            "identity": {"data": ..., "teacher": ...}, ...}; written last
 
@@ -57,6 +58,8 @@ _STEP_DIR = re.compile(r"^step-\d+$")
 class DamagedCheckpoint(CheckpointError):
     """A checkpoint whose files cannot be read (truncated, empty, missing, bad json)."""
 
+
+SCALER_FILE = "grad_scaler.pt"  # fp16 only: the gradient scaler's state
 
 def _state_to_save(task: torch.nn.Module) -> dict[str, torch.Tensor]:
     # clone: tied weights (e.g. Deformable DETR's shared heads) share storage, which safetensors refuses
@@ -118,9 +121,10 @@ def first_non_finite(tensors, prefix: str = "") -> str | None:
 
 def save_checkpoint(output_dir: str | Path, task: torch.nn.Module, optimizer, scheduler, state: dict,
                     *, rank: int = 0, world_size: int = 1, keep: int = 2, barrier=None,
-                    identity: dict | None = None) -> Path:
+                    identity: dict | None = None, scaler=None) -> Path:
     """Write ``checkpoints/step-<step>`` atomically. Every process calls it (each saves its RNG state);
     rank 0 writes the shared files, their checksums and ``identity`` into ``state.json``, then renames.
+    ``scaler``: fp16's gradient scaler (``accelerator.scaler``), saved as ``grad_scaler.pt`` when given.
     ``barrier`` synchronises processes when given. Non-finite weights or optimizer state are refused
     (:class:`NonFiniteLossError`, nothing written); a failed write is one line and leaves no ``.tmp``."""
     root = Path(output_dir) / CKPT_DIR
@@ -147,6 +151,8 @@ def save_checkpoint(output_dir: str | Path, task: torch.nn.Module, optimizer, sc
             save_file(weights, str(tmp / "weights.safetensors"))
             torch.save(opt_state, tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            if scaler is not None:  # its scale and growth tracker: a resume must not restart them at 65536 / 0
+                torch.save(scaler.state_dict(), tmp / SCALER_FILE)
         if barrier:
             barrier()
         if rank == 0:
@@ -278,7 +284,7 @@ def _check_scheduler_state(path: Path, saved, scheduler) -> None:
 
 
 def load_checkpoint(path: str | Path, task: torch.nn.Module, optimizer, scheduler, *, rank: int = 0,
-                    world_size: int = 1, identity: dict | None = None) -> dict:
+                    world_size: int = 1, identity: dict | None = None, scaler=None) -> dict:
     """Restore task/optimizer/scheduler/RNG from ``path``; returns the saved trainer state.
 
     Raises :class:`DamagedCheckpoint` when a file is missing, unreadable, not what was written (checksum),
@@ -301,9 +307,12 @@ def load_checkpoint(path: str | Path, task: torch.nn.Module, optimizer, schedule
                               "written with, or start over with --overwrite")
     _check_optimizer_state(path, opt, optimizer)
     _check_scheduler_state(path, sched, scheduler)
+    scaler_state = _safe_load(path / SCALER_FILE) if scaler is not None and (path / SCALER_FILE).is_file() else None
     try:
         optimizer.load_state_dict(opt)
         scheduler.load_state_dict(sched)
+        if scaler_state is not None:  # a checkpoint without one (bf16 / fp32, or older) keeps the scaler's start
+            scaler.load_state_dict(scaler_state)
         set_rng_state(rng)
     except (KeyError, ValueError, TypeError, IndexError, RuntimeError, AttributeError) as e:
         raise DamagedCheckpoint(f"{path}: optimizer, scheduler or RNG state does not load ({type(e).__name__}: "
@@ -313,7 +322,8 @@ def load_checkpoint(path: str | Path, task: torch.nn.Module, optimizer, schedule
 
 
 def load_latest_intact(output_dir: str | Path, task: torch.nn.Module, optimizer, scheduler, *, rank: int = 0,
-                       world_size: int = 1, identity: dict | None = None) -> tuple[Path | None, dict | None]:
+                       world_size: int = 1, identity: dict | None = None,
+                       scaler=None) -> tuple[Path | None, dict | None]:
     """Load the newest intact checkpoint; damaged newer ones are moved aside to ``*.damaged`` with a
     warning (so they are never picked up or pruned in place of good ones). Returns ``(path, state)``,
     ``(None, None)`` when there is no checkpoint; raises :class:`CheckpointError` when every one is damaged
@@ -323,7 +333,7 @@ def load_latest_intact(output_dir: str | Path, task: torch.nn.Module, optimizer,
     for path in reversed(ckpts):
         try:
             return path, load_checkpoint(path, task, optimizer, scheduler, rank=rank, world_size=world_size,
-                                         identity=identity)
+                                         identity=identity, scaler=scaler)
         except DamagedCheckpoint as e:
             damaged.append(str(e))
             log.warning("--resume: %s; falling back to the previous checkpoint", e)

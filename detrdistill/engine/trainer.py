@@ -144,7 +144,8 @@ class Run:
         save_checkpoint(self.out_dir, self.task, self.optimizer, self.scheduler,
                         {**st, "epoch": st["step"] // self.steps_per_epoch}, rank=self.accelerator.process_index,
                         world_size=self.world, keep=self.cfg.train.keep_checkpoints,
-                        barrier=self.accelerator.wait_for_everyone, identity=self.identity)
+                        barrier=self.accelerator.wait_for_everyone, identity=self.identity,
+                        scaler=getattr(self.accelerator, "scaler", None))
 
     def export(self, path: Path) -> None:
         """Publish the deployable model (weights, config and image processor together, atomically) at ``path``."""
@@ -169,7 +170,8 @@ def _resume_state(run_dir: Path, task, optimizer, scheduler, accelerator, resume
     state = {"step": 0, "elapsed_s": 0.0, "cpu_s": 0.0, "stopped_early": False}
     if resume:
         ckpt, loaded = load_latest_intact(run_dir, task, optimizer, scheduler, rank=accelerator.process_index,
-                                          world_size=accelerator.num_processes, identity=identity)
+                                          world_size=accelerator.num_processes, identity=identity,
+                                          scaler=getattr(accelerator, "scaler", None))
         if ckpt is None:
             log.warning("--resume: no checkpoint in %s; starting from scratch", run_dir / "checkpoints")
         else:
