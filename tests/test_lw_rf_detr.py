@@ -325,3 +325,27 @@ def test_teacher_queries_are_the_first_group_of_an_eval_forward():
     assert isinstance(q, QueryGroup) and q.content.shape == (2, NQ, 64) and q.reference.shape == (2, NQ, 4)
     torch.testing.assert_close(q.content[0], teacher.model.model.query_feat.weight[:NQ])
     assert not torch.allclose(q.reference[0], q.reference[1])  # per image
+
+
+@pytest.mark.parametrize("name", ["lw_detr", "rf_detr"])
+def test_the_plain_models_eval_loss_is_over_its_one_group(name):
+    """In eval mode the model decodes one group of queries, but transformers' loss splits them into group_detr
+    groups by its own training flag: under one_group_in_eval the eval loss is the one-group loss (what
+    DETRDistiller.student_forward and DistillationTrainer's evaluation report)."""
+    from detrdistill.models.adapters.lw_detr_base import one_group_in_eval
+
+    a = make_adapter(name).eval()
+    assert a.model.config.group_detr > 1
+    pix, mask, targets = batch(name=name)
+    with torch.no_grad():
+        split = a.model(pix, pixel_mask=mask, labels=targets).loss
+        with one_group_in_eval(a.model):
+            ours = a.model(pix, pixel_mask=mask, labels=targets).loss
+        groups = a.model.config.group_detr
+        a.model.config.group_detr = 1
+        want = a.model(pix, pixel_mask=mask, labels=targets).loss
+        a.model.config.group_detr = groups
+    assert torch.equal(ours, want) and not torch.allclose(split, want)
+    a.train()
+    with one_group_in_eval(a.model):  # train mode: nothing changes
+        assert a.model.config.group_detr == groups

@@ -278,10 +278,13 @@ class DETRDistiller(nn.Module):
         ``pred_boxes``, the latter as the model predicts them: for a model that never reads the pixel mask, e.g.
         RT-DETR or D-FINE, fractions of the padded input; with labels also its own transformers ``loss`` /
         ``loss_dict``, the labels given in the model's frame, :meth:`model_labels`). Evaluation uses this."""
+        from ..models.adapters.lw_detr_base import one_group_in_eval
+
         kwargs = {} if pixel_mask is None else {"pixel_mask": pixel_mask}
         if labels is not None:
             kwargs["labels"] = self.model_labels(labels, pixel_values, pixel_mask, image_sizes)
-        return self.student_model(pixel_values=pixel_values, **kwargs)
+        with one_group_in_eval(self.student_model):  # LW-DETR / RF-DETR: transformers' eval loss otherwise splits
+            return self.student_model(pixel_values=pixel_values, **kwargs)
 
     # ------------------------------------------------------------------ training state
     def named_trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:

@@ -147,7 +147,9 @@ class DistillationTrainer(Trainer):
                                                       inputs.get("pixel_mask"), image_sizes)
         if ignore_keys is None:
             ignore_keys = getattr(student.config, "keys_to_ignore_at_inference", ["cache"])
-        with self.accelerator.autocast():
+        from ..models.adapters.lw_detr_base import one_group_in_eval
+
+        with self.accelerator.autocast(), one_group_in_eval(student):  # LW-DETR / RF-DETR's eval loss: one group
             return super().prediction_step(student, inputs, prediction_loss_only, ignore_keys)
 
     # ------------------------------------------------------------------ saving / loading

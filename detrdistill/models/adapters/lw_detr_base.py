@@ -41,7 +41,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Iterator
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ...errors import ConfigError, InputSizeError, ModelError, NoQueryTableError
 from ..families import InputSides, family_spec
@@ -212,6 +212,23 @@ class LwDetrBaseAdapter(DetectorAdapter):
         finally:
             for k, c in configs.items():
                 c.group_detr = before[k]
+
+
+@contextmanager
+def one_group_in_eval(model: nn.Module) -> Iterator[None]:
+    """For one call of a plain LW-DETR / RF-DETR model with labels in eval mode: ``config.group_detr = 1``. The model
+    then decodes one group, but transformers' loss splits its queries into ``group_detr`` groups by its own training
+    flag (always True), so its eval loss would be wrong. Nothing changes in train mode or for other models."""
+    configs = {} if model.training else {id(m.config): m.config for m in model.modules()
+                                         if hasattr(getattr(m, "config", None), "group_detr")}
+    before = {k: c.group_detr for k, c in configs.items()}
+    try:
+        for c in configs.values():
+            c.group_detr = 1
+        yield
+    finally:
+        for k, c in configs.items():
+            c.group_detr = before[k]
 
 
 # ----------------------------------------------------------------------------------------------- config mapping
