@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import re
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Iterator
 
 import torch
@@ -198,29 +198,16 @@ class LwDetrBaseAdapter(DetectorAdapter):
             dec = self._decoder()(inputs_embeds=g.content, reference_points=g.reference, **memory)
         return self._heads(dec.intermediate_hidden_states, g.reference)
 
-    @contextmanager
-    def _one_group(self) -> Iterator[None]:
+    def _one_group(self):
         """``group_detr = 1`` on the decoder's config(s) for one call: in train mode the decoder's self-attention
         splits its queries into ``group_detr`` equal blocks; an extra group is one block."""
-        configs = {id(m.config): m.config for m in self._decoder().modules()
-                   if hasattr(getattr(m, "config", None), "group_detr")}
-        before = {k: c.group_detr for k, c in configs.items()}
-        try:
-            for c in configs.values():
-                c.group_detr = 1
-            yield
-        finally:
-            for k, c in configs.items():
-                c.group_detr = before[k]
+        return _group_detr_one(self._decoder())
 
 
 @contextmanager
-def one_group_in_eval(model: nn.Module) -> Iterator[None]:
-    """For one call of a plain LW-DETR / RF-DETR model with labels in eval mode: ``config.group_detr = 1``. The model
-    then decodes one group, but transformers' loss splits its queries into ``group_detr`` groups by its own training
-    flag (always True), so its eval loss would be wrong. Nothing changes in train mode or for other models."""
-    configs = {} if model.training else {id(m.config): m.config for m in model.modules()
-                                         if hasattr(getattr(m, "config", None), "group_detr")}
+def _group_detr_one(module: nn.Module) -> Iterator[None]:
+    """``group_detr = 1`` on every config under ``module`` that has one, restored after the block."""
+    configs = {id(m.config): m.config for m in module.modules() if hasattr(getattr(m, "config", None), "group_detr")}
     before = {k: c.group_detr for k, c in configs.items()}
     try:
         for c in configs.values():
@@ -229,6 +216,13 @@ def one_group_in_eval(model: nn.Module) -> Iterator[None]:
     finally:
         for k, c in configs.items():
             c.group_detr = before[k]
+
+
+def one_group_in_eval(model: nn.Module):
+    """For one call of a plain LW-DETR / RF-DETR model with labels in eval mode: ``config.group_detr = 1``. The model
+    then decodes one group, but transformers' loss splits its queries into ``group_detr`` groups by its own training
+    flag (always True), so its eval loss would be wrong. Nothing changes in train mode or for other models."""
+    return nullcontext() if model.training else _group_detr_one(model)
 
 
 # ----------------------------------------------------------------------------------------------- config mapping
