@@ -12,6 +12,7 @@ from PIL import Image
 
 from detrdistill import DETRDistiller, DistillConfig
 from detrdistill.data.labels import coco_to_labels, to_targets
+from detrdistill.models.adapters.base import padded_targets_to_real_frame
 from detrdistill.models.build import build_model
 from tests.registry_models import tiny_family_cfg
 from tests import test_api
@@ -43,18 +44,22 @@ def test_a_padding_processors_boxes_are_taken_to_the_real_frame(processed):
     real = coco_to_labels(COCO, SIZES, CATEGORY_IDS)
     padded = [t["boxes"] for t in processed["labels"]]
     assert not torch.allclose(padded[0], real[0]["boxes"])  # the processor's frame is not the project's
-    got = to_targets(processed["labels"], pixel_mask=processed["pixel_mask"], input_size=(96, 96))
+    mask = processed["pixel_mask"]
+
+    def to_real(labels):
+        return padded_targets_to_real_frame(to_targets(labels), mask)
+
+    got = to_real(processed["labels"])
     for g, r in zip(got, real):
         torch.testing.assert_close(g["boxes"], r["boxes"])
     assert [g["size"].tolist() for g in got] == [[48, 96], [96, 48]]
-    again = to_targets(got, pixel_mask=processed["pixel_mask"], input_size=(96, 96))  # size is now the real one
+    again = to_real(got)  # size is now the real one
     assert all(torch.equal(a["boxes"], g["boxes"]) for a, g in zip(again, got))
     # a label without `size`, or one whose size is not the input's, is taken as real-frame already
     plain = [{k: v for k, v in t.items() if k != "size"} for t in processed["labels"]]
-    assert all(torch.equal(a["boxes"], b) for a, b in
-               zip(to_targets(plain, pixel_mask=processed["pixel_mask"], input_size=(96, 96)), padded))
-    assert all(torch.equal(a["boxes"], b) for a, b in
-               zip(to_targets(processed["labels"], pixel_mask=processed["pixel_mask"], input_size=(128, 96)), padded))
+    assert all(torch.equal(a["boxes"], b) for a, b in zip(to_real(plain), padded))
+    other = [{**t, "size": torch.tensor([128, 96])} for t in processed["labels"]]
+    assert all(torch.equal(a["boxes"], b) for a, b in zip(to_real(other), padded))
 
 
 @pytest.mark.parametrize("family", ["d_fine", "deformable_detr"])

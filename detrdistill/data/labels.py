@@ -6,10 +6,9 @@
   ``*ForObjectDetection(labels=...)`` takes): a dict with ``class_labels`` (int [T], the 0-based label index) and
   ``boxes`` (float [T, 4], (cx, cy, w, h) divided by the image's width / height, so in [0, 1]). Other keys
   (``image_id``, ``area``, ``orig_size`` ...) are kept as they are. A processor that pads (``do_pad``) divides
-  the boxes by the PADDED size instead, and says so in the label's ``size`` (the padded height, width): a label
-  whose ``size`` is the batch's input size (``pixel_values``' H, W) while its image is smaller (the pixel mask) has
-  its boxes taken back to fractions of the image's real pixels, the frame every loss here reads
-  (:func:`to_real_frame`).
+  the boxes by the PADDED size instead, and says so in the label's ``size`` (the padded height, width): the Python
+  API takes those back to fractions of each image's real pixels, the frame every loss here reads
+  (:func:`detrdistill.models.adapters.base.padded_targets_to_real_frame`).
 * **COCO**: a list of COCO annotation dicts with ``bbox`` [x, y, w, h] in pixels and ``category_id`` (``iscrowd``
   optional), or the image processors' input form ``{"image_id": ..., "annotations": [...]}``. Converting needs
   ``image_sizes``: each image's (height, width) in the pixels its ``bbox`` values use (the image as the annotation
@@ -30,7 +29,7 @@ from torch import Tensor
 
 from ..errors import LabelsError
 
-__all__ = ["coco_to_labels", "to_targets", "to_real_frame", "is_coco_format"]
+__all__ = ["coco_to_labels", "to_targets", "is_coco_format"]
 
 BOX_TOLERANCE = 1e-3  # normalised boxes a processor produced may overshoot [0, 1] by rounding
 
@@ -171,37 +170,11 @@ def _check_ranges(targets: list[dict[str, Any]], num_classes: int | None) -> Non
                       f"{sorted(set(c.tolist()))[:8]}")
 
 
-def to_real_frame(targets: list[dict[str, Any]], pixel_mask: Tensor | None, input_size: Sequence[int]) -> list[dict]:
-    """Transformers targets whose ``size`` is the padded input (``input_size`` = (H, W) of ``pixel_values``) while
-    the image's real pixels (``pixel_mask``: rows / columns holding a real pixel) are fewer: boxes times
-    (W / w, H / h), ``size`` set to (h, w). That is how a padding image processor's labels come (their boxes are
-    fractions of the padded canvas); every other target is returned as it is."""
-    if pixel_mask is None:
-        return targets
-    H, W = (int(v) for v in input_size)
-    real = pixel_mask.bool()
-    rows, cols = real.any(dim=2).sum(dim=1).tolist(), real.any(dim=1).sum(dim=1).tolist()
-    out = []
-    for t, h, w in zip(targets, rows, cols):
-        size = t.get("size")
-        size = [int(v) for v in (size.tolist() if isinstance(size, Tensor) else size)] if size is not None else None
-        if size != [H, W] or (h, w) == (H, W) or not h or not w:
-            out.append(t)
-            continue
-        factor = t["boxes"].new_tensor([W / w, H / h, W / w, H / h])
-        new_size = torch.tensor([h, w], dtype=torch.long, device=t["size"].device) if isinstance(t["size"], Tensor) \
-            else [h, w]
-        out.append({**t, "boxes": t["boxes"] * factor, "size": new_size})
-    return out
-
-
 def to_targets(labels: Sequence, image_sizes: Any = None, category_ids: Sequence[int] | None = None,
                num_classes: int | None = None, batch_size: int | None = None,
-               device: torch.device | str | None = None, pixel_mask: Tensor | None = None,
-               input_size: Sequence[int] | None = None) -> list[dict[str, Any]]:
+               device: torch.device | str | None = None) -> list[dict[str, Any]]:
     """Labels in either format (see the module docstring) -> transformers targets on ``device``, checked: one per
-    image (``batch_size``), labels below ``num_classes``, boxes normalised, as fractions of each image's real
-    pixels (a padding processor's labels are taken there when ``pixel_mask`` and ``input_size`` are given)."""
+    image (``batch_size``), labels below ``num_classes``, boxes normalised."""
     if labels is None:
         raise LabelsError("labels are required to distil (the losses match predictions to them); pass labels=")
     if isinstance(labels, Mapping) or not isinstance(labels, Sequence):
@@ -213,7 +186,5 @@ def to_targets(labels: Sequence, image_sizes: Any = None, category_ids: Sequence
     else:
         targets = [_as_target(t, i) for i, t in enumerate(labels)]
         _check_ranges(targets, num_classes)
-        if input_size is not None:
-            targets = to_real_frame(targets, pixel_mask, input_size)
     return [{k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) and device is not None else v)
              for k, v in t.items()} for t in targets]

@@ -237,15 +237,16 @@ class DETRDistiller(nn.Module):
 
     # ------------------------------------------------------------------ one step
     def targets(self, labels: Sequence, image_sizes: Any = None, batch_size: int | None = None,
-                device=None, pixel_mask: Tensor | None = None, input_size: Sequence[int] | None = None) -> list[dict]:
+                device=None, pixel_mask: Tensor | None = None) -> list[dict]:
         """``labels`` (transformers or COCO format, see :mod:`detrdistill.data.labels`) as transformers targets
-        on ``device``, checked against the student's classes, boxes as fractions of each image's real pixels (a
-        padding processor's labels are taken there when ``pixel_mask`` and ``input_size``, the batch's (H, W), are
-        given)."""
+        on ``device``, checked against the student's classes, boxes as fractions of each image's real pixels (with
+        ``pixel_mask``, a padding processor's labels are taken there: their ``size`` is the mask's H x W)."""
         from ..data.labels import to_targets
+        from ..models.adapters.base import padded_targets_to_real_frame
 
-        return to_targets(labels, image_sizes, self.category_ids, num_classes=self.distiller.student.num_classes,
-                          batch_size=batch_size, device=device, pixel_mask=pixel_mask, input_size=input_size)
+        targets = to_targets(labels, image_sizes, self.category_ids, num_classes=self.distiller.student.num_classes,
+                             batch_size=batch_size, device=device)
+        return padded_targets_to_real_frame(targets, pixel_mask)
 
     def model_labels(self, labels: Sequence, pixel_values: Tensor, pixel_mask: Tensor | None = None,
                      image_sizes: Any = None) -> list[dict]:
@@ -255,8 +256,7 @@ class DETRDistiller(nn.Module):
         from ..models.adapters.base import padded_frame_scale, targets_in_padded_frame
         from ..models.families import family_spec
 
-        targets = self.targets(labels, image_sizes, pixel_values.shape[0], pixel_values.device, pixel_mask,
-                               pixel_values.shape[-2:])
+        targets = self.targets(labels, image_sizes, pixel_values.shape[0], pixel_values.device, pixel_mask)
         if pixel_mask is None or "pixel_mask" in family_spec(self.distiller.student.family).capabilities:
             return targets
         return targets_in_padded_frame(targets, padded_frame_scale(pixel_mask))
@@ -266,8 +266,7 @@ class DETRDistiller(nn.Module):
         """pixel_values [B, 3, H, W] as the student's processor made them; pixel_mask [B, H, W] (1 = real pixel,
         None = all real); labels: B entries, transformers targets or COCO annotation lists; image_sizes: [B, 2]
         (height, width) of each image in the pixels of its COCO ``bbox`` values (COCO labels only)."""
-        targets = self.targets(labels, image_sizes, pixel_values.shape[0], pixel_values.device, pixel_mask,
-                               pixel_values.shape[-2:])
+        targets = self.targets(labels, image_sizes, pixel_values.shape[0], pixel_values.device, pixel_mask)
         out = self.distiller(pixel_values, pixel_mask, targets, self.criterion)
         return DETRDistillerOutput(loss=out.loss, losses=out.loss_dict, student_outputs=out.student,
                                    teacher_outputs=out.teacher, parts=out.parts)

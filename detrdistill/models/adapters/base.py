@@ -52,6 +52,7 @@ __all__ = [
     "boxes_to_real_frame",
     "scaled_to_real_frame",
     "targets_in_padded_frame",
+    "padded_targets_to_real_frame",
 ]
 
 
@@ -178,6 +179,28 @@ def targets_in_padded_frame(targets: list[dict], scale: Tensor | None) -> list[d
     if scale is None:
         return targets
     return [{**t, "boxes": t["boxes"] * s.to(t["boxes"])} for t, s in zip(targets, scale)]
+
+
+def padded_targets_to_real_frame(targets: list[dict], pixel_mask: Tensor | None) -> list[dict]:
+    """Targets whose ``size`` is the padded input (the H x W of ``pixel_mask``), as a padding transformers image
+    processor makes them (their boxes are fractions of that canvas): boxes divided by the image's
+    :func:`padded_frame_scale` row (fractions of its real pixels, the frame every loss reads) and ``size`` set to
+    the real one. Every other target (no ``size``, another one, an image without a real pixel) as it is."""
+    scale = None if pixel_mask is None else padded_frame_scale(pixel_mask)
+    if scale is None:
+        return targets
+    H, W = pixel_mask.shape[-2:]
+    has_pixels = pixel_mask.flatten(1).any(1).tolist()
+    out = []
+    for t, s, real in zip(targets, scale, has_pixels):
+        size = t.get("size")
+        if not real or size is None or [int(v) for v in size] != [H, W]:
+            out.append(t)
+            continue
+        hw = [round(float(s[1]) * H), round(float(s[0]) * W)]
+        out.append({**t, "boxes": t["boxes"] / s.to(t["boxes"]),
+                    "size": torch.tensor(hw, dtype=torch.long, device=size.device) if isinstance(size, Tensor) else hw})
+    return out
 
 
 class ModuleInputCapture:
