@@ -15,7 +15,8 @@ from detrdistill import DETRDistiller, DistillConfig
 from detrdistill.data.transforms import IMAGENET_MEAN, IMAGENET_STD, pil_to_tensor
 from detrdistill.distillation.teacher_pixels import build_teacher_pixels
 from detrdistill.models.pixel_norm import PixelNorm, warn_pretrained_pixels, with_class_defaults
-from tests.test_distiller import make, model_cfg
+from detrdistill.models.build import build_model
+from tests.test_distiller import ID2LABEL, make, model_cfg
 from tests.test_teacher_pixels import STUDENT
 
 RTDETR_FILE = {"image_processor_type": "RTDetrImageProcessor", "size": {"height": 640, "width": 640}}
@@ -56,3 +57,10 @@ def test_fine_tuning_a_checkpoint_trained_on_other_pixels_is_one_warning(tmp_pat
             "image_std": list(IMAGENET_STD)}
     (folder / "preprocessor_config.json").write_text(json.dumps(ours))
     assert not warn_pretrained_pixels(str(folder)) and not warn_pretrained_pixels(None)
+    # building a model to fine-tune from that checkpoint says it, once, with the checkpoint named
+    (folder / "preprocessor_config.json").write_text(json.dumps(RTDETR_FILE))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="detrdistill"):
+        build_model(model_cfg().model_copy(update={"pretrained": str(folder)}), ID2LABEL)
+    said = [r.getMessage() for r in caplog.records if "was trained on pixels normalised" in r.getMessage()]
+    assert len(said) == 1 and str(folder) in said[0]

@@ -50,8 +50,6 @@ class DistillTask(nn.Module):
         from ..models.pretrained import resolve_model
 
         student = get_adapter(build_model(cfg.model, id2label))  # first: the seed's draws initialise the student
-        from ..models.pixel_norm import warn_pretrained_pixels
-        warn_pretrained_pixels(cfg.model.pretrained)
         if not cfg.distill.teacher:
             raise ConfigError("distill.teacher is not set: give the teacher's model directory (--teacher DIR)")
         source = resolve_model(cfg.distill.teacher, what="distill.teacher")

@@ -30,12 +30,10 @@ class DetectionTask(nn.Module):
     @classmethod
     def from_config(cls, cfg: Config, id2label: dict[int, str]) -> "DetectionTask":
         """The detector of ``cfg.model`` for the dataset's classes and its criterion under ``cfg.loss``."""
-        from detrdistill.models.pixel_norm import warn_pretrained_pixels
         from detrdistill.models.build import build_model
         from detrdistill.models.families import get_adapter
 
         student = get_adapter(build_model(cfg.model, id2label))
-        warn_pretrained_pixels(cfg.model.pretrained)
         return cls(student, student_criterion(cfg.loss, student))
 
     @property

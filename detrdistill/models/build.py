@@ -61,8 +61,12 @@ def build_model(model_cfg: ModelConfig, id2label: dict[int, str] | None = None) 
     re-headed by class name (one log line). Unknown ``hf_overrides`` keys raise ValueError.
     """
     if model_cfg.pretrained:
-        model = _load_pretrained(model_cfg.pretrained, id2label=id2label, expect_family=model_cfg.family,
-                                 relabel=True)
+        from .pixel_norm import warn_pretrained_pixels
+        from .pretrained import resolve_model
+
+        source = resolve_model(model_cfg.pretrained, what="model.pretrained")
+        model = _load_pretrained(source, id2label=id2label, expect_family=model_cfg.family, relabel=True)
+        warn_pretrained_pixels(source)  # fine-tuned on the data pipeline's pixels: said when they are not its own
     else:
         if not id2label:
             raise ModelError("build_model: id2label (class id -> name) is required to build a model from scratch")

@@ -75,16 +75,20 @@ def with_class_defaults(d: dict) -> dict:
     return filled
 
 
-def warn_pretrained_pixels(pretrained: str | None, what: str = "model.pretrained") -> bool:
-    """A checkpoint fine-tuned here (``model.pretrained``) whose ``preprocessor_config.json`` normalises pixels
-    otherwise than the data pipeline (ImageNet mean / std of [0, 1] pixels) is trained on inputs its first layers
-    never saw: warn once, naming both. Returns whether it warned (False: no checkpoint, no file, or the same)."""
+def warn_pretrained_pixels(pretrained, what: str = "model.pretrained") -> bool:
+    """A checkpoint fine-tuned here (``model.pretrained``: a name, or the
+    :class:`~detrdistill.models.pretrained.ModelSource` it was already resolved to) whose
+    ``preprocessor_config.json`` normalises pixels otherwise than the data pipeline (ImageNet mean / std of [0, 1]
+    pixels) is trained on inputs its first layers never saw: warn once, naming both. Returns whether it warned
+    (False: no checkpoint, no file, or the same)."""
     if not pretrained:
         return False
     from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
-    from .pretrained import resolve_model
+    from .pretrained import ModelSource, resolve_model
 
-    config = resolve_model(pretrained, what=what).read_json("preprocessor_config.json")
+    source = pretrained if isinstance(pretrained, ModelSource) else resolve_model(pretrained, what=what)
+    pretrained = source.name
+    config = source.read_json("preprocessor_config.json")
     if not config:
         return False
     ours = PixelNorm(tuple(IMAGENET_MEAN), tuple(IMAGENET_STD), 1.0)
