@@ -218,9 +218,9 @@ def _setup_claimed(cfg: Config, task_type: TaskType, accelerator, out_dir: Path,
     commit_output_dir(cfg, accelerator, task_type, replace)  # every check passed: the run's first writes
     from detrdistill.engine.tracking import start_trackers  # train.report_to, beside metrics.jsonl
     metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=main, on_write=start_trackers(cfg, accelerator, task_type.name))
+    budget_s = cfg.train.time_budget_min * 60 if cfg.train.time_budget_min else math.inf
     if state["step"] > 0:
-        budget = cfg.train.time_budget_min * 60 if cfg.train.time_budget_min else None
-        if "planned_total" in state and state.get("plan_inputs") != [total, budget]:
+        if "planned_total" in state and state.get("plan_inputs") != [total, budget_s]:
             # resumed with another length or budget (allowed): plan again from this run's step times
             log.info("--resume with another train.max_steps / time_budget_min: the time budget plans again")
             del state["planned_total"]
@@ -231,7 +231,6 @@ def _setup_claimed(cfg: Config, task_type: TaskType, accelerator, out_dir: Path,
     loader, _ = train_loader(train_ds, collate_fn, cfg.train.batch_size, cfg.train.seed, rank, world,
                              cfg.data.num_workers, start_step=state["step"])
     model, optimizer = accelerator.prepare(task, optimizer)
-    budget_s = cfg.train.time_budget_min * 60 if cfg.train.time_budget_min else math.inf
     from detrdistill.engine.run_summary import summary_lines
     summary = summary_lines(cfg, out_dir, len(train_ds), len(val_ds) if val_ds is not None else None,
                             steps_per_epoch, state["step"], plan["total"], task, accelerator)
