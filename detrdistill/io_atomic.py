@@ -136,7 +136,8 @@ def write_guard(folder: str | Path, what: str, *, need: int | None = None,
         raise
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Flush ``folder``'s entries (a rename into it) to disk; best effort where the platform refuses."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -164,5 +165,5 @@ def write_atomic(path: str | Path, data: str | bytes, *, encoding: str = "utf-8"
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path

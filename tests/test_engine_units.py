@@ -1,14 +1,16 @@
 """Engine pieces without training: COCO evaluation, lr schedule, param groups, checkpoints, sampler."""
 import itertools
 import json
+import os
 import random
+from pathlib import Path
 
 import pytest
 import torch
 from pycocotools.coco import COCO
 
 from detrdistill.config import OptimConfig
-from detrdistill.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from detrdistill.engine.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from detrdistill.engine.evaluator import STAT_KEYS, coco_stats, postprocess, to_coco_results
 from detrdistill.engine.loading import SeededDataset, StepSampler
 from detrdistill.engine.optim import build_optimizer, build_scheduler, lr_factor
@@ -221,3 +223,41 @@ def test_time_budget_fixes_the_schedule_length():
     state, plan = {"step": 30, "elapsed_s": 1.0}, {"total": 100}
     _plan_to_budget(state, plan, budget_s=100.0, per_step=0.01, accelerator=OneProcess())
     assert plan["total"] == 100  # a budget never lengthens a run
+
+
+def test_a_crash_while_saving_the_same_step_again_keeps_that_step(tmp_path, monkeypatch):
+    """A time-budget stop right after a periodic save writes the same step twice, with keep=1 the only copy: a
+    crash between moving the old copy aside and renaming the new one in must leave a loadable ``step-<N>``."""
+    import detrdistill.engine.checkpoint as ckpt
+
+    net, cfg = torch.nn.Linear(3, 2), OptimConfig(warmup_steps=2)
+    opt = build_optimizer(net, cfg)
+    sched = build_scheduler(opt, 10, cfg)
+    save_checkpoint(tmp_path, net, opt, sched, {"step": 4, "elapsed_s": 0.0}, keep=1)
+    real_replace, calls = os.replace, []
+
+    def crash_on_publish(src, dst):
+        if not Path(dst).name.startswith("step-"):  # state.json's own atomic write
+            return real_replace(src, dst)
+        calls.append(Path(dst).name)
+        if Path(src).name.endswith(".tmp"):
+            raise KeyboardInterrupt  # killed between the two renames
+        real_replace(src, dst)
+
+    monkeypatch.setattr(ckpt.os, "replace", crash_on_publish)
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, net, opt, sched, {"step": 4, "elapsed_s": 1.0}, keep=1)
+    monkeypatch.setattr(ckpt.os, "replace", real_replace)
+    assert calls == ["step-00000004.replaced", "step-00000004"]
+    found = list_checkpoints(tmp_path)
+    assert [p.name for p in found] == ["step-00000004.replaced"]  # the old copy stands in for the step
+    net2 = torch.nn.Linear(3, 2)
+    assert load_checkpoint(found[0], net2, build_optimizer(net2, cfg), build_scheduler(opt, 10, cfg))["step"] == 4
+    assert not torch.equal(net2.weight, net.weight)  # the copy published before the crash, not the new one
+    # the next save of that step publishes the new copy and removes the stand-in
+    save_checkpoint(tmp_path, net, opt, sched, {"step": 4, "elapsed_s": 1.0}, keep=1)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000004"]
+    load_checkpoint(latest_checkpoint(tmp_path), net2, build_optimizer(net2, cfg), build_scheduler(opt, 10, cfg))
+    assert torch.equal(net2.weight, net.weight)

@@ -16,7 +16,8 @@ beyond plain containers and tensors. Format 1 (no ``format`` key: numpy arrays p
 still loads: its numpy state is read with only numpy's array-rebuilding functions allowed.
 
 A checkpoint is written into ``step-<N>.tmp`` and renamed when complete, so a crash never leaves a
-half-written checkpoint that ``--resume`` could pick up; a write that fails (a full disk: whatever torch or
+half-written checkpoint that ``--resume`` could pick up (a second save of one step moves the first aside to
+``step-<N>.replaced`` until the new one is in, so a crash between the renames still leaves that step); a write that fails (a full disk: whatever torch or
 safetensors raise) removes ``step-<N>.tmp`` and is one line (:func:`detrdistill.io_atomic.write_guard`).
 Weights or optimizer state holding NaN / inf are never written: the run stops with
 :class:`~detrdistill.errors.NonFiniteLossError` instead. ``state.json`` lists the SHA-256 of every other file
@@ -45,7 +46,7 @@ from safetensors.torch import load_file, save_file
 
 from detrdistill.engine.task import checkpoint_state, load_checkpoint_state
 from detrdistill.errors import CheckpointError, NonFiniteLossError
-from detrdistill.io_atomic import tensor_bytes, write_atomic, write_guard
+from detrdistill.io_atomic import fsync_dir, tensor_bytes, write_atomic, write_guard
 from detrdistill.state_loading import state_mismatch
 
 log = logging.getLogger("detrdistill")
@@ -53,6 +54,7 @@ log = logging.getLogger("detrdistill")
 CKPT_DIR = "checkpoints"
 FORMAT = 2
 _STEP_DIR = re.compile(r"^step-\d+$")
+_REPLACED = ".replaced"
 
 
 class DamagedCheckpoint(CheckpointError):
@@ -163,9 +165,15 @@ def save_checkpoint(output_dir: str | Path, task: torch.nn.Module, optimizer, sc
                 files[f.name] = sha256_file(f)
             write_atomic(tmp / "state.json", json.dumps({**state, "world_size": world_size, "format": FORMAT,
                                                          "files": files, "identity": identity or {}}, indent=1))
+            # a same-step checkpoint (a time-budget stop right after a periodic save) is moved aside, not
+            # deleted first: a crash between the two steps still leaves one published copy of this step
+            replaced = final.with_name(final.name + _REPLACED)
             if final.exists():
-                shutil.rmtree(final)
+                shutil.rmtree(replaced, ignore_errors=True)
+                os.replace(final, replaced)
             os.replace(tmp, final)
+            fsync_dir(root)  # the rename itself survives a power cut
+            shutil.rmtree(replaced, ignore_errors=True)
     if rank == 0:
         for old in list_checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
@@ -176,12 +184,17 @@ def save_checkpoint(output_dir: str | Path, task: torch.nn.Module, optimizer, sc
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
     """Published checkpoints (``step-<N>`` with a ``state.json``), oldest first; ``*.tmp`` and
-    ``*.damaged`` folders are left out."""
+    ``*.damaged`` folders are left out. A ``step-<N>.replaced`` (the copy a same-step save moved aside, left
+    by a crash before its successor was renamed in) stands for ``step-<N>`` when that is missing."""
     root = Path(output_dir) / CKPT_DIR
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir()
-                  if p.is_dir() and _STEP_DIR.match(p.name) and (p / "state.json").is_file())
+    found: dict[str, Path] = {}
+    for p in sorted(root.iterdir(), key=lambda q: q.name.endswith(_REPLACED)):  # step-<N> first
+        name = p.name[:-len(_REPLACED)] if p.name.endswith(_REPLACED) else p.name
+        if p.is_dir() and _STEP_DIR.match(name) and (p / "state.json").is_file():
+            found.setdefault(name, p)
+    return [found[k] for k in sorted(found)]
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
