@@ -36,6 +36,21 @@ def test_softmax_map_keeps_class_probabilities_and_no_object_last():
     torch.testing.assert_close(q[..., 3], p[..., [1, 3, 5]].sum(-1))  # no-object absorbs bicycle, dog
 
 
+def test_a_label_map_with_gaps_maps_by_logit_column():
+    """COCO checkpoints name 80 classes with ids up to 90 (91 class columns + no-object): every column the map does
+    not keep, named or not, goes to no-object; a map naming ids past the head is refused in one line."""
+    coco_gaps = {0: "person", 2: "car", 5: "dog", 7: "cat"}  # ids 1, 3, 4, 6 unnamed; 8 class columns
+    cmap = build_class_map(coco_gaps, DATASET, "softmax")
+    logits = torch.randn(2, 5, 9)  # 8 classes + no-object
+    p, q = logits.softmax(-1), cmap(logits).softmax(-1)
+    torch.testing.assert_close(q[..., :3], p[..., [7, 0, 2]])
+    torch.testing.assert_close(q[..., 3], p[..., [1, 3, 4, 5, 6, 8]].sum(-1))
+    torch.testing.assert_close(q.sum(-1), torch.ones(2, 5))
+    with pytest.raises(IncompatibleModelsError, match="names class id 7 but its classification head has 6") as e:
+        cmap(torch.randn(2, 5, 7))
+    assert "\n" not in str(e.value)
+
+
 def test_no_common_class_or_missing_classes_are_refused_in_one_line():
     with pytest.raises(IncompatibleModelsError, match="no class in common") as e:
         build_class_map(COCO_LIKE, {0: "circle", 1: "square"}, "sigmoid")
@@ -73,7 +88,7 @@ def test_every_term_sees_mapped_teacher_scores():
 
 
 def test_class_map_is_not_checkpointed():
-    cmap = ClassMap([1, 0], 3, softmax=False)
+    cmap = ClassMap([1, 0], softmax=False)
     assert dict(cmap.state_dict()) == {}
 
 

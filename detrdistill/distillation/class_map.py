@@ -31,22 +31,39 @@ log = logging.getLogger("detrdistill")
 
 
 class ClassMap(nn.Module):
-    """teacher logits [..., C_T (+1)] -> [..., C_S (+1)]; ``index[j]`` is the teacher class of student class j."""
+    """teacher logits [..., C_T (+1)] -> [..., C_S (+1)]; ``index[j]`` is the teacher class (logit column) of student
+    class j. The teacher's classes are its logits' columns (the last one no-object for a softmax teacher), not the
+    entries of its ``id2label``: a COCO checkpoint whose label map skips ids (80 names, ids up to 90, 91 columns)
+    keeps every column it does not map in no-object's mass."""
 
-    def __init__(self, index: list[int], num_teacher_classes: int, softmax: bool):
+    def __init__(self, index: list[int], softmax: bool):
         super().__init__()
         self.softmax = softmax
+        self.top = max(index)  # the highest teacher column read
         self.register_buffer("index", torch.tensor(index, dtype=torch.long), persistent=False)
-        dropped = sorted(set(range(num_teacher_classes)) - set(index))
-        if softmax:
-            dropped.append(num_teacher_classes)  # the no-object column absorbs the dropped classes
-        self.register_buffer("merged", torch.tensor(dropped, dtype=torch.long), persistent=False)
+        self._merged: dict[tuple[int, torch.device], Tensor] = {}  # by logits width and device
+
+    def merged(self, width: int, device: torch.device) -> Tensor:
+        """Columns whose probability goes to no-object: the unmapped classes and no-object itself (softmax)."""
+        key = (width, device)
+        if key not in self._merged:
+            classes = width - 1  # the last column is no-object
+            dropped = sorted(set(range(classes)) - set(self.index.tolist())) + [classes]
+            self._merged[key] = torch.tensor(dropped, dtype=torch.long, device=device)
+        return self._merged[key]
 
     def forward(self, logits: Tensor) -> Tensor:
+        classes = logits.shape[-1] - int(self.softmax)
+        top = self.top
+        if top >= classes:
+            raise IncompatibleModelsError(
+                f"the teacher's label map names class id {top} but its classification head has {classes} classes "
+                f"(logits of width {logits.shape[-1]}{', the last no-object' if self.softmax else ''}); its config's "
+                "id2label does not describe its head: fix id2label / num_labels in the teacher's config.json")
         kept = logits.index_select(-1, self.index)
         if not self.softmax:
             return kept
-        no_object = logits.index_select(-1, self.merged).logsumexp(-1, keepdim=True)
+        no_object = logits.index_select(-1, self.merged(logits.shape[-1], logits.device)).logsumexp(-1, keepdim=True)
         return torch.cat([kept, no_object], dim=-1)
 
 
@@ -81,7 +98,7 @@ def build_class_map(teacher_id2label: dict, student_id2label: dict, teacher_acti
              len(pairs), ", ".join(pairs[:8]), ", ..." if len(pairs) > 8 else "", len(dropped),
              f" ({_shown(dropped)})" if dropped else "",
              "; a softmax teacher's dropped classes count as no-object" if softmax and dropped else "")
-    return ClassMap(index, len(t_map), softmax=softmax)
+    return ClassMap(index, softmax=softmax)
 
 
 def _shown(names: list[str], limit: int = 6) -> str:
