@@ -86,6 +86,12 @@ METHODS: dict[str, Method] = {
     "detrdistill_quality_warmup": Method(True, ("distill.logits.class_loss=quality_focal",
                                                 "distill.logits.box_weighting=teacher_score",
                                                 "distill.warmup_steps=600")),
+    # the same, its terms falling linearly to 0 at half the run and the second half the student's alone (no
+    # teacher forward): the early speed-up of distillation at about 60 % of its cost
+    "detrdistill_quality_warmup_stop50": Method(True, ("distill.logits.class_loss=quality_focal",
+                                                       "distill.logits.box_weighting=teacher_score",
+                                                       "distill.warmup_steps=600", "distill.decay=linear",
+                                                       "distill.stop_at=0.5")),
 }
 # the protocol's order: the comparison first, then each DETRDistill term alone on the same seeds
 MAIN_METHODS = ["baseline", "detrdistill", "fitnet", "logit_kd", "logits", "feature", "query_prior"]

@@ -327,6 +327,13 @@ class DistillConfig(_Section):
     warmup_steps: int = Field(
         0, ge=0, description="the distillation terms ramp linearly from 0 to their full weight over the first N "
         "training steps (the student's own loss is never scaled); 0 = full weight from the first step (official)")
+    decay: Literal["none", "linear", "cosine"] = Field(
+        "none", description="after the warm-up the distillation terms fall to 0 at distill.stop_at: 'linear' or "
+        "'cosine'; 'none' = full weight until then (official)")
+    stop_at: float = Field(
+        1.0, gt=0, le=1, description="fraction of the training steps after which the student trains alone: no "
+        "teacher forward, no distillation term (the rest of the run costs what the student alone costs); "
+        "1 = distil to the end (official)")
     logits: LogitsDistillConfig = LogitsDistillConfig()
     feature: FeatureDistillConfig = FeatureDistillConfig()
     query_prior: QueryPriorDistillConfig = QueryPriorDistillConfig()

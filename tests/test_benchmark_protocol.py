@@ -379,6 +379,11 @@ def test_every_benchmark_method_resolves_to_a_valid_config_and_leave_one_out_dro
             assert (cfg.distill.logits.class_loss, cfg.distill.logits.box_weighting, cfg.distill.warmup_steps) == (
                 "quality_focal", "teacher_score", 600)
             assert all(getattr(cfg.distill, t).enabled for t in terms)
+        if name == "detrdistill_quality_warmup_stop50":  # the same plus the decay and stop, nothing else
+            qw = load_config("configs/cpu/bccd_d_fine_student.yaml",
+                             list(distill.METHODS["detrdistill_quality_warmup"].overrides))
+            assert (cfg.distill.decay, cfg.distill.stop_at) == ("linear", 0.5)
+            assert cfg.distill.model_copy(update={"decay": "none", "stop_at": 1.0}) == qw.distill
         if name.startswith("detrdistill_no_"):
             dropped = name.removeprefix("detrdistill_no_")
             assert {t: getattr(cfg.distill, t).enabled for t in terms} == {t: t != dropped for t in terms}, name

@@ -51,8 +51,8 @@ def test_the_distillation_warmup_follows_the_engine_step_across_a_resume(synth_d
     seen, scales = [], []
     set_step = DistillTask.set_step
 
-    def record(self, step):
-        set_step(self, step)
+    def record(self, step, total=None):
+        set_step(self, step, total)
         seen.append(step)
         scales.append(self.distiller.term_scale())
 
@@ -66,6 +66,29 @@ def test_the_distillation_warmup_follows_the_engine_step_across_a_resume(synth_d
     assert main(["distill", "--teacher", str(teacher_dir), "--resume",
                  *_sets(tiny_overrides(run, synth_dir, *common, "train.max_steps=5"))]) == 0
     assert seen == [2, 3, 4] and scales == [0.75, 1.0, 1.0]  # continues from the checkpoint, not from 0
+
+
+def test_stop_at_ends_distillation_and_the_teacher_forwards_at_its_step(synth_dir, teacher_dir, tmp_path,
+                                                                          monkeypatch):
+    """``distill.stop_at=0.5`` of a 4-step run: steps 1-2 distil (their logs have the terms), steps 3-4 are the
+    student's alone (no term logged, no teacher forward); the run's length reaches the distiller from the engine."""
+    from detrdistill.distillation.distiller import Distiller
+    forwards = []
+    teacher_forward = Distiller.teacher_forward
+
+    def counted(self, *a, **k):
+        forwards.append(self.step)
+        return teacher_forward(self, *a, **k)
+
+    monkeypatch.setattr(Distiller, "teacher_forward", counted)
+    sets = ["train.max_steps=4", "train.eval_every_epochs=0", "distill.stop_at=0.5", "distill.decay=linear"]
+    assert main(["distill", "--teacher", str(teacher_dir), *_sets(tiny_overrides(tmp_path / "r", synth_dir, *sets))]) == 0
+    recs = {r["step"]: r for r in read_metrics(tmp_path / "r" / "metrics.jsonl") if "loss" in r}
+    assert forwards == [0, 1]
+    for step in (1, 2):
+        assert "loss/feature" in recs[step] and "loss/logits_cls" in recs[step]
+    for step in (3, 4):
+        assert not any(k.split("/", 1)[1] not in {"cls", "bbox", "giou"} for k in recs[step] if k.startswith("loss/"))
 
 
 @pytest.mark.slow  # every term through the CLI, stopped and resumed

@@ -7,6 +7,7 @@ from transformers import AutoModelForObjectDetection
 
 from detrdistill.config import BackboneConfig, DistillConfig, ModelConfig
 from detrdistill.distillation import Distiller, check_compatible
+from detrdistill.errors import ConfigError
 from detrdistill.models.families import get_adapter
 from detrdistill.models.build import build_model
 from detrdistill.ops.criterion import SetCriterion
@@ -213,6 +214,34 @@ def test_warmup_ramps_the_distillation_terms_not_the_student_loss(teacher, batch
     no_warmup = Distiller(teacher, make(model_cfg()), DistillConfig())
     no_warmup.train()
     assert no_warmup.term_scale() == 1.0
+
+
+def test_after_stop_at_the_step_is_the_students_alone_without_a_teacher_forward(teacher, batch, criterion,
+                                                                                   monkeypatch):
+    """``stop_at=0.5`` of a 10-step run: steps 0-4 distil (the cosine decay lowers the terms' weight), steps 5-9 run
+    neither the teacher nor a term, and their loss is exactly the student's own loss on the batch."""
+    dist = Distiller(teacher, make(model_cfg()), DistillConfig(decay="cosine", stop_at=0.5)).train()
+    dist.total_steps = 10
+    dist.step = 0
+    first = dist(*batch, criterion)
+    dist.step = 3
+    later = dist(*batch, criterion)
+    terms = [k for k in first.loss_dict if k not in DETECTION_KEYS]
+    assert terms and all(0 < later.loss_dict[k] < first.loss_dict[k] for k in terms)  # decaying, still on
+    calls = []
+    monkeypatch.setattr(dist, "teacher_forward", lambda *a, **k: calls.append(1))
+    dist.step = 5
+    out = dist(*batch, criterion)
+    assert calls == [] and out.teacher is None and set(out.loss_dict) == DETECTION_KEYS
+    assert not set(terms) & set(out.loss_dict) and set(out.parts) == {"student"}
+    own = criterion(out.student.logits, out.student.boxes, batch[2])
+    torch.testing.assert_close(out.loss, own.loss)
+    out.loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in dist.student.parameters())
+    assert all(p.grad is None for p in dist.teacher.parameters())
+    dist.total_steps = None  # the schedule needs the run's length: a clear error, not a silent full weight
+    with pytest.raises(ConfigError, match="need the run's length"):
+        dist(*batch, criterion)
 
 
 def test_a_warmup_nobody_steps_counts_the_training_forwards(teacher, batch, criterion):

@@ -100,6 +100,21 @@ def test_the_distillation_warm_up_follows_the_trainers_step(models, synth_dir, t
         assert losses[step]["feature"] == pytest.approx(scale * losses[7]["feature"], rel=1e-5)
 
 
+def test_stop_at_follows_the_trainers_length(models, synth_dir, tmp_path):  # noqa: F811
+    """``stop_at=0.5`` of the Trainer's max_steps: the step at half the run has no distillation term."""
+    trainer, _, recipe = make_trainer(models, synth_dir, tmp_path, distill_config={"stop_at": 0.5})
+    batch = recipe.collate_fn([trainer.train_dataset[0], trainer.train_dataset[1]])
+    model = trainer.model.train()
+    trainer.state.max_steps = 8
+    seen = {}
+    for step in (3, 4):
+        trainer.state.global_step = step
+        with torch.no_grad():
+            _, out = trainer.compute_loss(model, batch, return_outputs=True)
+        seen[step] = set(out.losses)
+    assert {"logits_cls", "feature"} <= seen[3] and not {"logits_cls", "feature"} & seen[4] and "cls" in seen[4]
+
+
 def test_evaluation_is_the_student_alone(models, synth_dir, tmp_path):  # noqa: F811
     trainer, student, recipe = make_trainer(models, synth_dir, tmp_path)
     metrics = trainer.evaluate()

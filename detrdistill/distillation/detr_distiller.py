@@ -58,7 +58,7 @@ class DETRDistillerOutput:
                      ``feature``, ``query_prior_cls`` / ``_bbox`` / ``_giou``, ...). They sum to ``loss``.
     student_outputs: the student's per-stage outputs (:class:`~detrdistill.models.outputs.DetectorOutput`:
                      ``logits`` [L, B, N, C(+1)], ``boxes`` [L, B, N, 4] normalised cxcywh, features, queries).
-    teacher_outputs: the teacher's, its logits already mapped to the student's classes.
+    teacher_outputs: the teacher's, its logits already mapped to the student's classes (None after ``stop_at``).
     parts:           ``loss`` split by source, with grad: ``student`` (its own loss) and one entry per active term
                      (``logits``, ``feature``, ``query_prior``, ...), for
                      :func:`detrdistill.engine.grad_balance.gradient_balance` (does a term dominate the update?).
@@ -69,7 +69,7 @@ class DETRDistillerOutput:
     loss: Tensor
     losses: dict[str, Tensor]
     student_outputs: DetectorOutput
-    teacher_outputs: DetectorOutput
+    teacher_outputs: DetectorOutput | None
     parts: dict[str, Tensor] = field(default_factory=dict)
 
     @property

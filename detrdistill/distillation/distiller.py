@@ -12,7 +12,8 @@ Total loss = student detection loss (``criterion`` on the student's own queries,
            + query-prior distillation (``query_prior_cls`` / ``_bbox`` / ``_giou``)
            + optional ``contrastive``, ``fitnet``, ``logit_kd``.
 Every weight is in the config (defaults = the official values) and every term can be disabled; ``warmup_steps``
-ramps all distillation terms in from 0 over the first steps (:meth:`Distiller.term_scale`). The terms are
+ramps all distillation terms in from 0 over the first steps, ``decay`` / ``stop_at`` take them out again towards
+the end (:mod:`.term_schedule`; after ``stop_at`` the teacher is not run). The terms are
 composed from the config (:mod:`.terms`); each reads the step's :class:`~.context.StepContext` and returns named
 losses.
 
@@ -46,6 +47,7 @@ from .feature import level_pairs_by_resolution
 from .stage_mapping import map_stages
 from .step_matching import solve_step_matchings, step_needs
 from .teacher_pixels import TeacherInput, log_first_step_cost
+from .term_schedule import term_scale
 from .terms import TermEnv, build_terms
 
 __all__ = ["Distiller", "DistillOutput", "check_compatible"]
@@ -86,7 +88,7 @@ class DistillOutput:
     loss_dict: each component, detached: the criterion's ``cls`` / ``bbox`` / ``giou`` and the active ones of
                ``logits_cls, logits_bbox, logits_giou, logits_neg, feature, query_prior_cls, query_prior_bbox,
                query_prior_giou, contrastive, fitnet, logit_kd``.
-    student / teacher: the two DetectorOutputs; matching: [L_S, B, N_S] student -> teacher query (or None);
+    student / teacher: the two DetectorOutputs (teacher None on a step after ``cfg.stop_at``); matching: [L_S, B, N_S] student -> teacher query (or None);
     stage_map: teacher stage of each student stage.
     parts:     ``loss`` split by source, WITH grad: ``student`` (its own detection loss) and one entry per active term
                (``logits``, ``feature``, ``query_prior``, ...: the sum of that term's components); they sum to
@@ -95,7 +97,7 @@ class DistillOutput:
     loss: Tensor
     loss_dict: dict[str, Tensor]
     student: DetectorOutput
-    teacher: DetectorOutput
+    teacher: DetectorOutput | None
     matching: Tensor | None = None
     stage_map: list[int] = field(default_factory=list)
     parts: dict[str, Tensor] = field(default_factory=dict)
@@ -174,6 +176,9 @@ class Distiller(nn.Module):
         self.terms = build_terms(TermEnv(cfg, teacher, student, level_pairs))
         # the training step about to run (:attr:`step`); until someone sets it, counted by the training forwards
         self._step, self._step_given = 0, False
+        #: the run's length in steps, for ``cfg.decay`` / ``cfg.stop_at`` (:mod:`.term_schedule`); set by the engine
+        #: (``DistillTask.set_step``), ``DistillationTrainer`` or a user's loop
+        self.total_steps: int | None = None
         self.batch_matchings = True  # False: each matching solved where it is used (same results, for comparison)
         self.cost_logged = False  # the first forward logs both input sizes and forward times (teacher_pixels.py)
         self.matching_needs = step_needs(self.terms)
@@ -270,8 +275,8 @@ class Distiller(nn.Module):
 
     @property
     def step(self) -> int:
-        """0-based index of the training step about to run; it only matters under ``cfg.warmup_steps``
-        (:meth:`term_scale`). Set by the engine (``DistillTask.set_step``), ``DistillationTrainer`` or a user's loop;
+        """0-based index of the training step about to run; it only matters under ``cfg.warmup_steps`` / ``decay``
+        / ``stop_at`` (:meth:`term_scale`). Set by the engine (``DistillTask.set_step``), ``DistillationTrainer`` or a user's loop;
         never set, it counts the forwards made in training mode (one per step without gradient accumulation), so a
         warm-up cannot stay at its first step's 1/N weight in a loop that does not know of it."""
         return self._step
@@ -281,12 +286,12 @@ class Distiller(nn.Module):
         self._step, self._step_given = int(value), True
 
     def term_scale(self) -> float:
-        """Weight of every distillation term at :attr:`step`: ``min(1, (step + 1) / cfg.warmup_steps)`` while
-        training, 1 without a warm-up or in eval mode."""
-        warmup = self.cfg.warmup_steps
-        if not warmup or not self.training:
+        """Weight of every distillation term at :attr:`step` (:func:`.term_schedule.term_scale`: the warm-up, then
+        ``cfg.decay`` to 0 at ``cfg.stop_at`` of :attr:`total_steps`) while training; 1 in eval mode."""
+        if not self.training:
             return 1.0
-        return min(1.0, (self.step + 1) / warmup)
+        cfg = self.cfg
+        return term_scale(self.step, cfg.warmup_steps, cfg.decay, cfg.stop_at, self.total_steps)
 
     # ------------------------------------------------------------------ forward
     def forward(self, pixel_values: Tensor, pixel_mask: Tensor | None, targets: list[dict],
@@ -295,6 +300,9 @@ class Distiller(nn.Module):
         (``class_labels`` [T], ``boxes`` [T, 4] normalised cxcywh), criterion: the student's set criterion."""
         if targets is None:
             raise ValueError("Distiller.forward needs the targets (feature quality scores, query prior)")
+        scale = self.term_scale()
+        if scale == 0.0:  # past distill.stop_at: the student's own step, no teacher
+            return self._student_only(pixel_values, pixel_mask, targets, criterion)
         clock = [_now(pixel_values)] if not self.cost_logged else None
         with profiling.section("teacher_forward"):
             view = self.teacher_input(pixel_values, pixel_mask)
@@ -320,7 +328,6 @@ class Distiller(nn.Module):
         total = s_out.loss if s_out.loss is not None else s_out.logits.new_zeros(())
         parts = {"student": total}
         loss_dict: dict[str, Tensor] = {k: v.detach() for k, v in s_out.loss_dict.items()}
-        scale = self.term_scale()
         for term in self.terms:
             with profiling.section(f"term:{term.name}"):
                 term_losses = term(ctx)
@@ -330,7 +337,25 @@ class Distiller(nn.Module):
                 parts[term.name] = parts[term.name] + value if term.name in parts else value
                 loss_dict[name] = value.detach()
         t_out.assignments = ctx.cache.get(TEACHER_ASSIGNMENTS)
-        if self.training and not self._step_given:
-            self._step += 1  # nobody tells this distiller the step: the next forward is the next step
+        self._count_forward()
         return DistillOutput(loss=total, loss_dict=loss_dict, student=s_out, teacher=t_out,
                              matching=ctx.cache.get(MATCHING), stage_map=list(ctx.stage_map), parts=parts)
+
+    def _count_forward(self) -> None:
+        if self.training and not self._step_given:
+            self._step += 1  # nobody tells this distiller the step: the next forward is the next step
+
+    def _student_only(self, pixel_values: Tensor, pixel_mask: Tensor | None, targets: list[dict],
+                      criterion: Callable | None) -> DistillOutput:
+        """A step after ``cfg.stop_at``: the student's own loss only (``teacher`` None, no terms in ``loss_dict``)."""
+        family_loss = isinstance(criterion, FamilyLoss) and self.student.has_family_loss
+        with profiling.section("student_forward"):
+            s_out = self.student(pixel_values, pixel_mask, targets, criterion) if family_loss else \
+                self.student(pixel_values, pixel_mask)
+        if criterion is not None and not family_loss:
+            with profiling.section("student_loss"):
+                self.student.attach_loss(s_out, targets, criterion)
+        total = s_out.loss if s_out.loss is not None else s_out.logits.new_zeros(())
+        self._count_forward()
+        return DistillOutput(loss=total, loss_dict={k: v.detach() for k, v in s_out.loss_dict.items()},
+                             student=s_out, teacher=None, parts={"student": total})

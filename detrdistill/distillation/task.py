@@ -80,10 +80,13 @@ class DistillTask(nn.Module):
     keep_parts = False
     last_parts = None
 
-    def set_step(self, step: int) -> None:
-        """The engine's 0-based index of the step about to run (the distillation warm-up, ``distill.warmup_steps``,
-        follows it; after ``--resume`` it continues from the restored step)."""
+    def set_step(self, step: int, total: int | None = None) -> None:
+        """The engine's 0-based index of the step about to run and the run's planned length (the distillation
+        warm-up, decay and stop, ``distill.warmup_steps`` / ``decay`` / ``stop_at``, follow them; after
+        ``--resume`` they continue from the restored step)."""
         self.distiller.step = int(step)
+        if total is not None:
+            self.distiller.total_steps = int(total)
 
     def forward(self, pixel_values, pixel_mask, targets):
         out = self.detr_distiller(pixel_values, pixel_mask, labels=targets)

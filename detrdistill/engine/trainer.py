@@ -256,7 +256,7 @@ def train_step(run: Run, batch: dict, probe: bool = False) -> tuple[torch.Tensor
     pm = batch["pixel_mask"].to(acc.device, non_blocking=True)
     targets = move_targets(batch["labels"], acc.device)
     if hasattr(run.task, "set_step"):  # optional task member (engine/task.py): schedules inside the task
-        run.task.set_step(state["step"])
+        run.task.set_step(state["step"], run.plan["total"])
     if probe:
         run.task.keep_parts = True
     loss, loss_dict = run.model(pv, pm, targets)

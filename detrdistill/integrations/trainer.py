@@ -113,7 +113,9 @@ class DistillationTrainer(Trainer):
         The student alone (evaluation, see :meth:`prediction_step`): the Trainer's own computation."""
         if not isinstance(self.accelerator.unwrap_model(model), DETRDistiller):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        self._distiller(model).distiller.step = self.state.global_step  # the distillation warm-up follows it
+        distiller = self._distiller(model).distiller
+        distiller.step = self.state.global_step  # the distillation warm-up, decay and stop follow it
+        distiller.total_steps = self.state.max_steps or None
         out = model(**inputs)
         for name, value in out.losses.items():
             value = value.detach().float()

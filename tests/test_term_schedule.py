@@ -1,0 +1,54 @@
+"""The distillation terms' weight over a run: warm-up, decay, early stop (distillation/term_schedule.py)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from detrdistill.config import DistillConfig
+from detrdistill.distillation.term_schedule import needs_total, stop_step, term_scale
+from detrdistill.errors import ConfigError
+
+
+def test_the_defaults_are_full_weight_every_step_without_knowing_the_length():
+    assert not needs_total(0, "none", 1.0)
+    assert [term_scale(s) for s in (0, 5, 10_000)] == [1.0, 1.0, 1.0]
+    assert [term_scale(s, warmup_steps=4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("decay", ["none", "linear", "cosine"])
+@pytest.mark.parametrize("stop_at", [0.5, 0.8, 1.0])
+def test_warmup_then_decay_to_an_early_stop(decay, stop_at):
+    total, warm = 100, 10
+    if not needs_total(warm, decay, stop_at):
+        return
+    scales = [term_scale(s, warm, decay, stop_at, total) for s in range(total)]
+    end = stop_step(stop_at, total)
+    assert all(0.0 <= x <= 1.0 for x in scales)
+    assert scales[:warm] == [(s + 1) / warm for s in range(warm)]  # the warm-up is unchanged
+    assert all(x == 0.0 for x in scales[end:])  # no distillation from the stop on
+    after = scales[warm - 1:end]
+    assert after[0] == 1.0 and all(x > 0 for x in after)
+    if decay == "none":
+        assert all(x == 1.0 for x in after)
+    else:
+        assert all(b < a for a, b in zip(after[1:], after[2:]))  # from 1 at the warm-up's end, falling to the stop
+        mid = warm + (end - warm) // 2
+        expected = 0.5 if decay == "linear" else 0.5 * (1 + math.cos(math.pi * (mid - warm) / (end - warm)))
+        assert scales[mid] == pytest.approx(expected, abs=1e-9)
+
+
+def test_a_stop_inside_the_warmup_cuts_it():
+    assert [term_scale(s, 10, "linear", 0.05, 100) for s in range(7)] == [0.1, 0.2, 0.3, 0.4, 0.5, 0.0, 0.0]
+
+
+def test_a_schedule_needing_the_length_refuses_to_guess_it():
+    with pytest.raises(ConfigError, match="distill.decay=cosine / distill.stop_at=1.0 need the run's length"):
+        term_scale(3, 0, "cosine", 1.0, None)
+
+
+def test_the_config_bounds_stop_at():
+    assert DistillConfig(stop_at=0.6, decay="linear").stop_at == 0.6
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError):
+            DistillConfig(stop_at=bad)
