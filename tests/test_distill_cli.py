@@ -82,8 +82,9 @@ def test_stop_at_ends_distillation_and_the_teacher_forwards_at_its_step(synth_di
 
     monkeypatch.setattr(Distiller, "teacher_forward", counted)
     sets = ["train.max_steps=4", "train.eval_every_epochs=0", "distill.stop_at=0.5", "distill.decay=linear"]
-    assert main(["distill", "--teacher", str(teacher_dir), *_sets(tiny_overrides(tmp_path / "r", synth_dir, *sets))]) == 0
-    recs = {r["step"]: r for r in read_metrics(tmp_path / "r" / "metrics.jsonl") if "loss" in r}
+    run = tmp_path / "r"
+    assert main(["distill", "--teacher", str(teacher_dir), *_sets(tiny_overrides(run, synth_dir, *sets))]) == 0
+    recs = {r["step"]: r for r in read_metrics(run / "metrics.jsonl") if "loss" in r}
     assert forwards == [0, 1]
     for step in (1, 2):
         assert "loss/feature" in recs[step] and "loss/logits_cls" in recs[step]

@@ -88,8 +88,8 @@ class DistillOutput:
     loss_dict: each component, detached: the criterion's ``cls`` / ``bbox`` / ``giou`` and the active ones of
                ``logits_cls, logits_bbox, logits_giou, logits_neg, feature, query_prior_cls, query_prior_bbox,
                query_prior_giou, contrastive, fitnet, logit_kd``.
-    student / teacher: the two DetectorOutputs (teacher None on a step after ``cfg.stop_at``); matching: [L_S, B, N_S] student -> teacher query (or None);
-    stage_map: teacher stage of each student stage.
+    student / teacher: the two DetectorOutputs (teacher None on a step after ``cfg.stop_at``);
+    matching:  [L_S, B, N_S] student -> teacher query (or None); stage_map: teacher stage of each student stage.
     parts:     ``loss`` split by source, WITH grad: ``student`` (its own detection loss) and one entry per active term
                (``logits``, ``feature``, ``query_prior``, ...: the sum of that term's components); they sum to
                ``loss``. For :func:`~detrdistill.engine.grad_balance.gradient_balance`.
@@ -276,9 +276,9 @@ class Distiller(nn.Module):
     @property
     def step(self) -> int:
         """0-based index of the training step about to run; it only matters under ``cfg.warmup_steps`` / ``decay``
-        / ``stop_at`` (:meth:`term_scale`). Set by the engine (``DistillTask.set_step``), ``DistillationTrainer`` or a user's loop;
-        never set, it counts the forwards made in training mode (one per step without gradient accumulation), so a
-        warm-up cannot stay at its first step's 1/N weight in a loop that does not know of it."""
+        / ``stop_at`` (:meth:`term_scale`). Set by the engine (``DistillTask.set_step``), ``DistillationTrainer`` or
+        a user's loop; never set, it counts the forwards made in training mode (one per step without gradient
+        accumulation), so a warm-up cannot stay at its first step's 1/N weight in a loop that does not know of it."""
         return self._step
 
     @step.setter
