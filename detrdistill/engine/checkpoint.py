@@ -18,7 +18,8 @@ still loads: its numpy state is read with only numpy's array-rebuilding function
 A checkpoint is written into ``step-<N>.tmp`` and renamed when complete, so a crash never leaves a
 half-written checkpoint that ``--resume`` could pick up (a second save of one step moves the first aside to
 ``step-<N>.replaced`` until the new one is in, so a crash between the renames still leaves that step); a write
-that fails (a full disk: whatever torch or safetensors raise) removes ``step-<N>.tmp`` and is one line (:func:`detrdistill.io_atomic.write_guard`).
+that fails (a full disk: whatever torch or safetensors raise) removes ``step-<N>.tmp`` and is one line
+(:func:`detrdistill.io_atomic.write_guard`).
 Weights or optimizer state holding NaN / inf are never written: the run stops with
 :class:`~detrdistill.errors.NonFiniteLossError` instead. ``state.json`` lists the SHA-256 of every other file
 and the run's identity (:mod:`detrdistill.engine.run_identity`: the training data listing, the teacher).
