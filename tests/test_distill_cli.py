@@ -2,6 +2,7 @@
 --resume reproducing the uninterrupted run, export scored by `detrdistill eval`, clear errors on bad
 teacher/dataset combinations."""
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -69,7 +70,7 @@ def test_the_distillation_warmup_follows_the_engine_step_across_a_resume(synth_d
 
 
 def test_stop_at_ends_distillation_and_the_teacher_forwards_at_its_step(synth_dir, teacher_dir, tmp_path,
-                                                                          monkeypatch):
+                                                                          monkeypatch, caplog):
     """``distill.stop_at=0.5`` of a 4-step run: steps 1-2 distil (their logs have the terms), steps 3-4 are the
     student's alone (no term logged, no teacher forward); the run's length reaches the distiller from the engine."""
     from detrdistill.distillation.distiller import Distiller
@@ -83,9 +84,12 @@ def test_stop_at_ends_distillation_and_the_teacher_forwards_at_its_step(synth_di
     monkeypatch.setattr(Distiller, "teacher_forward", counted)
     sets = ["train.max_steps=4", "train.eval_every_epochs=0", "distill.stop_at=0.5", "distill.decay=linear"]
     run = tmp_path / "r"
-    assert main(["distill", "--teacher", str(teacher_dir), *_sets(tiny_overrides(run, synth_dir, *sets))]) == 0
+    with caplog.at_level(logging.INFO, logger="detrdistill"):
+        assert main(["distill", "--teacher", str(teacher_dir), *_sets(tiny_overrides(run, synth_dir, *sets))]) == 0
     recs = {r["step"]: r for r in read_metrics(run / "metrics.jsonl") if "loss" in r}
     assert forwards == [0, 1]
+    assert any("distillation terms: fall (linear) to 0 at step 3; are off from step 3 of 4" in r.getMessage()
+               for r in caplog.records)
     for step in (1, 2):
         assert "loss/feature" in recs[step] and "loss/logits_cls" in recs[step]
     for step in (3, 4):

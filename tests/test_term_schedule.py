@@ -6,7 +6,7 @@ import math
 import pytest
 
 from detrdistill.config import DistillConfig
-from detrdistill.distillation.term_schedule import needs_total, stop_step, term_scale
+from detrdistill.distillation.term_schedule import needs_total, schedule_line, stop_step, term_scale
 from detrdistill.errors import ConfigError
 
 
@@ -52,3 +52,11 @@ def test_the_config_bounds_stop_at():
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError):
             DistillConfig(stop_at=bad)
+
+
+def test_the_start_up_line_says_when_the_terms_are_on():
+    assert schedule_line(0, "none", 1.0, 100) is None  # the official setting: nothing to say
+    assert schedule_line(10, "none", 1.0, 100) == "  distillation terms: ramp in over steps 1..10"
+    line = schedule_line(10, "linear", 0.5, 100)
+    assert "fall (linear) to 0 at step 51" in line and "off from step 51 of 100" in line
+    assert [term_scale(s, 10, "linear", 0.5, 100) for s in (49, 50)][1] == 0.0 < term_scale(49, 10, "linear", 0.5, 100)

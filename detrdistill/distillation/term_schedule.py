@@ -20,7 +20,7 @@ import math
 
 from ..errors import ConfigError
 
-__all__ = ["term_scale", "needs_total", "stop_step"]
+__all__ = ["term_scale", "needs_total", "stop_step", "schedule_line"]
 
 
 def needs_total(warmup_steps: int, decay: str, stop_at: float) -> bool:
@@ -55,3 +55,18 @@ def term_scale(step: int, warmup_steps: int = 0, decay: str = "none", stop_at: f
     if decay == "cosine":
         return warm * 0.5 * (1.0 + math.cos(math.pi * frac))
     raise ConfigError(f"distill.decay={decay!r}: expected none, linear or cosine")
+
+
+def schedule_line(warmup_steps: int, decay: str, stop_at: float, total: int) -> str | None:
+    """One line of the run's start-up block saying when the terms are on (None for full weight throughout)."""
+    parts = []
+    if warmup_steps:
+        parts.append(f"ramp in over steps 1..{min(warmup_steps, total)}")
+    if needs_total(warmup_steps, decay, stop_at):
+        end = stop_step(stop_at, total)
+        if decay != "none":
+            parts.append(f"fall ({decay}) to 0 at step {end + 1}")
+        if end < total:
+            parts.append(f"are off from step {end + 1} of {total}: the student trains alone, without the teacher "
+                         "(those steps are faster than the estimate below)")
+    return f"  distillation terms: {'; '.join(parts)}" if parts else None
