@@ -43,6 +43,19 @@ def test_configs_build_their_family_with_a_larger_teacher(stem, family):
     assert params["teacher"] > 3 * params["student"]
 
 
+@pytest.mark.parametrize("stem,family", [("cpu/bccd_d_fine", "d_fine"), ("cpu/bccd_rt_detr", "rt_detr")])
+def test_the_small_students_are_the_students_at_half_width(stem, family):
+    """``*_student_small.yaml``: the same family, recipe, data and schedule as the student, about a quarter of its
+    parameters (half the widths), 15x or more below the teacher."""
+    cfg = {who: _load(CONFIGS / f"{stem}_{who}.yaml") for who in ("teacher", "student", "student_small")}
+    small, student = cfg["student_small"], cfg["student"]
+    assert small.model.family == family and small.model.d_model * 2 == student.model.d_model
+    assert (small.data, small.loss, small.optim) == (student.data, student.loss, student.optim)
+    assert small.train.model_copy(update={"output_dir": ""}) == student.train.model_copy(update={"output_dir": ""})
+    params = {who: count_parameters(build_model(c.model, {0: "a", 1: "b", 2: "c"})).total for who, c in cfg.items()}
+    assert params["student_small"] < params["student"] / 3 and params["teacher"] > 15 * params["student_small"]
+
+
 def _sets(overrides):
     return sum((["--set", o] for o in overrides), [])
 
