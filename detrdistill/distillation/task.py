@@ -38,6 +38,14 @@ class DistillTask(nn.Module):
         besides its student."""
         return (("teacher", "distill.teacher", cfg.distill.teacher),) if cfg.distill.teacher else ()
 
+    @staticmethod
+    def summary_lines(cfg: Config, total_steps: int) -> list[str]:
+        """The start-up block's line saying when the distillation terms are on (warm-up, decay, stop), if any."""
+        from .term_schedule import schedule_line
+        d = cfg.distill
+        line = schedule_line(d.warmup_steps, d.decay, d.stop_at, total_steps)
+        return [line] if line else []
+
     @classmethod
     def from_config(cls, cfg: Config, id2label: dict[int, str]) -> "DistillTask":
         """The :class:`DETRDistiller` of a run: the teacher named by ``cfg.distill.teacher`` (resolved once: its

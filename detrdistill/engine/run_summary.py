@@ -62,12 +62,9 @@ def summary_lines(cfg, out_dir, train_images: int, val_images: int | None, steps
     budget = f", at most {cfg.train.time_budget_min:g} min" if cfg.train.time_budget_min else ""
     every = "every step" if cfg.train.log_every == 1 else f"every {cfg.train.log_every} steps"
     lines.append(f"  {first} ({epochs:.3g} epochs{budget}); metrics {every}, {evals}")
-    if inputs:  # a distillation: when its terms are on (distill.warmup_steps / decay / stop_at)
-        from detrdistill.distillation.term_schedule import schedule_line
-        d = cfg.distill
-        line = schedule_line(d.warmup_steps, d.decay, d.stop_at, total_steps)
-        if line:
-            lines.append(line)
+    extra = getattr(task, "summary_lines", None)  # optional task member (engine/task.py)
+    if extra is not None:
+        lines.extend(extra(cfg, total_steps))
     lines.append("  estimated time: logged after the 2nd step (from the step times measured)")
     return lines
 
