@@ -28,6 +28,9 @@ SCRIPT = textwrap.dedent("""
     out = mean_over_processes(acc, mine)
     if acc.is_main_process:
         open(sys.argv[1], "w").write(json.dumps(out))
+    # tear down as the engine does (finish_run): a process leaving with gloo's threads alive can abort the other
+    acc.wait_for_everyone()
+    torch.distributed.destroy_process_group()
 """)
 
 
