@@ -11,7 +11,7 @@ from detrdistill.errors import ConfigError
 
 
 def test_the_defaults_are_full_weight_every_step_without_knowing_the_length():
-    assert not needs_total(0, "none", 1.0)
+    assert not needs_total("none", 1.0)
     assert [term_scale(s) for s in (0, 5, 10_000)] == [1.0, 1.0, 1.0]
     assert [term_scale(s, warmup_steps=4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
 
@@ -20,7 +20,7 @@ def test_the_defaults_are_full_weight_every_step_without_knowing_the_length():
 @pytest.mark.parametrize("stop_at", [0.5, 0.8, 1.0])
 def test_warmup_then_decay_to_an_early_stop(decay, stop_at):
     total, warm = 100, 10
-    if not needs_total(warm, decay, stop_at):
+    if not needs_total(decay, stop_at):
         return
     scales = [term_scale(s, warm, decay, stop_at, total) for s in range(total)]
     end = stop_step(stop_at, total)

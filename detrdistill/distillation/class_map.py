@@ -54,10 +54,9 @@ class ClassMap(nn.Module):
 
     def forward(self, logits: Tensor) -> Tensor:
         classes = logits.shape[-1] - int(self.softmax)
-        top = self.top
-        if top >= classes:
+        if self.top >= classes:
             raise IncompatibleModelsError(
-                f"the teacher's label map names class id {top} but its classification head has {classes} classes "
+                f"the teacher's label map names class id {self.top} but its classification head has {classes} classes "
                 f"(logits of width {logits.shape[-1]}{', the last no-object' if self.softmax else ''}); its config's "
                 "id2label does not describe its head: fix id2label / num_labels in the teacher's config.json")
         kept = logits.index_select(-1, self.index)

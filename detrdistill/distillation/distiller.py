@@ -309,11 +309,7 @@ class Distiller(nn.Module):
             t_out = self.teacher_forward(pixel_values, pixel_mask, view=view)
         if clock:
             clock.append(_now(pixel_values))
-        family_loss = isinstance(criterion, FamilyLoss) and self.student.has_family_loss
-        with profiling.section("student_forward"):
-            # under the family recipe the student's forward computes its own loss (with its training-only groups)
-            s_out = self.student(pixel_values, pixel_mask, targets, criterion) if family_loss else \
-                self.student(pixel_values, pixel_mask)
+        s_out, family_loss = self._student_forward(pixel_values, pixel_mask, targets, criterion)
         if clock:
             self.cost_logged = True
             log_first_step_cost(tuple(pixel_values.shape), tuple(view.pixel_values.shape), clock[1] - clock[0],
@@ -341,6 +337,16 @@ class Distiller(nn.Module):
         return DistillOutput(loss=total, loss_dict=loss_dict, student=s_out, teacher=t_out,
                              matching=ctx.cache.get(MATCHING), stage_map=list(ctx.stage_map), parts=parts)
 
+    def _student_forward(self, pixel_values: Tensor, pixel_mask: Tensor | None, targets: list[dict],
+                         criterion: Callable | None) -> tuple[DetectorOutput, bool]:
+        """The student's forward and whether it computed its own loss: under the family recipe its forward does
+        (with its training-only groups); otherwise the set criterion is attached by the caller."""
+        family_loss = isinstance(criterion, FamilyLoss) and self.student.has_family_loss
+        with profiling.section("student_forward"):
+            s_out = self.student(pixel_values, pixel_mask, targets, criterion) if family_loss else \
+                self.student(pixel_values, pixel_mask)
+        return s_out, family_loss
+
     def _count_forward(self) -> None:
         if self.training and not self._step_given:
             self._step += 1  # nobody tells this distiller the step: the next forward is the next step
@@ -348,10 +354,7 @@ class Distiller(nn.Module):
     def _student_only(self, pixel_values: Tensor, pixel_mask: Tensor | None, targets: list[dict],
                       criterion: Callable | None) -> DistillOutput:
         """A step after ``cfg.stop_at``: the student's own loss only (``teacher`` None, no terms in ``loss_dict``)."""
-        family_loss = isinstance(criterion, FamilyLoss) and self.student.has_family_loss
-        with profiling.section("student_forward"):
-            s_out = self.student(pixel_values, pixel_mask, targets, criterion) if family_loss else \
-                self.student(pixel_values, pixel_mask)
+        s_out, family_loss = self._student_forward(pixel_values, pixel_mask, targets, criterion)
         if criterion is not None and not family_loss:
             with profiling.section("student_loss"):
                 self.student.attach_loss(s_out, targets, criterion)

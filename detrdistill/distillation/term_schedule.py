@@ -23,7 +23,7 @@ from ..errors import ConfigError
 __all__ = ["term_scale", "needs_total", "stop_step", "schedule_line"]
 
 
-def needs_total(warmup_steps: int, decay: str, stop_at: float) -> bool:
+def needs_total(decay: str, stop_at: float) -> bool:
     """Whether the schedule depends on the run's length (a decay or an early stop)."""
     return decay != "none" or stop_at < 1.0
 
@@ -38,7 +38,7 @@ def term_scale(step: int, warmup_steps: int = 0, decay: str = "none", stop_at: f
     """Weight in [0, 1] of every distillation term at 0-based ``step`` of a ``total``-step run (see the module
     docstring). ``total`` may be None only when :func:`needs_total` is False; otherwise a one-line ConfigError."""
     warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
-    if not needs_total(warmup_steps, decay, stop_at):
+    if not needs_total(decay, stop_at):
         return warm
     if total is None or total <= 0:
         raise ConfigError(f"distill.decay={decay} / distill.stop_at={stop_at} need the run's length: set the "
@@ -62,7 +62,7 @@ def schedule_line(warmup_steps: int, decay: str, stop_at: float, total: int) -> 
     parts = []
     if warmup_steps:
         parts.append(f"ramp in over steps 1..{min(warmup_steps, total)}")
-    if needs_total(warmup_steps, decay, stop_at):
+    if needs_total(decay, stop_at):
         end = stop_step(stop_at, total)
         if decay != "none":
             parts.append(f"fall ({decay}) to 0 at step {end + 1}")
