@@ -261,3 +261,42 @@ def test_a_crash_while_saving_the_same_step_again_keeps_that_step(tmp_path, monk
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000004"]
     load_checkpoint(latest_checkpoint(tmp_path), net2, build_optimizer(net2, cfg), build_scheduler(opt, 10, cfg))
     assert torch.equal(net2.weight, net.weight)
+
+
+def _model_dir(path: Path, text: str) -> None:
+    path.mkdir()
+    (path / "model.safetensors").write_text(text)
+
+
+def test_export_atomically_swaps_the_model_dir_and_keeps_the_old_one_until_the_new_is_in(tmp_path, monkeypatch):
+    """The previous model survives a failed export and a failed rename; a leftover ``.old`` (a crash between the
+    renames) is cleared by the next export; a successful export leaves neither ``.tmp`` nor ``.old``."""
+    from detrdistill.engine import run_dir
+    from detrdistill.io_atomic import WriteFailedError
+
+    model = tmp_path / "model"
+    _model_dir(model, "v1")
+
+    def fails(tmp):
+        _model_dir(Path(tmp), "half")
+        raise OSError(5, "simulated write failure")
+    with pytest.raises(WriteFailedError):
+        run_dir.export_atomically(fails, model)
+    assert (model / "model.safetensors").read_text() == "v1" and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+    real_replace = os.replace
+
+    def replace_fails_into_place(src, dst):
+        if Path(src).name == "model.tmp":
+            raise OSError(28, "simulated rename failure")
+        return real_replace(src, dst)
+    monkeypatch.setattr(run_dir.os, "replace", replace_fails_into_place)
+    with pytest.raises(OSError, match="rename failure"):
+        run_dir.export_atomically(lambda tmp: _model_dir(Path(tmp), "v2"), model)
+    assert (model / "model.safetensors").read_text() == "v1" and not (tmp_path / "model.old").exists()
+    monkeypatch.setattr(run_dir.os, "replace", real_replace)
+
+    _model_dir(tmp_path / "model.old", "stale")  # a crash between the two renames, last time
+    run_dir.export_atomically(lambda tmp: _model_dir(Path(tmp), "v3"), model)
+    assert (model / "model.safetensors").read_text() == "v3"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]

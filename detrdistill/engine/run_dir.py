@@ -48,7 +48,8 @@ from detrdistill.output_folder import NO_LOCK, FolderLock, OutputFolderError, ch
 
 log = logging.getLogger("detrdistill")
 
-RUN_FILES = ("config.yaml", "run.json", "metrics.jsonl", "eval.json", "checkpoints", "model", "model.tmp", "snapshots")
+RUN_FILES = ("config.yaml", "run.json", "metrics.jsonl", "eval.json", "checkpoints", "model", "model.tmp", "model.old",
+             "snapshots")
 RESUME_MAY_CHANGE = frozenset({
     "train.epochs", "train.max_steps", "train.time_budget_min",  # the length of training
     "train.progress", "train.log_every", "train.eval_every_epochs", "train.checkpoint_every_steps",
@@ -226,19 +227,32 @@ def commit_run_dir(cfg, task, replace: bool = False, main: bool = True) -> None:
 
 
 def export_atomically(export, path: str | Path, need: int | None = None) -> None:
-    """Call ``export(tmp)`` into ``<path>.tmp``, then swap it in for ``path``: a crash mid-export never
-    leaves a half-written model directory (at worst none, which ``--resume`` exports again). A failed write
-    (whatever the library raised) removes ``<path>.tmp`` and is one line; ``need``: bytes it writes, roughly."""
-    from detrdistill.io_atomic import write_guard
+    """Call ``export(tmp)`` into ``<path>.tmp``, then swap it in for ``path``: a crash never leaves a
+    half-written model directory. The previous model is moved aside to ``<path>.old`` (a directory cannot be
+    replaced by a rename), the new one renamed in, and only then is the old one deleted; a failed rename puts
+    the old one back. A crash between the two renames leaves the previous model whole in ``<path>.old`` (the
+    next export clears it; ``--resume`` exports again). A failed write (whatever the library raised) removes
+    ``<path>.tmp`` and is one line; ``need``: bytes it writes, roughly."""
+    from detrdistill.io_atomic import fsync_dir, write_guard
 
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
+    old = path.with_name(path.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     with write_guard(path.parent, f"{path.name}/", need=need, cleanup=[tmp]):
         export(tmp)
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+    had_old = path.is_dir() and not path.is_symlink()
+    if had_old:
+        os.replace(path, old)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        if had_old:
+            os.replace(old, path)
+        raise
+    fsync_dir(path.parent)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def distill_default_output_dir(train_output_dir: str) -> str:
