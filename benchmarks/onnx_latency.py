@@ -35,13 +35,24 @@ from detrdistill.config import load_config  # noqa: E402
 PAIRS = ("synthetic", "raccoon", "bccd")
 
 
+def students_of(teacher: str, configs: list[str]) -> list[str]:
+    """The student configs of ``teacher`` (``<name>_teacher.yaml``) among ``configs``: ``<name>_student.yaml`` and
+    its variants ``<name>_student_<variant>.yaml`` in the same folder, in the order given."""
+    t = Path(teacher)
+    stem = t.name[: -len("_teacher.yaml")] + "_student"
+    return [c for c in configs if Path(c).parent == t.parent
+            and (Path(c).name == stem + ".yaml" or (Path(c).name.startswith(stem + "_") and c.endswith(".yaml")))]
+
+
 def default_configs() -> list[str]:
-    """Teacher/student pairs of configs/ (and configs/cpu/ when present), teacher first."""
+    """Teacher/student pairs of configs/ (and configs/cpu/ when present), each teacher before its students."""
     out = []
     for folder in (ROOT / "configs", ROOT / "configs" / "cpu"):
+        every = [str(p.relative_to(ROOT)) for p in sorted(folder.glob("*.yaml"))]
         for teacher in sorted(folder.glob("*_teacher.yaml")):
-            student = teacher.with_name(teacher.name.replace("_teacher", "_student"))
-            out += [str(p.relative_to(ROOT)) for p in (teacher, student) if p.is_file()]
+            students = students_of(str(teacher.relative_to(ROOT)), every)
+            if students:
+                out += [str(teacher.relative_to(ROOT))] + students
     return out
 
 
@@ -111,10 +122,10 @@ def write_markdown(res: dict, out: Path) -> None:
                      f"| {r['onnxruntime_s'] * 1e3:.0f} | {r['pytorch_s'] * 1e3:.0f} "
                      f"| {d['logits']:.1e} / {d['pred_boxes']:.1e} |")
     by = {r["config"]: r for r in res["models"]}
-    ratios = [f"- `{t}` / `{t.replace('_teacher', '_student')}`: "
-              f"{by[t]['onnxruntime_s'] / by[t.replace('_teacher', '_student')]['onnxruntime_s']:.1f}x (onnxruntime), "
-              f"{by[t]['pytorch_s'] / by[t.replace('_teacher', '_student')]['pytorch_s']:.1f}x (PyTorch)"
-              for t in by if "_teacher" in t and t.replace("_teacher", "_student") in by]
+    names = list(by)
+    ratios = [f"- `{t}` / `{st}`: {by[t]['onnxruntime_s'] / by[st]['onnxruntime_s']:.1f}x (onnxruntime), "
+              f"{by[t]['pytorch_s'] / by[st]['pytorch_s']:.1f}x (PyTorch)"
+              for t in names if t.endswith("_teacher.yaml") for st in students_of(t, names)]
     lines += ["", "Teacher / student latency:", ""] + ratios
     lines += ["", "CPU timings on a shared 2-core machine are noisy (other jobs ran at the same time): "
               "the bccd and raccoon configs build the same architectures (only the class count differs), so the "
@@ -157,4 +168,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from detrdistill.errors import ConfigError
+
+    try:
+        sys.exit(main())
+    except ConfigError as e:  # e.g. DETRDISTILL_DATA not set: one line naming the config and what to do
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

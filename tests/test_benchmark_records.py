@@ -49,3 +49,30 @@ def test_data_speed_runs_end_to_end_on_a_small_coco_set(tmp_path, synth_dir):
     (row,) = json.loads(out.read_text())["configs"]
     assert row["images"] == 16 and row["identical_items"] is True and row["cached_ms_per_image"] > 0
     assert "environment: " in out.with_suffix(".md").read_text()
+
+
+def test_onnx_latency_pairs_each_teacher_with_its_student_variants(tmp_path):
+    """``<name>_student_<variant>.yaml`` is a student of ``<name>_teacher.yaml`` (same folder), another name is not;
+    the report gives one teacher / student ratio per pair."""
+    configs = ["c/x_teacher.yaml", "c/x_student.yaml", "c/x_student_small.yaml", "c/xy_student.yaml",
+               "d/x_student.yaml", "c/y_teacher.yaml"]
+    assert onnx_latency.students_of("c/x_teacher.yaml", configs) == ["c/x_student.yaml", "c/x_student_small.yaml"]
+    assert onnx_latency.students_of("c/y_teacher.yaml", configs) == []
+    model = {"family": "f", "params": 1e6, "image": [4, 4], "max_abs_diff": {"logits": 0.0, "pred_boxes": 0.0}}
+    res = {"command": "c", "date": "2026-12-06", "device": "cpu", "threads": 1, "runs": 3, "warmup": 1,
+           "models": [{**model, "config": c, "onnxruntime_s": s, "pytorch_s": 2 * s}
+                      for c, s in (("c/x_teacher.yaml", 0.04), ("c/x_student.yaml", 0.02),
+                                   ("c/x_student_small.yaml", 0.01))]}
+    out = tmp_path / "lat.md"
+    onnx_latency.write_markdown(res, out)
+    text = out.read_text()
+    assert "`c/x_teacher.yaml` / `c/x_student.yaml`: 2.0x (onnxruntime)" in text
+    assert "`c/x_teacher.yaml` / `c/x_student_small.yaml`: 4.0x (onnxruntime)" in text
+
+
+def test_onnx_latency_default_configs_list_each_teacher_before_its_students():
+    configs = onnx_latency.default_configs()
+    teachers = [c for c in configs if c.endswith("_teacher.yaml")]
+    assert teachers and all(configs.index(s) > configs.index(t) for t in teachers
+                            for s in onnx_latency.students_of(t, configs))
+    assert "configs/cpu/bccd_rt_detr_student_small.yaml" in configs
