@@ -16,7 +16,10 @@ shows that variant in the DETRDistill column, named in its label.
 
 ``FILE#NAME`` is the row of the file's teacher variant ``NAME`` (``benchmarks/distill.py --teacher-variant``; e.g. a
 teacher of another family into the same student): ``detrdistill@NAME`` against the same student alone. The other
-methods and the equal-cost control were sized for the main teacher, so that row leaves them out.
+methods and the equal-cost control were sized for the main teacher, so that row leaves them out. When ``NAME`` is
+not a teacher variant but a method of the file (``detrdistill_quality_warmup_stop50``), the row is that method in the
+DETRDistill column (a file may hold several variants of the full method), with the other methods; the equal-cost
+control only when it was sized from that method.
 """
 from __future__ import annotations
 
@@ -98,14 +101,21 @@ def _sized(name: str, model: dict | None) -> str:
     return f"{name} {params / 1e6:.1f} M" if params >= 1e6 else f"{name} {params / 1e6:.2f} M"
 
 
-def row(results: dict, link: str, variant: str | None = None) -> str:
-    """One markdown row of a results file (``link``: its ``.md``, relative to the README); ``variant``: the row of
-    that teacher variant instead of the main teacher."""
-    distilled_method = full_method(results) if variant is None else f"{DISTILLED}@{variant}"
+def row(results: dict, link: str, part: str | None = None) -> str:
+    """One markdown row of a results file (``link``: its ``.md``, relative to the README); ``part``: the row of that
+    teacher variant instead of the main teacher, or of that method of the file in the DETRDistill column."""
+    methods = sorted({r["method"] for r in results["runs"]})
+    method = part if part is not None and part not in (results.get("teachers") or {}) else None
+    variant = part if method is None else None
+    if method is not None and method not in methods:
+        raise SystemExit(f"{link}#{part}: neither a teacher variant ({sorted(results.get('teachers') or {})}) nor "
+                         f"a method of the file ({methods})")
+    distilled_method = method or (full_method(results) if variant is None else f"{DISTILLED}@{variant}")
     alone, distilled = ap_by_seed(results, ALONE), ap_by_seed(results, distilled_method)
     if not alone or not distilled:
-        raise SystemExit(f"{link}: needs runs of both {ALONE!r} and {distilled_method!r} "
-                         f"(has {sorted({r['method'] for r in results['runs']})})")
+        several = [m for m in methods if m.startswith(DISTILLED + "_")] if method is None else []
+        hint = f"; a file with several variants needs one named: {link}#METHOD" if len(several) > 1 else ""
+        raise SystemExit(f"{link}: needs runs of both {ALONE!r} and {distilled_method!r} (has {methods}){hint}")
     commit = one_environment(results, link)
     steps = sorted({r.get("steps") for r in results["runs"] if r["method"] in (ALONE, distilled_method)},
                    key=lambda s: (s is None, s))
@@ -119,7 +129,9 @@ def row(results: dict, link: str, variant: str | None = None) -> str:
     if changed:
         pair += f" ({', '.join(changed)})"
     others = [ap_by_seed(results, m) if variant is None else {} for m in OTHERS]
-    long = ap_by_seed(results, EQUAL_COST) if variant is None else {}
+    sized_from = (results.get(EQUAL_COST) or {}).get("from")
+    long = ap_by_seed(results, EQUAL_COST) if variant is None and (
+        method is None or sized_from in (None, method, "--long-steps")) else {}
     long_steps = (results.get(EQUAL_COST) or {}).get("steps")
     vs_long = paired_gain(distilled, long) if long else None
     gain = paired_gain(distilled, alone)
@@ -131,11 +143,12 @@ def row(results: dict, link: str, variant: str | None = None) -> str:
                                                                          distilled_better),
         str(gain), *(_with_gain(o, alone) for o in others),
         _cell(long) + (f", {long_steps} steps" if long and long_steps else ""),
-        str(vs_long) if vs_long else "—", commit, f"[file]({link}{'#' + variant if variant else ''}) |"])
+        str(vs_long) if vs_long else "—", commit, f"[file]({link}{'#' + part if part else ''}) |"])
 
 
 def render(files: list[Path]) -> str:
-    """The README block: the table, one row per file (``FILE#NAME``: its teacher variant NAME) in the order given."""
+    """The README block: the table, one row per file (``FILE#NAME``: its teacher variant or method NAME) in the order
+    given."""
     rows = []
     for f in files:
         path, _, variant = str(f).partition("#")

@@ -64,6 +64,24 @@ def test_a_file_of_one_full_method_variant_shows_it_as_detrdistill_and_names_it(
         results_table.row(two, "x.md")
 
 
+def test_a_named_method_is_the_row_of_a_file_with_several_variants():
+    """FILE#METHOD puts that method in the DETRDistill column; the equal-cost control shows only when it was sized
+    from that method; a file of several variants without a name says how to name one."""
+    res = _results({"baseline": {0: 40.0, 1: 41.0}, "detrdistill_quality_warmup": {0: 39.0, 1: 40.0},
+                    "detrdistill_quality_warmup_stop50": {0: 43.0, 1: 44.0}, "baseline_long": {0: 42.0, 1: 42.0}},
+                   steps={"baseline_long": 6000})
+    res["baseline_long"] = {"steps": 6000, "from": "detrdistill_quality_warmup"}
+    with pytest.raises(SystemExit, match="x.md#METHOD"):
+        results_table.row(res, "x.md")
+    stop = _cells(results_table.row(res, "x.md", "detrdistill_quality_warmup_stop50"))
+    assert stop[0] == "bccd (test): deformable_detr → deformable_detr (method detrdistill_quality_warmup_stop50)"
+    assert stop[4] == "**43.50 ± 0.71 (n=2)**" and stop[5].startswith("+3.00 [")
+    assert stop[8:10] == ["—", "—"]  # sized from the other variant's cost: not this row's equal cost
+    assert stop[11] == "[file](x.md#detrdistill_quality_warmup_stop50)"
+    qw = _cells(results_table.row(res, "x.md", "detrdistill_quality_warmup"))
+    assert qw[4] == "39.50 ± 0.71 (n=2)" and qw[8] == "42.00 ± 0.00 (n=2), 6000 steps" and qw[9].startswith("-2.50")
+
+
 def test_row_names_each_model_size_when_recorded():
     res = _results({"baseline": {0: 40.0}, "detrdistill": {0: 41.0}})
     res["teacher"]["params"], res["student"]["params"] = 5_012_345, 236_653
@@ -111,7 +129,7 @@ def test_variant_row_is_that_teacher_against_the_same_student_alone(tmp_path, mo
     assert cells[2] == "50.00" and cells[4] == "**44.50 ± 0.71 (n=2)**" and cells[5].startswith("+3.50 [")
     assert cells[6:10] == ["—", "—", "—", "—"]  # sized for the main teacher: not this row's
     assert cells[11] == "[file](x.md#deformable)"
-    with pytest.raises(SystemExit, match="detrdistill@other"):
+    with pytest.raises(SystemExit, match="neither a teacher variant"):
         results_table.row(res, "x.md", "other")
     # FILE#NAME on the command line renders that row, and the README's link reads back as the same part
     monkeypatch.setattr(results_table, "ROOT", tmp_path)
