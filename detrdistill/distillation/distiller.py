@@ -74,6 +74,11 @@ def check_compatible(teacher: DetectorAdapter, student: DetectorAdapter,
     return build_class_map(teacher.config.id2label, s_map, teacher.class_activation)
 
 
+def _own_loss(s_out: DetectorOutput) -> Tensor:
+    """The student's own loss of a step (a zero scalar when it has none: no criterion was given)."""
+    return s_out.loss if s_out.loss is not None else s_out.logits.new_zeros(())
+
+
 def _now(x: Tensor) -> float:
     """Wall-clock seconds, after the device has finished the work queued so far (timing of the first step)."""
     if x.is_cuda:
@@ -321,7 +326,7 @@ class Distiller(nn.Module):
         if criterion is not None and not family_loss:
             with profiling.section("student_loss"):
                 self.student.attach_loss(s_out, targets, criterion, student_gt)
-        total = s_out.loss if s_out.loss is not None else s_out.logits.new_zeros(())
+        total = _own_loss(s_out)
         parts = {"student": total}
         loss_dict: dict[str, Tensor] = {k: v.detach() for k, v in s_out.loss_dict.items()}
         for term in self.terms:
@@ -358,7 +363,7 @@ class Distiller(nn.Module):
         if criterion is not None and not family_loss:
             with profiling.section("student_loss"):
                 self.student.attach_loss(s_out, targets, criterion)
-        total = s_out.loss if s_out.loss is not None else s_out.logits.new_zeros(())
+        total = _own_loss(s_out)
         self._count_forward()
         return DistillOutput(loss=total, loss_dict={k: v.detach() for k, v in s_out.loss_dict.items()},
                              student=s_out, teacher=None, parts={"student": total})
