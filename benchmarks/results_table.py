@@ -130,8 +130,9 @@ def row(results: dict, link: str, part: str | None = None) -> str:
         pair += f" ({', '.join(changed)})"
     others = [ap_by_seed(results, m) if variant is None else {} for m in OTHERS]
     sized_from = (results.get(EQUAL_COST) or {}).get("from")
+    # a row of one method among several: the control is this row's only when not sized from another method's cost
     long = ap_by_seed(results, EQUAL_COST) if variant is None and (
-        method is None or sized_from in (None, method, "--long-steps")) else {}
+        method is None or sized_from == method or sized_from not in methods) else {}
     long_steps = (results.get(EQUAL_COST) or {}).get("steps")
     vs_long = paired_gain(distilled, long) if long else None
     gain = paired_gain(distilled, alone)
@@ -151,8 +152,8 @@ def render(files: list[Path]) -> str:
     given."""
     rows = []
     for f in files:
-        path, _, variant = str(f).partition("#")
-        rows.append(row(json.loads(Path(path).read_text()), report_link(Path(path), ROOT), variant or None))
+        path, _, part = str(f).partition("#")
+        rows.append(row(json.loads(Path(path).read_text()), report_link(Path(path), ROOT), part or None))
     return HEAD + "\n" + "\n".join(rows)
 
 
