@@ -90,6 +90,8 @@ def test_stop_at_ends_distillation_and_the_teacher_forwards_at_its_step(synth_di
     assert forwards == [0, 1]
     assert any("distillation terms: fall (linear) to 0 at step 3; are off from step 3 of 4" in r.getMessage()
                for r in caplog.records)
+    # the estimate counts steps 3-4 at the student's share of the step timed (without the teacher)
+    assert any("for the 2 steps left (steps 3..4 without the teacher at about" in r.getMessage() for r in caplog.records)
     for step in (1, 2):
         assert "loss/feature" in recs[step] and "loss/logits_cls" in recs[step]
     for step in (3, 4):

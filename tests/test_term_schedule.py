@@ -60,3 +60,22 @@ def test_the_start_up_line_says_when_the_terms_are_on():
     line = schedule_line(10, "linear", 0.5, 100)
     assert "fall (linear) to 0 at step 51" in line and "off from step 51 of 100" in line
     assert [term_scale(s, 10, "linear", 0.5, 100) for s in (49, 50)][1] == 0.0 < term_scale(49, 10, "linear", 0.5, 100)
+
+
+def _time_left(stop_at: float, cost, step: int, total: int, step_s: float):
+    from types import SimpleNamespace
+
+    from detrdistill.distillation.task import DistillTask
+    task = SimpleNamespace(distiller=SimpleNamespace(cfg=DistillConfig(stop_at=stop_at), first_step_cost=cost))
+    return DistillTask.time_left(task, step, total, step_s)
+
+
+def test_the_time_estimate_counts_the_steps_after_the_stop_at_the_students_share():
+    # teacher forward 0.6 s, student 0.2 s: a step without the teacher costs 3 * 0.2 / (0.6 + 3 * 0.2) = half a step
+    assert _time_left(1.0, (0.6, 0.2), 2, 100, 1.0) == (98.0, "")  # no stop: every step as the one timed
+    seconds, note = _time_left(0.5, (0.6, 0.2), 2, 100, 1.0)
+    assert seconds == pytest.approx(48 + 50 * 0.5) and note == "steps 51..100 without the teacher at about 0.50 s"
+    assert _time_left(0.5, (0.6, 0.2), 50, 100, 1.0)[0] == pytest.approx(50 * 0.5)  # the stop right after
+    # the step timed already ran without the teacher (a resume past the stop), or no batch was distilled: as timed
+    assert _time_left(0.5, (0.6, 0.2), 60, 100, 0.5) == (20.0, "")
+    assert _time_left(0.5, None, 2, 100, 1.0) == (98.0, "")

@@ -186,6 +186,9 @@ class Distiller(nn.Module):
         self.total_steps: int | None = None
         self.batch_matchings = True  # False: each matching solved where it is used (same results, for comparison)
         self.cost_logged = False  # the first forward logs both input sizes and forward times (teacher_pixels.py)
+        #: (teacher, student) forward seconds of that first distilled batch (None before it): what a step without
+        #: the teacher saves (``DistillTask.time_left``)
+        self.first_step_cost: tuple[float, float] | None = None
         self.matching_needs = step_needs(self.terms)
         for term in self.terms:
             for attr, module in term.modules.items():
@@ -317,8 +320,9 @@ class Distiller(nn.Module):
         s_out, family_loss = self._student_forward(pixel_values, pixel_mask, targets, criterion)
         if clock:
             self.cost_logged = True
-            log_first_step_cost(tuple(pixel_values.shape), tuple(view.pixel_values.shape), clock[1] - clock[0],
-                                _now(pixel_values) - clock[1], self.cfg.teacher_input, self.teacher_pixels)
+            self.first_step_cost = (clock[1] - clock[0], _now(pixel_values) - clock[1])
+            log_first_step_cost(tuple(pixel_values.shape), tuple(view.pixel_values.shape), *self.first_step_cost,
+                                self.cfg.teacher_input, self.teacher_pixels)
         ctx = StepContext(s_out, t_out, targets, self._stage_map(s_out, t_out), criterion, self.teacher_matcher,
                           teacher_affine=view.affine)
         # every matching of the step in one solver dispatch (exactly the results of solving them one by one)

@@ -69,10 +69,14 @@ def summary_lines(cfg, out_dir, train_images: int, val_images: int | None, steps
     return lines
 
 
-def estimate_line(first_s: float, second_s: float, steps_left: int) -> str:
-    """The estimated time from the first two steps' durations (the 2nd is the steady-state one)."""
+def estimate_line(first_s: float, second_s: float, steps_left: int, seconds: float | None = None,
+                  note: str = "") -> str:
+    """The estimated time from the first two steps' durations (the 2nd is the steady-state one): ``seconds`` when
+    the task estimated the steps left itself (``note`` says how), else ``second_s`` for each of them."""
+    seconds = second_s * steps_left if seconds is None else seconds
     return (f"estimated time: step 1 took {first_s:.2f} s (warm-up included), step 2 {second_s:.2f} s -> about "
-            f"{duration(second_s * steps_left)} for the {steps_left} steps left (evaluations not included)")
+            f"{duration(seconds)} for the {steps_left} steps left ({note + '; ' if note else ''}evaluations not "
+            "included)")
 
 
 def duration(seconds: float) -> str:

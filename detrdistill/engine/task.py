@@ -14,7 +14,9 @@ A task is an ``nn.Module`` with:
 * ``export(path)``: write the deployable model as a plain transformers model directory;
 * optional ``set_step(step, total)``: called before each training step with its 0-based index (restored on
   ``--resume``) and the run's planned length, for schedules inside the task (the distillation warm-up and stop);
-* optional ``summary_lines(cfg, total_steps)``: lines the task adds to the run's start-up block (when its terms are on).
+* optional ``summary_lines(cfg, total_steps)``: lines the task adds to the run's start-up block (when its terms are on);
+* optional ``time_left(step, total, step_s) -> (seconds, note)``: the estimated time of the steps left when they do
+  not all cost the step just timed (distillation's steps after ``distill.stop_at`` run without the teacher).
 
 The engine is given the task's *class* (:class:`TaskType`), which says before anything is loaded what kind of run
 it is and which models it reads, and builds the task once the output folder is claimed. The CLI and the Python API

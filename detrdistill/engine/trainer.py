@@ -366,9 +366,11 @@ def _time_first_steps(run: Run) -> None:
     run.first_steps_s.append(run.state["elapsed_s"])
     if len(run.first_steps_s) == 2 and run.accelerator.is_main_process and run.plan["total"] > run.state["step"]:
         from detrdistill.engine.run_summary import estimate_line
-        first = run.first_steps_s[0] - run.clock[1]
-        log.info("%s", estimate_line(first, run.first_steps_s[1] - run.first_steps_s[0],
-                                     run.plan["total"] - run.state["step"]))
+        first, step_s = run.first_steps_s[0] - run.clock[1], run.first_steps_s[1] - run.first_steps_s[0]
+        step, total = run.state["step"], run.plan["total"]
+        time_left = getattr(run.task, "time_left", None)  # optional task member (engine/task.py)
+        seconds, note = time_left(step, total, step_s) if time_left is not None else (step_s * (total - step), "")
+        log.info("%s", estimate_line(first, step_s, total - step, seconds, note))
 
 
 def finish_run(run: Run) -> dict:
