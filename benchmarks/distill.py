@@ -155,12 +155,13 @@ def long_schedule(results: dict, args) -> dict:
         return results["baseline_long"]
     if args.long_steps:
         return {"steps": args.long_steps, "cost_ratio": None, "from": "--long-steps"}
-    reference = results_file.full_method(results)
+    reference = args.long_from or results_file.full_method(results)
     runs = {m: [r for r in results["runs"] if r["method"] == m] for m in ("baseline", reference)}
     steps = {r.get("steps") for r in runs["baseline"]}
     if not runs["baseline"] or not runs[reference] or len(steps) != 1:
         raise BenchmarkError(f"baseline_long needs finished baseline and {reference} runs in the file (their "
-                             "training times set its length); run those first, or give --long-steps N")
+                             "training times set its length); run those first, name the method whose cost it "
+                             "matches with --long-from METHOD, or give --long-steps N")
     # a baseline timed beside three other runs and a distilled run timed beside one: wall seconds mislead
     clock = cost_clock(runs["baseline"] + runs[reference])
     if not all(r.get(clock) for rs in runs.values() for r in rs):
@@ -193,6 +194,9 @@ def parse_args(argv=None):
                    help="override for the student runs only (e.g. train.max_steps=400); never a time budget")
     p.add_argument("--long-steps", type=int, default=None,
                    help="baseline_long: this many steps instead of the measured equal-cost length")
+    p.add_argument("--long-from", default=None, metavar="METHOD",
+                   help="baseline_long: match the cost of this method of the file (default: its full DETRDistill "
+                        "arm, detrdistill or its one detrdistill_* variant)")
     p.add_argument("--allow-mixed", action="store_true",
                    help="add runs made on another commit or environment than the file's (the report shows the mix)")
     p.add_argument("--work-dir", default=None, help="default runs/bench/<dataset>[-cpu] (relative: to the repository)")

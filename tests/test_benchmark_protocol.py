@@ -204,6 +204,9 @@ def test_baseline_long_of_a_file_whose_full_method_is_one_variant_takes_that_var
     two = [runs[0], runs[1], _run("detrdistill_other", 0, 2.0, secs=250.0, steps=2400)]
     with pytest.raises(BenchmarkError, match="needs finished baseline and detrdistill runs"):
         distill.long_schedule({"runs": two}, args)  # two variants, no plain arm: which one is not clear
+    named = distill.parse_args(["--dataset", "synthetic", "--long-from", "detrdistill_other"])
+    sched = distill.long_schedule({"runs": two}, named)  # unless named: that method's cost, recorded as its source
+    assert sched["from"] == "detrdistill_other" and sched["steps"] == 6000
 
 
 def test_teacher_variants_are_declared_and_checked():
