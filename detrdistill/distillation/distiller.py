@@ -185,9 +185,8 @@ class Distiller(nn.Module):
         #: (``DistillTask.set_step``), ``DistillationTrainer`` or a user's loop
         self.total_steps: int | None = None
         self.batch_matchings = True  # False: each matching solved where it is used (same results, for comparison)
-        self.cost_logged = False  # the first forward logs both input sizes and forward times (teacher_pixels.py)
-        #: (teacher, student) forward seconds of that first distilled batch (None before it): what a step without
-        #: the teacher saves (``DistillTask.time_left``)
+        #: (teacher, student) forward seconds of the first distilled batch, None before it: that forward logs them
+        #: with both input sizes (teacher_pixels.py), ``DistillTask.time_left`` prices a step without the teacher
         self.first_step_cost: tuple[float, float] | None = None
         self.matching_needs = step_needs(self.terms)
         for term in self.terms:
@@ -311,7 +310,7 @@ class Distiller(nn.Module):
         scale = self.term_scale()
         if scale == 0.0:  # past distill.stop_at: the student's own step, no teacher
             return self._student_only(pixel_values, pixel_mask, targets, criterion)
-        clock = [_now(pixel_values)] if not self.cost_logged else None
+        clock = [_now(pixel_values)] if self.first_step_cost is None else None
         with profiling.section("teacher_forward"):
             view = self.teacher_input(pixel_values, pixel_mask)
             t_out = self.teacher_forward(pixel_values, pixel_mask, view=view)
@@ -319,7 +318,6 @@ class Distiller(nn.Module):
             clock.append(_now(pixel_values))
         s_out, family_loss = self._student_forward(pixel_values, pixel_mask, targets, criterion)
         if clock:
-            self.cost_logged = True
             self.first_step_cost = (clock[1] - clock[0], _now(pixel_values) - clock[1])
             log_first_step_cost(tuple(pixel_values.shape), tuple(view.pixel_values.shape), *self.first_step_cost,
                                 self.cfg.teacher_input, self.teacher_pixels)

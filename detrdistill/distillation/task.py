@@ -51,12 +51,13 @@ class DistillTask(nn.Module):
         and a note for the estimate line. The steps from ``distill.stop_at`` on run without the teacher: when the step
         timed still ran it, they are counted at the student's share of a step, 3x its forward over the teacher's
         forward + 3x the student's (both timed on the first distilled batch), e.g. 0.85 s -> 0.39 s."""
+        from .teacher_pixels import step_seconds
         from .term_schedule import stop_step
         distiller = self.distiller
         end, left, cost = stop_step(distiller.cfg.stop_at, total), max(0, total - step), distiller.first_step_cost
         if end >= total or step > end or cost is None:  # no stop ahead, or the step timed had no teacher already
             return step_s * left, ""
-        share = 3 * cost[1] / max(cost[0] + 3 * cost[1], 1e-9)
+        share = (step_seconds(*cost) - cost[0]) / max(step_seconds(*cost), 1e-9)  # the student's part of a step
         on, off = max(0, end - step), total - max(step, end)
         return (step_s * (on + off * share),
                 f"steps {end + 1}..{total} without the teacher at about {step_s * share:.2f} s")

@@ -53,7 +53,7 @@ from ..models.pixel_norm import PixelNorm, with_class_defaults
 log = logging.getLogger("detrdistill")
 
 __all__ = ["PixelNorm", "ResizeRule", "TeacherInput", "TeacherPixels", "build_teacher_pixels", "TEACHER_INPUT_MODES",
-           "log_first_step_cost", "LARGE_VIEW_RATIO", "warn_no_teacher_processor"]
+           "log_first_step_cost", "step_seconds", "LARGE_VIEW_RATIO", "warn_no_teacher_processor"]
 
 #: a teacher view with at least this many times the student's pixels gets the distill.teacher_input hint
 LARGE_VIEW_RATIO = 4.0
@@ -238,6 +238,12 @@ def _pixels(shape) -> int:
     return int(shape[-1]) * int(shape[-2])
 
 
+def step_seconds(teacher_s: float, student_s: float) -> float:
+    """A distilled step's seconds from the two forward times: the teacher's forward and the student's forward and
+    backward (about 3x its forward)."""
+    return teacher_s + 3 * student_s
+
+
 def log_first_step_cost(student_shape, teacher_shape, teacher_s: float, student_s: float, mode: str,
                         teacher_pixels: "TeacherPixels | None") -> str:
     """Log (and return) the one line of what the teacher costs, from the first batch: both padded input sizes
@@ -252,7 +258,7 @@ def log_first_step_cost(student_shape, teacher_shape, teacher_s: float, student_
     size = lambda s: " x ".join(str(int(v)) for v in s)  # noqa: E731
     line = (f"distill.teacher input {size(teacher_shape)} ({how}; distill.teacher_input={mode}), student input "
             f"{size(student_shape)}; first batch: teacher forward {teacher_s:.2f} s, student forward {student_s:.2f} s "
-            f"-> about {teacher_s + 3 * student_s:.2f} s per step (measured: teacher + 3x student forward)")
+            f"-> about {step_seconds(teacher_s, student_s):.2f} s per step (measured: teacher + 3x student forward)")
     if ratio >= LARGE_VIEW_RATIO:
         line += (f"; the teacher's view has {ratio:.0f}x the student's pixels: distill.teacher_input=auto (never "
                  "enlarges) or student (the student's pixels) makes it cheaper")

@@ -369,7 +369,7 @@ def _time_first_steps(run: Run) -> None:
         first, step_s = run.first_steps_s[0] - run.clock[1], run.first_steps_s[1] - run.first_steps_s[0]
         step, total = run.state["step"], run.plan["total"]
         time_left = getattr(run.task, "time_left", None)  # optional task member (engine/task.py)
-        seconds, note = time_left(step, total, step_s) if time_left is not None else (step_s * (total - step), "")
+        seconds, note = time_left(step, total, step_s) if time_left is not None else (None, "")
         log.info("%s", estimate_line(first, step_s, total - step, seconds, note))
 
 
