@@ -2,7 +2,7 @@
 
 The output is itself a valid config (``detrdistill config show > my.yaml`` gives an editable file that loads to the
 same values); the comment after each key holds its description (the pydantic ``Field`` description in
-:mod:`detrdistill.config`), its default, and where a value other than the default's came from::
+:mod:`detrdistill.config`), its default (or that it is required), and where a value other than the default's came from::
 
     train:  # when and how long to train, logging, checkpoints
       max_steps: 5                    # overrides epochs when set (default: null; --set train.max_steps=5)
@@ -55,11 +55,12 @@ def _lines(model: BaseModel, origins: Origins, path: tuple[str, ...], indent: in
             out.append(f"{pad}{name}:" + (f"  # {about}" if about else ""))
             out.extend(_lines(value, origins, key_path, indent + 1))
             continue
-        default = _plain(f.get_default(call_default_factory=True))
+        required = f.is_required()  # a key with no default (a data split's ann_file, image_dir)
+        default = None if required else _plain(f.get_default(call_default_factory=True))
         shown = _flow(_plain(value))
-        note = [f"default: {_flow(default)}"]
+        note = ["required, no default" if required else f"default: {_flow(default)}"]
         where = origins.of(key_path)
-        if where is not None and _plain(value) != default:
+        if where is not None and (required or _plain(value) != default):
             note.append(where)
         about = f.description or (_doc(sections[0]) if sections else "")
         if sections and value is None:

@@ -101,6 +101,20 @@ def test_config_show_prints_every_key_with_meaning_default_and_origin_and_loads_
         assert "(default: " in comment and len(comment.split("(default: ")[0].strip()) > 3, ln
 
 
+def test_config_show_of_a_config_with_data_splits_marks_their_required_keys_and_loads_back(tmp_path):
+    """A split's ann_file / image_dir have no default: shown as required with the file line they came from."""
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("data:\n  train: {ann_file: a/train.json, image_dir: a/images}\n  val: null\n")
+    r = _cli_in_fresh_process("config", "show", str(cfg))
+    assert r["rc"] == 0, r
+    shown = tmp_path / "shown.yaml"
+    shown.write_text(r["out"])
+    assert load_config(shown) == load_config(cfg)
+    lines = {ln.split(":")[0].strip(): ln for ln in r["out"].splitlines() if not ln.startswith("#")}
+    assert "ann_file: a/train.json" in lines["ann_file"] and f"(required, no default; {cfg}:2)" in lines["ann_file"]
+    assert "(required, no default" in lines["image_dir"] and "folder the json" in lines["image_dir"]
+
+
 def test_config_show_reports_mistakes_like_the_other_commands():
     r = _cli_in_fresh_process("config", "show", "--set", "optim.lr=fast")
     assert r["rc"] == 2 and r["err"].startswith("error: --set optim.lr=fast: optim.lr:"), r
