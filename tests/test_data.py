@@ -158,6 +158,20 @@ def test_not_json_and_missing_file(tmp_path):
         CocoDetection(tmp_path / "missing.json", tmp_path)
 
 
+def test_the_repair_warning_names_a_data_validate_command_that_runs(tmp_path, caplog):
+    """The command the warning suggests parses (``--images`` is required) and lists the defects (exit code 1)."""
+    import shlex
+
+    from detrdistill.cli import main
+    ann, img_dir, _ = _crafted(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        CocoDetection(ann, img_dir, defects="repair")
+    suggested = caplog.text.split("run `detrdistill ", 1)[1].split("`", 1)[0]
+    argv = shlex.split(suggested)
+    assert argv[:2] == ["data", "validate"] and "--images" in argv, suggested
+    assert main(argv) == 1
+
+
 def test_policy_error_raises_helpful_message(tmp_path):
     ann, img_dir, doc = _crafted(tmp_path)
     rep = validate_coco(ann, img_dir)

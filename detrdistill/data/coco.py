@@ -18,6 +18,7 @@ import contextlib
 import copy
 import io
 import logging
+import shlex
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable
@@ -88,10 +89,10 @@ class CocoDetection(Dataset):
                         self.ann_file, len(self.truncated_ids))
         if self.changes:
             verb = "repaired" if defects == "repair" else "skipped"
-            log.warning("%s: %d dataset defect(s) %s (%s); run `detrdistill data validate %s` for details",
+            log.warning("%s: %d dataset defect(s) %s (%s); run `detrdistill data validate %s --images %s` for details",
                         self.ann_file, len(self.changes), verb,
                         ", ".join(f"{k}={v}" for k, v in self.report.counts().items() if k != "empty_image"),
-                        self.ann_file)
+                        shlex.quote(self.ann_file), shlex.quote(str(self.image_dir)))
         self.transforms = transforms if transforms is not None else ToTensorNormalize()
 
         cats = self.coco["categories"]
