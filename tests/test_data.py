@@ -172,6 +172,24 @@ def test_the_repair_warning_names_a_data_validate_command_that_runs(tmp_path, ca
     assert main(argv) == 1
 
 
+def test_an_image_replaced_after_loading_is_refused_with_a_validate_command_that_runs(tmp_path):
+    """A file whose size no longer matches its (validated) json entry: one error naming both and a full command."""
+    import shlex
+
+    from detrdistill.cli import main
+    ann, img_dir, _ = _crafted(tmp_path)
+    ds = CocoDetection(ann, img_dir, defects="repair")
+    i = next(k for k, im in enumerate(ds.images) if im["file_name"] == "a.png")
+    Image.new("RGB", (30, 20), (10, 20, 30)).save(img_dir / "a.png")
+    with pytest.raises(DatasetError) as e:
+        ds[i]
+    msg = str(e.value)
+    assert "a.png: file is 30x20" in msg and "says 64x48" in msg
+    argv = shlex.split(msg.split("run `detrdistill ", 1)[1].split("`", 1)[0])
+    assert argv[:2] == ["data", "validate"] and "--images" in argv
+    assert main(argv) == 1
+
+
 def test_policy_error_raises_helpful_message(tmp_path):
     ann, img_dir, doc = _crafted(tmp_path)
     rep = validate_coco(ann, img_dir)

@@ -146,7 +146,9 @@ class CocoDetection(Dataset):
         img = self.decoded(i)
         if img.size != (info["width"], info["height"]):
             raise DatasetError(f"{self.image_path(i)}: file is {img.width}x{img.height} but {self.ann_file} "
-                               f"says {info['width']}x{info['height']}; run `detrdistill data validate`")
+                               f"says {info['width']}x{info['height']} (the file changed since the dataset was "
+                               f"loaded?); run `detrdistill data validate {shlex.quote(self.ann_file)} "
+                               f"--images {shlex.quote(str(self.image_dir))}`")
         target = self.raw_target(i)
         w, h = img.size
         b = target["boxes"]
