@@ -2,7 +2,8 @@
 
 The output is itself a valid config (``detrdistill config show > my.yaml`` gives an editable file that loads to the
 same values); the comment after each key holds its description (the pydantic ``Field`` description in
-:mod:`detrdistill.config`), its default (or that it is required), and where a value other than the default's came from::
+:mod:`detrdistill.config`), its default (or that it is required), and where a value other than the default's came
+from::
 
     train:  # when and how long to train, logging, checkpoints
       max_steps: 5                    # overrides epochs when set (default: null; --set train.max_steps=5)

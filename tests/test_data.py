@@ -158,25 +158,26 @@ def test_not_json_and_missing_file(tmp_path):
         CocoDetection(tmp_path / "missing.json", tmp_path)
 
 
-def test_the_repair_warning_names_a_data_validate_command_that_runs(tmp_path, caplog):
-    """The command the warning suggests parses (``--images`` is required) and lists the defects (exit code 1)."""
+def _run_suggested_validate(text: str) -> int:
+    """Run the ``detrdistill data validate ...`` command that ``text`` suggests (in backticks); its exit code."""
     import shlex
 
     from detrdistill.cli import main
+    argv = shlex.split(text.split("run `detrdistill ", 1)[1].split("`", 1)[0])
+    assert argv[:2] == ["data", "validate"] and "--images" in argv, text  # --images is required
+    return main(argv)
+
+
+def test_the_repair_warning_names_a_data_validate_command_that_runs(tmp_path, caplog):
+    """The command the warning suggests parses and lists the defects (exit code 1)."""
     ann, img_dir, _ = _crafted(tmp_path)
     with caplog.at_level(logging.WARNING):
         CocoDetection(ann, img_dir, defects="repair")
-    suggested = caplog.text.split("run `detrdistill ", 1)[1].split("`", 1)[0]
-    argv = shlex.split(suggested)
-    assert argv[:2] == ["data", "validate"] and "--images" in argv, suggested
-    assert main(argv) == 1
+    assert _run_suggested_validate(caplog.text) == 1
 
 
 def test_an_image_replaced_after_loading_is_refused_with_a_validate_command_that_runs(tmp_path):
     """A file whose size no longer matches its (validated) json entry: one error naming both and a full command."""
-    import shlex
-
-    from detrdistill.cli import main
     ann, img_dir, _ = _crafted(tmp_path)
     ds = CocoDetection(ann, img_dir, defects="repair")
     i = next(k for k, im in enumerate(ds.images) if im["file_name"] == "a.png")
@@ -185,9 +186,7 @@ def test_an_image_replaced_after_loading_is_refused_with_a_validate_command_that
         ds[i]
     msg = str(e.value)
     assert "a.png: file is 30x20" in msg and "says 64x48" in msg
-    argv = shlex.split(msg.split("run `detrdistill ", 1)[1].split("`", 1)[0])
-    assert argv[:2] == ["data", "validate"] and "--images" in argv
-    assert main(argv) == 1
+    assert _run_suggested_validate(msg) == 1
 
 
 def test_policy_error_raises_helpful_message(tmp_path):
