@@ -18,7 +18,6 @@ import contextlib
 import copy
 import io
 import logging
-import shlex
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable
@@ -31,7 +30,7 @@ from .image_cache import ImageCache
 from .images import decode_rgb
 from .transforms import ToTensorNormalize
 from .policy import apply_policy
-from .validate import DatasetError, load_coco_json, validate_coco_dict
+from .validate import DatasetError, load_coco_json, validate_coco_dict, validate_command
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +88,10 @@ class CocoDetection(Dataset):
                         self.ann_file, len(self.truncated_ids))
         if self.changes:
             verb = "repaired" if defects == "repair" else "skipped"
-            log.warning("%s: %d dataset defect(s) %s (%s); run `detrdistill data validate %s --images %s` for details",
+            log.warning("%s: %d dataset defect(s) %s (%s); run `%s` for details",
                         self.ann_file, len(self.changes), verb,
                         ", ".join(f"{k}={v}" for k, v in self.report.counts().items() if k != "empty_image"),
-                        shlex.quote(self.ann_file), shlex.quote(str(self.image_dir)))
+                        validate_command(self.ann_file, self.image_dir))
         self.transforms = transforms if transforms is not None else ToTensorNormalize()
 
         cats = self.coco["categories"]
@@ -147,8 +146,7 @@ class CocoDetection(Dataset):
         if img.size != (info["width"], info["height"]):
             raise DatasetError(f"{self.image_path(i)}: file is {img.width}x{img.height} but {self.ann_file} "
                                f"says {info['width']}x{info['height']} (the file changed since the dataset was "
-                               f"loaded?); run `detrdistill data validate {shlex.quote(self.ann_file)} "
-                               f"--images {shlex.quote(str(self.image_dir))}`")
+                               f"loaded?); run `{validate_command(self.ann_file, self.image_dir)}`")
         target = self.raw_target(i)
         w, h = img.size
         b = target["boxes"]

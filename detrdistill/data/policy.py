@@ -10,7 +10,7 @@ import copy
 from collections import defaultdict
 
 from .images import orient_box
-from .validate import WARNING_KINDS, DatasetError, Defect, ValidationReport
+from .validate import WARNING_KINDS, DatasetError, Defect, ValidationReport, validate_command
 
 POLICIES = ("repair", "skip", "error")
 
@@ -30,8 +30,8 @@ def _error_message(report: ValidationReport, limit: int = 3) -> str:
     counts = ", ".join(f"{k}={v}" for k, v in report.counts().items() if k not in WARNING_KINDS)
     first = "; ".join(d.format().removeprefix(f"{report.file}: ") for d in errs[:limit])
     more = f"; ... and {len(errs) - limit} more" if len(errs) > limit else ""
-    return (f"{report.file}: {len(errs)} dataset defect(s) ({counts}): {first}{more}. Run `detrdistill data "
-            f"validate {report.file} --images {report.image_dir}` to list them all, fix the data, or set "
+    return (f"{report.file}: {len(errs)} dataset defect(s) ({counts}): {first}{more}. Run "
+            f"`{validate_command(report.file, report.image_dir)}` to list them all, fix the data, or set "
             "data.defects=repair (clip boxes, drop bad annotations and unreadable images) or data.defects=skip "
             "(drop them).")
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,6 +145,12 @@ class ValidationReport:
             lines.append(f"... and {len(self.defects) - len(shown)} more")
         lines.append(self.summary())
         return "\n".join(lines)
+
+
+def validate_command(ann_file: str | Path, image_dir: str | Path) -> str:
+    """The ``detrdistill data validate`` command line that lists every defect of ``ann_file`` (paths shell-quoted),
+    for messages that tell the user to run it."""
+    return f"detrdistill data validate {shlex.quote(str(ann_file))} --images {shlex.quote(str(image_dir))}"
 
 
 # --------------------------------------------------------------------------------------- loading

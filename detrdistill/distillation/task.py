@@ -57,7 +57,8 @@ class DistillTask(nn.Module):
         end, left, cost = stop_step(distiller.cfg.stop_at, total), max(0, total - step), distiller.first_step_cost
         if end >= total or step > end or cost is None:  # no stop ahead, or the step timed had no teacher already
             return step_s * left, ""
-        share = (step_seconds(*cost) - cost[0]) / max(step_seconds(*cost), 1e-9)  # the student's part of a step
+        step_cost = step_seconds(*cost)
+        share = (step_cost - cost[0]) / max(step_cost, 1e-9)  # the student's part of a step
         on, off = max(0, end - step), total - max(step, end)
         return (step_s * (on + off * share),
                 f"steps {end + 1}..{total} without the teacher at about {step_s * share:.2f} s")
