@@ -109,6 +109,16 @@ def test_a_model_folder_that_cannot_load_is_one_line(how, teacher_dir, synth_dir
     assert not (bad / "CODE_RAN").exists() and not (tmp_path / "d" / "run.json").exists()
 
 
+def test_eval_of_a_missing_model_writes_nothing(synth_dir, tmp_path, capsys):
+    """The model is checked before the eval folder is claimed: a run that was never trained leaves no empty folder
+    behind, and the error names the missing directory."""
+    out = tmp_path / "runs" / "student"
+    assert _run("eval", out, synth_dir) == 2
+    line = _one_line_error(capsys)
+    assert str(out / "model") in line and "does not exist" in line, line
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("value,expect", [("optim.lr=[1,", "--set optim.lr=[1,: not a valid YAML value"),
                                           ("optim.lr=!!python/object/apply:os.mkdir [MARK]", "--set optim.lr=")])
 def test_bad_set_values_are_one_line(value, expect, tmp_path, capsys):

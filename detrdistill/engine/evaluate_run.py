@@ -18,16 +18,20 @@ def run_evaluation(cfg: Config, model_dir: str | Path, split: str = "val", outpu
     """Load ``model_dir`` (a transformers directory, or an exported ``.onnx`` file run by onnxruntime), evaluate on
     ``cfg.data.<split>``, write eval.json. An ONNX model is evaluated at the resize its metadata records.
 
-    The eval folder is claimed first (:func:`detrdistill.output_folder.claim_output`): locked for the whole
+    A local model directory that does not exist is refused before anything is written. The eval folder is then
+    claimed (:func:`detrdistill.output_folder.claim_output`): locked for the whole
     evaluation, and ``eval.json`` may not equal, contain or lie inside the model or the split's data; a
     read-only folder fails before evaluating."""
     from detrdistill.engine.run_dir import data_inputs
     from detrdistill.engine.setup import make_accelerator
     from detrdistill.export.onnx_runtime import is_onnx_file
+    from detrdistill.models.pretrained import check_local_model
     from detrdistill.output_folder import NO_LOCK, claim_output
 
     onnx = None
-    if is_onnx_file(model_dir):
+    if not is_onnx_file(model_dir):
+        check_local_model(model_dir)  # before the eval folder exists: a missing model leaves nothing behind
+    else:
         from detrdistill.export.onnx_runtime import OnnxDetector
         onnx = OnnxDetector(model_dir)
         cfg = with_onnx_preprocessing(cfg, onnx.info, model_dir)
