@@ -73,6 +73,18 @@ class Origins:
         """:meth:`of`, else the file as a whole (or ``defaults``)."""
         return self.of(path) or self.file or "defaults"
 
+    def describe_missing(self, path: Path_) -> str:
+        """Where the section holding the missing key ``path`` was started: an override that set a sibling key
+        (``--set data.train.ann_file=...`` for a missing ``data.train.image_dir``) when neither the file nor an
+        override names the section itself; else :meth:`describe`."""
+        parent = path[:-1]
+        if parent and parent not in self.overrides and parent not in self.file_lines:
+            siblings = [label for p, label in self.overrides.items()
+                        if len(p) > len(parent) and p[:len(parent)] == parent]
+            if siblings:
+                return siblings[-1]
+        return self.describe(path)
+
 
 def _models_in(annotation) -> list[type[BaseModel]]:
     args = typing.get_args(annotation) or (annotation,)
@@ -125,8 +137,8 @@ def format_validation_error(err: ValidationError, root: type[BaseModel], origins
     first = err.errors()[0]
     path = tuple(str(p) for p in first["loc"])
     key = ".".join(path) or "<root>"
-    where = origins.describe(path)
     kind = first["type"]
+    where = origins.describe_missing(path) if kind == "missing" else origins.describe(path)
     msg = str(first["msg"]).removeprefix("Value error, ")
     got = first.get("input")
     hint = ""

@@ -41,6 +41,19 @@ def test_a_bad_key_in_a_file_names_the_file_and_its_line(tmp_path):
     assert str(e.value).startswith("--set optim.warmup_steps=-4: optim.warmup_steps:")
 
 
+def test_a_missing_key_blames_what_started_its_section(tmp_path):
+    """A split begun by ``--set`` blames that override, not the file that never named the split; a split the
+    file declares blames the file's line."""
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["data.train.ann_file=a.json"])
+    assert str(e.value).startswith("--set data.train.ann_file=a.json: data.train.image_dir: Field required"), e.value
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("data:\n  synthetic: false\n  train:\n    ann_file: a.json\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(cfg, ["data.train.ann_file=b.json"])
+    assert str(e.value).startswith(f"{cfg}:3: data.train.image_dir: Field required"), e.value
+
+
 @pytest.mark.parametrize("override,meant", [
     ("train.lr=1e-3", "optim.lr"),          # the right key in another section
     ("trian.epochs=3", "train"),            # a misspelt section
