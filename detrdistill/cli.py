@@ -58,6 +58,10 @@ def _read_config(args):
         overrides.append(f"distill.teacher={args.teacher}")
         labels.append(f"--teacher {args.teacher}")
     if args.config:
+        if "=" in args.config and not Path(args.config).exists():  # `--set a=1 b=2`: b=2 landed in CONFIG
+            from detrdistill.errors import ConfigError
+            raise ConfigError(f"{args.config}: config file not found; it reads as a KEY=VALUE override, and each "
+                              f"--set takes one: write --set {args.config}")
         return load_config_with_origins(args.config, overrides, labels)
     return load_config_with_origins(embedded_config("synthetic"), overrides, labels,
                                     name="embedded detrdistill/configs/synthetic.yaml")
@@ -303,7 +307,13 @@ def _global_flags(argv: list[str]) -> tuple[list[str], bool, bool]:
 
 def main(argv: list[str] | None = None) -> int:
     argv, debug, verbose = _global_flags(list(sys.argv[1:] if argv is None else argv))
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        sets = [a for a in extra if "=" in a and not a.startswith("-")]
+        hint = (f"; each --set takes one KEY=VALUE: write {' '.join('--set ' + a for a in sets)}"
+                if sets and getattr(args, "takes_config", False) else "")
+        parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     args.debug, args.verbose = debug, verbose
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")

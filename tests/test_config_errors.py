@@ -41,6 +41,20 @@ def test_a_bad_key_in_a_file_names_the_file_and_its_line(tmp_path):
     assert str(e.value).startswith("--set optim.warmup_steps=-4: optim.warmup_steps:")
 
 
+def test_several_values_after_one_set_name_the_fix(capsys):
+    """``--set a=1 b=2`` (one --set, two values): ``b=2`` lands in CONFIG, or beyond it is unrecognized; either way
+    the error says to give each value its own --set, before torch is imported."""
+    r = _cli_in_fresh_process("train", "--set", "train.max_steps=5", "train.seed=3")
+    assert r["rc"] == 2 and r["imported"] == [], r
+    assert "train.seed=3: config file not found" in r["err"] and "write --set train.seed=3" in r["err"], r["err"]
+    from detrdistill.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--set", "train.max_steps=5", "train.seed=3", "optim.lr=3", "train.epochs=2"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "unrecognized arguments: optim.lr=3 train.epochs=2" in err, err
+    assert "write --set optim.lr=3 --set train.epochs=2" in err, err
+
+
 def test_a_missing_key_blames_what_started_its_section(tmp_path):
     """A split begun by ``--set`` blames that override, not the file that never named the split; a split the
     file declares blames the file's line."""
