@@ -154,7 +154,10 @@ def cmd_demo(args) -> int:
 
 def cmd_data_validate(args) -> int:
     from detrdistill.data import validate_coco
-    report = validate_coco(args.ann_file, args.images, check_images=not args.no_images, progress=True)
+    if args.images is None and not args.no_images:
+        args.usage_error("the following arguments are required: --images (the image folder; --no-images checks "
+                         "the json alone)")
+    report = validate_coco(args.ann_file, args.images or ".", check_images=not args.no_images, progress=True)
     print(report.format())
     return 1 if report.errors else 0
 
@@ -270,9 +273,9 @@ def _add_data_commands(sub) -> None:
     sp = data.add_parser("validate", help="report every defect of a COCO dataset (every image decoded fully, "
                          "as training reads it); exit 1 when there are defects other than warnings")
     sp.add_argument("ann_file", help="COCO annotation JSON")
-    sp.add_argument("--images", required=True, help="image folder")
-    sp.add_argument("--no-images", action="store_true", help="skip decoding image files")
-    sp.set_defaults(func=cmd_data_validate)
+    sp.add_argument("--images", help="image folder (required unless --no-images)")
+    sp.add_argument("--no-images", action="store_true", help="check the json alone: no image file is opened")
+    sp.set_defaults(func=cmd_data_validate, usage_error=sp.error)
     sp = data.add_parser("synth", help="generate the synthetic COCO dataset")
     sp.add_argument("out_dir", help="folder for images/, train.json and val.json")
     sp.add_argument("--train-images", type=int, default=160, help="number of training images")

@@ -164,8 +164,23 @@ def _run_suggested_validate(text: str) -> int:
 
     from detrdistill.cli import main
     argv = shlex.split(text.split("run `detrdistill ", 1)[1].split("`", 1)[0])
-    assert argv[:2] == ["data", "validate"] and "--images" in argv, text  # --images is required
+    assert argv[:2] == ["data", "validate"] and "--images" in argv, text  # the images are checked too
     return main(argv)
+
+
+def test_data_validate_without_images_needs_no_image_folder(tmp_path, capsys):
+    """``--no-images`` checks the json alone (no --images needed, no image file opened); without either flag the
+    usage error names both."""
+    from detrdistill.cli import main
+    ann, img_dir, _ = _crafted(tmp_path)
+    assert main(["data", "validate", str(ann), "--no-images"]) == 1  # the crafted json's own defects
+    out = capsys.readouterr().out
+    assert "duplicate_id=2" in out and "invalid_box=3" in out, out
+    assert not any(code in out for code in ("missing_image", "corrupt_image", "size_mismatch")), out  # files unread
+    with pytest.raises(SystemExit) as e:
+        main(["data", "validate", str(ann)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "required: --images" in err and "--no-images" in err, err
 
 
 def test_the_repair_warning_names_a_data_validate_command_that_runs(tmp_path, caplog):
