@@ -128,7 +128,8 @@ def cmd_predict(args) -> int:
           f"{result.predictions_file.parent}{skipped}")
     if result.stats is not None:
         from detrdistill.engine.evaluator import STAT_KEYS
-        print("COCO bbox (" + args.ann + "): " + ", ".join(f"{k} {result.stats[k]:.2f}" for k in STAT_KEYS))
+        shown = (f"{k} {result.stats[k]:.2f}" if k in result.stats else f"{k} n/a" for k in STAT_KEYS)
+        print("COCO bbox (" + args.ann + "): " + ", ".join(shown))
     return 1 if result.skipped else 0
 
 

@@ -48,6 +48,27 @@ def test_perfect_predictions_score_100_and_shifted_less():
     assert coco_stats(gt, [])["AP"] == 0.0
 
 
+def test_a_stat_coco_cannot_define_is_left_out_and_written_as_null(tmp_path):
+    """No small objects in the ground truth: COCO's APs / ARs are -1 (undefined), not 0; they are left out of the
+    stats and written as null in eval.json."""
+    import json
+
+    from detrdistill.engine.evaluator import write_eval_json
+    gt = _fixture_gt()
+    large = [a for a in gt.dataset["annotations"] if a["area"] > 96 ** 2]
+    assert large
+    gt.dataset["annotations"] = large
+    gt.createIndex()
+    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+            for a in large]
+    stats = coco_stats(gt, dets)
+    assert stats["AP"] == pytest.approx(100.0) and stats["APl"] == pytest.approx(100.0)
+    assert not {"APs", "APm", "ARs", "ARm"} & set(stats), stats
+    write_eval_json(tmp_path / "eval.json", stats)
+    written = json.loads((tmp_path / "eval.json").read_text())
+    assert written["APs"] is None and written["ARm"] is None and written["APl"] == pytest.approx(100.0)
+
+
 def test_pycocotools_and_faster_coco_eval_agree():
     pytest.importorskip("faster_coco_eval")
     gt = _fixture_gt(seed=3)

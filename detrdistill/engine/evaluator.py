@@ -61,7 +61,11 @@ def to_coco_results(dets: list[dict[str, Tensor]], image_ids: list[int], label2c
 def coco_stats(coco_gt, results: list[dict], backend: str = "pycocotools",
                image_ids: list[int] | None = None) -> dict[str, float]:
     """The 12 COCO bbox statistics in percent (AP 0..100). ``backend``: pycocotools | faster_coco_eval.
-    ``image_ids``: score only these images of ``coco_gt`` (default: all of them)."""
+    ``image_ids``: score only these images of ``coco_gt`` (default: all of them).
+
+    A statistic COCO cannot define (its -1: no ground truth in that area range, e.g. ``APs`` of a set without small
+    objects) is left out, as the per-class AP of a class without ground truth is; ``eval.json`` writes it as null.
+    No detections at all score 0 everywhere."""
     if not results:
         return {k: 0.0 for k in STAT_KEYS}
     with contextlib.redirect_stdout(io.StringIO()):
@@ -78,7 +82,7 @@ def coco_stats(coco_gt, results: list[dict], backend: str = "pycocotools",
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return {**{k: float(max(v, 0.0)) * 100.0 for k, v in zip(STAT_KEYS, ev.stats)}, **per_class_ap(ev)}
+    return {**{k: float(v) * 100.0 for k, v in zip(STAT_KEYS, ev.stats) if v >= 0}, **per_class_ap(ev)}
 
 
 @torch.no_grad()
@@ -113,7 +117,8 @@ def evaluate(adapter, loader, dataset, accelerator, progress: bool = True, desc:
 
 
 def write_eval_json(path: str | Path, stats: dict[str, float], extra: dict | None = None) -> None:
-    """``eval.json``: the 12 COCO stats, the per-class APs and ``extra``, written atomically."""
+    """``eval.json``: the 12 COCO stats (null where COCO cannot define one), the per-class APs and ``extra``, written
+    atomically."""
     from detrdistill.io_atomic import write_atomic
-    write_atomic(path, json.dumps({**{k: stats[k] for k in STAT_KEYS}, **per_class_from_stats(stats), **(extra or {})},
+    write_atomic(path, json.dumps({**{k: stats.get(k) for k in STAT_KEYS}, **per_class_from_stats(stats), **(extra or {})},
                                   indent=1))

@@ -87,9 +87,9 @@ def render_model_card(cfg: Config, model_dir: str | Path, stats: dict | None,
                   "in the run's `config.yaml`)"]
     lines += ["", "## Evaluation (COCO bbox, val split)", ""]
     if stats:
-        keys = [k for k in STAT_ORDER if k in stats]
+        keys = STAT_ORDER  # n/a: no ground truth in that area range
         lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys),
-                  "| " + " | ".join(f"{stats[k]:.1f}" for k in keys) + " |"]
+                  "| " + " | ".join(f"{stats[k]:.1f}" if k in stats else "n/a" for k in keys) + " |"]
     else:
         lines.append("not evaluated (no validation split)")
     return "\n".join(lines) + "\n"
