@@ -35,7 +35,7 @@ def mean_across_processes(counts: Tensor) -> Tensor:
     accelerate, which initialises it; moved to the current CUDA device for NCCL), divided by world_size exactly
     once: transformers' ``ImageLoss`` uses accelerate's ``reduce`` (already a mean) and divides by world_size again,
     shrinking num_boxes (and inflating the loss) world_size times. Otherwise the counts themselves."""
-    counts = counts.detach().to(torch.float64)
+    counts = counts.detach().to(torch.float64, copy=True)  # the all-reduce is in place: never on the caller's tensor
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dev = counts.device
         if dist.get_backend() == "nccl" and not counts.is_cuda:

@@ -49,6 +49,7 @@ from .base import (DetectorAdapter, ModuleInputCapture, ModuleOutputCapture, dow
                    padded_frame_scale, reference_logits, scaled_to_real_frame, targets_in_padded_frame)
 from ..families import FamilySpec
 from ..family_loss import summarize_family_losses
+from ..process_box_counts import capture_union_count, normalised_over_processes, world_size
 from ..hf_config import common_kwargs, resnet_config
 from .group_family_loss import DISTRIBUTION_TERMS, family_loss_module, group_family_losses
 
@@ -117,8 +118,11 @@ class RTDetrAdapter(DetectorAdapter):
         scale = padded_frame_scale(pixel_mask)  # [B, 4] real-image -> padded-input box fractions (None: no padding)
         if labels is not None:
             labels = targets_in_padded_frame(labels, scale)
+        across = labels is not None and world_size() > 1  # the loss normalised over processes (process_box_counts)
+        union = across and self.family_loss_class == "Deimv2Loss" and bool(self.model.config.use_dense_one_to_one)
         with ModuleInputCapture(self._decoder()) as dec_cap, \
-                ModuleOutputCapture(self._input_projections()) as in_cap, self._every_stage():
+                ModuleOutputCapture(self._input_projections()) as in_cap, self._every_stage(), \
+                capture_union_count(union) as unions:
             model_out = self.model(pixel_values, pixel_mask=pixel_mask, labels=labels, return_dict=True)
         kwargs = dec_cap.require("decoder")
         encoder_inputs = in_cap.first()
@@ -143,8 +147,15 @@ class RTDetrAdapter(DetectorAdapter):
             state={"decoder_kwargs": kwargs, "frame_scale": scale},
         )
         if labels is not None:
+            loss_dict = model_out.loss_dict
             out.loss = model_out.loss
-            out.loss_dict = summarize_family_losses(model_out.loss_dict)
+            if across:
+                counts = {"gt": sum(len(t["class_labels"]) for t in labels)}
+                if union:  # every process sends the same names (one all_reduce)
+                    counts["union"] = unions[-1] if unions else counts["gt"]
+                loss_dict = normalised_over_processes(loss_dict, self.family_loss_class, counts, union)
+                out.loss = sum(loss_dict.values())
+            out.loss_dict = summarize_family_losses(loss_dict)
         return out
 
     # ------------------------------------------------------------------ what a derived family changes
