@@ -1,0 +1,77 @@
+"""Bring the runs another copy of a results file holds into this one (e.g. runs made in a worktree pinned to the
+file's commit, or on a second machine), then re-render its report and chart.
+
+    python benchmarks/merge_runs.py WORKTREE/benchmarks/results/NAME.json benchmarks/results/NAME.json
+
+This file's header (teacher record, notes, device) is kept: a baseline-only invocation in a worktree knows no teacher
+and an older commit's header may lack fields. From the other copy come its runs that this file lacks (by method and
+seed), its dates, the invocations it adds to the command history and its ``baseline_long`` record when this file
+has none. Refused, with nothing written: files of another dataset or student config, a ``baseline_long`` record that
+differs from this file's, or a run both files hold with different results.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python benchmarks/merge_runs.py` from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import results_file  # noqa: E402
+from benchmarks.distill_report import bar_and_curve_chart, summarize  # noqa: E402
+from benchmarks.runner import BenchmarkError  # noqa: E402
+
+
+def merged(into: dict, other: dict) -> tuple[dict, list[dict]]:
+    """``into`` with ``other``'s new runs (and what comes with them); the runs added."""
+    for key in ("dataset", "report_split"):
+        if into.get(key) != other.get(key):
+            raise BenchmarkError(f"{key}: {into.get(key)!r} here, {other.get(key)!r} in the other file")
+    if (into.get("student") or {}).get("config") != (other.get("student") or {}).get("config"):
+        raise BenchmarkError("the two files train different student configs")
+    if into.get("baseline_long") and other.get("baseline_long") and into["baseline_long"] != other["baseline_long"]:
+        raise BenchmarkError(f"baseline_long: {into['baseline_long']} here, {other['baseline_long']} in the other "
+                             "file; runs of two schedule lengths cannot share a method name")
+    have = {results_file.run_key(r): r for r in into["runs"]}
+    for r in other["runs"]:
+        mine = have.get(results_file.run_key(r))
+        if mine is not None and mine.get("AP") != r.get("AP"):
+            raise BenchmarkError(f"{r['method']} seed {r['seed']}: AP {mine.get('AP')} here, {r.get('AP')} in the "
+                                 "other file; keep one (delete the other from its file) first")
+    new = [r for r in other["runs"] if results_file.run_key(r) not in have]
+    out = {**into, "runs": into["runs"] + new}
+    if new:
+        out["dates"] = sorted(set(into.get("dates", [])) | {r["date"] for r in new if r.get("date")})
+        out["command"] = results_file.join_commands(into.get("command"), other.get("command"))
+    if other.get("baseline_long") and not into.get("baseline_long"):
+        out["baseline_long"] = other["baseline_long"]
+    return out, new
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("other", type=Path, help="the copy holding the runs to bring in")
+    p.add_argument("into", type=Path, help="the results file to extend (its .md and .png are re-rendered)")
+    args = p.parse_args(argv)
+    try:
+        with results_file.locked(args.into):
+            into, other = results_file.read(args.into), results_file.read(args.other)
+            if into is None or other is None:
+                raise BenchmarkError(f"{args.into if into is None else args.other}: no such results file")
+            results, new = merged(into, other)
+            results_file.write_atomic(args.into, results)
+            results_file.write_atomic(args.into.with_suffix(".md"), summarize(results))
+            if results["runs"]:
+                bar_and_curve_chart(results, args.into.with_suffix(".png"))
+    except (BenchmarkError, json.JSONDecodeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.into}: {len(new)} run(s) added: " + ", ".join(f"{r['method']} s{r['seed']}" for r in new))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
