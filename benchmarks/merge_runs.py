@@ -7,7 +7,8 @@ This file's header (teacher record, notes, device) is kept: a baseline-only invo
 and an older commit's header may lack fields. From the other copy come its runs that this file lacks (by method and
 seed), its dates, the invocations it adds to the command history and its ``baseline_long`` record when this file
 has none. Refused, with nothing written: files of another dataset or student config, a ``baseline_long`` record that
-differs from this file's, or a run both files hold with different results.
+differs from this file's, a run both files hold with different results, or (unless ``--allow-mixed``) a new run made
+in another environment than this file's runs (commit, versions, device: ``benchmarks/run_env.py``).
 """
 from __future__ import annotations
 
@@ -20,12 +21,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python benchmarks/merge_runs.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import results_file  # noqa: E402
+from benchmarks import results_file, run_env  # noqa: E402
 from benchmarks.distill_report import bar_and_curve_chart, summarize  # noqa: E402
 from benchmarks.runner import BenchmarkError  # noqa: E402
 
 
-def merged(into: dict, other: dict) -> tuple[dict, list[dict]]:
+def merged(into: dict, other: dict, allow_mixed: bool = False) -> tuple[dict, list[dict]]:
     """``into`` with ``other``'s new runs (and what comes with them); the runs added."""
     for key in ("dataset", "report_split"):
         if into.get(key) != other.get(key):
@@ -42,6 +43,13 @@ def merged(into: dict, other: dict) -> tuple[dict, list[dict]]:
             raise BenchmarkError(f"{r['method']} seed {r['seed']}: AP {mine.get('AP')} here, {r.get('AP')} in the "
                                  "other file; keep one (delete the other from its file) first")
     new = [r for r in other["runs"] if results_file.run_key(r) not in have]
+    envs = {run_env.environment_key(r.get("env")) for r in into["runs"]}
+    alien = [r for r in new if envs and run_env.environment_key(r.get("env")) not in envs]
+    if alien and not allow_mixed:
+        r = alien[0]
+        raise BenchmarkError(f"{r['method']} seed {r['seed']} was made in {run_env.describe(r.get('env'))}, not in "
+                             f"this file's environment ({run_env.describe(into['runs'][0].get('env'))}); a file "
+                             "holds one comparison: pass --allow-mixed to add it anyway (the report shows the mix)")
     out = {**into, "runs": into["runs"] + new}
     if new:
         out["dates"] = sorted(set(into.get("dates", [])) | {r["date"] for r in new if r.get("date")})
@@ -55,13 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("other", type=Path, help="the copy holding the runs to bring in")
     p.add_argument("into", type=Path, help="the results file to extend (its .md and .png are re-rendered)")
+    p.add_argument("--allow-mixed", action="store_true", help="add runs made in another environment")
     args = p.parse_args(argv)
     try:
         with results_file.locked(args.into):
             into, other = results_file.read(args.into), results_file.read(args.other)
             if into is None or other is None:
                 raise BenchmarkError(f"{args.into if into is None else args.other}: no such results file")
-            results, new = merged(into, other)
+            results, new = merged(into, other, args.allow_mixed)
             results_file.write_atomic(args.into, results)
             results_file.write_atomic(args.into.with_suffix(".md"), summarize(results))
             if results["runs"]:

@@ -59,3 +59,15 @@ def test_a_run_held_by_both_with_another_result_is_refused_and_nothing_written(t
     assert merge_runs.main([str(other), str(into)]) == 2
     assert "seed" in capsys.readouterr().err and into.read_bytes() == before
     assert not into.with_suffix(".md").exists()
+
+
+def test_a_run_from_another_environment_needs_allow_mixed(tmp_path, capsys):
+    into, other, _, _ = _copies(tmp_path)
+    moved = json.loads(other.read_text())
+    moved["runs"][-1]["env"] = {**moved["runs"][-1]["env"], "commit": "0" * 40}
+    other.write_text(json.dumps(moved))
+    before = into.read_bytes()
+    assert merge_runs.main([str(other), str(into)]) == 2
+    assert "--allow-mixed" in capsys.readouterr().err and into.read_bytes() == before
+    assert merge_runs.main([str(other), str(into), "--allow-mixed"]) == 0
+    assert json.loads(into.read_text())["runs"][-1]["method"] == "baseline_long"
