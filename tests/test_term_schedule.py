@@ -79,3 +79,29 @@ def test_the_time_estimate_counts_the_steps_after_the_stop_at_the_students_share
     # the step timed already ran without the teacher (a resume past the stop), or no batch was distilled: as timed
     assert _time_left(0.5, (0.6, 0.2), 60, 100, 0.5) == (20.0, "")
     assert _time_left(0.5, None, 2, 100, 1.0) == (98.0, "")
+
+
+def test_a_time_budget_plans_the_steps_after_the_stop_at_their_own_cost():
+    """With ``distill.stop_at`` the budget's plan prices the student-only steps at their share (half a step here):
+    the longest run whose remaining steps fit, checked against every length; before, every step was priced as a
+    distilled one and the run ended with a third of its budget unused."""
+    import torch
+
+    from detrdistill.engine.trainer import _plan_to_budget
+
+    class OneProcess:
+        device = torch.device("cpu")
+
+        def reduce(self, t, op):
+            return t
+
+    def time_left(step, total, step_s):
+        return _time_left(0.5, (0.6, 0.2), step, total, step_s)
+
+    state, plan = {"step": 30, "elapsed_s": 16.0}, {"total": 1000}  # 84 s left at 0.5 s a distilled step
+    _plan_to_budget(state, plan, budget_s=100.0, per_step=0.5, accelerator=OneProcess(), time_left=time_left)
+    fitting = [t for t in range(30, 1001) if time_left(30, t, 0.5)[0] <= 84.0]
+    assert plan["total"] == state["planned_total"] == max(fitting) > 30 + 84 / 0.5  # more than every step distilled
+    state, plan = {"step": 30, "elapsed_s": 16.0}, {"total": 200}
+    _plan_to_budget(state, plan, budget_s=100.0, per_step=0.5, accelerator=OneProcess(), time_left=time_left)
+    assert plan["total"] == 200  # a budget never lengthens a run

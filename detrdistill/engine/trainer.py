@@ -46,19 +46,36 @@ log = logging.getLogger("detrdistill")
 PLAN_WARMUP, PLAN_STEPS = 10, 20  # a time-budgeted run times steps 11-30, after warm-up, to fix its length
 
 
-def _steps_that_fit(state: dict, budget_s: float, per_step: float, reserve_s: float, accelerator) -> int:
+def _steps_that_fit(state: dict, budget_s: float, per_step: float, reserve_s: float, accelerator,
+                    time_left=None, cap: int | None = None) -> int:
     """The step count at which a run at ``per_step`` seconds a step ends inside the budget, ``reserve_s`` (one
-    evaluation or checkpoint) kept back; the same number on every process (their clocks differ slightly)."""
-    fits = state["step"] + int(max(0.0, budget_s - state["elapsed_s"] - reserve_s) / max(per_step, 1e-9))
+    evaluation or checkpoint) kept back; the same number on every process (their clocks differ slightly).
+
+    ``time_left``: the task's ``time_left(step, total, step_s)`` (engine/task.py) when its steps do not all cost the
+    one timed (distillation's steps after ``distill.stop_at`` run without the teacher): then the largest total up to
+    ``cap`` whose remaining steps fit, found by bisection (their cost grows with the total)."""
+    room = max(0.0, budget_s - state["elapsed_s"] - reserve_s)
+    step = state["step"]
+    if time_left is None or cap is None:
+        fits = step + int(room / max(per_step, 1e-9))
+    else:
+        lo, hi = step, max(step, cap)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if time_left(step, mid, per_step)[0] <= room else (lo, mid - 1)
+        fits = lo
     return int(accelerator.reduce(torch.tensor([float(fits)], device=accelerator.device), "mean").item())
 
 
-def _plan_to_budget(state: dict, plan: dict, budget_s: float, per_step: float, accelerator) -> None:
+def _plan_to_budget(state: dict, plan: dict, budget_s: float, per_step: float, accelerator,
+                    time_left=None) -> None:
     """Time budget: fix the run's length (and so its lr schedule) from the step time measured after
-    warm-up, so the schedule completes within the budget instead of being cut mid-way. Saved in
+    warm-up, so the schedule completes within the budget instead of being cut mid-way (steps that cost less than
+    the timed ones, e.g. after ``distill.stop_at``, priced by the task's ``time_left``). Saved in
     checkpoints for --resume (with what it was planned for: a resume with another budget or length plans again)."""
     per_step = accelerator.reduce(torch.tensor([per_step], device=accelerator.device), "mean").item()
-    planned = max(state["step"], min(plan["total"], _steps_that_fit(state, budget_s, per_step, 0.0, accelerator)))
+    fits = _steps_that_fit(state, budget_s, per_step, 0.0, accelerator, time_left, plan["total"])
+    planned = max(state["step"], min(plan["total"], fits))
     if planned < plan["total"]:
         log.info("time budget %.1f min at %.3f s/step: %d steps instead of %d", budget_s / 60, per_step, planned,
                  plan["total"])
@@ -75,7 +92,8 @@ def _replan_after_overhead(run: "Run", spent_s: float) -> None:
         return
     now = {**state, "elapsed_s": state["elapsed_s"] + spent_s}
     per_step = (now["elapsed_s"] - run.plan_t0) / max(1, state["step"] - run.plan_s0)
-    fits = max(state["step"] + 1, _steps_that_fit(now, run.budget_s, per_step, run.overhead_s, run.accelerator))
+    fits = max(state["step"] + 1, _steps_that_fit(now, run.budget_s, per_step, run.overhead_s, run.accelerator,
+                                                   getattr(run.task, "time_left", None), plan["total"]))
     if fits < plan["total"]:
         log.info("time budget: evaluations and checkpoints take time too, %d steps instead of %d", fits, plan["total"])
         plan["total"] = state["planned_total"] = fits
@@ -333,7 +351,8 @@ def after_step(run: Run, loss: torch.Tensor, loss_dict: dict[str, torch.Tensor])
         if run.plan_t0 is None and step >= run.start_step + PLAN_WARMUP:
             run.plan_t0, run.plan_s0 = state["elapsed_s"], step
         elif "planned_total" not in state and run.plan_t0 is not None and step == run.plan_s0 + PLAN_STEPS:
-            _plan_to_budget(state, plan, run.budget_s, (state["elapsed_s"] - run.plan_t0) / PLAN_STEPS, acc)
+            _plan_to_budget(state, plan, run.budget_s, (state["elapsed_s"] - run.plan_t0) / PLAN_STEPS, acc,
+                            getattr(run.task, "time_left", None))
             state["plan_inputs"] = [run.configured_total, run.budget_s]
             run.bar.total = plan["total"]
     if step % cfg.train.log_every == 0 or step == 1 or step == plan["total"]:
