@@ -52,8 +52,8 @@ def test_a_budgeted_run_resumed_before_its_plan_plans_after_the_resume(synth_dir
 
 def test_the_plan_keeps_an_overhead_in_reserve_and_never_lengthens():
     acc = SimpleNamespace(device=torch.device("cpu"), reduce=lambda t, how: t)
-    run = SimpleNamespace(overhead_s=0.0, budget_s=100.0, plan_t0=10.0, plan_s0=10, accelerator=acc, bar=None,
-                          state={"step": 100, "elapsed_s": 85.0, "planned_total": 120}, plan={"total": 120})
+    run = SimpleNamespace(task=None, overhead_s=0.0, budget_s=100.0, plan_t0=10.0, plan_s0=10, accelerator=acc,
+                          bar=None, state={"step": 100, "elapsed_s": 85.0, "planned_total": 120}, plan={"total": 120})
     _replan_after_overhead(run, 5.0)  # 90 s at step 100: 80 s over 90 steps; 10 s left, 5 s kept back -> 5 steps
     assert run.overhead_s == 5.0 and run.plan["total"] == run.state["planned_total"] == 105
     run.state.update(step=101, elapsed_s=80.0)
