@@ -120,5 +120,5 @@ def write_eval_json(path: str | Path, stats: dict[str, float], extra: dict | Non
     """``eval.json``: the 12 COCO stats (null where COCO cannot define one), the per-class APs and ``extra``, written
     atomically."""
     from detrdistill.io_atomic import write_atomic
-    write_atomic(path, json.dumps({**{k: stats.get(k) for k in STAT_KEYS}, **per_class_from_stats(stats), **(extra or {})},
-                                  indent=1))
+    coco = {k: stats.get(k) for k in STAT_KEYS}
+    write_atomic(path, json.dumps({**coco, **per_class_from_stats(stats), **(extra or {})}, indent=1))
