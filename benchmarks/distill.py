@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import results_file, run_env, teachers  # noqa: E402
-from benchmarks.distill_report import bar_and_curve_chart, summarize  # noqa: E402
+from benchmarks.distill_report import save_with_report, summarize  # noqa: E402
 from benchmarks.stats import cost_clock  # noqa: E402
 from benchmarks.runner import (STATS, BenchmarkError, child_env, cli, params_of, resolve, run,  # noqa: E402
                                sets, val_curve)
@@ -288,10 +288,7 @@ def main(argv=None) -> int:
             if "params" not in results["student"] and new_runs:
                 r = new_runs[0]
                 results["student"]["params"] = params_of(work / f"{r['method']}-s{r['seed']}" / "model")
-            results_file.write_atomic(out, results)
-            results_file.write_atomic(out.with_suffix(".md"), summarize(results))
-            if results["runs"]:
-                bar_and_curve_chart(results, out.with_suffix(".png"))
+            save_with_report(out, results)
 
     def train_claimed(m: str, s: int) -> dict:
         """Train (method, seed) unless another invocation trains it now or has saved it since this one started;

@@ -158,3 +158,11 @@ def bar_and_curve_chart(results: dict, path: Path) -> None:
     fig.savefig(png, dpi=110, format="png")
     plt.close(fig)
     results_file.write_atomic(path, png.getvalue())
+
+
+def save_with_report(out: Path, results: dict) -> None:
+    """``results`` to ``out`` (atomic), with its ``.md`` report and, once it holds runs, its ``.png`` chart beside it."""
+    results_file.write_atomic(out, results)
+    results_file.write_atomic(out.with_suffix(".md"), summarize(results))
+    if results["runs"]:
+        bar_and_curve_chart(results, out.with_suffix(".png"))

@@ -22,7 +22,7 @@ if str(ROOT) not in sys.path:  # `python benchmarks/merge_runs.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import results_file, run_env  # noqa: E402
-from benchmarks.distill_report import bar_and_curve_chart, summarize  # noqa: E402
+from benchmarks.distill_report import save_with_report  # noqa: E402
 from benchmarks.runner import BenchmarkError  # noqa: E402
 
 
@@ -50,12 +50,12 @@ def merged(into: dict, other: dict, allow_mixed: bool = False) -> tuple[dict, li
         raise BenchmarkError(f"{r['method']} seed {r['seed']} was made in {run_env.describe(r.get('env'))}, not in "
                              f"this file's environment ({run_env.describe(into['runs'][0].get('env'))}); a file "
                              "holds one comparison: pass --allow-mixed to add it anyway (the report shows the mix)")
-    out = {**into, "runs": into["runs"] + new}
-    if new:
-        out["dates"] = sorted(set(into.get("dates", [])) | {r["date"] for r in new if r.get("date")})
-        out["command"] = results_file.join_commands(into.get("command"), other.get("command"))
+    # this file's header; the other copy's new runs, their dates and its command history (results_file.merge)
+    header = {**{k: v for k, v in into.items() if k != "runs"}, "command": other.get("command"),
+              "dates": [r["date"] for r in new if r.get("date")]}
     if other.get("baseline_long") and not into.get("baseline_long"):
-        out["baseline_long"] = other["baseline_long"]
+        header["baseline_long"] = other["baseline_long"]
+    out = results_file.merge(into, header, new)
     return out, new
 
 
@@ -71,10 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             if into is None or other is None:
                 raise BenchmarkError(f"{args.into if into is None else args.other}: no such results file")
             results, new = merged(into, other, args.allow_mixed)
-            results_file.write_atomic(args.into, results)
-            results_file.write_atomic(args.into.with_suffix(".md"), summarize(results))
-            if results["runs"]:
-                bar_and_curve_chart(results, args.into.with_suffix(".png"))
+            save_with_report(args.into, results)
     except (BenchmarkError, json.JSONDecodeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -25,3 +25,14 @@ def cli_in_fresh_process(*argv: str, cwd=None, env=None) -> dict:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def two_processes(*target: str, port_base: int, timeout: int = 600) -> None:
+    """``python -m torch.distributed.run --nproc_per_node 2 TARGET...`` (gloo on CPU), one thread each, this
+    repository importable, on a port from ``port_base`` (one base per test file); asserted to exit 0."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           str(port_base + os.getpid() % 1000), *target],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -7,17 +7,13 @@ transformers alone divides by each process's own count, which weighs the 2-box b
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from detrdistill.models.process_box_counts import count_of
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.cli_process import two_processes
 
 SCRIPT = textwrap.dedent("""
     import json, sys, torch
@@ -59,11 +55,7 @@ SCRIPT = textwrap.dedent("""
 def _two_processes(name: str, tmp_path: Path) -> dict:
     script, out = tmp_path / "counts.py", tmp_path / "out.json"
     script.write_text(SCRIPT)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          str(29800 + os.getpid() % 1000), str(script), name, str(out)],
-                         capture_output=True, text=True, timeout=600, env=env)
-    assert res.returncode == 0, res.stderr[-3000:]
+    two_processes(str(script), name, str(out), port_base=29800)
     return json.loads(out.read_text())
 
 

@@ -4,18 +4,13 @@ process lacks counts 0 there; before, the processes reduced vectors of different
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 
 from detrdistill.engine.metrics import mean_over_processes
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.cli_process import two_processes
 
 SCRIPT = textwrap.dedent("""
     import json, sys, torch
@@ -45,9 +40,5 @@ def test_one_process_keeps_the_order_and_values():
 def test_two_processes_with_different_components_average_by_name(tmp_path):
     script, out = tmp_path / "means.py", tmp_path / "out.json"
     script.write_text(SCRIPT)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          str(29700 + os.getpid() % 1000), str(script), str(out)],
-                         capture_output=True, text=True, timeout=300, env=env)
-    assert res.returncode == 0, res.stderr[-3000:]
+    two_processes(str(script), str(out), port_base=29700, timeout=300)
     assert json.loads(out.read_text()) == {"bbox": 2.0, "dn_vfl": 2.0, "vfl": 1.5}

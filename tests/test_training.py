@@ -1,7 +1,6 @@
 """End to end on CPU: loss goes down, train -> eval writes metrics and eval.json, exact resume after a
 kill, and 2 processes (gloo) give the same loss as 1 process on the same global batch."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from detrdistill.cli import main
 from detrdistill.config import load_config
 from detrdistill.engine.evaluator import STAT_KEYS
 from detrdistill.engine.metrics import read_metrics
+from tests.cli_process import two_processes
 from tests.conftest import tiny_overrides
 
 pytestmark = pytest.mark.slow  # trains through the CLI, kills a run, two processes
@@ -118,11 +118,7 @@ def test_two_processes_match_one_process_on_the_same_global_batch(synth_dir, tmp
     assert main(["train", *sum((["--set", o] for o in tiny_overrides(one, synth_dir, *common)), [])]) == 0
     two = tmp_path / "two"
     sets = sum((["--set", o] for o in tiny_overrides(two, synth_dir, *common, "train.batch_size=2")), [])
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", str(29500 + os.getpid() % 1000), "-m", "detrdistill.cli", "train", *sets],
-                         capture_output=True, text=True, timeout=600, env=env)
-    assert res.returncode == 0, res.stderr[-3000:]
+    two_processes("-m", "detrdistill.cli", "train", *sets, port_base=29500)
     l1, l2 = _train_losses(one / "metrics.jsonl"), _train_losses(two / "metrics.jsonl")
     assert sorted(l2) == [1, 2, 3]
     for step in (1, 2, 3):  # step 1: same loss; steps 2-3: same averaged gradients were applied

@@ -26,17 +26,12 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-__all__ = ["world_size", "count_of", "capture_union_count", "normalised_over_processes"]
+from ..ops.criterion import mean_across_processes
+
+__all__ = ["count_of", "capture_union_count", "normalised_over_processes"]
 
 FAMILY_LOSSES = ("RTDetrLoss", "DFineLoss", "Deimv2Loss")
 _UNION_TERMS = ("loss_bbox", "loss_giou", "loss_fgl")
-
-
-def world_size() -> int:
-    """Processes in the default ``torch.distributed`` group (1 when none is initialised)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size()
-    return 1
 
 
 def count_of(loss_class: str, key: str, dense_o2o: bool = False) -> str | None:
@@ -79,8 +74,6 @@ def normalised_over_processes(loss_dict: dict[str, Tensor], loss_class: str, cou
     """``loss_dict`` (transformers' weighted terms, divided by local counts) with each count-normalised term
     rescaled to the mean count over processes. ``counts``: this process's ``gt`` (and for DEIMv2's dense one-to-one
     ``union``) count. One ``all_reduce`` of the counts; every process must call it once per training forward."""
-    from ..ops.criterion import mean_across_processes
-
     names = sorted(counts)
     local = torch.tensor([float(counts[n]) for n in names], dtype=torch.float64)
     mean = mean_across_processes(local)  # the set criterion's normaliser too: one all_reduce, at least 1

@@ -28,6 +28,11 @@ from .. import profiling
 from .matcher import HungarianMatcher, pad_targets
 
 
+def process_count() -> int:
+    """Processes in the default ``torch.distributed`` group (accelerate and torchrun initialise it); 1 without one."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def mean_across_processes(counts: Tensor) -> Tensor:
     """Element-wise mean of a count vector over processes, at least 1 (float64, on ``counts``' device).
 
@@ -36,12 +41,13 @@ def mean_across_processes(counts: Tensor) -> Tensor:
     once: transformers' ``ImageLoss`` uses accelerate's ``reduce`` (already a mean) and divides by world_size again,
     shrinking num_boxes (and inflating the loss) world_size times. Otherwise the counts themselves."""
     counts = counts.detach().to(torch.float64, copy=True)  # the all-reduce is in place: never on the caller's tensor
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    world = process_count()
+    if world > 1:
         dev = counts.device
         if dist.get_backend() == "nccl" and not counts.is_cuda:
             counts = counts.cuda()
         dist.all_reduce(counts, op=dist.ReduceOp.SUM)
-        counts = (counts / dist.get_world_size()).to(dev)
+        counts = (counts / world).to(dev)
     return counts.clamp(min=1.0)
 
 

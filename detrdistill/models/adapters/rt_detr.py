@@ -49,7 +49,8 @@ from .base import (DetectorAdapter, ModuleInputCapture, ModuleOutputCapture, dow
                    padded_frame_scale, reference_logits, scaled_to_real_frame, targets_in_padded_frame)
 from ..families import FamilySpec
 from ..family_loss import summarize_family_losses
-from ..process_box_counts import capture_union_count, normalised_over_processes, world_size
+from ..process_box_counts import capture_union_count, normalised_over_processes
+from ...ops.criterion import process_count
 from ..hf_config import common_kwargs, resnet_config
 from .group_family_loss import DISTRIBUTION_TERMS, family_loss_module, group_family_losses
 
@@ -118,7 +119,7 @@ class RTDetrAdapter(DetectorAdapter):
         scale = padded_frame_scale(pixel_mask)  # [B, 4] real-image -> padded-input box fractions (None: no padding)
         if labels is not None:
             labels = targets_in_padded_frame(labels, scale)
-        across = labels is not None and world_size() > 1  # the loss normalised over processes (process_box_counts)
+        across = labels is not None and process_count() > 1  # the loss normalised over processes (process_box_counts)
         union = across and self.family_loss_class == "Deimv2Loss" and bool(self.model.config.use_dense_one_to_one)
         with ModuleInputCapture(self._decoder()) as dec_cap, \
                 ModuleOutputCapture(self._input_projections()) as in_cap, self._every_stage(), \
