@@ -10,7 +10,7 @@ import threading
 import pytest
 
 pytest.importorskip("fcntl")
-from benchmarks import distill, results_file, teachers  # noqa: E402
+from benchmarks import distill, distill_report, results_file, teachers  # noqa: E402
 
 
 def _run(method, seed, ap=10.0):
@@ -89,7 +89,7 @@ def test_two_invocations_share_one_file_and_split_the_runs(tmp_path, monkeypatch
         return _run(method, seed)
 
     monkeypatch.setattr(distill, "train_student", fake_train)
-    monkeypatch.setattr(distill, "bar_and_curve_chart", lambda results, path: None)
+    monkeypatch.setattr(distill_report, "bar_and_curve_chart", lambda results, path: None)  # save_with_report's
     monkeypatch.setattr(distill, "params_of", lambda model_dir: 123)
     out = tmp_path / "res.json"
     argv = ["--dataset", "synthetic", "--teacher", str(tmp_path / "no-teacher"), "--methods", "baseline",
