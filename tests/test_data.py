@@ -391,7 +391,7 @@ def test_collate_pads_and_masks():
 def test_synth_is_deterministic_and_reused(tmp_path):
     kw = dict(num_train=10, num_val=4, size=96)
     p1 = make_synthetic_coco(tmp_path / "a", seed=3, **kw)
-    p2 = make_synthetic_coco(tmp_path / "b", seed=3, **kw)
+    make_synthetic_coco(tmp_path / "b", seed=3, **kw)
     p3 = make_synthetic_coco(tmp_path / "c", seed=4, **kw)
     files = sorted(f.relative_to(tmp_path / "a") for f in (tmp_path / "a").rglob("*") if f.is_file())
     assert len(files) == 14 + 3

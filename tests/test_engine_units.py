@@ -48,6 +48,23 @@ def test_perfect_predictions_score_100_and_shifted_less():
     assert coco_stats(gt, [])["AP"] == 0.0
 
 
+@pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
+def test_no_detections_score_0_where_there_is_ground_truth_and_stay_undefined_elsewhere(backend):
+    """No detections at all: AP 0 for every area range and class with ground truth, and no value (COCO's -1) for an
+    area range without any, as with detections."""
+    if backend == "faster_coco_eval":
+        pytest.importorskip("faster_coco_eval")
+    gt = _fixture_gt()
+    gt.dataset["annotations"] = [a for a in gt.dataset["annotations"] if a["area"] > 96 ** 2]
+    gt.createIndex()
+    stats = coco_stats(gt, [], backend=backend)
+    assert stats["AP"] == 0.0 and stats["APl"] == 0.0 and stats["AR100"] == 0.0
+    assert not {"APs", "APm", "ARs", "ARm"} & set(stats), stats
+    with_gt = {gt.cats[a["category_id"]]["name"] for a in gt.dataset["annotations"]}
+    assert {k for k in stats if k.startswith("AP/")} == {f"AP/{c}" for c in with_gt}
+    assert all(stats[f"AP/{c}"] == 0.0 for c in with_gt)
+
+
 def test_a_stat_coco_cannot_define_is_left_out_and_written_as_null(tmp_path):
     """No small objects in the ground truth: COCO's APs / ARs are -1 (undefined), not 0; they are left out of the
     stats and written as null in eval.json."""

@@ -14,7 +14,7 @@ pytest.importorskip("onnx", reason="onnx not installed (pip install 'detrdistill
 pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'detrdistill[onnx]')")
 
 from detrdistill.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from detrdistill.export.onnx_export import (OnnxExportError, constant_position_embeddings,  # noqa: E402
+from detrdistill.export.onnx_export import (OnnxExportError,  # noqa: E402
                                             example_inputs, export_model_dir, export_onnx,
                                             float32_reference_points, max_abs_difference, onnx_session,
                                             traced_spatial_shapes)

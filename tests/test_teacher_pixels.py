@@ -10,7 +10,7 @@ from PIL import Image
 from detrdistill.config import DistillConfig
 from detrdistill.data.transforms import IMAGENET_MEAN, IMAGENET_STD, pil_to_tensor
 from detrdistill.distillation import Distiller
-from detrdistill.distillation.feature import FeatureDistillLoss, sample_on_teacher_grid
+from detrdistill.distillation.feature import sample_on_teacher_grid
 from detrdistill.distillation.teacher_pixels import PixelNorm, ResizeRule, build_teacher_pixels
 
 from .test_distiller import criterion, make, model_cfg  # noqa: F401 (criterion: fixture)

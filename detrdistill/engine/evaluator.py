@@ -65,17 +65,16 @@ def coco_stats(coco_gt, results: list[dict], backend: str = "pycocotools",
 
     A statistic COCO cannot define (its -1: no ground truth in that area range, e.g. ``APs`` of a set without small
     objects) is left out, as the per-class AP of a class without ground truth is; ``eval.json`` writes it as null.
-    No detections at all score 0 everywhere."""
-    if not results:
-        return {k: 0.0 for k in STAT_KEYS}
+    No detections at all score 0 where there is ground truth, and stay undefined where there is none."""
     with contextlib.redirect_stdout(io.StringIO()):
         if backend == "faster_coco_eval":
             from faster_coco_eval import COCO, COCOeval_faster as COCOeval
             gt = COCO(copy.deepcopy(coco_gt.dataset))
         else:
+            from pycocotools.coco import COCO
             from pycocotools.cocoeval import COCOeval
             gt = coco_gt
-        dt = gt.loadRes(copy.deepcopy(results))
+        dt = gt.loadRes(copy.deepcopy(results)) if results else _no_detections(COCO, gt)
         ev = COCOeval(gt, dt, "bbox")
         if image_ids is not None:
             ev.params.imgIds = sorted(int(i) for i in image_ids)
@@ -83,6 +82,15 @@ def coco_stats(coco_gt, results: list[dict], backend: str = "pycocotools",
         ev.accumulate()
         ev.summarize()
     return {**{k: float(v) * 100.0 for k, v in zip(STAT_KEYS, ev.stats) if v >= 0}, **per_class_ap(ev)}
+
+
+def _no_detections(coco_cls, gt):
+    """An empty result set over ``gt``'s images and categories (``loadRes`` cannot build one from no results)."""
+    dt = coco_cls()
+    dt.dataset = {"images": copy.deepcopy(gt.dataset["images"]),
+                  "categories": copy.deepcopy(gt.dataset.get("categories", [])), "annotations": []}
+    dt.createIndex()
+    return dt
 
 
 @torch.no_grad()
