@@ -5,7 +5,8 @@
 Each teacher of the file (the main one, ``teacher``, and every variant that a ``<method>@<variant>`` run used) is one
 point: its AP on the reported split against the mean ± std AP of the students it taught with ``--method``. The
 student alone is a horizontal line (mean, ± std band). Writes ``<file>-teacher-strength.png`` and ``.md`` beside the
-results file (the table gives the gain over the student alone with its 95 % t-interval over the paired seeds), and
+results file (the table gives the gain over the student alone with its 95 % t-interval over the paired seeds, and the
+strongest teacher's students against the self-distillation control's, ``baseline:SEED``, paired the same way), and
 prints the table.
 """
 from __future__ import annotations
@@ -50,7 +51,24 @@ def table(results: dict, method: str, rows: list[dict]) -> str:
         g = paired_gain(r["students"], base)
         lines.append(f"| {r['teacher']} | {r['spec']} | {r['steps'] if r['steps'] is not None else 'n/a'} | "
                      f"{r['teacher_AP']:.2f} | {m:.2f} ± {sd:.2f} | {len(r['students'])} | {g if g else ''} |")
+    control = over_control(rows)
+    if control:
+        strongest, self_row, g = control
+        lines += ["", f"Strongest teacher ({strongest['teacher']}, {strongest['teacher_AP']:.2f}) − self-distillation "
+                      f"control ({self_row['teacher']}, {self_row['teacher_AP']:.2f}), paired by seed: {g}."]
     return "\n".join(lines) + "\n"
+
+
+def over_control(rows: list[dict]):
+    """``(strongest teacher's row, the self-distillation control's row, gain)``: the students of the strongest teacher
+    of the teacher's design against those of a student-alone model, paired by seed; None when either is missing."""
+    ours = [r for r in rows if not is_self(r)]
+    controls = [r for r in rows if is_self(r)]
+    if not ours or not controls:
+        return None
+    strongest, control = max(ours, key=lambda r: r["teacher_AP"]), controls[0]
+    g = paired_gain(strongest["students"], control["students"])
+    return (strongest, control, g) if g else None
 
 
 def is_self(row: dict) -> bool:

@@ -279,6 +279,10 @@ def test_teacher_strength_points_pair_each_teacher_with_the_students_it_taught(t
     assert [teacher_strength.is_self(r) for r in rows] == [False, True, False]  # the control: a point of its own
     md = teacher_strength.table(results, "detrdistill", rows)
     assert str(stats.paired_gain({0: 46.0, 1: 45.0, 2: 46.5}, {0: 40.0, 1: 42.0, 2: 41.0})) in md
+    # the strongest teacher of the design (not the unused one, not the control) against the control, by seed
+    assert (f"Strongest teacher (teacher, 45.00) − self-distillation control (self, 41.00), paired by seed: "
+            f"{stats.paired_gain({0: 46.0, 1: 45.0, 2: 46.5}, {0: 42.0, 1: 42.5, 2: 41.5})}.") in md
+    assert "self-distillation control" not in teacher_strength.table(results, "detrdistill", rows[::2])
     f = tmp_path / "r.json"
     f.write_text(json.dumps(results))
     assert teacher_strength.main([str(f)]) == 0
