@@ -5,8 +5,9 @@ file's commit, or on a second machine), then re-render its report and chart.
 
 This file's header (teacher record, notes, device) is kept: a baseline-only invocation in a worktree knows no teacher
 and an older commit's header may lack fields. From the other copy come its runs that this file lacks (by method and
-seed), its dates, the invocations it adds to the command history and its ``baseline_long`` record when this file
-has none. Refused, with nothing written: files of another dataset or student config, a ``baseline_long`` record that
+seed), its dates, the invocations it adds to the command history, its ``baseline_long`` record and its main teacher's
+record when this file has none, and the records of teacher variants (``teachers``: the teachers of ``M@NAME`` runs)
+this file lacks. Refused, with nothing written: files of another dataset or student config, a ``baseline_long`` record that
 differs from this file's, a run both files hold with different results, or (unless ``--allow-mixed``) a new run made
 in another environment than this file's runs (commit, versions, device: ``benchmarks/run_env.py``).
 """
@@ -55,6 +56,10 @@ def merged(into: dict, other: dict, allow_mixed: bool = False) -> tuple[dict, li
               "dates": [r["date"] for r in new if r.get("date")]}
     if other.get("baseline_long") and not into.get("baseline_long"):
         header["baseline_long"] = other["baseline_long"]
+    if other.get("teacher") and not into.get("teacher"):
+        header["teacher"] = other["teacher"]
+    # a variant's record is written where its runs were made; this file's own records win
+    header["teachers"] = {**(other.get("teachers") or {}), **(into.get("teachers") or {})}
     out = results_file.merge(into, header, new)
     return out, new
 
@@ -62,15 +67,17 @@ def merged(into: dict, other: dict, allow_mixed: bool = False) -> tuple[dict, li
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("other", type=Path, help="the copy holding the runs to bring in")
-    p.add_argument("into", type=Path, help="the results file to extend (its .md and .png are re-rendered)")
+    p.add_argument("into", type=Path, help="the results file to extend (its .md and .png are re-rendered); when it "
+                                           "does not exist yet, the other copy is written there")
     p.add_argument("--allow-mixed", action="store_true", help="add runs made in another environment")
     args = p.parse_args(argv)
     try:
         with results_file.locked(args.into):
             into, other = results_file.read(args.into), results_file.read(args.other)
-            if into is None or other is None:
-                raise BenchmarkError(f"{args.into if into is None else args.other}: no such results file")
-            results, new = merged(into, other, args.allow_mixed)
+            if other is None:
+                raise BenchmarkError(f"{args.other}: no such results file")
+            # a file not in this checkout yet (its first runs made in a worktree) is the other copy as it is
+            results, new = merged(into, other, args.allow_mixed) if into is not None else (other, other["runs"])
             save_with_report(args.into, results)
     except (BenchmarkError, json.JSONDecodeError) as e:
         print(f"error: {e}", file=sys.stderr)

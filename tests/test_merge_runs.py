@@ -71,3 +71,41 @@ def test_a_run_from_another_environment_needs_allow_mixed(tmp_path, capsys):
     assert "--allow-mixed" in capsys.readouterr().err and into.read_bytes() == before
     assert merge_runs.main([str(other), str(into), "--allow-mixed"]) == 0
     assert json.loads(into.read_text())["runs"][-1]["method"] == "baseline_long"
+
+
+def test_teacher_records_made_in_the_other_copy_come_in_and_this_files_stay(tmp_path):
+    """The teacher of ``M@NAME`` runs made in a worktree is recorded there: its record comes with them (a file
+    holding those runs without their teacher's record would leave them out of the teacher-strength curve)."""
+    into, other, here, _ = _copies(tmp_path)
+    theirs = json.loads(other.read_text())
+    theirs["teachers"] = {"t4800": {"spec": "steps:4800", "AP": 55.0}, "t600": {"spec": "snapshot:600", "AP": 1.0}}
+    other.write_text(json.dumps(theirs))
+    mine = json.loads(into.read_text())
+    mine["teachers"] = {"t600": {"spec": "snapshot:600", "AP": 30.0}}
+    into.write_text(json.dumps(mine))
+    assert merge_runs.main([str(other), str(into)]) == 0
+    got = json.loads(into.read_text())
+    assert got["teachers"] == {"t600": {"spec": "snapshot:600", "AP": 30.0}, "t4800": {"spec": "steps:4800", "AP": 55.0}}
+    assert got["teacher"] == here["teacher"]
+
+
+def test_the_main_teacher_comes_from_the_other_copy_when_this_file_has_none(tmp_path):
+    into, other, here, _ = _copies(tmp_path)
+    mine = json.loads(into.read_text())
+    mine["teacher"] = {}
+    into.write_text(json.dumps(mine))
+    theirs = json.loads(other.read_text())
+    theirs["teacher"] = here["teacher"]
+    other.write_text(json.dumps(theirs))
+    assert merge_runs.main([str(other), str(into)]) == 0
+    assert json.loads(into.read_text())["teacher"] == here["teacher"]
+
+
+def test_a_file_this_checkout_lacks_is_the_other_copy(tmp_path):
+    _, other, _, _ = _copies(tmp_path)
+    into = tmp_path / "new" / other.name
+    into.parent.mkdir()
+    assert merge_runs.main([str(other), str(into)]) == 0
+    assert json.loads(into.read_text()) == json.loads(other.read_text())
+    assert into.with_suffix(".md").is_file()
+    assert merge_runs.main([str(tmp_path / "missing.json"), str(into)]) == 2
