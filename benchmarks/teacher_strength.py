@@ -5,9 +5,10 @@
 Each teacher of the file (the main one, ``teacher``, and every variant that a ``<method>@<variant>`` run used) is one
 point: its AP on the reported split against the mean ± std AP of the students it taught with ``--method``. The
 student alone is a horizontal line (mean, ± std band). Writes ``<file>-teacher-strength.png`` and ``.md`` beside the
-results file (the table gives the gain over the student alone with its 95 % t-interval over the paired seeds, and the
-strongest teacher's students against the self-distillation control's, ``baseline:SEED``, paired the same way), and
-prints the table.
+results file (the table gives the gain over the student alone with its 95 % t-interval over the paired seeds, the
+strongest teacher's students against the self-distillation control's, ``baseline:SEED``, paired the same way, and
+whether the curve rises: the slope of student AP over teacher AP, fitted per seed, with its t-interval over seeds),
+and prints the table.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import results_file  # noqa: E402
-from benchmarks.stats import mean_sd, paired_gain  # noqa: E402
+from benchmarks.stats import Gain, mean_sd, paired_gain  # noqa: E402
 
 
 def points(results: dict, method: str) -> list[dict]:
@@ -56,6 +57,11 @@ def table(results: dict, method: str, rows: list[dict]) -> str:
         strongest, self_row, g = control
         lines += ["", f"Strongest teacher ({strongest['teacher']}, {strongest['teacher_AP']:.2f}) − self-distillation "
                       f"control ({self_row['teacher']}, {self_row['teacher_AP']:.2f}), paired by seed: {g}."]
+    slope = rise(rows)
+    if slope:
+        lines += ["", f"Rise: student AP per teacher AP point over the {sum(not is_self(r) for r in rows)} teachers of "
+                      f"the design (least squares per seed, mean over "
+                      f"{slope.n} seed{'s' if slope.n != 1 else ''}): {slope}."]
     return "\n".join(lines) + "\n"
 
 
@@ -69,6 +75,22 @@ def over_control(rows: list[dict]):
     strongest, control = max(ours, key=lambda r: r["teacher_AP"]), controls[0]
     g = paired_gain(strongest["students"], control["students"])
     return (strongest, control, g) if g else None
+
+
+def rise(rows: list[dict]) -> Gain | None:
+    """Does the curve rise? The least-squares slope of student AP over teacher AP across the teachers of the design
+    (the control left out), fitted on each seed that every one of them taught (the same seed: the same student
+    initialisation and data order, so the seeds pair as in ``paired_gain``), with the t-interval of the per-seed
+    slopes; None with fewer than 2 such teachers of distinct AP or no common seed."""
+    ours = [r for r in rows if not is_self(r)]
+    xs = [r["teacher_AP"] for r in ours]
+    seeds = sorted(set.intersection(*(set(r["students"]) for r in ours))) if ours else []
+    if len(set(xs)) < 2 or not seeds:
+        return None
+    mx = sum(xs) / len(xs)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slopes = {s: sum((x - mx) * r["students"][s] for x, r in zip(xs, ours)) / sxx for s in seeds}
+    return paired_gain(slopes, dict.fromkeys(seeds, 0.0))
 
 
 def is_self(row: dict) -> bool:

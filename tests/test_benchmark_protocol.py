@@ -6,6 +6,7 @@ import os
 import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -283,6 +284,15 @@ def test_teacher_strength_points_pair_each_teacher_with_the_students_it_taught(t
     assert (f"Strongest teacher (teacher, 45.00) − self-distillation control (self, 41.00), paired by seed: "
             f"{stats.paired_gain({0: 46.0, 1: 45.0, 2: 46.5}, {0: 42.0, 1: 42.5, 2: 41.5})}.") in md
     assert "self-distillation control" not in teacher_strength.table(results, "detrdistill", rows[::2])
+    # the rise: a line fitted per seed through the teachers of the design (t600 and teacher; not the control)
+    slopes = {s: np.polyfit([24.0, 45.0], [lo, hi], 1)[0] for s, lo, hi in ((0, 41.0, 46.0), (1, 43.0, 45.0),
+                                                                            (2, 40.0, 46.5))}
+    slope = teacher_strength.rise(rows)
+    assert slope.n == 3 and slope.mean == pytest.approx(sum(slopes.values()) / 3)
+    assert str(stats.paired_gain(slopes, {0: 0.0, 1: 0.0, 2: 0.0})) == str(slope) and str(slope) in md
+    falling = [dict(r, students={s: 100 - a for s, a in r["students"].items()}) for r in rows]
+    assert teacher_strength.rise(falling).mean == pytest.approx(-slope.mean)
+    assert teacher_strength.rise(rows[:2]) is None  # one teacher of the design: no line
     f = tmp_path / "r.json"
     f.write_text(json.dumps(results))
     assert teacher_strength.main([str(f)]) == 0
