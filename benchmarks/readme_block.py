@@ -42,6 +42,18 @@ def report_link(results_json: Path, root: Path) -> str:
     return Path(results_json).resolve().relative_to(root).with_suffix(".md").as_posix()
 
 
+def unusable(results_json: Path, root: Path) -> str | None:
+    """Why a results file (``x.json`` or ``x.json#part``) cannot be a row of a README block under ``root``: it does
+    not exist, or it lies outside the repository (a row links its report relative to the README); None when it can."""
+    path = Path(str(results_json).split("#", 1)[0])
+    if not path.is_file():
+        return f"{path}: no such results file (a JSON written by benchmarks/distill.py --out)"
+    if not path.resolve().is_relative_to(root.resolve()):
+        return (f"{path}: outside this repository ({root}); a README row links its report relative to the README, "
+                f"so copy or merge it under benchmarks/results/ first (benchmarks/merge_runs.py)")
+    return None
+
+
 @dataclass(frozen=True)
 class ResultsBlock:
     """A README table rendered from results files (``render``: the files -> the table) between two markers."""
@@ -71,6 +83,10 @@ class ResultsBlock:
         files = args.files or (self.files(text) if args.check else [])
         if not files:
             ap.error("name the results files")
+        for f in files:
+            problem = unusable(f, self.readme.parent)
+            if problem:
+                ap.error(problem)
         table = self.render(files)
         if not (args.readme or args.check):
             print(table)

@@ -154,3 +154,14 @@ def test_a_config_without_model_family_is_named_by_the_default_family(tmp_path):
     assert family({"student": {"config": str(config)}}) == "deformable_detr"
     assert family({"student": {"config": str(named)}}) == "d_fine"
     assert family({"student": {"config": "configs/not_here.yaml"}}) == "not_here"  # no file: its name
+
+
+def test_a_missing_or_outside_results_file_is_named_not_a_traceback(tmp_path, capsys):
+    outside = tmp_path / "r.json"
+    outside.write_text("{}")
+    for f, says in ((tmp_path / "nope.json", "no such results file"), (outside, "outside this repository"),
+                    (Path(f"{tmp_path / 'nope.json'}#part"), "no such results file")):
+        with pytest.raises(SystemExit) as stop:
+            results_table.TABLE.main([str(f)])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and says in err and str(f).partition("#")[0] in err
