@@ -45,7 +45,7 @@ def report_link(results_json: Path, root: Path) -> str:
 def unusable(results_json: Path, root: Path) -> str | None:
     """Why a results file (``x.json`` or ``x.json#part``) cannot be a row of a README block under ``root``: it does
     not exist, or it lies outside the repository (a row links its report relative to the README); None when it can."""
-    path = Path(str(results_json).split("#", 1)[0])
+    path = Path(str(results_json).partition("#")[0])
     if not path.is_file():
         return f"{path}: no such results file (a JSON written by benchmarks/distill.py --out)"
     if not path.resolve().is_relative_to(root.resolve()):

@@ -17,6 +17,8 @@ import io
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -87,9 +89,7 @@ def rise(rows: list[dict]) -> Gain | None:
     seeds = sorted(set.intersection(*(set(r["students"]) for r in ours))) if ours else []
     if len(set(xs)) < 2 or not seeds:
         return None
-    mx = sum(xs) / len(xs)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    slopes = {s: sum((x - mx) * r["students"][s] for x, r in zip(xs, ours)) / sxx for s in seeds}
+    slopes = {s: float(np.polyfit(xs, [r["students"][s] for r in ours], 1)[0]) for s in seeds}
     return paired_gain(slopes, dict.fromkeys(seeds, 0.0))
 
 
