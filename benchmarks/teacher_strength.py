@@ -4,11 +4,12 @@
 
 Each teacher of the file (the main one, ``teacher``, and every variant that a ``<method>@<variant>`` run used) is one
 point: its AP on the reported split against the mean ± std AP of the students it taught with ``--method``. The
-student alone is a horizontal line (mean, ± std band). Writes ``<file>-teacher-strength.png`` and ``.md`` beside the
-results file (the table gives the gain over the student alone with its 95 % t-interval over the paired seeds, the
-strongest teacher's students against the self-distillation control's, ``baseline:SEED``, paired the same way, and
-whether the curve rises: the slope of student AP over teacher AP, fitted per seed, with its t-interval over seeds),
-and prints the table.
+student alone is a horizontal line (mean, ± std band), and so is the student alone at equal cost (``baseline_long``)
+where the file has it. Writes ``<file>-teacher-strength.png`` and ``.md`` beside the results file (the table gives
+the gain over the student alone with its 95 % t-interval over the paired seeds; the strongest teacher's students
+against the self-distillation control's, ``baseline:SEED``, and against the student alone at equal cost, paired the
+same way; and whether the curve rises: the slope of student AP over teacher AP, fitted per seed, with its t-interval
+over seeds), and prints the table.
 """
 from __future__ import annotations
 
@@ -59,6 +60,12 @@ def table(results: dict, method: str, rows: list[dict]) -> str:
         strongest, self_row, g = control
         lines += ["", f"Strongest teacher ({strongest['teacher']}, {strongest['teacher_AP']:.2f}) − self-distillation "
                       f"control ({self_row['teacher']}, {self_row['teacher_AP']:.2f}), paired by seed: {g}."]
+    long = over_equal_cost(results, rows)
+    if long:
+        strongest, steps, (lm, lsd, n), g = long
+        lines += ["", f"Student alone at equal cost (`baseline_long`, {steps} steps): {lm:.2f} ± {lsd:.2f} ({n} seeds). "
+                      f"Strongest teacher ({strongest['teacher']}, {strongest['teacher_AP']:.2f}) − it, paired by "
+                      f"seed: {g if g else 'no common seed'}."]
     slope = rise(rows)
     if slope:
         lines += ["", f"Rise: student AP per teacher AP point over the {sum(not is_self(r) for r in rows)} teachers of "
@@ -77,6 +84,20 @@ def over_control(rows: list[dict]):
     strongest, control = max(ours, key=lambda r: r["teacher_AP"]), controls[0]
     g = paired_gain(strongest["students"], control["students"])
     return (strongest, control, g) if g else None
+
+
+def over_equal_cost(results: dict, rows: list[dict]):
+    """``(strongest teacher's row, steps, (mean, std, seeds) of the student alone at equal cost, gain)``: the
+    students of the strongest teacher of the design against ``baseline_long`` (the student alone trained for the CPU
+    time of a distilled run), paired by seed (gain None without a common seed); None when the file has no
+    ``baseline_long`` runs or no teacher of the design."""
+    long = results_file.ap_by_seed(results, "baseline_long")
+    ours = [r for r in rows if not is_self(r)]
+    if not long or not ours:
+        return None
+    strongest = max(ours, key=lambda r: r["teacher_AP"])
+    steps = (results.get("baseline_long") or {}).get("steps", "n/a")
+    return strongest, steps, (*mean_sd(list(long.values())), len(long)), paired_gain(strongest["students"], long)
 
 
 def rise(rows: list[dict]) -> Gain | None:
@@ -109,6 +130,11 @@ def chart(results: dict, method: str, rows: list[dict]) -> bytes:
         bm, bsd = mean_sd(base)
         ax.axhline(bm, color="grey", ls="--", label=f"student alone ({len(base)} seeds)")
         ax.axhspan(bm - bsd, bm + bsd, color="grey", alpha=0.15)
+    long = [r["AP"] for r in results["runs"] if r["method"] == "baseline_long"]
+    if long:  # what the student alone reaches for the CPU time of a distilled run
+        lm, lsd = mean_sd(long)
+        ax.axhline(lm, color="tab:green", ls="-.", label=f"student alone at equal cost ({len(long)} seeds)")
+        ax.axhspan(lm - lsd, lm + lsd, color="tab:green", alpha=0.10)
     xs = [r["teacher_AP"] for r in rows]
     stats = [mean_sd(list(r["students"].values())) for r in rows]
     # the curve joins the teachers of the teacher's design (snapshots, the main one, longer ones); a student-alone
@@ -123,7 +149,8 @@ def chart(results: dict, method: str, rows: list[dict]) -> bytes:
     for r, (m, _) in zip(rows, stats):
         ax.annotate(r["teacher"], (r["teacher_AP"], m), textcoords="offset points", fontsize=8,
                     xytext=(4, -12) if is_self(r) else (4, 6))  # the control below: it often sits by a snapshot
-    lo, hi = min(xs + [m for m, _ in stats]) - 2, max(xs + [m for m, _ in stats]) + 2
+    ys = [m for m, _ in stats] + ([mean_sd(long)[0]] if long else [])
+    lo, hi = min(xs + ys) - 2, max(xs + ys) + 2
     ax.plot([lo, hi], [lo, hi], color="tab:red", lw=0.8, ls=":", label="student = teacher")
     ax.set_xlabel(f"teacher AP ({results.get('report_split')})")
     ax.set_ylabel(f"student AP ({results.get('report_split')}, last checkpoint)")

@@ -293,6 +293,15 @@ def test_teacher_strength_points_pair_each_teacher_with_the_students_it_taught(t
     falling = [dict(r, students={s: 100 - a for s, a in r["students"].items()}) for r in rows]
     assert teacher_strength.rise(falling).mean == pytest.approx(-slope.mean)
     assert teacher_strength.rise(rows[:2]) is None  # one teacher of the design: no line
+    assert "equal cost" not in md  # the file has no baseline_long runs
+    # the student alone at equal cost: the strongest teacher's students against it, paired by seed
+    results["baseline_long"] = {"steps": 6424}
+    results["runs"] += [_run("baseline_long", s, ap) for s, ap in ((0, 47.0), (1, 44.0), (3, 50.0))]
+    md = teacher_strength.table(results, "detrdistill", rows)
+    assert (f"Student alone at equal cost (`baseline_long`, 6424 steps): 47.00 ± 3.00 (3 seeds). Strongest teacher "
+            f"(teacher, 45.00) − it, paired by seed: {stats.paired_gain({0: 46.0, 1: 45.0}, {0: 47.0, 1: 44.0})}."
+            ) in md
+    assert teacher_strength.over_equal_cost(results, [r for r in rows if teacher_strength.is_self(r)]) is None
     f = tmp_path / "r.json"
     f.write_text(json.dumps(results))
     assert teacher_strength.main([str(f)]) == 0
