@@ -14,6 +14,10 @@ import logging
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the config module imports pydantic: kept off the path of ``--help``
+    from detrdistill.config import Config
 
 
 
@@ -22,7 +26,7 @@ def embedded_config(name: str) -> Path:
     return Path(str(resources.files("detrdistill") / "configs" / f"{name}.yaml"))
 
 
-def _load(args) -> "Config":  # noqa: F821
+def _load(args) -> Config:
     """The validated config of a command (read once; ``main`` reads it before torch is imported)."""
     if getattr(args, "_cfg", None) is None:
         args._cfg, args._origins = _load_with_origins(args)
