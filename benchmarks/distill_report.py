@@ -110,6 +110,9 @@ def superseded_banner(results: dict) -> str:
             f"{results.get('superseded_why', '')}\n\n")
 
 
+ALONE_COLORS = {"baseline": "grey", "baseline_long": "tab:green"}  # the student-alone arms
+
+
 def mean_curve(runs: list[dict]) -> tuple[list[int], list[float], list[float]]:
     """Mean and std of the val AP over seeds at the steps every run evaluated."""
     curves = [dict((int(s), ap) for s, ap in r.get("curve_val", [])) for r in runs]
@@ -117,6 +120,28 @@ def mean_curve(runs: list[dict]) -> tuple[list[int], list[float], list[float]]:
     mean = [statistics.mean(c[s] for c in curves) for s in common]
     sd = [statistics.stdev([c[s] for c in curves]) if len(curves) > 1 else 0.0 for s in common]
     return common, mean, sd
+
+
+def cost_curves(results: dict) -> dict[str, tuple[list[float], list[float], list[float]]]:
+    """``{method: (training CPU seconds, mean val AP, std)}`` for the equal-cost question: the student alone,
+    ``baseline_long`` and the method its length was matched to (the file's DETRDistill arm when it was sized
+    from another file or by hand), each curve's steps turned into seconds at the mean CPU cost per step of its runs
+    (``train_cpu_seconds`` / ``steps``). Empty without ``baseline_long`` runs, or when a run recorded no CPU time:
+    wall time depends on the load a run shared the machine with, so it does not make a common axis."""
+    by = _by_method(results)
+    if not by.get("baseline_long"):
+        return {}
+    ref = (results.get("baseline_long") or {}).get("from")
+    names = [n for n in ("baseline", "baseline_long", ref if ref in by else results_file.full_method(results))
+             if by.get(n)]
+    if cost_clock([r for n in names for r in by[n]]) != "train_cpu_seconds":
+        return {}
+    out = {}
+    for n in names:
+        per_step = statistics.mean(r["train_cpu_seconds"] / r["steps"] for r in by[n])
+        steps, mean, sd = mean_curve(by[n])
+        out[n] = ([st * per_step for st in steps], mean, sd)
+    return out
 
 
 def bar_and_curve_chart(results: dict, path: Path) -> None:
@@ -130,9 +155,10 @@ def bar_and_curve_chart(results: dict, path: Path) -> None:
     by = _by_method(results)
     names = list(by)
     stats = [mean_sd([r["AP"] for r in by[n]]) for n in names]
-    fig, (ax, cx) = plt.subplots(1, 2, figsize=(1.1 * len(names) + 8, 4.2))
+    by_cost = cost_curves(results)
+    fig, (ax, cx, *kx) = plt.subplots(1, 3 if by_cost else 2, figsize=(1.1 * len(names) + (13 if by_cost else 8), 4.2))
     ax.bar(names, [m for m, _ in stats], yerr=[s for _, s in stats], capsize=4,
-           color=["grey" if n == "baseline" else "tab:blue" for n in names])
+           color=[ALONE_COLORS.get(n, "tab:blue") for n in names])
     if "AP" in results["teacher"]:
         ax.axhline(results["teacher"]["AP"], color="tab:red", ls="--", label="teacher")
         ax.legend(loc="lower right")
@@ -153,6 +179,17 @@ def bar_and_curve_chart(results: dict, path: Path) -> None:
     cx.set_ylabel("AP (val)")
     cx.set_title("AP vs step (mean ± std over seeds)", fontsize=10)
     cx.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, fontsize=8, frameon=False)
+    for name, (secs, mean, sd) in by_cost.items():  # the equal-cost question: AP against what the training cost
+        color = ALONE_COLORS.get(name, "tab:blue")
+        label = {"baseline": "student alone", "baseline_long": "student alone, equal cost"}.get(name, name)
+        kx[0].plot(secs, mean, color=color, marker="o", ms=3, label=f"{label} ({len(_by_method(results)[name])} seeds)")
+        kx[0].fill_between(secs, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)], color=color,
+                           alpha=0.2)
+    if by_cost:
+        kx[0].set_xlabel("training CPU seconds (the method's mean per step x step)")
+        kx[0].set_ylabel("AP (val)")
+        kx[0].set_title("AP vs training cost (mean ± std over seeds)", fontsize=10)
+        kx[0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
     png = io.BytesIO()
     fig.savefig(png, dpi=110, format="png")

@@ -139,6 +139,32 @@ def test_report_says_how_the_equal_cost_length_was_set():
     assert "6642 steps, given by --long-steps; 2400 x 2.767" in given and "None" not in given
 
 
+def test_cost_curves_put_each_arm_on_its_cpu_seconds(tmp_path):
+    from benchmarks import distill_report
+
+    def run(method, seed, cpu, steps, curve):
+        return dict(_run(method, seed, curve[-1][1], steps=steps), train_cpu_seconds=cpu, curve_val=curve)
+
+    runs = [run("baseline", 0, 100.0, 100, [[50, 20.0], [100, 30.0]]),
+            run("baseline", 1, 140.0, 100, [[50, 22.0], [100, 34.0]]),
+            run("baseline_long", 0, 330.0, 300, [[150, 31.0], [300, 40.0]]),
+            run("detrdistill_quality_warmup", 0, 300.0, 100, [[50, 28.0], [100, 36.0]])]
+    results = {"dataset": "bccd", "device": "cpu", "report_split": "test", "command": "c", "teacher": {"AP": 44.0},
+               "student": {"params": 1e6, "config": "s.yaml"}, "runs": runs,
+               "baseline_long": {"steps": 300, "cost_ratio": None, "from": "--long-steps"}}
+    curves = distill_report.cost_curves(results)
+    # sized by hand: the file's DETRDistill arm is the method it is set against
+    assert list(curves) == ["baseline", "baseline_long", "detrdistill_quality_warmup"]
+    assert curves["baseline"] == (pytest.approx([60.0, 120.0]), [21.0, 32.0], pytest.approx([2 ** 0.5, 8 ** 0.5]))
+    assert curves["baseline_long"][0] == pytest.approx([165.0, 330.0])  # 1.1 s a step
+    assert curves["detrdistill_quality_warmup"][0] == pytest.approx([150.0, 300.0])
+    distill_report.bar_and_curve_chart(results, tmp_path / "c.png")
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    del runs[2]["train_cpu_seconds"]  # wall seconds depend on the load: no common axis
+    assert distill_report.cost_curves(results) == {}
+    assert distill_report.cost_curves({**results, "runs": runs[:2] + runs[3:]}) == {}  # no equal-cost arm
+
+
 def test_a_file_of_another_environment_is_refused_unless_mixing_is_asked(tmp_path):
     out = tmp_path / "r.json"
     out.write_text(json.dumps({"runs": [_run("baseline", 0, 1.0, env={**run_env.environment(1), "commit": "a" * 40})]}))
