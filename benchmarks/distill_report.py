@@ -156,7 +156,8 @@ def bar_and_curve_chart(results: dict, path: Path) -> None:
     names = list(by)
     stats = [mean_sd([r["AP"] for r in by[n]]) for n in names]
     by_cost = cost_curves(results)
-    fig, (ax, cx, *kx) = plt.subplots(1, 3 if by_cost else 2, figsize=(1.1 * len(names) + (13 if by_cost else 8), 4.2))
+    fig, (ax, cx, *kx) = plt.subplots(1, 3 if by_cost else 2,
+                                      figsize=(1.1 * len(names) + (13 if by_cost else 8), 4.2))
     ax.bar(names, [m for m, _ in stats], yerr=[s for _, s in stats], capsize=4,
            color=[ALONE_COLORS.get(n, "tab:blue") for n in names])
     if "AP" in results["teacher"]:
@@ -182,7 +183,7 @@ def bar_and_curve_chart(results: dict, path: Path) -> None:
     for name, (secs, mean, sd) in by_cost.items():  # the equal-cost question: AP against what the training cost
         color = ALONE_COLORS.get(name, "tab:blue")
         label = {"baseline": "student alone", "baseline_long": "student alone, equal cost"}.get(name, name)
-        kx[0].plot(secs, mean, color=color, marker="o", ms=3, label=f"{label} ({len(_by_method(results)[name])} seeds)")
+        kx[0].plot(secs, mean, color=color, marker="o", ms=3, label=f"{label} ({len(by[name])} seeds)")
         kx[0].fill_between(secs, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)], color=color,
                            alpha=0.2)
     if by_cost:

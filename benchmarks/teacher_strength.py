@@ -63,9 +63,9 @@ def table(results: dict, method: str, rows: list[dict]) -> str:
     long = over_equal_cost(results, rows)
     if long:
         strongest, steps, (lm, lsd, n), g = long
-        lines += ["", f"Student alone at equal cost (`baseline_long`, {steps} steps): {lm:.2f} ± {lsd:.2f} ({n} seeds). "
-                      f"Strongest teacher ({strongest['teacher']}, {strongest['teacher_AP']:.2f}) − it, paired by "
-                      f"seed: {g if g else 'no common seed'}."]
+        lines += ["", f"Student alone at equal cost (`baseline_long`, {steps} steps): {lm:.2f} ± {lsd:.2f} "
+                      f"({n} seeds). Strongest teacher ({strongest['teacher']}, {strongest['teacher_AP']:.2f}) − it, "
+                      f"paired by seed: {g if g else 'no common seed'}."]
     slope = rise(rows)
     if slope:
         lines += ["", f"Rise: student AP per teacher AP point over the {sum(not is_self(r) for r in rows)} teachers of "
