@@ -74,14 +74,20 @@ def table(results: dict, method: str, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def strongest_teacher(rows: list[dict]) -> dict | None:
+    """The row of the strongest teacher of the teacher's design (the self-distillation control left out); None when
+    there is none."""
+    return max((r for r in rows if not is_self(r)), key=lambda r: r["teacher_AP"], default=None)
+
+
 def over_control(rows: list[dict]):
     """``(strongest teacher's row, the self-distillation control's row, gain)``: the students of the strongest teacher
     of the teacher's design against those of a student-alone model, paired by seed; None when either is missing."""
-    ours = [r for r in rows if not is_self(r)]
+    strongest = strongest_teacher(rows)
     controls = [r for r in rows if is_self(r)]
-    if not ours or not controls:
+    if strongest is None or not controls:
         return None
-    strongest, control = max(ours, key=lambda r: r["teacher_AP"]), controls[0]
+    control = controls[0]
     g = paired_gain(strongest["students"], control["students"])
     return (strongest, control, g) if g else None
 
@@ -92,10 +98,9 @@ def over_equal_cost(results: dict, rows: list[dict]):
     time of a distilled run), paired by seed (gain None without a common seed); None when the file has no
     ``baseline_long`` runs or no teacher of the design."""
     long = results_file.ap_by_seed(results, "baseline_long")
-    ours = [r for r in rows if not is_self(r)]
-    if not long or not ours:
+    strongest = strongest_teacher(rows)
+    if not long or strongest is None:
         return None
-    strongest = max(ours, key=lambda r: r["teacher_AP"])
     steps = (results.get("baseline_long") or {}).get("steps", "n/a")
     return strongest, steps, (*mean_sd(list(long.values())), len(long)), paired_gain(strongest["students"], long)
 
