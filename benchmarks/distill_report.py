@@ -111,6 +111,7 @@ def superseded_banner(results: dict) -> str:
 
 
 ALONE_COLORS = {"baseline": "grey", "baseline_long": "tab:green"}  # the student-alone arms
+CURVE_LABELS = {"baseline": "student alone", "baseline_long": "student alone, equal cost"}  # other methods: their name
 
 
 def mean_curve(runs: list[dict]) -> tuple[list[int], list[float], list[float]]:
@@ -169,8 +170,8 @@ def bar_and_curve_chart(results: dict, path: Path) -> None:
     for name, color in (("baseline", "grey"), ("detrdistill", "tab:blue")):
         steps, mean, sd = mean_curve(by.get(name, []))
         if steps:
-            cx.plot(steps, mean, color=color, marker="o", ms=3, label=f"{'student alone' if name == 'baseline' else name}"
-                    f" ({len(by[name])} seeds)")
+            cx.plot(steps, mean, color=color, marker="o", ms=3,
+                    label=f"{CURVE_LABELS.get(name, name)} ({len(by[name])} seeds)")
             cx.fill_between(steps, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)],
                             color=color, alpha=0.2)
     t_curve = results["teacher"].get("curve_val") or []
@@ -182,8 +183,8 @@ def bar_and_curve_chart(results: dict, path: Path) -> None:
     cx.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, fontsize=8, frameon=False)
     for name, (secs, mean, sd) in by_cost.items():  # the equal-cost question: AP against what the training cost
         color = ALONE_COLORS.get(name, "tab:blue")
-        label = {"baseline": "student alone", "baseline_long": "student alone, equal cost"}.get(name, name)
-        kx[0].plot(secs, mean, color=color, marker="o", ms=3, label=f"{label} ({len(by[name])} seeds)")
+        kx[0].plot(secs, mean, color=color, marker="o", ms=3,
+                   label=f"{CURVE_LABELS.get(name, name)} ({len(by[name])} seeds)")
         kx[0].fill_between(secs, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)], color=color,
                            alpha=0.2)
     if by_cost:
