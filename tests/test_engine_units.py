@@ -1,4 +1,5 @@
 """Engine pieces without training: COCO evaluation, lr schedule, param groups, checkpoints, sampler."""
+import copy
 import itertools
 import json
 import os
@@ -57,7 +58,10 @@ def test_no_detections_score_0_where_there_is_ground_truth_and_stay_undefined_el
     gt = _fixture_gt()
     gt.dataset["annotations"] = [a for a in gt.dataset["annotations"] if a["area"] > 96 ** 2]
     gt.createIndex()
+    images, categories = copy.deepcopy(gt.dataset["images"]), copy.deepcopy(gt.dataset["categories"])
     stats = coco_stats(gt, [], backend=backend)
+    # the empty result set shares gt's image and category records: scoring must leave them as they were
+    assert gt.dataset["images"] == images and gt.dataset["categories"] == categories
     assert stats["AP"] == 0.0 and stats["APl"] == 0.0 and stats["AR100"] == 0.0
     assert not {"APs", "APm", "ARs", "ARm"} & set(stats), stats
     with_gt = {gt.cats[a["category_id"]]["name"] for a in gt.dataset["annotations"]}

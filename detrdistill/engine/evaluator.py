@@ -87,8 +87,8 @@ def coco_stats(coco_gt, results: list[dict], backend: str = "pycocotools",
 def _no_detections(coco_cls, gt):
     """An empty result set over ``gt``'s images and categories (``loadRes`` cannot build one from no results)."""
     dt = coco_cls()
-    dt.dataset = {"images": copy.deepcopy(gt.dataset["images"]),
-                  "categories": copy.deepcopy(gt.dataset.get("categories", [])), "annotations": []}
+    dt.dataset = {"images": list(gt.dataset["images"]),  # read only: indexing needs the ids, not copies
+                  "categories": list(gt.dataset.get("categories", [])), "annotations": []}
     dt.createIndex()
     return dt
 
