@@ -145,6 +145,14 @@ def cost_curves(results: dict) -> dict[str, tuple[list[float], list[float], list
     return out
 
 
+def _mean_band(axis, xs: list[float], mean: list[float], sd: list[float], method: str, seeds: int) -> None:
+    """One method's mean curve over seeds with its ± std band, in the method's colour and label."""
+    color = ALONE_COLORS.get(method, "tab:blue")
+    axis.plot(xs, mean, color=color, marker="o", ms=3, label=f"{CURVE_LABELS.get(method, method)} ({seeds} seeds)")
+    axis.fill_between(xs, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)], color=color,
+                      alpha=0.2)
+
+
 def bar_and_curve_chart(results: dict, path: Path) -> None:
     try:
         import matplotlib
@@ -167,13 +175,10 @@ def bar_and_curve_chart(results: dict, path: Path) -> None:
     ax.set_ylabel(f"AP ({results.get('report_split')}, last checkpoint)")
     ax.set_title(f"{results['dataset']}: student AP by method (mean ± std over seeds)", fontsize=10)
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
-    for name, color in (("baseline", "grey"), ("detrdistill", "tab:blue")):
+    for name in ("baseline", "detrdistill"):
         steps, mean, sd = mean_curve(by.get(name, []))
         if steps:
-            cx.plot(steps, mean, color=color, marker="o", ms=3,
-                    label=f"{CURVE_LABELS.get(name, name)} ({len(by[name])} seeds)")
-            cx.fill_between(steps, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)],
-                            color=color, alpha=0.2)
+            _mean_band(cx, steps, mean, sd, name, len(by[name]))
     t_curve = results["teacher"].get("curve_val") or []
     if t_curve:
         cx.axhline(t_curve[-1][1], color="tab:red", ls="--", label="teacher (val, end of its training)")
@@ -182,11 +187,7 @@ def bar_and_curve_chart(results: dict, path: Path) -> None:
     cx.set_title("AP vs step (mean ± std over seeds)", fontsize=10)
     cx.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, fontsize=8, frameon=False)
     for name, (secs, mean, sd) in by_cost.items():  # the equal-cost question: AP against what the training cost
-        color = ALONE_COLORS.get(name, "tab:blue")
-        kx[0].plot(secs, mean, color=color, marker="o", ms=3,
-                   label=f"{CURVE_LABELS.get(name, name)} ({len(by[name])} seeds)")
-        kx[0].fill_between(secs, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)], color=color,
-                           alpha=0.2)
+        _mean_band(kx[0], secs, mean, sd, name, len(by[name]))
     if by_cost:
         kx[0].set_xlabel("training CPU seconds (the method's mean per step x step)")
         kx[0].set_ylabel("AP (val)")
