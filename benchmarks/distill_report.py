@@ -112,6 +112,24 @@ def superseded_banner(results: dict) -> str:
 
 ALONE_COLORS = {"baseline": "grey", "baseline_long": "tab:green"}  # the student-alone arms
 CURVE_LABELS = {"baseline": "student alone", "baseline_long": "student alone, equal cost"}  # other methods: their name
+FULL_COLORS = ("tab:blue", "tab:purple", "tab:orange", "tab:brown", "tab:pink", "tab:olive")  # full method, variants
+
+
+def full_method_arms(names) -> list[str]:
+    """The full method and its variants among ``names`` (``detrdistill``, ``detrdistill_*``), in name order: the arms
+    the AP-vs-step panel draws beside the student alone. Single terms, other baselines and other teachers
+    (``detrdistill@...``, the teacher-strength plot's) are left to the bar panel, unless the file has no full arm."""
+    full = results_file.FULL_METHOD
+    return sorted(n for n in names if n == full or n.startswith(full + "_"))
+
+
+def method_colors(names) -> dict[str, str]:
+    """One colour per method, the same in every panel: the student-alone arms theirs, the full method and its
+    variants one each (``FULL_COLORS``, in name order), the rest blue; in a file with neither (a screen of single
+    terms), each method one of ``FULL_COLORS``."""
+    arms = full_method_arms(names) or [n for n in names if n not in ALONE_COLORS]
+    return {n: ALONE_COLORS.get(n) or (FULL_COLORS[arms.index(n) % len(FULL_COLORS)] if n in arms else "tab:blue")
+            for n in names}
 
 
 def mean_curve(runs: list[dict]) -> tuple[list[int], list[float], list[float]]:
@@ -145,10 +163,10 @@ def cost_curves(results: dict) -> dict[str, tuple[list[float], list[float], list
     return out
 
 
-def _mean_band(axis, xs: list[float], mean: list[float], sd: list[float], method: str, seeds: int) -> None:
+def _mean_band(axis, xs: list[float], mean: list[float], sd: list[float], method: str, seeds: int,
+               color: str) -> None:
     """One method's mean curve over seeds with its ± std band, in the method's colour and label."""
-    color = ALONE_COLORS.get(method, "tab:blue")
-    axis.plot(xs, mean, color=color, marker="o", ms=3, label=f"{CURVE_LABELS.get(method, method)} ({seeds} seeds)")
+    axis.plot(xs, mean, color=color, marker="o", ms=3, label=f"{CURVE_LABELS.get(method, method)} ({seeds} seed{'s' * (seeds != 1)})")
     axis.fill_between(xs, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)], color=color,
                       alpha=0.2)
 
@@ -164,35 +182,39 @@ def bar_and_curve_chart(results: dict, path: Path) -> None:
     by = _by_method(results)
     names = list(by)
     stats = [mean_sd([r["AP"] for r in by[n]]) for n in names]
+    colors = method_colors(names)
     by_cost = cost_curves(results)
-    fig, (ax, cx, *kx) = plt.subplots(1, 3 if by_cost else 2,
-                                      figsize=(1.1 * len(names) + (13 if by_cost else 8), 4.2))
-    ax.bar(names, [m for m, _ in stats], yerr=[s for _, s in stats], capsize=4,
-           color=[ALONE_COLORS.get(n, "tab:blue") for n in names])
+    step_arms = (["baseline"] if "baseline" in by else []) + full_method_arms(names) or names  # a screen: its arms
+    by_step = {n: curve for n in step_arms if (curve := mean_curve(by[n]))[0]}  # those with val curves
+    t_curve = results["teacher"].get("curve_val") or []
+    panels = [True, bool(by_step), bool(by_cost)]  # bars; AP vs step; AP vs cost
+    fig, axes = plt.subplots(1, sum(panels), figsize=(1.1 * len(names) + 5 * sum(panels) - 2, 4.2), squeeze=False)
+    row = iter(axes[0])
+    ax = next(row)
+    cx, kx = (next(row) if on else None for on in panels[1:])
+    ax.bar(names, [m for m, _ in stats], yerr=[s for _, s in stats], capsize=4, color=[colors[n] for n in names])
     if "AP" in results["teacher"]:
         ax.axhline(results["teacher"]["AP"], color="tab:red", ls="--", label="teacher")
         ax.legend(loc="lower right")
     ax.set_ylabel(f"AP ({results.get('report_split')}, last checkpoint)")
     ax.set_title(f"{results['dataset']}: student AP by method (mean ± std over seeds)", fontsize=10)
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
-    for name in ("baseline", "detrdistill"):
-        steps, mean, sd = mean_curve(by.get(name, []))
-        if steps:
-            _mean_band(cx, steps, mean, sd, name, len(by[name]))
-    t_curve = results["teacher"].get("curve_val") or []
-    if t_curve:
-        cx.axhline(t_curve[-1][1], color="tab:red", ls="--", label="teacher (val, end of its training)")
-    cx.set_xlabel("optimizer step")
-    cx.set_ylabel("AP (val)")
-    cx.set_title("AP vs step (mean ± std over seeds)", fontsize=10)
-    cx.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, fontsize=8, frameon=False)
-    for name, (secs, mean, sd) in by_cost.items():  # the equal-cost question: AP against what the training cost
-        _mean_band(kx[0], secs, mean, sd, name, len(by[name]))
-    if by_cost:
-        kx[0].set_xlabel("training CPU seconds (the method's mean per step x step)")
-        kx[0].set_ylabel("AP (val)")
-        kx[0].set_title("AP vs training cost (mean ± std over seeds)", fontsize=10)
-        kx[0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, fontsize=8, frameon=False)
+    if cx is not None:
+        for name, (steps, mean, sd) in by_step.items():
+            _mean_band(cx, steps, mean, sd, name, len(by[name]), colors[name])
+        if t_curve:
+            cx.axhline(t_curve[-1][1], color="tab:red", ls="--", label="teacher (val, end of its training)")
+        cx.set_xlabel("optimizer step")
+        cx.set_ylabel("AP (val)")
+        cx.set_title("AP vs step (mean ± std over seeds)", fontsize=10)
+        cx.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, fontsize=8, frameon=False)
+    if kx is not None:  # the equal-cost question: AP against what the training cost
+        for name, (secs, mean, sd) in by_cost.items():
+            _mean_band(kx, secs, mean, sd, name, len(by[name]), colors[name])
+        kx.set_xlabel("training CPU seconds (the method's mean per step x step)")
+        kx.set_ylabel("AP (val)")
+        kx.set_title("AP vs training cost (mean ± std over seeds)", fontsize=10)
+        kx.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
     png = io.BytesIO()
     fig.savefig(png, dpi=110, format="png")

@@ -165,6 +165,31 @@ def test_cost_curves_put_each_arm_on_its_cpu_seconds(tmp_path):
     assert distill_report.cost_curves({**results, "runs": runs[:2] + runs[3:]}) == {}  # no equal-cost arm
 
 
+def test_the_step_panel_draws_the_student_alone_and_every_variant_of_the_full_method(tmp_path, monkeypatch):
+    from benchmarks import distill_report
+
+    drawn = []
+    monkeypatch.setattr(distill_report, "_mean_band",
+                        lambda axis, xs, mean, sd, method, seeds, color: drawn.append((method, seeds, color)))
+    methods = ["baseline", "detrdistill_quality_warmup", "detrdistill_quality_warmup_stop50", "fitnet",
+               "detrdistill@t600"]
+    results = {"dataset": "bccd", "report_split": "test", "teacher": {"AP": 44.0},
+               "runs": [_run(m, seed, 30.0 + seed) for m in methods for seed in (0, 1)]}
+    distill_report.bar_and_curve_chart(results, tmp_path / "c.png")
+    # the variants of the full method each in a colour of their own; single terms and other teachers: bars only
+    assert drawn == [("baseline", 2, "grey"), ("detrdistill_quality_warmup", 2, "tab:blue"),
+                     ("detrdistill_quality_warmup_stop50", 2, "tab:purple")]
+    assert distill_report.method_colors(methods)["fitnet"] == "tab:blue"
+    drawn.clear()  # a screen of single terms, no student alone: its arms
+    distill_report.bar_and_curve_chart({**results, "runs": [_run("logits", 0, 1.0), _run("feature", 0, 2.0)]},
+                                       tmp_path / "s.png")
+    assert drawn == [("logits", 1, "tab:blue"), ("feature", 1, "tab:purple")]
+    drawn.clear()  # no run with a val curve: no step panel, the bars alone
+    distill_report.bar_and_curve_chart({**results, "runs": [dict(_run("baseline", 0, 1.0), curve_val=[])]},
+                                       tmp_path / "b.png")
+    assert drawn == [] and (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_a_file_of_another_environment_is_refused_unless_mixing_is_asked(tmp_path):
     out = tmp_path / "r.json"
     out.write_text(json.dumps({"runs": [_run("baseline", 0, 1.0, env={**run_env.environment(1), "commit": "a" * 40})]}))
