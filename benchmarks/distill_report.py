@@ -166,7 +166,8 @@ def cost_curves(results: dict) -> dict[str, tuple[list[float], list[float], list
 def _mean_band(axis, xs: list[float], mean: list[float], sd: list[float], method: str, seeds: int,
                color: str) -> None:
     """One method's mean curve over seeds with its ± std band, in the method's colour and label."""
-    axis.plot(xs, mean, color=color, marker="o", ms=3, label=f"{CURVE_LABELS.get(method, method)} ({seeds} seed{'s' * (seeds != 1)})")
+    label = f"{CURVE_LABELS.get(method, method)} ({seeds} seed{'s' * (seeds != 1)})"
+    axis.plot(xs, mean, color=color, marker="o", ms=3, label=label)
     axis.fill_between(xs, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)], color=color,
                       alpha=0.2)
 
