@@ -169,8 +169,12 @@ def test_the_step_panel_draws_the_student_alone_and_every_variant_of_the_full_me
     from benchmarks import distill_report
 
     drawn = []
-    monkeypatch.setattr(distill_report, "_mean_band",
-                        lambda axis, xs, mean, sd, method, seeds, color: drawn.append((method, seeds, color)))
+
+    def band(axis, xs, mean, sd, method, seeds, color):
+        drawn.append((method, seeds, color))
+        axis.plot(xs, mean, label=method)  # something for the panel's legend
+
+    monkeypatch.setattr(distill_report, "_mean_band", band)
     methods = ["baseline", "detrdistill_quality_warmup", "detrdistill_quality_warmup_stop50", "fitnet",
                "detrdistill@t600"]
     results = {"dataset": "bccd", "report_split": "test", "teacher": {"AP": 44.0},
