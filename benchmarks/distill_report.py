@@ -115,19 +115,11 @@ CURVE_LABELS = {"baseline": "student alone", "baseline_long": "student alone, eq
 FULL_COLORS = ("tab:blue", "tab:purple", "tab:orange", "tab:brown", "tab:pink", "tab:olive")  # full method, variants
 
 
-def full_method_arms(names) -> list[str]:
-    """The full method and its variants among ``names`` (``detrdistill``, ``detrdistill_*``), in name order: the arms
-    the AP-vs-step panel draws beside the student alone. Single terms, other baselines and other teachers
-    (``detrdistill@...``, the teacher-strength plot's) are left to the bar panel, unless the file has no full arm."""
-    full = results_file.FULL_METHOD
-    return sorted(n for n in names if n == full or n.startswith(full + "_"))
-
-
 def method_colors(names) -> dict[str, str]:
     """One colour per method, the same in every panel: the student-alone arms theirs, the full method and its
     variants one each (``FULL_COLORS``, in name order), the rest blue; in a file with neither (a screen of single
     terms), each method one of ``FULL_COLORS``."""
-    arms = full_method_arms(names) or [n for n in names if n not in ALONE_COLORS]
+    arms = results_file.full_method_arms(names) or [n for n in names if n not in ALONE_COLORS]
     return {n: ALONE_COLORS.get(n) or (FULL_COLORS[arms.index(n) % len(FULL_COLORS)] if n in arms else "tab:blue")
             for n in names}
 
@@ -185,7 +177,9 @@ def bar_and_curve_chart(results: dict, path: Path) -> None:
     stats = [mean_sd([r["AP"] for r in by[n]]) for n in names]
     colors = method_colors(names)
     by_cost = cost_curves(results)
-    step_arms = (["baseline"] if "baseline" in by else []) + full_method_arms(names) or names  # a screen: its arms
+    # the student alone and the full method's variants (results_file.full_method_arms): single terms, other
+    # baselines and other teachers (the teacher-strength plot's) are left to the bars; a screen: its arms
+    step_arms = (["baseline"] if "baseline" in by else []) + results_file.full_method_arms(names) or names
     by_step = {n: curve for n in step_arms if (curve := mean_curve(by[n]))[0]}  # those with val curves
     t_curve = results["teacher"].get("curve_val") or []
     panels = [True, bool(by_step), bool(by_cost)]  # bars; AP vs step; AP vs cost

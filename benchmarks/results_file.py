@@ -70,13 +70,18 @@ def ap_by_seed(results: dict, method: str) -> dict[int, float]:
 FULL_METHOD = "detrdistill"
 
 
+def full_method_arms(methods) -> list[str]:
+    """The full method and its variants among ``methods`` (``detrdistill`` and the ``detrdistill_*`` of
+    benchmarks/distill.py, e.g. ``detrdistill_quality_warmup``; not ``detrdistill@...``, other teachers), sorted."""
+    return sorted({m for m in methods if m == FULL_METHOD or m.startswith(FULL_METHOD + "_")})
+
+
 def full_method(results: dict) -> str:
     """The file's DETRDistill arm: ``detrdistill`` when it has such runs, else its one variant of the full method
-    (``detrdistill_*`` in benchmarks/distill.py, e.g. ``detrdistill_quality_warmup``); ``detrdistill`` too when there
-    is none, or several variants and no plain one (which of them is the arm is not clear: the caller finds no runs)."""
-    methods = {r["method"] for r in results["runs"]}
-    variants = sorted(m for m in methods if m.startswith(FULL_METHOD + "_"))
-    return variants[0] if FULL_METHOD not in methods and len(variants) == 1 else FULL_METHOD
+    (``full_method_arms``); ``detrdistill`` too when there is none, or several variants and no plain one (which of
+    them is the arm is not clear: the caller finds no runs)."""
+    arms = full_method_arms(r["method"] for r in results["runs"])
+    return arms[0] if len(arms) == 1 else FULL_METHOD
 
 
 def family(results: dict, role: str = "student") -> str:
