@@ -92,6 +92,12 @@ METHODS: dict[str, Method] = {
                                                        "distill.logits.box_weighting=teacher_score",
                                                        "distill.warmup_steps=600", "distill.decay=linear",
                                                        "distill.stop_at=0.5")),
+    # the same, the query-prior group also distilled toward the teacher's own predictions for the same queries, slot
+    # for slot (consistent-query distillation, KD-DETR; distill.query_prior.teacher_predictions_weight)
+    "detrdistill_quality_warmup_consistent": Method(True, ("distill.logits.class_loss=quality_focal",
+                                                           "distill.logits.box_weighting=teacher_score",
+                                                           "distill.warmup_steps=600",
+                                                           "distill.query_prior.teacher_predictions_weight=1.0")),
 }
 # the protocol's order: the comparison first, then each DETRDistill term alone on the same seeds
 MAIN_METHODS = ["baseline", "detrdistill", "fitnet", "logit_kd", "logits", "feature", "query_prior"]

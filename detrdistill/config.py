@@ -260,6 +260,12 @@ class QueryPriorDistillConfig(_Section):
         "+ GIoU; the official code); 'set_distributions' = the set criterion plus, for a student whose boxes are "
         "distributions (D-FINE, DEIMv2), the family's FGL + DDF. Other students (and loss.recipe=set) use the set "
         "criterion whatever this says")
+    teacher_predictions_weight: float = Field(
+        0.0, ge=0, description="consistent-query distillation (KD-DETR's consistent distillation points; not in "
+        "DETRDistill): each group slot's predictions at each stage are also distilled toward the teacher's own "
+        "predictions for that same query at the mapped stage, slot for slot (no matching), with the logits term's "
+        "class loss, box weighting and weights (distill.logits.class_loss / box_weighting / class_weight / "
+        "bbox_weight / giou_weight) times this; logged as query_kd_cls / _bbox / _giou; 0 = off (official)")
     reference: Literal["teacher_boxes", "learned"] = Field(
         "teacher_boxes", description="a student whose decoder starts from boxes (RT-DETR, D-FINE, AdaMixer, ...) "
         "under a teacher whose queries carry none (DETR, Deformable DETR): 'teacher_boxes' = the box the teacher's "

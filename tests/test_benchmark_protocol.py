@@ -465,6 +465,12 @@ def test_every_benchmark_method_resolves_to_a_valid_config_and_leave_one_out_dro
                              list(distill.METHODS["detrdistill_quality_warmup"].overrides))
             assert (cfg.distill.decay, cfg.distill.stop_at) == ("linear", 0.5)
             assert cfg.distill.model_copy(update={"decay": "none", "stop_at": 1.0}) == qw.distill
+        if name == "detrdistill_quality_warmup_consistent":  # the same plus the group's teacher predictions
+            qw = load_config("configs/cpu/bccd_d_fine_student.yaml",
+                             list(distill.METHODS["detrdistill_quality_warmup"].overrides))
+            assert cfg.distill.query_prior.teacher_predictions_weight == 1.0
+            qp = cfg.distill.query_prior.model_copy(update={"teacher_predictions_weight": 0.0})
+            assert cfg.distill.model_copy(update={"query_prior": qp}) == qw.distill
         if name.startswith("detrdistill_no_"):
             dropped = name.removeprefix("detrdistill_no_")
             assert {t: getattr(cfg.distill, t).enabled for t in terms} == {t: t != dropped for t in terms}, name

@@ -6,6 +6,13 @@ target the teacher's OWN Hungarian matching gave teacher query j at teacher stag
 matching.  The loss is the student's set criterion with those fixed assignments (official: focal 2, L1 5, GIoU 2,
 normalised by the GT count averaged over processes).  An image without GT has all assignments -1, so the whole
 group is supervised as background.
+
+Consistent-query distillation (``distill.query_prior.teacher_predictions_weight`` > 0; KD-DETR's "consistent
+distillation points", Wang et al. CVPR 2024, not in DETRDistill): the group's slot j at student stage l is ALSO
+distilled toward the teacher's own prediction for query j at stage ``stage_map[l]``, slot for slot -- the two
+models decoded the same query, so no matching is solved and no pair changes from step to step.  The losses are the
+logits term's (soft class loss, L1, GIoU, with its class loss and box weighting) on that fixed identity pairing
+(:func:`teacher_prediction_losses`).
 """
 from __future__ import annotations
 
@@ -15,7 +22,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ..models.outputs import GroupOutput
+from ..models.outputs import DetectorOutput, GroupOutput
+from .logits import HungarianLogitsDistillLoss
 from .stage_mapping import map_stages
 
 
@@ -76,3 +84,21 @@ class QueryPriorLoss(nn.Module):
             stage_map = map_stages(L_S, L_T)
         idx = torch.as_tensor(stage_map, dtype=torch.long, device=teacher_assignments.device)
         return teacher_assignments.index_select(0, idx).to(group.logits.device)
+
+
+def teacher_prediction_losses(loss: HungarianLogitsDistillLoss, group: GroupOutput, teacher: DetectorOutput,
+                              stage_map: list[int], student_activation: str,
+                              prefix: str = "query_kd_") -> dict[str, Tensor]:
+    """Consistent-query distillation (see the module docstring): ``loss`` (a ``variant="all"`` logits loss) on the
+    group [L_S, B, N_T, .] against the teacher's own predictions [L_T, B, N_T, .] with slot j paired to teacher query
+    j at every stage -> ``{prefix}cls`` / ``bbox`` / ``giou`` (weighted, with grad)."""
+    L_S, B, N = group.logits.shape[:3]
+    if tuple(teacher.logits.shape[1:3]) != (B, N):
+        raise ValueError(f"consistent-query distillation pairs the group's {N} slots with the teacher's queries one "
+                         f"to one, but the teacher predicted {tuple(teacher.logits.shape[1:3])} (images, queries) "
+                         f"for a group of {(B, N)}")
+    identity = torch.arange(N, device=group.logits.device).expand(L_S, B, N)
+    out = loss(group.logits, group.boxes, teacher.logits, teacher.boxes, stage_map,
+               student_activation=student_activation, teacher_activation=teacher.class_activation,
+               matching=identity)
+    return {prefix + k.removeprefix("logits_"): v for k, v in out.losses.items()}

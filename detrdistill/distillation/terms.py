@@ -37,7 +37,7 @@ from .context import FULL_COST_MATCHING, MATCHING, StepContext
 from .contrastive import ContrastiveDistillLoss
 from .feature import FeatureDistillLoss, quality_scores, target_aware_mask
 from .logits import DEFAULT_MATCH_COSTS, HungarianLogitsDistillLoss, MatchCosts
-from .query_prior import QueryPriorLoss
+from .query_prior import QueryPriorLoss, teacher_prediction_losses
 
 log = logging.getLogger("detrdistill")
 
@@ -141,14 +141,16 @@ class FitNetTerm(DistillTerm):
 
 class QueryPriorTerm(DistillTerm):
     """The student decodes the (projected) teacher queries, supervised by the teacher's own GT assignment
-    (``query_prior_cls`` / ``_bbox`` / ``_giou``)."""
+    (``query_prior_cls`` / ``_bbox`` / ``_giou``) and, with ``teacher_predictions`` (a logits loss), by the teacher's
+    own predictions for the same queries too (``query_kd_cls`` / ``_bbox`` / ``_giou``)."""
     name = "query_prior"
     needs_teacher_assignments = True
 
     def __init__(self, loss: QueryPriorLoss, projection: nn.Module, teacher: nn.Module, student: nn.Module,
-                 group_loss: str = "family"):
+                 group_loss: str = "family", teacher_predictions: HungarianLogitsDistillLoss | None = None):
         super().__init__({"query_projection": projection, "query_prior_loss": loss})
         self.loss, self.projection, self.group_loss = loss, projection, group_loss
+        self.teacher_predictions = teacher_predictions
         self._adapters = (teacher, student)  # a tuple: the adapters are the distiller's, not this term's modules
 
     def __call__(self, ctx: StepContext) -> dict[str, Tensor]:
@@ -158,6 +160,15 @@ class QueryPriorTerm(DistillTerm):
         boxes = ctx.teacher.boxes[0] if self.projection.needs_boxes else None
         with profiling.section("query_prior_decode"):
             g_out = student.decode_group(ctx.student, self.projection(group, boxes=boxes))
+        losses = self._assignment_losses(ctx, g_out)
+        if self.teacher_predictions is not None:
+            losses.update(teacher_prediction_losses(self.teacher_predictions, g_out, ctx.teacher, ctx.stage_map,
+                                                    ctx.student.class_activation))
+        return losses
+
+    def _assignment_losses(self, ctx: StepContext, g_out) -> dict[str, Tensor]:
+        """The group supervised with the teacher's GT assignment, by the set criterion or the family's loss."""
+        student = self._adapters[1]
         family = (self.group_loss != "set" and isinstance(ctx.criterion, FamilyLoss) and student.has_group_family_loss)
         if not family:
             return self.loss(g_out, ctx.teacher_assignments(), ctx.targets, ctx.stage_map, ctx.criterion).losses
@@ -248,9 +259,14 @@ def _query_prior(env: TermEnv) -> DistillTerm:
             "as the official code does) is not supported: the adapters decode extra query groups over the "
             "memory of the student's own forward only (it differs from a re-run only by encoder dropout); "
             "set distill.query_prior.reuse_memory=true")
-    return QueryPriorTerm(QueryPriorLoss(weight=env.cfg.query_prior.weight),
-                          build_query_projection(env.teacher, env.student, env.cfg.query_prior.reference),
-                          env.teacher, env.student, env.cfg.query_prior.group_loss)
+    qc, lc = env.cfg.query_prior, env.cfg.logits
+    w = qc.teacher_predictions_weight
+    consistent = HungarianLogitsDistillLoss(
+        class_weight=w * lc.class_weight, bbox_weight=w * lc.bbox_weight, giou_weight=w * lc.giou_weight,
+        class_loss=lc.class_loss, focal_gamma=lc.focal_gamma, box_weighting=lc.box_weighting) if w > 0 else None
+    return QueryPriorTerm(QueryPriorLoss(weight=qc.weight),
+                          build_query_projection(env.teacher, env.student, qc.reference),
+                          env.teacher, env.student, qc.group_loss, consistent)
 
 
 def _contrastive(env: TermEnv) -> DistillTerm:
