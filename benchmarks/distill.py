@@ -60,6 +60,8 @@ class Method:
     overrides: tuple[str, ...] = ()
 
 
+_QUALITY_WARMUP = ("distill.logits.class_loss=quality_focal", "distill.logits.box_weighting=teacher_score",
+                   "distill.warmup_steps=600")
 _OFF = ("distill.logits.enabled=false", "distill.feature.enabled=false", "distill.query_prior.enabled=false")
 METHODS: dict[str, Method] = {
     "baseline": Method(False),
@@ -83,21 +85,15 @@ METHODS: dict[str, Method] = {
                                                         "distill.query_prior.enabled=false")),
     # the full method with the logits term weighted away from background pairs and every term ramped in over the
     # first 600 steps (a quarter of the CPU schedules): what screened best on the small D-FINE student
-    "detrdistill_quality_warmup": Method(True, ("distill.logits.class_loss=quality_focal",
-                                                "distill.logits.box_weighting=teacher_score",
-                                                "distill.warmup_steps=600")),
+    "detrdistill_quality_warmup": Method(True, _QUALITY_WARMUP),
     # the same, its terms falling linearly to 0 at half the run and the second half the student's alone (no
     # teacher forward): the early speed-up of distillation at about 60 % of its cost
-    "detrdistill_quality_warmup_stop50": Method(True, ("distill.logits.class_loss=quality_focal",
-                                                       "distill.logits.box_weighting=teacher_score",
-                                                       "distill.warmup_steps=600", "distill.decay=linear",
-                                                       "distill.stop_at=0.5")),
+    "detrdistill_quality_warmup_stop50": Method(True, _QUALITY_WARMUP + ("distill.decay=linear",
+                                                                         "distill.stop_at=0.5")),
     # the same, the query-prior group also distilled toward the teacher's own predictions for the same queries, slot
     # for slot (consistent-query distillation, KD-DETR; distill.query_prior.teacher_predictions_weight)
-    "detrdistill_quality_warmup_consistent": Method(True, ("distill.logits.class_loss=quality_focal",
-                                                           "distill.logits.box_weighting=teacher_score",
-                                                           "distill.warmup_steps=600",
-                                                           "distill.query_prior.teacher_predictions_weight=1.0")),
+    "detrdistill_quality_warmup_consistent": Method(True, _QUALITY_WARMUP + (
+        "distill.query_prior.teacher_predictions_weight=1.0",)),
 }
 # the protocol's order: the comparison first, then each DETRDistill term alone on the same seeds
 MAIN_METHODS = ["baseline", "detrdistill", "fitnet", "logit_kd", "logits", "feature", "query_prior"]

@@ -454,6 +454,8 @@ def test_every_benchmark_method_resolves_to_a_valid_config_and_leave_one_out_dro
     if not os.environ.get("DETRDISTILL_DATA"):  # the config's data paths are resolved, never opened, here
         monkeypatch.setenv("DETRDISTILL_DATA", str(tmp_path))
     terms = ("logits", "feature", "query_prior")
+    qw = load_config("configs/cpu/bccd_d_fine_student.yaml",
+                     list(distill.METHODS["detrdistill_quality_warmup"].overrides))
     for name, method in distill.METHODS.items():
         cfg = load_config("configs/cpu/bccd_d_fine_student.yaml", list(method.overrides))
         if name == "detrdistill_quality_warmup":
@@ -461,13 +463,9 @@ def test_every_benchmark_method_resolves_to_a_valid_config_and_leave_one_out_dro
                 "quality_focal", "teacher_score", 600)
             assert all(getattr(cfg.distill, t).enabled for t in terms)
         if name == "detrdistill_quality_warmup_stop50":  # the same plus the decay and stop, nothing else
-            qw = load_config("configs/cpu/bccd_d_fine_student.yaml",
-                             list(distill.METHODS["detrdistill_quality_warmup"].overrides))
             assert (cfg.distill.decay, cfg.distill.stop_at) == ("linear", 0.5)
             assert cfg.distill.model_copy(update={"decay": "none", "stop_at": 1.0}) == qw.distill
         if name == "detrdistill_quality_warmup_consistent":  # the same plus the group's teacher predictions
-            qw = load_config("configs/cpu/bccd_d_fine_student.yaml",
-                             list(distill.METHODS["detrdistill_quality_warmup"].overrides))
             assert cfg.distill.query_prior.teacher_predictions_weight == 1.0
             qp = cfg.distill.query_prior.model_copy(update={"teacher_predictions_weight": 0.0})
             assert cfg.distill.model_copy(update={"query_prior": qp}) == qw.distill

@@ -30,6 +30,7 @@ from .. import profiling
 from ..config import DistillConfig
 from ..errors import UnsupportedSettingError
 from ..models.family_loss import FamilyLoss
+from ..models.outputs import GroupOutput
 from ..ops.criterion import batch_num_boxes
 from .baselines import FitNetLoss, LogitKDLoss
 from .connectors import build_query_projection
@@ -166,7 +167,7 @@ class QueryPriorTerm(DistillTerm):
                                                     ctx.student.class_activation))
         return losses
 
-    def _assignment_losses(self, ctx: StepContext, g_out) -> dict[str, Tensor]:
+    def _assignment_losses(self, ctx: StepContext, g_out: GroupOutput) -> dict[str, Tensor]:
         """The group supervised with the teacher's GT assignment, by the set criterion or the family's loss."""
         student = self._adapters[1]
         family = (self.group_loss != "set" and isinstance(ctx.criterion, FamilyLoss) and student.has_group_family_loss)
@@ -217,12 +218,17 @@ class LogitKDTerm(DistillTerm):
 
 
 # ----------------------------------------------------------------------------------------------- builders
+def _logits_loss(lc, scale: float = 1.0, variant: str | None = None) -> HungarianLogitsDistillLoss:
+    """The logits loss of ``distill.logits`` (``lc``), its three weights times ``scale``; ``variant`` overrides
+    ``lc.variant`` (the consistent-query targets pair slot for slot, which only ``"all"`` takes)."""
+    return HungarianLogitsDistillLoss(
+        class_weight=scale * lc.class_weight, bbox_weight=scale * lc.bbox_weight, giou_weight=scale * lc.giou_weight,
+        variant=variant or lc.variant, neg_weight=lc.neg_weight, pos_threshold=lc.pos_threshold,
+        class_loss=lc.class_loss, focal_gamma=lc.focal_gamma, box_weighting=lc.box_weighting)
+
+
 def _logits(env: TermEnv) -> DistillTerm:
-    lc = env.cfg.logits
-    return LogitsTerm(HungarianLogitsDistillLoss(
-        class_weight=lc.class_weight, bbox_weight=lc.bbox_weight, giou_weight=lc.giou_weight, variant=lc.variant,
-        neg_weight=lc.neg_weight, pos_threshold=lc.pos_threshold, class_loss=lc.class_loss,
-        focal_gamma=lc.focal_gamma, box_weighting=lc.box_weighting))
+    return LogitsTerm(_logits_loss(env.cfg.logits))
 
 
 def normalize_features(env: TermEnv) -> bool:
@@ -259,11 +265,8 @@ def _query_prior(env: TermEnv) -> DistillTerm:
             "as the official code does) is not supported: the adapters decode extra query groups over the "
             "memory of the student's own forward only (it differs from a re-run only by encoder dropout); "
             "set distill.query_prior.reuse_memory=true")
-    qc, lc = env.cfg.query_prior, env.cfg.logits
-    w = qc.teacher_predictions_weight
-    consistent = HungarianLogitsDistillLoss(
-        class_weight=w * lc.class_weight, bbox_weight=w * lc.bbox_weight, giou_weight=w * lc.giou_weight,
-        class_loss=lc.class_loss, focal_gamma=lc.focal_gamma, box_weighting=lc.box_weighting) if w > 0 else None
+    qc, w = env.cfg.query_prior, env.cfg.query_prior.teacher_predictions_weight
+    consistent = _logits_loss(env.cfg.logits, scale=w, variant="all") if w > 0 else None
     return QueryPriorTerm(QueryPriorLoss(weight=qc.weight),
                           build_query_projection(env.teacher, env.student, qc.reference),
                           env.teacher, env.student, qc.group_loss, consistent)
