@@ -94,6 +94,10 @@ METHODS: dict[str, Method] = {
     # for slot (consistent-query distillation, KD-DETR; distill.query_prior.teacher_predictions_weight)
     "detrdistill_quality_warmup_consistent": Method(True, _QUALITY_WARMUP + (
         "distill.query_prior.teacher_predictions_weight=1.0",)),
+    # the same, no term's gradient allowed above the student's own (distill.max_term_ratio=1, measured every 50
+    # steps): whether the cap undoes what the group's take-over of the update cost
+    "detrdistill_quality_warmup_consistent_cap": Method(True, _QUALITY_WARMUP + (
+        "distill.query_prior.teacher_predictions_weight=1.0", "distill.max_term_ratio=1.0")),
 }
 # the protocol's order: the comparison first, then each DETRDistill term alone on the same seeds
 MAIN_METHODS = ["baseline", "detrdistill", "fitnet", "logit_kd", "logits", "feature", "query_prior"]

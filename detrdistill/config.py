@@ -340,6 +340,13 @@ class DistillConfig(_Section):
         1.0, gt=0, le=1, description="fraction of the training steps after which the student trains alone: no "
         "teacher forward, no distillation term (the rest of the run costs what the student alone costs); "
         "1 = distil to the end (official)")
+    max_term_ratio: float = Field(
+        0.0, ge=0, description="cap on each term's pull on the update: every distill.term_ratio_every steps the "
+        "gradient of each term and of the student's own loss are measured on the step's batch (one extra backward "
+        "each), and a term whose gradient norm exceeds this multiple of the student's own is down-weighted to it "
+        "until the next measurement (detrdistill's engine, one process); 0 = no cap (official)")
+    term_ratio_every: int = Field(
+        50, ge=1, description="with distill.max_term_ratio: steps between two measurements of the terms' gradients")
     logits: LogitsDistillConfig = LogitsDistillConfig()
     feature: FeatureDistillConfig = FeatureDistillConfig()
     query_prior: QueryPriorDistillConfig = QueryPriorDistillConfig()

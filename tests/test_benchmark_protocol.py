@@ -469,6 +469,11 @@ def test_every_benchmark_method_resolves_to_a_valid_config_and_leave_one_out_dro
             assert cfg.distill.query_prior.teacher_predictions_weight == 1.0
             qp = cfg.distill.query_prior.model_copy(update={"teacher_predictions_weight": 0.0})
             assert cfg.distill.model_copy(update={"query_prior": qp}) == qw.distill
+        if name == "detrdistill_quality_warmup_consistent_cap":  # the consistent one plus the cap, nothing else
+            consistent = load_config("configs/cpu/bccd_d_fine_student.yaml", list(
+                distill.METHODS["detrdistill_quality_warmup_consistent"].overrides))
+            assert (cfg.distill.max_term_ratio, cfg.distill.term_ratio_every) == (1.0, 50)
+            assert cfg.distill.model_copy(update={"max_term_ratio": 0.0}) == consistent.distill
         if name.startswith("detrdistill_no_"):
             dropped = name.removeprefix("detrdistill_no_")
             assert {t: getattr(cfg.distill, t).enabled for t in terms} == {t: t != dropped for t in terms}, name

@@ -137,7 +137,7 @@ def test_a_distillation_run_logs_the_balance_when_asked_and_trains_as_without_it
 def test_the_engine_warns_once_per_run_about_a_term_taking_the_update_or_a_module_over(caplog):
     from types import SimpleNamespace
 
-    from detrdistill.engine.trainer import _probe_gradients
+    from detrdistill.engine.trainer import _measure_balance, _report_balance
 
     back, head = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
 
@@ -154,7 +154,7 @@ def test_the_engine_warns_once_per_run_about_a_term_taking_the_update_or_a_modul
             task.last_parts = {"student": back @ torch.tensor([1.0, 0.0]) + head @ torch.tensor([0.0, 10.0]),
                                "feature": back @ torch.tensor([0.0, 8.0]),
                                "query_prior": head @ torch.tensor([0.0, 40.0])}  # 4x overall
-            _probe_gradients(run)
+            _report_balance(run, _measure_balance(run)[1])
     assert [r["step"] for r in written] == [1, 2, 3] and written[0]["grad/feature_ratio/backbone"] == pytest.approx(8)
     module_warnings = [m for m in caplog.messages if "in the student's backbone is 8.0x" in m]
     assert len(module_warnings) == 1 and "distill.feature.weight" in module_warnings[0]

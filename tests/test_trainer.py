@@ -159,3 +159,8 @@ def test_what_the_trainer_cannot_do_is_refused(models, tmp_path):  # noqa: F811
         DistillationTrainer(teacher=str(models / "teacher"))
     with pytest.raises(ConfigError, match="model_init is not supported"):
         DistillationTrainer(None, None, teacher=str(models / "teacher"), model_init=lambda: None)
+
+
+def test_the_term_cap_is_refused_with_what_to_do_instead(models, synth_dir, tmp_path):  # noqa: F811
+    with pytest.raises(ConfigError, match="max_term_ratio is applied by detrdistill's own engine.*term_weights"):
+        make_trainer(models, synth_dir, tmp_path, distill_config={"max_term_ratio": 1.0})

@@ -184,6 +184,9 @@ class Distiller(nn.Module):
         #: the run's length in steps, for ``cfg.decay`` / ``cfg.stop_at`` (:mod:`.term_schedule`); set by the engine
         #: (``DistillTask.set_step``), ``DistillationTrainer`` or a user's loop
         self.total_steps: int | None = None
+        #: a multiplier per term name (absent: 1), on top of :meth:`term_scale`: what ``distill.max_term_ratio``
+        #: sets (:mod:`detrdistill.engine.term_cap`); a user's loop may set it too
+        self.term_weights: dict[str, float] = {}
         self.batch_matchings = True  # False: each matching solved where it is used (same results, for comparison)
         #: (teacher, student) forward seconds of the first distilled batch, None before it: that forward logs them
         #: with both input sizes (teacher_pixels.py), ``DistillTask.time_left`` prices a step without the teacher
@@ -334,8 +337,9 @@ class Distiller(nn.Module):
         for term in self.terms:
             with profiling.section(f"term:{term.name}"):
                 term_losses = term(ctx)
+            weight = scale * self.term_weights.get(term.name, 1.0)
             for name, value in term_losses.items():
-                value = value * scale if scale != 1.0 else value
+                value = value * weight if weight != 1.0 else value
                 total = total + value
                 parts[term.name] = parts[term.name] + value if term.name in parts else value
                 loss_dict[name] = value.detach()

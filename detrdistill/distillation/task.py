@@ -113,6 +113,22 @@ class DistillTask(nn.Module):
         if total is not None:
             self.distiller.total_steps = int(total)
 
+    @property
+    def term_cap(self) -> tuple[float, int] | None:
+        """``(distill.max_term_ratio, distill.term_ratio_every)`` when the cap is on, else None (the engine applies
+        it: :mod:`detrdistill.engine.term_cap`)."""
+        cfg = self.distiller.cfg
+        return (cfg.max_term_ratio, cfg.term_ratio_every) if cfg.max_term_ratio > 0 else None
+
+    @property
+    def term_weights(self) -> dict[str, float]:
+        """Each term's multiplier on top of its schedule (``Distiller.term_weights``; absent = 1)."""
+        return dict(self.distiller.term_weights)
+
+    @term_weights.setter
+    def term_weights(self, weights: dict[str, float]) -> None:
+        self.distiller.term_weights = {str(k): float(v) for k, v in weights.items()}
+
     def forward(self, pixel_values, pixel_mask, targets):
         out = self.detr_distiller(pixel_values, pixel_mask, labels=targets)
         self.last_parts = out.parts if self.keep_parts else None

@@ -25,6 +25,7 @@ import torch
 
 from detrdistill.config import Config
 from detrdistill.data import collate_fn
+from detrdistill.engine import term_cap
 from detrdistill.engine.checkpoint import load_latest_intact, save_checkpoint
 from detrdistill.engine.evaluator import evaluate, write_eval_json
 from detrdistill.engine.grad_balance import gradient_balance
@@ -275,11 +276,17 @@ def train_step(run: Run, batch: dict, probe: bool = False) -> tuple[torch.Tensor
     targets = move_targets(batch["labels"], acc.device)
     if hasattr(run.task, "set_step"):  # optional task member (engine/task.py): schedules inside the task
         run.task.set_step(state["step"], run.plan["total"])
-    if probe:
+    cap = getattr(run.task, "term_cap", None)  # optional task member: distill.max_term_ratio (engine/term_cap.py)
+    cap = cap if cap is not None and state["step"] % cap[1] == 0 else None
+    if probe or cap:
         run.task.keep_parts = True
     loss, loss_dict = run.model(pv, pm, targets)
-    if probe:
-        _probe_gradients(run)
+    if probe or cap:
+        measured = _measure_balance(run)
+        if measured is not None and probe:
+            _report_balance(run, measured[1])
+        if measured is not None and cap:
+            loss = term_cap.apply(run, loss, *measured, cap[0])
     if not torch.isfinite(loss):  # a --resume would repeat it exactly: a new start with other settings is needed
         raise NonFiniteLossError(f"step {state['step'] + 1}: loss is {loss.item()} (training diverged); lower "
                                  "optim.lr or raise optim.warmup_steps and start over with --overwrite")
@@ -298,17 +305,23 @@ def train_step(run: Run, batch: dict, probe: bool = False) -> tuple[torch.Tensor
     return loss, loss_dict
 
 
-def _probe_gradients(run: Run) -> None:
-    """Gradient balance of the step's loss parts (the task kept them), logged and written to metrics.jsonl as
-    ``grad/*``; a warning names each part that dominates the update. The step itself is unchanged."""
+def _measure_balance(run: Run):
+    """``(parts, balance)``: the step's loss parts (the task kept them) and their gradient balance
+    (engine/grad_balance.py), or None when there is nothing to compare (one part, or a part not finite)."""
     task = run.task
     task.keep_parts = False
     parts, task.last_parts = task.last_parts, None
     if not parts or len(parts) < 2 or not all(torch.isfinite(v) for v in parts.values()):
-        return
-    clip = run.cfg.optim.grad_clip
+        return None
     named = list(trainable_named_parameters(task))
-    balance = gradient_balance(parts, [p for _, p in named], max_norm=clip, names=[n for n, _ in named])
+    return parts, gradient_balance(parts, [p for _, p in named], max_norm=run.cfg.optim.grad_clip,
+                                   names=[n for n, _ in named])
+
+
+def _report_balance(run: Run, balance) -> None:
+    """The gradient-balance probe: logged and written to metrics.jsonl as ``grad/*``; a warning names each part
+    that dominates the update. The step itself is unchanged."""
+    clip = run.cfg.optim.grad_clip
     step = run.state["step"] + 1
     run.metrics.write({"step": step, **balance.record()})
     log.info("gradient balance at step %d: %s", step, balance.line())
@@ -439,6 +452,7 @@ def run_training(cfg: Config, task_type: TaskType, resume: bool = False, overwri
 def _train(run: Run, cfg: Config) -> dict:
     from detrdistill.progress import progress_bar
 
+    term_cap.restore(run)  # distill.max_term_ratio: refused under DDP; a resume continues with the saved weights
     run.old_handlers = _install_stop_handler(run.stop)
     if run.accelerator.is_main_process:
         for line in run.summary:

@@ -93,6 +93,10 @@ class DistillationTrainer(Trainer):
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
             raise UnsupportedSettingError("DistillationTrainer: DeepSpeed and FSDP are not supported (the teacher is "
                                           "frozen and the student is saved alone); use DDP (torchrun / accelerate)")
+        if self._distiller().distiller.cfg.max_term_ratio > 0:
+            raise ConfigError("DistillationTrainer: distill_config.max_term_ratio is applied by detrdistill's own "
+                              "engine (detrdistill distill); here set it to 0, or set the distiller's term_weights "
+                              "from your own measurement")
         # the distillation loss is a per-batch mean: the Trainer divides it by the gradient accumulation steps
         self.model_accepts_loss_kwargs = False
         self._term_sums: dict[str, torch.Tensor] = {}
