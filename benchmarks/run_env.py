@@ -13,12 +13,14 @@ import hashlib
 import json
 from pathlib import Path
 
-from detrdistill.machine import code_version, device_name, library_versions
+from detrdistill.machine import code_version, cpu_flags, device_name, library_versions
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("torch", "transformers", "accelerate", "numpy", "scipy", "pycocotools")
 # what must agree for two runs to be "the same environment" (the date, the dirty diff's content do not count)
-ENV_KEYS = ("commit", "dirty", "python", "torch", "transformers", "accelerate", "device")
+# (cpu_flags: a hash of the CPU's feature flags, recorded from 2026-12-08: two "AMD EPYC, 2 cores" machines trained the
+# same commit, versions, threads and seed to other numbers; a record without it matches no new one)
+ENV_KEYS = ("commit", "dirty", "python", "torch", "transformers", "accelerate", "device", "cpu_flags")
 
 
 def short_device(name: str | None) -> str:
@@ -39,7 +41,7 @@ def versions() -> dict:
 
 def environment(threads: int | None) -> dict:
     """The record stored with every run: code version, versions, device, threads."""
-    return {**code_version(), **versions(), "device": device_name(), "threads": threads}
+    return {**code_version(), **versions(), "device": device_name(), "cpu_flags": cpu_flags(), "threads": threads}
 
 
 def environment_key(env: dict | None) -> tuple:

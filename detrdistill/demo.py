@@ -117,10 +117,10 @@ def _run_demo(out: Path, preset: str, seed: int = 0) -> dict:
 
     cfgs = demo_configs(out, preset, seed)
     tasks = {"teacher": DetectionTask, "baseline": DetectionTask, "distilled": DistillTask}
-    from detrdistill.machine import code_version, device_name, library_versions
+    from detrdistill.machine import code_version, cpu_flags, device_name, library_versions
 
     summary = {"preset": preset, "seed": seed, "threads": torch.get_num_threads(), "device": device_name(),
-               "versions": library_versions(), "code": code_version(), "runs": {}}
+               "cpu_flags": cpu_flags(), "versions": library_versions(), "code": code_version(), "runs": {}}
     t_start = time.monotonic()
     for i, (name, cfg) in enumerate(cfgs.items(), 1):
         print(f"[{i}/3] {name}: {tasks[name].name} -> {cfg.train.output_dir}", flush=True)

@@ -13,7 +13,7 @@ import platform
 import subprocess
 from pathlib import Path
 
-__all__ = ["cpu_model", "device_name", "library_versions", "code_version", "differences"]
+__all__ = ["cpu_model", "cpu_isa", "cpu_flags", "device_name", "library_versions", "code_version", "differences"]
 
 #: the checkout this package runs from, when it runs from one (an installed wheel has no git history)
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
@@ -32,13 +32,41 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_isa() -> str:
+    """The vector instruction set torch's CPU kernels use here (``torch.backends.cpu.get_cpu_capability()``: e.g.
+    ``AVX512``, ``AVX2``; ``ATEN_CPU_CAPABILITY`` may lower it). Two CPUs of one model name can differ in it, and
+    so do their numbers: the same commit, versions, thread count and seed trained to other weights on an "AMD EPYC"
+    with AVX512 than on the "AMD EPYC" of the earlier benchmark files (docs/results.md)."""
+    import torch
+
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):  # an old torch
+        return "ISA unknown"
+
+
+def cpu_flags() -> str | None:
+    """A short hash of the CPU's feature flags (``/proc/cpuinfo``), None where they cannot be read: the libraries
+    torch calls (oneDNN, MKL) choose their kernels by them, so two machines of one model name and
+    :func:`cpu_isa` may still differ here, and then in their numbers."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags = " ".join(sorted(line.split(":", 1)[1].split()))
+                return hashlib.sha256(flags.encode()).hexdigest()[:8]
+    except OSError:
+        pass
+    return None
+
+
 def device_name() -> str:
-    """The GPU's name, else the CPU model and core count (``Intel(R) Xeon(R) Processor, 2 cores``)."""
+    """The GPU's name, else the CPU model, core count and vector instruction set (``Intel(R) Xeon(R) Processor,
+    2 cores, AVX512``; records made before 2026-12-08 lack the last part)."""
     import torch
 
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    return f"{cpu_model()}, {os.cpu_count()} cores"
+    return f"{cpu_model()}, {os.cpu_count()} cores, {cpu_isa()}"
 
 
 def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str | None]:
@@ -88,7 +116,7 @@ def differences(here: dict, then: dict) -> list[str]:
     hc, tc = (here.get("code") or {}).get("commit"), (then.get("code") or {}).get("commit")
     if hc and tc and hc != tc:
         out.append(f"commit: {tc[:7]} -> {hc[:7]}")
-    for key in ("device", "threads"):
+    for key in ("device", "cpu_flags", "threads"):
         if key in here and key in then and here[key] != then[key]:
             out.append(f"{key}: {then[key]} -> {here[key]}")
     hv, tv = here.get("versions") or {}, then.get("versions") or {}
