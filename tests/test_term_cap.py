@@ -53,6 +53,16 @@ def test_the_recomposed_loss_moves_each_part_from_its_old_weight_to_its_new_one(
     assert float(same.detach()) == pytest.approx(float(sum(parts.values()).detach()))
 
 
+def test_the_start_up_block_says_when_the_cap_is_on():
+    from detrdistill.config import Config
+    from detrdistill.distillation.task import DistillTask
+
+    assert not any("term cap" in line for line in DistillTask.summary_lines(Config(), 100))
+    on = Config(distill={"max_term_ratio": 1.5, "term_ratio_every": 25})
+    (line,) = [line for line in DistillTask.summary_lines(on, 100) if "term cap" in line]
+    assert "1.5x the student's own" in line and "every 25 steps" in line
+
+
 def test_the_cap_is_refused_under_several_processes_and_a_resume_gets_the_saved_weights():
     with pytest.raises(ConfigError, match="distill.max_term_ratio=1 needs one training process.*has 2"):
         check_processes(1.0, 2)

@@ -40,11 +40,16 @@ class DistillTask(nn.Module):
 
     @staticmethod
     def summary_lines(cfg: Config, total_steps: int) -> list[str]:
-        """The start-up block's line saying when the distillation terms are on (warm-up, decay, stop), if any."""
+        """The start-up block's lines saying when the distillation terms are on (warm-up, decay, stop) and whether
+        their pull on the update is capped (``distill.max_term_ratio``), if either."""
         from .term_schedule import schedule_line
         d = cfg.distill
         line = schedule_line(d.warmup_steps, d.decay, d.stop_at, total_steps)
-        return [line] if line else []
+        lines = [line] if line else []
+        if d.max_term_ratio > 0:
+            lines.append(f"  term cap: no term's gradient above {d.max_term_ratio:g}x the student's own, measured every "
+                         f"{d.term_ratio_every} steps (one extra backward per term then; metrics.jsonl cap/*)")
+        return lines
 
     def time_left(self, step: int, total: int, step_s: float) -> tuple[float, str]:
         """Seconds the steps after ``step`` (done) up to ``total`` take at ``step_s`` a step (the last step's time),
