@@ -21,15 +21,20 @@ SOURCE_ROOT = Path(__file__).resolve().parents[1]
 LIBRARIES = ("torch", "transformers")
 
 
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
+def _cpuinfo(*keys: str) -> str | None:
+    """The value of the first ``/proc/cpuinfo`` line that starts with one of ``keys``; None where there is none."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(keys):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def cpu_isa() -> str:
@@ -49,14 +54,8 @@ def cpu_flags() -> str | None:
     """A short hash of the CPU's feature flags (``/proc/cpuinfo``), None where they cannot be read: the libraries
     torch calls (oneDNN, MKL) choose their kernels by them, so two machines of one model name and
     :func:`cpu_isa` may still differ here, and then in their numbers."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                flags = " ".join(sorted(line.split(":", 1)[1].split()))
-                return hashlib.sha256(flags.encode()).hexdigest()[:8]
-    except OSError:
-        pass
-    return None
+    flags = _cpuinfo("flags", "Features")
+    return None if flags is None else hashlib.sha256(" ".join(sorted(flags.split())).encode()).hexdigest()[:8]
 
 
 def device_name() -> str:

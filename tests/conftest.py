@@ -48,6 +48,11 @@ def tiny_overrides(output_dir, synth_dir, *extra):
     return TINY + [f"train.output_dir={output_dir}", f"data.synth_dir={synth_dir}", *extra]
 
 
+def set_args(overrides):
+    """``["a=1", "b=2"]`` -> ``["--set", "a=1", "--set", "b=2"]`` (the CLI's override flags)."""
+    return sum((["--set", o] for o in overrides), [])
+
+
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory):
     """One synthetic dataset shared by the training tests (generated once)."""
@@ -55,3 +60,15 @@ def synth_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("synth")
     make_synthetic_coco(d, num_train=16, num_val=4, size=64, seed=0)
     return d
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(synth_dir, tmp_path_factory):
+    """A teacher trained 2 steps on the synthetic set (64-wide, 3 decoder layers, 15 queries), for tests that need a
+    distillation run's wiring rather than a good teacher (trained once)."""
+    from detrdistill.cli import main
+    out = tmp_path_factory.mktemp("tiny_teacher")
+    extra = ["model.d_model=64", "model.decoder_layers=3", "model.num_queries=15", "train.eval_every_epochs=0",
+             "train.max_steps=2"]
+    assert main(["train", *set_args(tiny_overrides(out, synth_dir, *extra))]) == 0
+    return out / "model"

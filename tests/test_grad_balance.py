@@ -13,13 +13,9 @@ from safetensors.torch import load_file
 from detrdistill.cli import main
 from detrdistill.engine.grad_balance import gradient_balance, module_group
 from detrdistill.engine.metrics import read_metrics
-from tests.conftest import tiny_overrides
+from tests.conftest import set_args, tiny_overrides
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _sets(overrides):
-    return sum((["--set", o] for o in overrides), [])
 
 
 def _parts(w):
@@ -101,23 +97,14 @@ def test_per_module_ratios_match_closed_forms_and_skip_modules_either_gradient_m
         gradient_balance(parts, [back, head, conn], names=names[:2])
 
 
-@pytest.fixture(scope="module")
-def teacher_dir(synth_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("teacher")
-    extra = ["model.d_model=64", "model.decoder_layers=3", "model.num_queries=15", "train.eval_every_epochs=0",
-             "train.max_steps=2"]
-    assert main(["train", *_sets(tiny_overrides(out, synth_dir, *extra))]) == 0
-    return out / "model"
-
-
-def test_a_distillation_run_logs_the_balance_when_asked_and_trains_as_without_it(synth_dir, teacher_dir, tmp_path,
-                                                                                  caplog):
+def test_a_distillation_run_logs_the_balance_when_asked_and_trains_as_without_it(synth_dir, tiny_teacher_dir,
+                                                                                  tmp_path, caplog):
     common = ["train.max_steps=3", "train.eval_every_epochs=0", "train.log_every=1"]
     runs = {}
     for probe in ("true", "false"):
         out = tmp_path / probe
         with caplog.at_level(logging.INFO, logger="detrdistill"):
-            assert main(["distill", "--teacher", str(teacher_dir), *_sets(tiny_overrides(
+            assert main(["distill", "--teacher", str(tiny_teacher_dir), *set_args(tiny_overrides(
                 out, synth_dir, *common, f"train.probe_gradients={probe}", "train.probe_gradients_every=2"))]) == 0
         runs[probe] = out
     recs = read_metrics(runs["true"] / "metrics.jsonl")

@@ -15,7 +15,7 @@ from detrdistill.cli import main
 from detrdistill.engine.metrics import read_metrics
 from detrdistill.engine.term_cap import capped_weights, check_processes, recomposed_loss, restore
 from detrdistill.errors import ConfigError
-from tests.conftest import tiny_overrides
+from tests.conftest import set_args, tiny_overrides
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -78,27 +78,14 @@ def test_the_cap_is_refused_under_several_processes_and_a_resume_gets_the_saved_
         restore(SimpleNamespace(task=SimpleNamespace(term_cap=(1.0, 50)), world=2, state={}))
 
 
-@pytest.fixture(scope="module")
-def teacher_dir(synth_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("teacher")
-    extra = ["model.d_model=64", "model.decoder_layers=3", "model.num_queries=15", "train.eval_every_epochs=0",
-             "train.max_steps=2"]
-    assert main(["train", *_sets(tiny_overrides(out, synth_dir, *extra))]) == 0
-    return out / "model"
-
-
-def _sets(overrides):
-    return sum((["--set", o] for o in overrides), [])
-
-
-def test_a_binding_cap_down_weights_the_terms_and_one_that_never_binds_changes_nothing(synth_dir, teacher_dir,
-                                                                                        tmp_path):
+def test_a_binding_cap_down_weights_the_terms_and_one_that_never_binds_changes_nothing(synth_dir,
+                                                                                        tiny_teacher_dir, tmp_path):
     common = ["train.max_steps=4", "train.eval_every_epochs=0", "train.log_every=1", "train.probe_gradients=false",
               "train.checkpoint_every_steps=2", "distill.term_ratio_every=2"]
     runs = {}
     for name, cap in (("off", "0"), ("loose", "1e9"), ("tight", "1e-3")):
         out = tmp_path / name
-        assert main(["distill", "--teacher", str(teacher_dir), *_sets(tiny_overrides(
+        assert main(["distill", "--teacher", str(tiny_teacher_dir), *set_args(tiny_overrides(
             out, synth_dir, *common, f"distill.max_term_ratio={cap}"))]) == 0
         runs[name] = out
     caps = [r for r in read_metrics(runs["tight"] / "metrics.jsonl") if "cap/logits_weight" in r]
